@@ -1,0 +1,180 @@
+//! Domain events: stable type names, schema versions, encoding and upcasting.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The name and current schema version of one event type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EventType {
+    /// Stable name stored with every event of this type.
+    pub name: &'static str,
+    /// Current schema version (1 unless raised with `#[event(version = N)]`).
+    pub version: u32,
+}
+
+/// A domain event: a fact that happened, in the past tense.
+///
+/// Usually derived. `#[derive(DomainEvent)]` on an enum fixes each variant's stable type name
+/// (the variant name, or `#[event(name = "...")]`) and schema version (`#[event(version = N)]`,
+/// default 1), and generates [`encode`](DomainEvent::encode)/[`decode`](DomainEvent::decode):
+/// the stored payload is the variant's fields as JSON, without the Rust enum tag, so renaming a
+/// variant never breaks stored data as long as its `name` stays.
+///
+/// An older stored schema version is turned into the current one on read by the variant's
+/// upcaster, `#[event(version = 2, upcast = path::to_fn)]`, a
+/// `fn(from_version: u32, payload: serde_json::Value) -> Result<serde_json::Value, UpcastError>`.
+///
+/// ```
+/// use eventsource_core::{DomainEvent, UpcastError};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+/// enum AccountEvent {
+///     Opened { owner: String },
+///     #[event(name = "funds-deposited", version = 2, upcast = deposit_v1)]
+///     FundsDeposited { cents: u64 },
+/// }
+///
+/// // Version 1 stored `amount` in whole units.
+/// fn deposit_v1(from: u32, mut payload: serde_json::Value) -> Result<serde_json::Value, UpcastError> {
+///     let amount = payload["amount"].as_u64().ok_or_else(|| UpcastError::new(from, "no amount"))?;
+///     payload = serde_json::json!({ "cents": amount * 100 });
+///     Ok(payload)
+/// }
+///
+/// let old = AccountEvent::decode("funds-deposited", 1, serde_json::json!({ "amount": 3 }))?;
+/// assert!(matches!(old, AccountEvent::FundsDeposited { cents: 300 }));
+/// assert_eq!(old.event_type(), "funds-deposited");
+/// assert_eq!(old.schema_version(), 2);
+/// # Ok::<(), eventsource_core::DecodeError>(())
+/// ```
+pub trait DomainEvent:
+    Serialize + DeserializeOwned + Clone + std::fmt::Debug + Send + Sync + 'static
+{
+    /// Every event type this enum can hold, with its current schema version.
+    const EVENT_TYPES: &'static [EventType];
+
+    /// The stable type name of this event.
+    fn event_type(&self) -> &'static str;
+
+    /// The current schema version of this event's type.
+    fn schema_version(&self) -> u32;
+
+    /// The payload to store: the event's fields as JSON.
+    ///
+    /// # Errors
+    ///
+    /// Fails only when the event's `Serialize` implementation fails.
+    fn encode(&self) -> Result<serde_json::Value, serde_json::Error>;
+
+    /// Rebuilds an event from its stored type name, schema version and payload, upcasting older
+    /// versions first.
+    ///
+    /// # Errors
+    ///
+    /// See [`DecodeError`]'s variants.
+    fn decode(
+        event_type: &str,
+        schema_version: u32,
+        payload: serde_json::Value,
+    ) -> Result<Self, DecodeError>;
+}
+
+/// Why a stored payload could not become a domain event.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// No variant has this stored type name: the event was written by other code, or a variant
+    /// was removed.
+    #[error("unknown event type `{event_type}`")]
+    UnknownType {
+        /// The stored type name.
+        event_type: String,
+    },
+    /// The stored schema version is newer than the code, or older without an upcaster.
+    #[error(
+        "event type `{event_type}` has no decoder for schema version {stored} (current is {current})"
+    )]
+    UnsupportedVersion {
+        /// The stored type name.
+        event_type: String,
+        /// The stored schema version.
+        stored: u32,
+        /// The schema version this code writes.
+        current: u32,
+    },
+    /// The upcaster rejected the stored payload.
+    #[error("upcasting `{event_type}` failed")]
+    Upcast {
+        /// The stored type name.
+        event_type: String,
+        /// The upcaster's reason.
+        #[source]
+        source: UpcastError,
+    },
+    /// The payload does not deserialize into the variant's fields.
+    #[error("payload of `{event_type}` does not match its fields")]
+    Payload {
+        /// The stored type name.
+        event_type: String,
+        /// serde's reason.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// An upcaster could not turn an old payload into the current shape.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot upcast from schema version {from_version}: {reason}")]
+pub struct UpcastError {
+    /// The stored schema version.
+    pub from_version: u32,
+    /// Why.
+    pub reason: String,
+}
+
+impl UpcastError {
+    /// Creates an upcast error.
+    pub fn new(from_version: u32, reason: impl Into<String>) -> Self {
+        Self {
+            from_version,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Strips serde's external enum tag: `{"Variant": {...}}` becomes `{...}` and `"Variant"`
+/// becomes `null`.
+#[doc(hidden)]
+#[must_use]
+pub fn strip_tag(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) if map.len() == 1 => map
+            .into_iter()
+            .next()
+            .map_or(serde_json::Value::Null, |(_, inner)| inner),
+        serde_json::Value::String(_) => serde_json::Value::Null,
+        other => other,
+    }
+}
+
+/// Puts serde's external enum tag back and deserializes.
+#[doc(hidden)]
+pub fn with_tag<E: DeserializeOwned>(
+    event_type: &str,
+    serde_variant: &str,
+    unit: bool,
+    payload: serde_json::Value,
+) -> Result<E, DecodeError> {
+    let tagged = if unit {
+        serde_json::Value::String(serde_variant.to_owned())
+    } else {
+        let mut map = serde_json::Map::with_capacity(1);
+        map.insert(serde_variant.to_owned(), payload);
+        serde_json::Value::Object(map)
+    };
+    serde_json::from_value(tagged).map_err(|source| DecodeError::Payload {
+        event_type: event_type.to_owned(),
+        source,
+    })
+}

@@ -1,0 +1,178 @@
+//! Projections: read models folded from the global log, with a catch-up runner.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::checkpoint::CheckpointStore;
+use crate::envelope::{LogPosition, RecordedEvent};
+use crate::store::{EventStore, LogFilter, StoreError};
+
+/// A read model built from the global log.
+///
+/// Projections see every event in log order. When the read model and the checkpoint live in
+/// different places (as with [`ProjectionRunner`] over an in-memory read model) delivery after
+/// a crash is at-least-once, so `apply` should be idempotent — for example by skipping events at
+/// or below a position it already recorded. Backends that can store the checkpoint in the read
+/// model's own transaction (PostgreSQL) give exactly-once effects.
+pub trait Projection: Send {
+    /// Why applying an event failed.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// The checkpoint name; stable across restarts.
+    fn name(&self) -> &str;
+
+    /// Folds one event into the read model.
+    fn apply(
+        &mut self,
+        event: &RecordedEvent,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// Why a [`ProjectionRunner`] stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProjectionError<E: std::error::Error + 'static> {
+    /// Reading the log or the checkpoint failed.
+    #[error("projection storage failed")]
+    Store(#[from] StoreError),
+    /// The projection rejected an event; its checkpoint stays before the event.
+    #[error("projection failed at {position}")]
+    Apply {
+        /// The event's position.
+        position: LogPosition,
+        /// The projection's error.
+        #[source]
+        source: E,
+    },
+}
+
+/// Feeds a [`Projection`] from an event store's log, saving its checkpoint after each batch.
+///
+/// Polls adaptively: at once after a full batch, otherwise after the store's local append
+/// notification or `idle_poll`, whichever comes first.
+#[derive(Debug)]
+pub struct ProjectionRunner<S, C, P> {
+    store: S,
+    checkpoints: C,
+    projection: P,
+    filter: LogFilter,
+    batch_size: usize,
+    idle_poll: Duration,
+}
+
+impl<S: EventStore, C: CheckpointStore, P: Projection> ProjectionRunner<S, C, P> {
+    /// A runner reading every tenant's events in batches of 500.
+    pub fn new(store: S, checkpoints: C, projection: P) -> Self {
+        Self {
+            store,
+            checkpoints,
+            projection,
+            filter: LogFilter::all(),
+            batch_size: 500,
+            idle_poll: Duration::from_millis(250),
+        }
+    }
+
+    /// Reads only events `filter` admits.
+    #[must_use]
+    pub fn with_filter(mut self, filter: LogFilter) -> Self {
+        self.filter = filter;
+        self
+    }
+
+    /// Events per read.
+    #[must_use]
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// Longest wait between polls when the log is idle.
+    #[must_use]
+    pub fn with_idle_poll(mut self, idle_poll: Duration) -> Self {
+        self.idle_poll = idle_poll;
+        self
+    }
+
+    /// The projection.
+    pub fn projection(&self) -> &P {
+        &self.projection
+    }
+
+    /// Processes everything up to the current end of the log; returns how many events it applied.
+    ///
+    /// # Errors
+    ///
+    /// A storage failure, a checkpoint moved by another instance, or the projection's error.
+    pub async fn catch_up(&mut self) -> Result<u64, ProjectionError<P::Error>> {
+        let mut applied = 0;
+        loop {
+            let n = self.step().await?;
+            applied += n as u64;
+            if n < self.batch_size {
+                return Ok(applied);
+            }
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled, then returns the projection.
+    ///
+    /// # Errors
+    ///
+    /// As [`catch_up`](Self::catch_up).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancellation through `shutdown` is checked between batches: the batch in flight is
+    /// applied and checkpointed first.
+    pub async fn run(
+        mut self,
+        shutdown: CancellationToken,
+    ) -> Result<P, ProjectionError<P::Error>> {
+        let notify = self.store.append_notify();
+        while !shutdown.is_cancelled() {
+            let n = self.step().await?;
+            if n == self.batch_size {
+                continue;
+            }
+            let wake = async {
+                match &notify {
+                    Some(n) => n.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = wake => {}
+                () = tokio::time::sleep(self.idle_poll) => {}
+            }
+        }
+        Ok(self.projection)
+    }
+
+    async fn step(&mut self) -> Result<usize, ProjectionError<P::Error>> {
+        let name = self.projection.name().to_owned();
+        let checkpoint = self.checkpoints.load(&name).await?;
+        let after = checkpoint.unwrap_or(LogPosition::START);
+        let batch = self
+            .store
+            .read_all(after, self.batch_size, &self.filter)
+            .await?;
+        let Some(last) = batch.last().map(|e| e.position) else {
+            return Ok(0);
+        };
+        for event in &batch {
+            self.projection
+                .apply(event)
+                .await
+                .map_err(|source| ProjectionError::Apply {
+                    position: event.position,
+                    source,
+                })?;
+        }
+        self.checkpoints.save(&name, checkpoint, last).await?;
+        Ok(batch.len())
+    }
+}

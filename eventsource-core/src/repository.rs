@@ -1,0 +1,477 @@
+//! The repository: loads aggregates (snapshot + tail), executes commands, retries conflicts.
+
+use std::marker::PhantomData;
+
+use tracing::Instrument as _;
+use uuid::Uuid;
+
+use crate::aggregate::{Aggregate, AggregateRoot, Handle};
+use crate::envelope::{
+    EventDecodeError, EventId, Metadata, NewEvent, RecordedEvent, StreamId, TenantId, Version,
+};
+use crate::retry::RetryPolicy;
+use crate::snapshot::{NoSnapshots, Snapshot, SnapshotPolicy, SnapshotStore};
+use crate::store::{Appended, EventStore, ExpectedVersion, StoreError, VersionRange};
+
+/// Metadata a command carries into the events it produces.
+///
+/// Without a correlation id, each command starts a new correlation. [`CommandContext::caused_by`]
+/// continues the correlation of an event and records it as the cause, which is what a saga or
+/// policy reacting to that event should do.
+///
+/// ```
+/// # use eventsource_core::CommandContext;
+/// let ctx = CommandContext::new().with_actor("alice").with_source("api");
+/// assert_eq!(ctx.metadata().actor.as_deref(), Some("alice"));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct CommandContext {
+    metadata: Metadata,
+    id_namespace: Option<Uuid>,
+}
+
+impl CommandContext {
+    /// A context that starts a new correlation.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A context for a command issued in reaction to `event`: same correlation id (the event's
+    /// own id if it had none), causation id = the event's id.
+    #[must_use]
+    pub fn caused_by(event: &RecordedEvent) -> Self {
+        let correlation = event
+            .metadata
+            .correlation_id
+            .unwrap_or(*event.event_id.as_uuid());
+        Self::new()
+            .with_correlation_id(correlation)
+            .with_causation_id(*event.event_id.as_uuid())
+    }
+
+    /// Sets the correlation id.
+    #[must_use]
+    pub fn with_correlation_id(mut self, id: Uuid) -> Self {
+        self.metadata.correlation_id = Some(id);
+        self
+    }
+
+    /// Sets the causation id.
+    #[must_use]
+    pub fn with_causation_id(mut self, id: Uuid) -> Self {
+        self.metadata.causation_id = Some(id);
+        self
+    }
+
+    /// Sets the actor.
+    #[must_use]
+    pub fn with_actor(mut self, actor: impl Into<String>) -> Self {
+        self.metadata.actor = Some(actor.into());
+        self
+    }
+
+    /// Sets the source.
+    #[must_use]
+    pub fn with_source(mut self, source: impl Into<String>) -> Self {
+        self.metadata.source = Some(source.into());
+        self
+    }
+
+    /// Replaces all metadata.
+    #[must_use]
+    pub fn with_metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    /// Derives event ids deterministically from `namespace` (UUIDv5 of the namespace and the
+    /// event's index in the command's output), so re-running the same command after a lost
+    /// acknowledgement appends nothing twice. Sagas use a namespace derived from their id and
+    /// the causing event.
+    #[must_use]
+    pub fn with_deterministic_ids(mut self, namespace: Uuid) -> Self {
+        self.id_namespace = Some(namespace);
+        self
+    }
+
+    /// The metadata events will carry.
+    #[must_use]
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    fn event_id(&self, index: usize) -> EventId {
+        match self.id_namespace {
+            Some(ns) => EventId::from_uuid(Uuid::new_v5(&ns, &(index as u64).to_be_bytes())),
+            None => EventId::new(),
+        }
+    }
+}
+
+/// Why an aggregate could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The store failed.
+    #[error("loading the aggregate failed")]
+    Store(#[from] StoreError),
+    /// A stored event does not decode; the error names it. Nothing is lost.
+    #[error(transparent)]
+    Decode(#[from] EventDecodeError),
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError<E: std::error::Error + 'static> {
+    /// The aggregate rejected the command; nothing was written.
+    #[error("command rejected")]
+    Rejected(#[source] E),
+    /// The store failed, or conflicts outlasted the retry policy
+    /// ([`StoreError::Conflict`] then).
+    #[error("storing the command's events failed")]
+    Store(#[source] StoreError),
+    /// A stored event of the aggregate does not decode.
+    #[error(transparent)]
+    Decode(EventDecodeError),
+    /// An event produced by the command does not serialize.
+    #[error("serializing an event failed")]
+    Encode(#[source] serde_json::Error),
+}
+
+impl<E: std::error::Error + 'static> CommandError<E> {
+    /// The domain error, if the aggregate rejected the command.
+    pub fn rejection(&self) -> Option<&E> {
+        match self {
+            Self::Rejected(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Whether the command lost to concurrent writers on every attempt.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Store(e) if e.is_conflict())
+    }
+}
+
+impl<E: std::error::Error + 'static> From<LoadError> for CommandError<E> {
+    fn from(value: LoadError) -> Self {
+        match value {
+            LoadError::Store(e) => Self::Store(e),
+            LoadError::Decode(e) => Self::Decode(e),
+        }
+    }
+}
+
+/// The outcome of a command.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Executed<A: Aggregate> {
+    /// The events the command produced (empty when it changed nothing).
+    pub events: Vec<A::Event>,
+    /// The stream version after the command.
+    pub version: Version,
+    /// Where the events landed, if any were appended.
+    pub appended: Option<Appended>,
+    /// Attempts made: 1 plus the conflicts retried.
+    pub attempts: u32,
+}
+
+/// Loads aggregates and executes commands against an [`EventStore`].
+///
+/// `execute` loads the aggregate (snapshot + tail), handles the command, and appends the events
+/// expecting the version it loaded. On a conflict it reads only the new tail, handles the
+/// command again against the fresh state, and retries with bounded, jittered backoff
+/// ([`RetryPolicy`]).
+///
+/// Cloning is as cheap as cloning the store.
+#[derive(Debug, Clone)]
+pub struct Repository<A, S, P = NoSnapshots> {
+    store: S,
+    snapshots: P,
+    policy: SnapshotPolicy,
+    retry: RetryPolicy,
+    tenant: TenantId,
+    aggregate: PhantomData<fn() -> A>,
+}
+
+impl<A: Aggregate, S: EventStore> Repository<A, S> {
+    /// A repository for the default tenant, without snapshots.
+    pub fn new(store: S) -> Self {
+        Self {
+            store,
+            snapshots: NoSnapshots,
+            policy: SnapshotPolicy::Never,
+            retry: RetryPolicy::default(),
+            tenant: TenantId::default(),
+            aggregate: PhantomData,
+        }
+    }
+}
+
+impl<A: Aggregate, S: EventStore, P: SnapshotStore> Repository<A, S, P> {
+    /// Stores snapshots in `snapshots` according to `policy`. Only aggregates with a
+    /// [`SNAPSHOT_VERSION`](Aggregate::SNAPSHOT_VERSION) are snapshotted.
+    pub fn with_snapshots<Q: SnapshotStore>(
+        self,
+        snapshots: Q,
+        policy: SnapshotPolicy,
+    ) -> Repository<A, S, Q> {
+        Repository {
+            store: self.store,
+            snapshots,
+            policy,
+            retry: self.retry,
+            tenant: self.tenant,
+            aggregate: PhantomData,
+        }
+    }
+
+    /// Retries conflicts according to `retry`.
+    #[must_use]
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Works on `tenant`'s streams.
+    #[must_use]
+    pub fn with_tenant(mut self, tenant: TenantId) -> Self {
+        self.tenant = tenant;
+        self
+    }
+
+    /// The tenant this repository works for.
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The stream of aggregate `id`.
+    pub fn stream_id(&self, id: &str) -> StreamId {
+        StreamId::new(self.tenant.clone(), A::TYPE, id)
+    }
+
+    /// Loads an aggregate: the newest usable snapshot, then the events after it. An aggregate
+    /// without events comes back at [`Version::ZERO`] with default state.
+    ///
+    /// A snapshot with another schema version, or one that does not decode, is ignored (logged
+    /// at warn) and the stream is replayed from the start.
+    pub async fn load(&self, id: &str) -> Result<AggregateRoot<A>, LoadError> {
+        let stream = self.stream_id(id);
+        let span = tracing::debug_span!("eventsource.load", stream = %stream);
+        async {
+            let root = match self.load_snapshot(&stream).await {
+                Some(snapshot) => snapshot,
+                None => AggregateRoot::new(id),
+            };
+            self.catch_up(&stream, root).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn load_snapshot(&self, stream: &StreamId) -> Option<AggregateRoot<A>> {
+        let schema = A::SNAPSHOT_VERSION?;
+        let snapshot = match self.snapshots.load(stream, schema).await {
+            Ok(s) => s?,
+            Err(e) => {
+                tracing::warn!(%stream, error = %e, "snapshot load failed; replaying events");
+                return None;
+            }
+        };
+        if snapshot.schema_version != schema {
+            return None;
+        }
+        let Some(state) = A::restore(snapshot.state) else {
+            tracing::warn!(%stream, "snapshot does not decode; replaying events");
+            return None;
+        };
+        Some(AggregateRoot::from_state(
+            stream.aggregate_id(),
+            state,
+            snapshot.version,
+        ))
+    }
+
+    /// Applies the events stored after `root`'s version.
+    async fn catch_up(
+        &self,
+        stream: &StreamId,
+        mut root: AggregateRoot<A>,
+    ) -> Result<AggregateRoot<A>, LoadError> {
+        let tail = self
+            .store
+            .read_stream(stream, VersionRange::from(root.version().next()))
+            .await?;
+        for recorded in &tail {
+            if recorded.version != root.version().next() {
+                return Err(LoadError::Store(StoreError::Corrupt(format!(
+                    "stream {stream} skips from version {} to {}",
+                    root.version(),
+                    recorded.version
+                ))));
+            }
+            let event = recorded.decode::<A::Event>()?;
+            root.replay(&event.payload);
+        }
+        Ok(root)
+    }
+
+    /// Appends `root`'s uncommitted events expecting its loaded version, then marks them
+    /// committed. Does not retry.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Conflict`] (as [`CommandError::Store`]) when someone appended first.
+    pub async fn save<E: std::error::Error + 'static>(
+        &self,
+        root: &mut AggregateRoot<A>,
+        ctx: &CommandContext,
+    ) -> Result<Option<Appended>, CommandError<E>> {
+        if root.uncommitted_events().is_empty() {
+            return Ok(None);
+        }
+        let stream = self.stream_id(root.id());
+        let metadata = ctx_metadata(ctx);
+        let events = encode(root.uncommitted_events(), ctx, &metadata)?;
+        let appended = self
+            .store
+            .append(&stream, ExpectedVersion::Exact(root.version()), events)
+            .await
+            .map_err(CommandError::Store)?;
+        let before = root.version();
+        root.mark_events_as_committed();
+        self.maybe_snapshot(&stream, before, root).await;
+        Ok(Some(appended))
+    }
+
+    /// Executes `command` on aggregate `id` with a fresh correlation.
+    ///
+    /// # Errors
+    ///
+    /// See [`CommandError`].
+    pub async fn execute(
+        &self,
+        id: &str,
+        command: A::Command,
+    ) -> Result<Executed<A>, CommandError<A::Error>>
+    where
+        A: Handle,
+    {
+        self.execute_with(id, command, &CommandContext::new()).await
+    }
+
+    /// Executes `command` on aggregate `id`, carrying `ctx`'s metadata into the events.
+    ///
+    /// # Errors
+    ///
+    /// See [`CommandError`].
+    pub async fn execute_with(
+        &self,
+        id: &str,
+        command: A::Command,
+        ctx: &CommandContext,
+    ) -> Result<Executed<A>, CommandError<A::Error>>
+    where
+        A: Handle,
+    {
+        let stream = self.stream_id(id);
+        let span = tracing::debug_span!("eventsource.execute", stream = %stream, attempts = tracing::field::Empty);
+        async {
+            let metadata = ctx_metadata(ctx);
+            let mut root = self.load(id).await?;
+            let mut attempt = 1;
+            loop {
+                let events = root
+                    .state()
+                    .handle(command.clone())
+                    .map_err(CommandError::Rejected)?;
+                if events.is_empty() {
+                    return Ok(Executed {
+                        events,
+                        version: root.version(),
+                        appended: None,
+                        attempts: attempt,
+                    });
+                }
+                let new_events = encode(&events, ctx, &metadata)?;
+                let before = root.version();
+                match self
+                    .store
+                    .append(&stream, ExpectedVersion::Exact(before), new_events)
+                    .await
+                {
+                    Ok(appended) => {
+                        tracing::Span::current().record("attempts", attempt);
+                        for event in events.iter().cloned() {
+                            root.apply_event(event);
+                        }
+                        root.mark_events_as_committed();
+                        self.maybe_snapshot(&stream, before, &root).await;
+                        return Ok(Executed {
+                            events,
+                            version: appended.version,
+                            appended: Some(appended),
+                            attempts: attempt,
+                        });
+                    }
+                    Err(e) if e.is_conflict() && attempt < self.retry.max_attempts() => {
+                        tracing::debug!(%stream, attempt, "conflict; reloading the tail");
+                        tokio::time::sleep(self.retry.delay(attempt)).await;
+                        attempt += 1;
+                        root = self.catch_up(&stream, root).await?;
+                    }
+                    Err(e) => return Err(CommandError::Store(e)),
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn maybe_snapshot(&self, stream: &StreamId, before: Version, root: &AggregateRoot<A>) {
+        let Some(schema) = A::SNAPSHOT_VERSION else {
+            return;
+        };
+        if !self.policy.should_snapshot(before, root.version()) {
+            return;
+        }
+        let Some(state) = root.state().snapshot() else {
+            return;
+        };
+        let snapshot = Snapshot::new(stream.clone(), root.version(), schema, state);
+        // A snapshot is an optimisation: failing to store one never fails the command.
+        if let Err(e) = self.snapshots.save(snapshot).await {
+            tracing::warn!(%stream, error = %e, "snapshot save failed");
+        }
+    }
+}
+
+fn ctx_metadata(ctx: &CommandContext) -> Metadata {
+    let mut metadata = ctx.metadata.clone();
+    metadata.correlation_id.get_or_insert_with(Uuid::now_v7);
+    metadata
+}
+
+fn encode<E: crate::DomainEvent, X: std::error::Error + 'static>(
+    events: &[E],
+    ctx: &CommandContext,
+    metadata: &Metadata,
+) -> Result<Vec<NewEvent>, CommandError<X>> {
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            Ok(NewEvent::from_event(e)
+                .map_err(CommandError::Encode)?
+                .with_event_id(ctx.event_id(i))
+                .with_metadata(metadata.clone()))
+        })
+        .collect()
+}

@@ -1,0 +1,385 @@
+//! The event-store contract: optimistic append, stream reads and the global log.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures::{Stream, TryStreamExt as _};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::envelope::{EventId, LogPosition, NewEvent, RecordedEvent, StreamId, TenantId, Version};
+
+/// What the caller believes about a stream before appending to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExpectedVersion {
+    /// Append whatever the stream's version.
+    Any,
+    /// The stream must hold no events.
+    NoStream,
+    /// The stream must hold at least one event.
+    StreamExists,
+    /// The stream's last event must have exactly this version ([`Version::ZERO`] = no events).
+    Exact(Version),
+}
+
+impl ExpectedVersion {
+    /// Whether a stream currently at `actual` satisfies this expectation.
+    #[must_use]
+    pub fn admits(self, actual: Version) -> bool {
+        match self {
+            Self::Any => true,
+            Self::NoStream => actual == Version::ZERO,
+            Self::StreamExists => actual > Version::ZERO,
+            Self::Exact(v) => actual == v,
+        }
+    }
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Any => f.write_str("any version"),
+            Self::NoStream => f.write_str("no stream"),
+            Self::StreamExists => f.write_str("an existing stream"),
+            Self::Exact(v) => write!(f, "version {v}"),
+        }
+    }
+}
+
+/// The outcome of a successful append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Appended {
+    /// The stream's version after the append: the version of its last event.
+    pub version: Version,
+    /// Log position of the first appended event.
+    pub first_position: LogPosition,
+    /// Log position of the last appended event.
+    pub last_position: LogPosition,
+}
+
+impl Appended {
+    /// Builds an append outcome; for backend implementations.
+    #[must_use]
+    pub fn new(version: Version, first_position: LogPosition, last_position: LogPosition) -> Self {
+        Self {
+            version,
+            first_position,
+            last_position,
+        }
+    }
+}
+
+/// A range of versions in one stream, both ends inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionRange {
+    from: Version,
+    to: Version,
+}
+
+impl VersionRange {
+    /// The whole stream.
+    #[must_use]
+    pub const fn all() -> Self {
+        Self {
+            from: Version::new(1),
+            to: Version::new(u64::MAX),
+        }
+    }
+
+    /// From `from` (inclusive) to the end.
+    #[must_use]
+    pub const fn from(from: Version) -> Self {
+        Self {
+            from,
+            to: Version::new(u64::MAX),
+        }
+    }
+
+    /// From `from` to `to`, both inclusive.
+    #[must_use]
+    pub const fn between(from: Version, to: Version) -> Self {
+        Self { from, to }
+    }
+
+    /// First version wanted.
+    #[must_use]
+    pub const fn start(&self) -> Version {
+        self.from
+    }
+
+    /// Last version wanted.
+    #[must_use]
+    pub const fn end(&self) -> Version {
+        self.to
+    }
+
+    /// Whether `version` lies in the range.
+    #[must_use]
+    pub fn contains(&self, version: Version) -> bool {
+        self.from <= version && version <= self.to
+    }
+}
+
+/// Which events a global-log read returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LogFilter {
+    /// Only this tenant's events; `None` reads every tenant (relay and rebuild roles).
+    pub tenant: Option<TenantId>,
+    /// Only events recorded at or after this instant.
+    pub since: Option<DateTime<Utc>>,
+}
+
+impl LogFilter {
+    /// Every event of every tenant.
+    #[must_use]
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Every event of one tenant.
+    #[must_use]
+    pub fn tenant(tenant: TenantId) -> Self {
+        Self {
+            tenant: Some(tenant),
+            since: None,
+        }
+    }
+
+    /// Only events recorded at or after `since`.
+    #[must_use]
+    pub fn with_since(mut self, since: DateTime<Utc>) -> Self {
+        self.since = Some(since);
+        self
+    }
+
+    /// Whether an event passes the filter.
+    #[must_use]
+    pub fn matches(&self, event: &RecordedEvent) -> bool {
+        self.tenant.as_ref().is_none_or(|t| event.tenant() == t)
+            && self.since.is_none_or(|s| event.recorded_at >= s)
+    }
+}
+
+/// Why an event-store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The stream was not at the expected version; nothing was written. Reload and retry.
+    #[error("stream {stream} is at version {actual}, expected {expected}")]
+    Conflict {
+        /// The stream appended to.
+        stream: StreamId,
+        /// What the caller expected.
+        expected: ExpectedVersion,
+        /// The stream's actual version.
+        actual: Version,
+    },
+    /// An event id in the batch is already stored at another place (a different stream, or a
+    /// different batch): not an idempotent retry. Nothing was written.
+    #[error("event id {event_id} is already stored elsewhere")]
+    DuplicateEventId {
+        /// The reused id.
+        event_id: EventId,
+    },
+    /// The append carried no events.
+    #[error("an append needs at least one event")]
+    EmptyAppend,
+    /// The operation touched data of a tenant other than the one it runs for (a second wall
+    /// behind every query's tenant filter).
+    #[error("tenant isolation refused the operation")]
+    TenantViolation(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A checkpoint was not at the expected position: another instance moved it.
+    #[error("checkpoint {name} moved to {actual:?}, expected {expected:?}")]
+    CheckpointConflict {
+        /// The checkpoint's name.
+        name: String,
+        /// What the caller expected.
+        expected: Option<LogPosition>,
+        /// The stored position.
+        actual: Option<LogPosition>,
+    },
+    /// The store cannot be reached right now (connection lost, pool exhausted, timeout,
+    /// serialization failure); the operation may be retried.
+    #[error("event store unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Stored data violates an invariant of the store.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The store refused the operation for another reason.
+    #[error("event store backend failed")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    /// Whether this is a [`StoreError::Conflict`].
+    #[must_use]
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Conflict { .. })
+    }
+
+    /// Whether retrying the same operation later may succeed (after reloading, for conflicts).
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Conflict { .. } | Self::Unavailable(_) | Self::CheckpointConflict { .. }
+        )
+    }
+}
+
+/// Append-only, versioned storage of events with a global, gap-free ordered log.
+///
+/// # Contract
+///
+/// - `append` writes all events or none. It succeeds only when `expected` admits the stream's
+///   version; otherwise it returns [`StoreError::Conflict`] with the actual version. The new
+///   events get versions `actual + 1 ..` and increasing log positions.
+/// - Re-appending a batch whose event ids are all already stored, consecutively and in order, in
+///   the same stream is an idempotent no-op that returns the original [`Appended`], whatever the
+///   expectation (the first attempt's acknowledgement may have been lost). Any other reuse of an
+///   event id is [`StoreError::DuplicateEventId`].
+/// - `read_all` returns events strictly after `after`, in log order, never skipping an event
+///   that a later read could still reveal: a reader that checkpoints the last position it saw
+///   sees every committed event exactly once.
+/// - Every stream read is scoped by the tenant in its [`StreamId`].
+///
+/// [`testing::conformance`](crate::testing::conformance) checks all of this against an
+/// implementation.
+pub trait EventStore: Send + Sync {
+    /// Appends `events` to `stream` if it is at `expected`.
+    fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> impl Future<Output = Result<Appended, StoreError>> + Send;
+
+    /// Reads the events of one stream within `range`, in version order.
+    fn read_stream(
+        &self,
+        stream: &StreamId,
+        range: VersionRange,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    /// The stream's current version ([`Version::ZERO`] if it has no events).
+    fn stream_version(
+        &self,
+        stream: &StreamId,
+    ) -> impl Future<Output = Result<Version, StoreError>> + Send;
+
+    /// Reads up to `limit` events after `after` in log order, keeping those `filter` admits.
+    fn read_all(
+        &self,
+        after: LogPosition,
+        limit: usize,
+        filter: &LogFilter,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    /// Reads a tenant's events that carry `correlation_id`, in log order.
+    fn read_by_correlation(
+        &self,
+        tenant: &TenantId,
+        correlation_id: Uuid,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    /// A notifier woken after each local append, so a tailing reader in the same process can
+    /// poll at once instead of waiting; `None` when the store cannot tell.
+    fn append_notify(&self) -> Option<Arc<Notify>> {
+        None
+    }
+}
+
+impl<S: EventStore + ?Sized> EventStore for Arc<S> {
+    fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> impl Future<Output = Result<Appended, StoreError>> + Send {
+        (**self).append(stream, expected, events)
+    }
+
+    fn read_stream(
+        &self,
+        stream: &StreamId,
+        range: VersionRange,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send {
+        (**self).read_stream(stream, range)
+    }
+
+    fn stream_version(
+        &self,
+        stream: &StreamId,
+    ) -> impl Future<Output = Result<Version, StoreError>> + Send {
+        (**self).stream_version(stream)
+    }
+
+    fn read_all(
+        &self,
+        after: LogPosition,
+        limit: usize,
+        filter: &LogFilter,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send {
+        (**self).read_all(after, limit, filter)
+    }
+
+    fn read_by_correlation(
+        &self,
+        tenant: &TenantId,
+        correlation_id: Uuid,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send {
+        (**self).read_by_correlation(tenant, correlation_id)
+    }
+
+    fn append_notify(&self) -> Option<Arc<Notify>> {
+        (**self).append_notify()
+    }
+}
+
+/// Streams the global log from `after` to its current end in batches of `batch_size`.
+///
+/// The stream ends at the first empty batch; it is a catch-up read, not a subscription.
+///
+/// ```
+/// # use eventsource_core::{store, EventStore, InMemoryEventStore, LogFilter, LogPosition, NewEvent, StreamId, ExpectedVersion, TenantId};
+/// # use futures::TryStreamExt;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), eventsource_core::StoreError> {
+/// let store = InMemoryEventStore::new();
+/// let stream = StreamId::new(TenantId::default(), "counter", "c-1");
+/// let events = (0..5).map(|_| NewEvent::new("Incremented", 1, serde_json::Value::Null)).collect();
+/// store.append(&stream, ExpectedVersion::NoStream, events).await?;
+/// let all: Vec<_> = store::read_log(&store, LogPosition::START, 2, LogFilter::all()).try_collect().await?;
+/// assert_eq!(all.len(), 5);
+/// # Ok(()) }
+/// ```
+pub fn read_log<S: EventStore + ?Sized>(
+    store: &S,
+    after: LogPosition,
+    batch_size: usize,
+    filter: LogFilter,
+) -> impl Stream<Item = Result<RecordedEvent, StoreError>> + Send + '_ {
+    let batch_size = batch_size.max(1);
+    futures::stream::try_unfold(
+        (after, false, filter),
+        move |(after, done, filter)| async move {
+            if done {
+                return Ok(None);
+            }
+            let batch = store.read_all(after, batch_size, &filter).await?;
+            let next = batch.last().map_or(after, |e| e.position);
+            let done = batch.len() < batch_size;
+            if batch.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some((
+                futures::stream::iter(batch.into_iter().map(Ok)),
+                (next, done, filter),
+            )))
+        },
+    )
+    .try_flatten()
+}

@@ -276,14 +276,14 @@ proptest! {
             for op in ops {
                 match op {
                     Op::Append { stream, expect, count } => {
-                        let current = model.get(&stream).map_or(0, Vec::len) as i64;
+                        let current = model.get(&stream).map_or(0, Vec::len) as u64;
                         let expected = match expect {
                             Expect::Any => ExpectedVersion::Any,
                             Expect::NoStream => ExpectedVersion::NoStream,
                             Expect::StreamExists => ExpectedVersion::StreamExists,
-                            Expect::Exact(offset) => ExpectedVersion::Exact(Version::new(u64::try_from((current + offset).max(0)).unwrap_or(0))),
+                            Expect::Exact(offset) => ExpectedVersion::Exact(Version::new(current.saturating_add_signed(offset))),
                         };
-                        let admitted = expected.admits(Version::new(current as u64));
+                        let admitted = expected.admits(Version::new(current));
                         let batch: Vec<NewEvent> = (0..count).map(|i| NewEvent::new("e", 1, serde_json::json!(i))).collect();
                         let result = store.append(&streams[stream], expected, batch.clone()).await;
                         if admitted {
@@ -291,10 +291,10 @@ proptest! {
                             let ids: Vec<EventId> = batch.iter().map(|e| e.event_id).collect();
                             model.entry(stream).or_default().extend(&ids);
                             log.extend(&ids);
-                            prop_assert_eq!(appended.version.get(), (current as u64) + count as u64);
+                            prop_assert_eq!(appended.version.get(), current + count as u64);
                             batches.push((stream, batch, appended.version));
                         } else {
-                            let is_conflict = matches!(result, Err(StoreError::Conflict { actual, .. }) if actual.get() == current as u64);
+                            let is_conflict = matches!(result, Err(StoreError::Conflict { actual, .. }) if actual.get() == current);
                             prop_assert!(is_conflict);
                         }
                     }

@@ -1,6 +1,8 @@
 //! The repository: loads aggregates (snapshot + tail), executes commands, retries conflicts.
 
+use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tracing::Instrument as _;
 use uuid::Uuid;
@@ -185,15 +187,62 @@ pub struct Executed<A: Aggregate> {
 /// command again against the fresh state, and retries with bounded, jittered backoff
 /// ([`RetryPolicy`]).
 ///
-/// Cloning is as cheap as cloning the store.
-#[derive(Debug, Clone)]
-pub struct Repository<A, S, P = NoSnapshots> {
+/// With [`with_cache`](Repository::with_cache), commands on one aggregate run one at a time in
+/// this process and the aggregate stays in memory between commands: a command then costs one
+/// append and no load. A write from elsewhere shows up as a conflict, which reloads the tail.
+///
+/// Cloning is as cheap as cloning the store; clones share the cache.
+#[derive(Debug)]
+pub struct Repository<A: Aggregate, S, P = NoSnapshots> {
     store: S,
     snapshots: P,
     policy: SnapshotPolicy,
     retry: RetryPolicy,
     tenant: TenantId,
+    cache: Option<Arc<AggregateCache<A>>>,
     aggregate: PhantomData<fn() -> A>,
+}
+
+impl<A: Aggregate, S: Clone, P: Clone> Clone for Repository<A, S, P> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            snapshots: self.snapshots.clone(),
+            policy: self.policy,
+            retry: self.retry,
+            tenant: self.tenant.clone(),
+            cache: self.cache.clone(),
+            aggregate: PhantomData,
+        }
+    }
+}
+
+/// One slot per aggregate: the lock serializes commands on it, the content is the loaded root
+/// (`None` until loaded, or after a failure made it unreliable).
+type Slot<A> = Arc<tokio::sync::Mutex<Option<AggregateRoot<A>>>>;
+
+#[derive(Debug)]
+struct AggregateCache<A: Aggregate> {
+    capacity: usize,
+    slots: Mutex<HashMap<StreamId, Slot<A>>>,
+}
+
+impl<A: Aggregate> AggregateCache<A> {
+    fn slot(&self, stream: &StreamId) -> Slot<A> {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(slot) = slots.get(stream) {
+            return slot.clone();
+        }
+        if slots.len() >= self.capacity {
+            // Evict idle slots. A slot in use keeps working for its holders; a command arriving
+            // after the eviction gets a fresh slot and, at worst, a conflict that reloads.
+            slots.retain(|_, slot| Arc::strong_count(slot) > 1);
+            if slots.len() >= self.capacity {
+                slots.clear();
+            }
+        }
+        slots.entry(stream.clone()).or_default().clone()
+    }
 }
 
 impl<A: Aggregate, S: EventStore> Repository<A, S> {
@@ -205,6 +254,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             policy: SnapshotPolicy::Never,
             retry: RetryPolicy::default(),
             tenant: TenantId::default(),
+            cache: None,
             aggregate: PhantomData,
         }
     }
@@ -224,8 +274,22 @@ impl<A: Aggregate, S: EventStore, P: SnapshotStore> Repository<A, S, P> {
             policy,
             retry: self.retry,
             tenant: self.tenant,
+            cache: self.cache,
             aggregate: PhantomData,
         }
+    }
+
+    /// Keeps up to `capacity` aggregates in memory and runs commands on one aggregate one at a
+    /// time in this process (no retry storms on a hot aggregate). A cached aggregate is not
+    /// reloaded before a command: the append's version check detects a write from elsewhere,
+    /// and the conflict reloads only the new tail.
+    #[must_use]
+    pub fn with_cache(mut self, capacity: usize) -> Self {
+        self.cache = Some(Arc::new(AggregateCache {
+            capacity: capacity.max(1),
+            slots: Mutex::new(HashMap::new()),
+        }));
+        self
     }
 
     /// Retries conflicts according to `retry`.
@@ -384,55 +448,95 @@ impl<A: Aggregate, S: EventStore, P: SnapshotStore> Repository<A, S, P> {
         let stream = self.stream_id(id);
         let span = tracing::debug_span!("eventsource.execute", stream = %stream, attempts = tracing::field::Empty);
         async {
-            let metadata = ctx_metadata(ctx);
-            let mut root = self.load(id).await?;
-            let mut attempt = 1;
-            loop {
-                let events = root
-                    .state()
-                    .handle(command.clone())
-                    .map_err(CommandError::Rejected)?;
-                if events.is_empty() {
-                    return Ok(Executed {
-                        events,
-                        version: root.version(),
-                        appended: None,
-                        attempts: attempt,
-                    });
-                }
-                let new_events = encode(&events, ctx, &metadata)?;
-                let before = root.version();
-                match self
-                    .store
-                    .append(&stream, ExpectedVersion::Exact(before), new_events)
-                    .await
-                {
-                    Ok(appended) => {
-                        tracing::Span::current().record("attempts", attempt);
-                        for event in events.iter().cloned() {
-                            root.apply_event(event);
-                        }
-                        root.mark_events_as_committed();
-                        self.maybe_snapshot(&stream, before, &root).await;
-                        return Ok(Executed {
-                            events,
-                            version: appended.version,
-                            appended: Some(appended),
-                            attempts: attempt,
-                        });
-                    }
-                    Err(e) if e.is_conflict() && attempt < self.retry.max_attempts() => {
-                        tracing::debug!(%stream, attempt, "conflict; reloading the tail");
-                        tokio::time::sleep(self.retry.delay(attempt)).await;
-                        attempt += 1;
-                        root = self.catch_up(&stream, root).await?;
-                    }
-                    Err(e) => return Err(CommandError::Store(e)),
-                }
+            let Some(cache) = &self.cache else {
+                let mut root = self.load(id).await?;
+                return self.run(&stream, &mut root, command, ctx).await;
+            };
+            let slot = cache.slot(&stream);
+            let mut guard = slot.lock().await;
+            let mut root = match guard.take() {
+                Some(root) => root,
+                None => self.load(id).await?,
+            };
+            let result = self.run(&stream, &mut root, command, ctx).await;
+            // After a store failure the outcome of the append is unknown: reload next time.
+            if !matches!(
+                result,
+                Err(CommandError::Store(_) | CommandError::Decode(_))
+            ) {
+                *guard = Some(root);
             }
+            result
         }
         .instrument(span)
         .await
+    }
+
+    /// Handles `command` against `root` and appends, retrying conflicts; on success `root`
+    /// holds the new state and version.
+    async fn run(
+        &self,
+        stream: &StreamId,
+        root: &mut AggregateRoot<A>,
+        command: A::Command,
+        ctx: &CommandContext,
+    ) -> Result<Executed<A>, CommandError<A::Error>>
+    where
+        A: Handle,
+    {
+        let metadata = ctx_metadata(ctx);
+        let mut attempt = 1;
+        loop {
+            let events = root
+                .state()
+                .handle(command.clone())
+                .map_err(CommandError::Rejected)?;
+            if events.is_empty() {
+                return Ok(Executed {
+                    events,
+                    version: root.version(),
+                    appended: None,
+                    attempts: attempt,
+                });
+            }
+            let new_events = encode(&events, ctx, &metadata)?;
+            let before = root.version();
+            match self
+                .store
+                .append(stream, ExpectedVersion::Exact(before), new_events)
+                .await
+            {
+                Ok(appended) => {
+                    tracing::Span::current().record("attempts", attempt);
+                    for event in events.iter().cloned() {
+                        root.apply_event(event);
+                    }
+                    root.mark_events_as_committed();
+                    if root.version() != appended.version {
+                        // Only possible when an idempotent replay returned an earlier append:
+                        // the state must come from the store.
+                        let id = root.id().to_owned();
+                        *root = self.catch_up(stream, AggregateRoot::new(id)).await?;
+                    }
+                    self.maybe_snapshot(stream, before, root).await;
+                    return Ok(Executed {
+                        events,
+                        version: appended.version,
+                        appended: Some(appended),
+                        attempts: attempt,
+                    });
+                }
+                Err(e) if e.is_conflict() && attempt < self.retry.max_attempts() => {
+                    tracing::debug!(%stream, attempt, "conflict; reloading the tail");
+                    tokio::time::sleep(self.retry.delay(attempt)).await;
+                    attempt += 1;
+                    let id = root.id().to_owned();
+                    let current = std::mem::replace(root, AggregateRoot::new(id));
+                    *root = self.catch_up(stream, current).await?;
+                }
+                Err(e) => return Err(CommandError::Store(e)),
+            }
+        }
     }
 
     async fn maybe_snapshot(&self, stream: &StreamId, before: Version, root: &AggregateRoot<A>) {

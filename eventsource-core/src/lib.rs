@@ -10,6 +10,7 @@ pub mod memory;
 pub mod projection;
 pub mod repository;
 pub mod retry;
+pub mod saga;
 pub mod snapshot;
 pub mod store;
 #[cfg(feature = "testing")]
@@ -27,6 +28,9 @@ pub use memory::{InMemoryCheckpointStore, InMemoryEventStore, InMemorySnapshotSt
 pub use projection::{Projection, ProjectionError, ProjectionRunner};
 pub use repository::{CommandContext, CommandError, Executed, LoadError, Repository};
 pub use retry::RetryPolicy;
+pub use saga::{
+    CommandDispatcher, InMemorySagaStore, Saga, SagaError, SagaHandler, SagaState, SagaStore,
+};
 pub use snapshot::{NoSnapshots, Snapshot, SnapshotPolicy, SnapshotStore};
 pub use store::{
     Appended, EventStore, ExpectedVersion, LogFilter, StoreError, VersionRange, read_log,

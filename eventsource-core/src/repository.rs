@@ -579,3 +579,21 @@ fn encode<E: crate::DomainEvent, X: std::error::Error + 'static>(
         })
         .collect()
 }
+
+/// A repository dispatches saga commands addressed as `(aggregate id, command)`.
+impl<A, S, P> crate::saga::CommandDispatcher<(String, A::Command)> for Repository<A, S, P>
+where
+    A: Handle,
+    S: EventStore,
+    P: SnapshotStore,
+{
+    type Error = CommandError<A::Error>;
+
+    async fn dispatch(
+        &self,
+        (id, command): (String, A::Command),
+        ctx: &CommandContext,
+    ) -> Result<(), Self::Error> {
+        self.execute_with(&id, command, ctx).await.map(|_| ())
+    }
+}

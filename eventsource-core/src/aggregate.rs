@@ -72,7 +72,7 @@ pub trait Dispatch<H: ?Sized> {
 /// An aggregate with its id, version and the events applied since it was loaded.
 ///
 /// ```
-/// # use eventsource_core::{Aggregate, AggregateRoot, DomainEvent, Handle};
+/// # use eventsource_core::{Aggregate, AggregateRoot, DomainEvent};
 /// # use serde::{Deserialize, Serialize};
 /// #[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
 /// enum CounterEvent { Incremented }

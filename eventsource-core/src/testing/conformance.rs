@@ -5,7 +5,7 @@
 //! case. Each case works in a tenant of its own, so one store (one database) can serve all of
 //! them, even concurrently. The cases panic with a message on the first violation.
 //!
-//! ```ignore
+//! ```text
 //! // In a backend crate's tests:
 //! eventsource_core::conformance_tests!(async { my_backend::connect().await });
 //! ```

@@ -133,13 +133,20 @@ impl<S: EventStore, C: CheckpointStore, P: Projection> ProjectionRunner<S, C, P>
     ) -> Result<P, ProjectionError<P::Error>> {
         let notify = self.store.append_notify();
         while !shutdown.is_cancelled() {
+            // Register for the wake-up before reading, so an append that lands between the read
+            // and the wait is not missed.
+            let notified = notify.as_ref().map(|n| n.notified());
+            let mut notified = std::pin::pin!(notified);
+            if let Some(n) = notified.as_mut().as_pin_mut() {
+                n.enable();
+            }
             let n = self.step().await?;
             if n == self.batch_size {
                 continue;
             }
             let wake = async {
-                match &notify {
-                    Some(n) => n.notified().await,
+                match notified.as_mut().as_pin_mut() {
+                    Some(n) => n.await,
                     None => std::future::pending().await,
                 }
             };

@@ -7,6 +7,7 @@ pub mod envelope;
 pub mod event;
 pub mod handler;
 pub mod memory;
+pub mod metrics;
 pub mod projection;
 pub mod repository;
 pub mod retry;

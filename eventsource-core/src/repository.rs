@@ -447,7 +447,8 @@ impl<A: Aggregate, S: EventStore, P: SnapshotStore> Repository<A, S, P> {
     {
         let stream = self.stream_id(id);
         let span = tracing::debug_span!("eventsource.execute", stream = %stream, attempts = tracing::field::Empty);
-        async {
+        let started = std::time::Instant::now();
+        let result = async {
             let Some(cache) = &self.cache else {
                 let mut root = self.load(id).await?;
                 return self.run(&stream, &mut root, command, ctx).await;
@@ -469,7 +470,24 @@ impl<A: Aggregate, S: EventStore, P: SnapshotStore> Repository<A, S, P> {
             result
         }
         .instrument(span)
-        .await
+        .await;
+        match &result {
+            Ok(done) => crate::metrics::command(
+                A::TYPE,
+                "ok",
+                done.events.len(),
+                done.attempts - 1,
+                started,
+            ),
+            Err(CommandError::Rejected(_)) => {
+                crate::metrics::command(A::TYPE, "rejected", 0, 0, started);
+            }
+            Err(e) if e.is_conflict() => {
+                crate::metrics::command(A::TYPE, "conflict", 0, self.retry.max_attempts(), started)
+            }
+            Err(_) => crate::metrics::command(A::TYPE, "error", 0, 0, started),
+        }
+        result
     }
 
     /// Handles `command` against `root` and appends, retrying conflicts; on success `root`

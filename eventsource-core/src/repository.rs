@@ -471,22 +471,13 @@ impl<A: Aggregate, S: EventStore, P: SnapshotStore> Repository<A, S, P> {
         }
         .instrument(span)
         .await;
-        match &result {
-            Ok(done) => crate::metrics::command(
-                A::TYPE,
-                "ok",
-                done.events.len(),
-                done.attempts - 1,
-                started,
-            ),
-            Err(CommandError::Rejected(_)) => {
-                crate::metrics::command(A::TYPE, "rejected", 0, 0, started);
-            }
-            Err(e) if e.is_conflict() => {
-                crate::metrics::command(A::TYPE, "conflict", 0, self.retry.max_attempts(), started)
-            }
-            Err(_) => crate::metrics::command(A::TYPE, "error", 0, 0, started),
-        }
+        let (outcome, events, conflicts) = match &result {
+            Ok(done) => ("ok", done.events.len(), done.attempts - 1),
+            Err(CommandError::Rejected(_)) => ("rejected", 0, 0),
+            Err(e) if e.is_conflict() => ("conflict", 0, self.retry.max_attempts()),
+            Err(_) => ("error", 0, 0),
+        };
+        crate::metrics::command(A::TYPE, outcome, events, conflicts, started);
         result
     }
 

@@ -1,0 +1,22 @@
+use eventsource_core::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+enum AccountEvent {
+    Opened { owner: String },
+}
+
+#[derive(Debug, Default, Aggregate)]
+#[aggregate(name = "account", event = AccountEvent)]
+#[aggregate(name = "bank-account")]
+struct Account {
+    open: bool,
+}
+
+impl AccountEventHandler for Account {
+    fn when_opened(&mut self, _owner: &String) {
+        self.open = true;
+    }
+}
+
+fn main() {}

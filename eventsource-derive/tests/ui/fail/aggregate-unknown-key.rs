@@ -1,0 +1,21 @@
+use eventsource_core::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+enum AccountEvent {
+    Opened { owner: String },
+}
+
+#[derive(Debug, Default, Aggregate)]
+#[aggregate(event = AccountEvent, events = AccountEvent)]
+struct Account {
+    open: bool,
+}
+
+impl AccountEventHandler for Account {
+    fn when_opened(&mut self, _owner: &String) {
+        self.open = true;
+    }
+}
+
+fn main() {}

@@ -1,0 +1,7 @@
+use eventsource_core::DomainEvent;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+enum NothingHappens {}
+
+fn main() {}

@@ -1,0 +1,10 @@
+use eventsource_core::DomainEvent;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+enum AccountEvent {
+    #[event(nmae = "opened")]
+    Opened { owner: String },
+}
+
+fn main() {}

@@ -1,0 +1,268 @@
+//! Relay and runner throughput beside raw redis-rs, and end-to-end latency.
+//!
+//! Run: `REDIS_URL=redis://127.0.0.1:6379/ cargo bench -p eventsource-redis --bench relay`
+//! (Redis with `maxmemory-policy noeviction`; the bench writes keys under a fresh prefix and
+//! deletes them at the end).
+#![allow(
+    missing_docs,
+    clippy::print_stdout,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use eventsource_core::{
+    EventHandler, EventStore, ExpectedVersion, InMemoryCheckpointStore, InMemoryEventStore,
+    LogFilter, LogPosition, NewEvent, RecordedEvent, StreamId, TenantId,
+};
+use eventsource_redis::{
+    ConsumerRunner, Keys, PerTenant, PublisherOptions, RedisPublisher, RunnerOptions, codec,
+};
+use redis::AsyncCommands as _;
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use tokio_util::sync::CancellationToken;
+
+const EVENTS: usize = 100_000;
+const BATCH: usize = 100;
+
+struct Row {
+    scenario: &'static str,
+    framework: String,
+    raw: String,
+    ratio: String,
+}
+
+async fn fill(store: &InMemoryEventStore, tenant: &str, n: usize) {
+    let payload = serde_json::json!({"order_id": "o-123456", "amount_cents": 129_900, "currency": "EUR", "lines": 3});
+    for chunk in 0..n / 10 {
+        let stream = StreamId::new(TenantId::new(tenant), "order", format!("o-{}", chunk % 997));
+        let events = (0..10)
+            .map(|_| NewEvent::new("OrderPlaced", 1, payload.clone()))
+            .collect();
+        store
+            .append(&stream, ExpectedVersion::Any, events)
+            .await
+            .expect("append");
+    }
+}
+
+async fn relay_throughput(conn: &ConnectionManager, keys: &Keys) -> Row {
+    let store = InMemoryEventStore::new();
+    fill(&store, "bench", EVENTS).await;
+    let events = store
+        .read_all(LogPosition::START, usize::MAX, &LogFilter::all())
+        .await
+        .expect("read");
+
+    // Raw: pipelined XADD of the same fields with the same explicit ids, 1,000 per pipeline.
+    let raw_key = format!("{}:raw-relay", keys.prefix());
+    let mut c = conn.clone();
+    let started = Instant::now();
+    for chunk in events.chunks(1_000) {
+        let mut pipe = redis::pipe();
+        for event in chunk {
+            pipe.xadd(
+                &raw_key,
+                codec::entry_id(event.position),
+                &codec::encode_pairs(event),
+            )
+            .ignore();
+        }
+        pipe.query_async::<()>(&mut c).await.expect("raw xadd");
+    }
+    let raw = EVENTS as f64 / started.elapsed().as_secs_f64();
+
+    let mut relay = RedisPublisher::new(
+        store.clone(),
+        InMemoryCheckpointStore::new(),
+        conn.clone(),
+        "bench",
+        PublisherOptions::default().with_batch_size(1_000),
+    )
+    .with_router(PerTenant::new(keys.clone()));
+    let started = Instant::now();
+    let n = relay.catch_up().await.expect("relay");
+    let framework = n as f64 / started.elapsed().as_secs_f64();
+    let _: () = c.del(&raw_key).await.expect("del");
+    Row {
+        scenario: "relay, events/s (batch 1000)",
+        framework: format!("{framework:.0}"),
+        raw: format!("{raw:.0}"),
+        ratio: format!("{:.2}x", framework / raw),
+    }
+}
+
+struct Count(Arc<AtomicU64>);
+impl EventHandler for Count {
+    type Error = std::convert::Infallible;
+    async fn handle(&self, _: &RecordedEvent) -> Result<(), Self::Error> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+async fn runner_throughput(client: &redis::Client, conn: &ConnectionManager, keys: &Keys) -> Row {
+    let key = keys.tenant_stream(&TenantId::new("bench"));
+    let total: u64 = conn.clone().xlen(&key).await.expect("xlen");
+
+    // Raw: XREADGROUP COUNT 100 + XACK until the group is through.
+    let mut c = conn.clone();
+    eventsource_redis::ensure_group(&mut c, &key, "raw", "0")
+        .await
+        .expect("group");
+    let options = StreamReadOptions::default().group("raw", "c").count(BATCH);
+    let started = Instant::now();
+    let mut seen = 0u64;
+    while seen < total {
+        let reply: StreamReadReply = c
+            .xread_options(&[&key], &[">"], &options)
+            .await
+            .expect("read");
+        let ids: Vec<String> = reply.keys[0].ids.iter().map(|e| e.id.clone()).collect();
+        seen += ids.len() as u64;
+        let _: usize = c.xack(&key, "raw", &ids).await.expect("ack");
+    }
+    let raw = total as f64 / started.elapsed().as_secs_f64();
+
+    let count = Arc::new(AtomicU64::new(0));
+    let runner = ConsumerRunner::new(
+        conn.clone(),
+        client.clone(),
+        [key.clone()],
+        "framework",
+        "c",
+        Count(count.clone()),
+        RunnerOptions::default().with_batch_size(BATCH),
+    );
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let task = tokio::spawn(runner.run(stop.clone()));
+    while count.load(Ordering::Relaxed) < total {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let framework = total as f64 / started.elapsed().as_secs_f64();
+    stop.cancel();
+    task.await.expect("join").expect("runner");
+    Row {
+        scenario: "runner, entries/s (batch 100)",
+        framework: format!("{framework:.0}"),
+        raw: format!("{raw:.0}"),
+        ratio: format!("{:.2}x", framework / raw),
+    }
+}
+
+struct Latency(Arc<Mutex<Vec<Duration>>>);
+impl EventHandler for Latency {
+    type Error = std::convert::Infallible;
+    async fn handle(&self, event: &RecordedEvent) -> Result<(), Self::Error> {
+        let lag = (chrono::Utc::now() - event.recorded_at)
+            .to_std()
+            .unwrap_or_default();
+        self.0.lock().expect("lock").push(lag);
+        Ok(())
+    }
+}
+
+async fn end_to_end(client: &redis::Client, conn: &ConnectionManager, keys: &Keys) -> Vec<Row> {
+    let store = InMemoryEventStore::new();
+    let tenant = TenantId::new("latency");
+    let key = keys.tenant_stream(&tenant);
+    let stop = CancellationToken::new();
+    let relay = RedisPublisher::new(
+        store.clone(),
+        InMemoryCheckpointStore::new(),
+        conn.clone(),
+        "latency",
+        PublisherOptions::default(),
+    )
+    .with_router(PerTenant::new(keys.clone()))
+    .with_keys(keys);
+    let relay = tokio::spawn(relay.run(stop.clone()));
+    let lags = Arc::new(Mutex::new(Vec::new()));
+    let runner = ConsumerRunner::new(
+        conn.clone(),
+        client.clone(),
+        [key],
+        "latency",
+        "c",
+        Latency(lags.clone()),
+        RunnerOptions::default(),
+    )
+    .with_start_id("$");
+    let runner = tokio::spawn(runner.run(stop.clone()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // 1,000 events/s for 3 s.
+    let n = 3_000;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let stream = StreamId::new(tenant, "order", "o-1");
+    for _ in 0..n {
+        tick.tick().await;
+        store
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                vec![NewEvent::new("OrderPlaced", 1, serde_json::json!({"n": 1}))],
+            )
+            .await
+            .expect("append");
+    }
+    while lags.lock().expect("lock").len() < n {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    relay.await.expect("join").expect("relay");
+    runner.await.expect("join").expect("runner");
+    let mut lags = lags.lock().expect("lock").clone();
+    lags.sort();
+    let pct = |p: f64| lags[((lags.len() as f64 * p) as usize).min(lags.len() - 1)];
+    vec![
+        Row {
+            scenario: "append -> handler p50 @1k/s",
+            framework: format!("{:.2} ms", pct(0.50).as_secs_f64() * 1e3),
+            raw: "-".into(),
+            ratio: "-".into(),
+        },
+        Row {
+            scenario: "append -> handler p99 @1k/s",
+            framework: format!("{:.2} ms", pct(0.99).as_secs_f64() * 1e3),
+            raw: "-".into(),
+            ratio: "-".into(),
+        },
+    ]
+}
+
+#[tokio::main]
+async fn main() {
+    let Ok(url) = std::env::var("REDIS_URL") else {
+        println!("REDIS_URL is not set; skipping the Redis benchmark");
+        return;
+    };
+    let client = redis::Client::open(url).expect("REDIS_URL");
+    let conn = client.get_connection_manager().await.expect("connect");
+    let keys = Keys::new(&format!("bench-{}", uuid::Uuid::new_v4().simple()));
+
+    let mut rows = vec![relay_throughput(&conn, &keys).await];
+    rows.push(runner_throughput(&client, &conn, &keys).await);
+    rows.extend(end_to_end(&client, &conn, &keys).await);
+
+    println!("| scenario | eventsource-redis | raw redis-rs | ratio |");
+    println!("|---|---:|---:|---:|");
+    for row in rows {
+        println!(
+            "| {} | {} | {} | {} |",
+            row.scenario, row.framework, row.raw, row.ratio
+        );
+    }
+
+    let mut c = conn.clone();
+    for tenant in ["bench", "latency"] {
+        let key = keys.tenant_stream(&TenantId::new(tenant));
+        let _: () = c.del(&key).await.expect("del");
+    }
+}

@@ -1,0 +1,285 @@
+//! Operating the streams: trimming, statistics, dead-letter inspection and requeue, health.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use eventsource_core::RecordedEvent;
+use redis::aio::ConnectionManager;
+use redis::streams::{
+    StreamInfoGroupsReply, StreamPendingReply, StreamRangeReply, StreamTrimOptions,
+    StreamTrimmingMode,
+};
+use redis::{AsyncCommands as _, Script, Value};
+
+use crate::codec::{self, CodecError};
+use crate::consumer::dead_letter_fields as dlq;
+use crate::error::RedisStoreError;
+use crate::keys;
+
+/// Copies dead letter `ARGV[1]` of `KEYS[1]` without its `dlq_*` fields to `KEYS[2]`, then
+/// deletes it; replies the new id, or nil when there is no such entry.
+static REQUEUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local e = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+if #e == 0 then return false end
+local f = e[1][2]
+local out = {}
+for i = 1, #f, 2 do
+  if string.sub(f[i], 1, 4) ~= 'dlq_' then
+    out[#out + 1] = f[i]
+    out[#out + 1] = f[i + 1]
+  end
+end
+local id = redis.call('XADD', KEYS[2], '*', unpack(out))
+redis.call('XDEL', KEYS[1], ARGV[1])
+return id
+",
+    )
+});
+
+/// What [`trim`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Trimmed {
+    /// Entries removed.
+    pub removed: u64,
+    /// The `MINID` used: the oldest entry some group still needs; `None` when the stream has
+    /// no group (nothing was trimmed).
+    pub min_id: Option<String>,
+}
+
+/// Trims `key` with `MINID` below what its slowest consumer group still needs.
+///
+/// For each group the floor is its oldest pending (delivered, unacknowledged) entry, or its
+/// last-delivered id when nothing is pending; the stream keeps every entry at or above the
+/// lowest floor. A stream without groups is left alone. Group positions only move forward, so
+/// the result stays safe even if groups progress meanwhile; do not create a new group that
+/// starts at `0` while trimming.
+pub async fn trim(conn: &mut ConnectionManager, key: &str) -> Result<Trimmed, RedisStoreError> {
+    let exists: bool = conn.exists(key).await?;
+    if !exists {
+        return Ok(Trimmed {
+            removed: 0,
+            min_id: None,
+        });
+    }
+    let groups: StreamInfoGroupsReply = conn.xinfo_groups(key).await?;
+    let mut floor: Option<(u64, u64, String)> = None;
+    for group in &groups.groups {
+        let pending: StreamPendingReply = conn.xpending(key, &group.name).await?;
+        let id = match pending {
+            StreamPendingReply::Data(data) if data.count > 0 => data.start_id,
+            _ => group.last_delivered_id.clone(),
+        };
+        let parsed = parse_id(&id);
+        if floor.as_ref().is_none_or(|f| parsed < (f.0, f.1)) {
+            floor = Some((parsed.0, parsed.1, id));
+        }
+    }
+    let Some((_, _, min_id)) = floor else {
+        return Ok(Trimmed {
+            removed: 0,
+            min_id: None,
+        });
+    };
+    let options = StreamTrimOptions::minid(StreamTrimmingMode::Exact, min_id.clone());
+    let removed: u64 = conn.xtrim_options(key, &options).await?;
+    tracing::debug!(stream = %key, %min_id, removed, "trimmed stream");
+    Ok(Trimmed {
+        removed,
+        min_id: Some(min_id),
+    })
+}
+
+fn parse_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+/// One consumer group's state on a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GroupStats {
+    /// The group's name.
+    pub name: String,
+    /// Consumers known to the group.
+    pub consumers: u64,
+    /// Entries delivered and not yet acknowledged.
+    pub pending: u64,
+    /// The last entry delivered to the group.
+    pub last_delivered_id: String,
+    /// Entries not yet delivered to the group (`None` when Redis cannot tell, e.g. after
+    /// deletions).
+    pub lag: Option<u64>,
+    /// Entries in the group's dead-letter stream.
+    pub dead_letters: u64,
+}
+
+/// A stream's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamStats {
+    /// The stream key.
+    pub key: String,
+    /// Entries in the stream.
+    pub length: u64,
+    /// Its consumer groups.
+    pub groups: Vec<GroupStats>,
+}
+
+/// Length, and per group pending entries, lag and dead letters of `key`.
+pub async fn stats(
+    conn: &mut ConnectionManager,
+    key: &str,
+) -> Result<StreamStats, RedisStoreError> {
+    let length: u64 = conn.xlen(key).await?;
+    let exists: bool = conn.exists(key).await?;
+    let mut groups = Vec::new();
+    if exists {
+        let reply: StreamInfoGroupsReply = conn.xinfo_groups(key).await?;
+        for group in reply.groups {
+            let dead_letters: u64 = conn
+                .xlen(keys::dead_letter_stream(key, &group.name))
+                .await?;
+            groups.push(GroupStats {
+                consumers: group.consumers as u64,
+                pending: group.pending as u64,
+                last_delivered_id: group.last_delivered_id,
+                lag: group.lag.map(|l| l as u64),
+                dead_letters,
+                name: group.name,
+            });
+        }
+    }
+    Ok(StreamStats {
+        key: key.to_owned(),
+        length,
+        groups,
+    })
+}
+
+/// An entry of a dead-letter stream.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// Its id in the dead-letter stream.
+    pub id: String,
+    /// The stream it was read from.
+    pub source_stream: Option<String>,
+    /// Its id there.
+    pub source_id: Option<String>,
+    /// The consumer that gave up.
+    pub consumer: Option<String>,
+    /// Why.
+    pub error: Option<String>,
+    /// Deliveries before giving up.
+    pub deliveries: Option<u64>,
+    /// The event, if the fields still decode.
+    pub event: Result<RecordedEvent, CodecError>,
+    /// Every field as stored.
+    pub fields: HashMap<String, Value>,
+}
+
+/// Number of dead letters `group` left for `stream_key`.
+pub async fn dead_letter_count(
+    conn: &mut ConnectionManager,
+    stream_key: &str,
+    group: &str,
+) -> Result<u64, RedisStoreError> {
+    Ok(conn
+        .xlen(keys::dead_letter_stream(stream_key, group))
+        .await?)
+}
+
+/// The oldest `count` dead letters `group` left for `stream_key`.
+pub async fn dead_letters(
+    conn: &mut ConnectionManager,
+    stream_key: &str,
+    group: &str,
+    count: usize,
+) -> Result<Vec<DeadLetter>, RedisStoreError> {
+    let reply: StreamRangeReply = conn
+        .xrange_count(keys::dead_letter_stream(stream_key, group), "-", "+", count)
+        .await?;
+    Ok(reply
+        .ids
+        .into_iter()
+        .map(|entry| {
+            let field = |name| codec::text(&entry.map, name).ok().map(str::to_owned);
+            DeadLetter {
+                source_stream: field(dlq::SOURCE_STREAM),
+                source_id: field(dlq::SOURCE_ID),
+                consumer: field(dlq::CONSUMER),
+                error: field(dlq::ERROR),
+                deliveries: field(dlq::DELIVERIES).and_then(|d| d.parse().ok()),
+                event: codec::decode(&entry.map),
+                id: entry.id,
+                fields: entry.map,
+            }
+        })
+        .collect())
+}
+
+/// Sends dead letter `id` back to `group`: copies its original fields to the group's requeue
+/// stream ([`keys::requeue_stream`], which [`ConsumerRunner`](crate::ConsumerRunner) reads) and
+/// deletes it from the dead-letter stream, atomically. Returns the new entry id.
+///
+/// The entry is not put back into the event stream itself: a fresh id there would sort after
+/// every future log position and make Redis refuse the relay's next entries.
+pub async fn requeue_dead_letter(
+    conn: &mut ConnectionManager,
+    stream_key: &str,
+    group: &str,
+    id: &str,
+) -> Result<String, RedisStoreError> {
+    let dead_letters = keys::dead_letter_stream(stream_key, group);
+    let new_id: Option<String> = REQUEUE
+        .key(&dead_letters)
+        .key(keys::requeue_stream(stream_key, group))
+        .arg(id)
+        .invoke_async(conn)
+        .await?;
+    new_id.ok_or_else(|| RedisStoreError::NoSuchEntry {
+        key: dead_letters,
+        id: id.to_owned(),
+    })
+}
+
+/// What [`health_check`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Health {
+    /// Round-trip time of a `PING`.
+    pub latency: Duration,
+    /// The server's `maxmemory-policy`, when `CONFIG GET` is allowed.
+    pub eviction_policy: Option<String>,
+}
+
+impl Health {
+    /// Whether the server may evict keys: anything but `noeviction` can silently drop a
+    /// stream and, with it, the ids that make the relay exactly-once.
+    #[must_use]
+    pub fn may_evict(&self) -> bool {
+        self.eviction_policy
+            .as_deref()
+            .is_some_and(|p| p != "noeviction")
+    }
+}
+
+/// Pings the server and reads its eviction policy.
+pub async fn health_check(conn: &mut ConnectionManager) -> Result<Health, RedisStoreError> {
+    let started = Instant::now();
+    let _: String = redis::cmd("PING").query_async(conn).await?;
+    let latency = started.elapsed();
+    let policy: Result<HashMap<String, String>, _> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(conn)
+        .await;
+    Ok(Health {
+        latency,
+        eviction_policy: policy.ok().and_then(|m| m.get("maxmemory-policy").cloned()),
+    })
+}

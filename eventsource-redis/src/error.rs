@@ -1,0 +1,130 @@
+//! Errors of the relay, the runners and the admin functions.
+
+use eventsource_core::StoreError;
+use redis::RedisError;
+
+/// Why a Redis-side operation (relay, admin, stats) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisStoreError {
+    /// A Redis command failed (connection lost, timeout, server error).
+    #[error("redis command failed")]
+    Redis(#[source] RedisError),
+    /// The event store or the checkpoint store failed.
+    #[error("event store failed")]
+    Store(#[source] StoreError),
+    /// Redis refused to append an entry for a reason other than "already published".
+    #[error("publishing entry {id} to {key} was refused: {reason}")]
+    PublishRefused {
+        /// The stream key.
+        key: String,
+        /// The entry id that was refused.
+        id: String,
+        /// Redis's message.
+        reason: String,
+    },
+    /// Another relay instance holds the lease, or took it over while this one was publishing.
+    #[error("relay lease {key} is held by another instance")]
+    LeaseLost {
+        /// The lease key.
+        key: String,
+    },
+    /// A dead letter asked for does not exist.
+    #[error("no dead letter {id} in {key}")]
+    NoSuchEntry {
+        /// The dead-letter stream.
+        key: String,
+        /// The entry id.
+        id: String,
+    },
+}
+
+impl RedisStoreError {
+    /// Whether retrying later may succeed: connection problems, timeouts, a busy or loading
+    /// server, cluster redirections, an unavailable store.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Redis(e) => redis_retryable(e),
+            Self::Store(e) => e.is_retryable(),
+            Self::LeaseLost { .. } => true,
+            Self::PublishRefused { .. } | Self::NoSuchEntry { .. } => false,
+        }
+    }
+}
+
+impl From<RedisError> for RedisStoreError {
+    fn from(e: RedisError) -> Self {
+        Self::Redis(e)
+    }
+}
+
+impl From<StoreError> for RedisStoreError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+/// Why a consumer runner stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunnerError {
+    /// A Redis command failed in a way retrying did not fix.
+    #[error("redis command failed")]
+    Redis(#[source] RedisError),
+    /// Refetching a deleted entry from the event store failed.
+    #[error("event store failed")]
+    Store(#[source] StoreError),
+    /// The runner was configured with no stream to read.
+    #[error("a runner needs at least one stream key")]
+    NoStreams,
+}
+
+impl RunnerError {
+    /// Whether restarting the runner later may succeed.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Redis(e) => redis_retryable(e),
+            Self::Store(e) => e.is_retryable(),
+            Self::NoStreams => false,
+        }
+    }
+}
+
+impl From<RedisError> for RunnerError {
+    fn from(e: RedisError) -> Self {
+        Self::Redis(e)
+    }
+}
+
+impl From<StoreError> for RunnerError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+/// Whether a Redis error is transient, by redis-rs's own predicates.
+pub(crate) fn redis_retryable(e: &RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
+        || e.is_cluster_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ReadOnly
+            )
+        )
+}
+
+/// Whether the error says the consumer group (or its stream) does not exist.
+pub(crate) fn is_no_group(e: &RedisError) -> bool {
+    e.code() == Some("NOGROUP")
+}

@@ -1,0 +1,238 @@
+//! Every Redis key this crate touches, and the routing of events to stream keys.
+//!
+//! Keys carry a hash tag (`{…}`) so that everything belonging to one tenant lands in one slot of
+//! a Redis Cluster: a stream, its dead-letter and requeue streams live together, and the Lua
+//! scripts that touch two of them at once stay single-slot.
+//!
+//! | key | holds |
+//! |---|---|
+//! | `es:{<tenant>}:events` | the tenant's events ([`PerTenant`], the default) |
+//! | `es:{<tenant>}:type:<aggregate type>` | one aggregate type's events ([`PerAggregateType`]) |
+//! | `es:{<tenant>}:event:<event type>` | one event type's events ([`PerEventType`]) |
+//! | `<stream key>:dlq:<group>` | a group's dead letters for that stream |
+//! | `<stream key>:requeue:<group>` | dead letters sent back to that group |
+//! | `es:relay:{<name>}:lease` | the relay lease |
+//!
+//! Tenant ids and names are escaped (`%`, `{`, `}`, `:` become `%25`, `%7B`, `%7D`, `%3A`) so a
+//! tenant can never break out of its hash tag or collide with another key.
+
+use std::fmt::Write as _;
+
+use eventsource_core::{RecordedEvent, TenantId};
+
+/// Builds key names under a common prefix (`es` unless changed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Self::new("es")
+    }
+}
+
+impl Keys {
+    /// Keys under `prefix` (escaped like tenant ids); tests use a unique prefix each.
+    #[must_use]
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: escape(prefix),
+        }
+    }
+
+    /// The prefix in front of every key.
+    #[must_use]
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The stream of all of a tenant's events: `es:{<tenant>}:events`.
+    #[must_use]
+    pub fn tenant_stream(&self, tenant: &TenantId) -> String {
+        format!("{}:{{{}}}:events", self.prefix, escape(tenant.as_str()))
+    }
+
+    /// The stream of one aggregate type within a tenant: `es:{<tenant>}:type:<type>`.
+    #[must_use]
+    pub fn aggregate_type_stream(&self, tenant: &TenantId, aggregate_type: &str) -> String {
+        format!(
+            "{}:{{{}}}:type:{}",
+            self.prefix,
+            escape(tenant.as_str()),
+            escape(aggregate_type)
+        )
+    }
+
+    /// The stream of one event type within a tenant: `es:{<tenant>}:event:<type>`.
+    #[must_use]
+    pub fn event_type_stream(&self, tenant: &TenantId, event_type: &str) -> String {
+        format!(
+            "{}:{{{}}}:event:{}",
+            self.prefix,
+            escape(tenant.as_str()),
+            escape(event_type)
+        )
+    }
+
+    /// The lease that lets one relay instance named `name` publish at a time.
+    #[must_use]
+    pub fn relay_lease(&self, name: &str) -> String {
+        format!("{}:relay:{{{}}}:lease", self.prefix, escape(name))
+    }
+}
+
+/// The dead-letter stream of `group` for `stream_key`: `<stream key>:dlq:<group>`.
+///
+/// Derived from the stream key so that it shares the stream's hash tag.
+#[must_use]
+pub fn dead_letter_stream(stream_key: &str, group: &str) -> String {
+    format!("{stream_key}:dlq:{}", escape(group))
+}
+
+/// The stream into which dead letters of `group` are requeued: `<stream key>:requeue:<group>`.
+///
+/// Requeued entries never go back into the event stream itself: an entry added there with a
+/// fresh id would sort after every future log position and make Redis reject the relay's
+/// next publications.
+#[must_use]
+pub fn requeue_stream(stream_key: &str, group: &str) -> String {
+    format!("{stream_key}:requeue:{}", escape(group))
+}
+
+/// The checkpoint name under which a relay called `name` stores its log position.
+#[must_use]
+pub fn relay_checkpoint(name: &str) -> String {
+    format!("redis-relay:{name}")
+}
+
+/// Escapes the characters that would break a key's structure or its hash tag.
+fn escape(raw: &str) -> String {
+    if !raw.contains(['%', '{', '}', ':']) {
+        return raw.to_owned();
+    }
+    let mut out = String::with_capacity(raw.len() + 8);
+    for c in raw.chars() {
+        match c {
+            '%' | '{' | '}' | ':' => {
+                // Writing to a String cannot fail.
+                let _ = write!(out, "%{:02X}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Decides which stream keys an event is published to.
+///
+/// An event may go to several keys (for example its tenant's stream and its type's stream);
+/// each key receives the events routed to it in log order, each exactly once. Changing the
+/// router of a running relay only affects events published afterwards.
+pub trait Router: Send + Sync {
+    /// Appends the keys `event` is published to onto `keys`; none skips the event.
+    fn route(&self, event: &RecordedEvent, keys: &mut Vec<String>);
+}
+
+/// One stream per tenant, `es:{<tenant>}:events` (the default).
+#[derive(Debug, Clone, Default)]
+pub struct PerTenant {
+    keys: Keys,
+}
+
+impl PerTenant {
+    /// Routes under the given key prefix.
+    #[must_use]
+    pub fn new(keys: Keys) -> Self {
+        Self { keys }
+    }
+}
+
+impl Router for PerTenant {
+    fn route(&self, event: &RecordedEvent, keys: &mut Vec<String>) {
+        keys.push(self.keys.tenant_stream(event.tenant()));
+    }
+}
+
+/// One stream per tenant and aggregate type, `es:{<tenant>}:type:<aggregate type>`.
+#[derive(Debug, Clone, Default)]
+pub struct PerAggregateType {
+    keys: Keys,
+}
+
+impl PerAggregateType {
+    /// Routes under the given key prefix.
+    #[must_use]
+    pub fn new(keys: Keys) -> Self {
+        Self { keys }
+    }
+}
+
+impl Router for PerAggregateType {
+    fn route(&self, event: &RecordedEvent, keys: &mut Vec<String>) {
+        keys.push(
+            self.keys
+                .aggregate_type_stream(event.tenant(), event.stream.aggregate_type()),
+        );
+    }
+}
+
+/// One stream per tenant and event type (a category), `es:{<tenant>}:event:<event type>`.
+#[derive(Debug, Clone, Default)]
+pub struct PerEventType {
+    keys: Keys,
+}
+
+impl PerEventType {
+    /// Routes under the given key prefix.
+    #[must_use]
+    pub fn new(keys: Keys) -> Self {
+        Self { keys }
+    }
+}
+
+impl Router for PerEventType {
+    fn route(&self, event: &RecordedEvent, keys: &mut Vec<String>) {
+        keys.push(
+            self.keys
+                .event_type_stream(event.tenant(), &event.event_type),
+        );
+    }
+}
+
+/// Any closure `Fn(&RecordedEvent, &mut Vec<String>)` routes too.
+impl<F> Router for F
+where
+    F: Fn(&RecordedEvent, &mut Vec<String>) + Send + Sync,
+{
+    fn route(&self, event: &RecordedEvent, keys: &mut Vec<String>) {
+        self(event, keys);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_have_the_tenant_as_hash_tag() {
+        let keys = Keys::default();
+        let t = TenantId::new("acme");
+        assert_eq!(keys.tenant_stream(&t), "es:{acme}:events");
+        assert_eq!(
+            keys.aggregate_type_stream(&t, "order"),
+            "es:{acme}:type:order"
+        );
+        assert_eq!(
+            dead_letter_stream(&keys.tenant_stream(&t), "billing"),
+            "es:{acme}:events:dlq:billing"
+        );
+    }
+
+    #[test]
+    fn tenants_cannot_escape_their_hash_tag() {
+        let keys = Keys::default();
+        let evil = TenantId::new("a}:{b%");
+        assert_eq!(keys.tenant_stream(&evil), "es:{a%7D%3A%7Bb%25}:events");
+    }
+}

@@ -1,0 +1,28 @@
+#![doc = include_str!("../README.md")]
+#![doc(test(attr(deny(warnings))))]
+
+pub mod admin;
+pub mod codec;
+pub mod consumer;
+pub mod error;
+pub mod keys;
+pub mod options;
+pub mod publisher;
+pub mod runner;
+
+pub use admin::{
+    DeadLetter, GroupStats, Health, StreamStats, Trimmed, dead_letter_count, dead_letters,
+    health_check, requeue_dead_letter, stats, trim,
+};
+pub use codec::CodecError;
+pub use consumer::ensure_group;
+pub use error::{RedisStoreError, RunnerError};
+pub use keys::{Keys, PerAggregateType, PerEventType, PerTenant, Router};
+pub use options::{PublisherOptions, RunnerOptions};
+pub use publisher::{Published, RedisPublisher};
+#[cfg(feature = "postgres")]
+pub use runner::postgres::{PgProjection, PgProjectionError};
+pub use runner::projection::{
+    Applied, InMemoryProjection, ProjectionHandler, TransactionalProjection,
+};
+pub use runner::{ConsumerRunner, RunnerCounters};

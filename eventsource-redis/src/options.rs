@@ -1,0 +1,239 @@
+//! Tuning for the publisher and the consumer runners.
+
+use std::time::Duration;
+
+use eventsource_core::{LogFilter, RetryPolicy};
+
+/// Tuning of a [`RedisPublisher`](crate::RedisPublisher).
+///
+/// ```
+/// # use eventsource_redis::PublisherOptions;
+/// # use std::time::Duration;
+/// let options = PublisherOptions::default()
+///     .with_batch_size(2_000)
+///     .with_lease_ttl(Duration::from_secs(5));
+/// assert_eq!(options.batch_size(), 2_000);
+/// ```
+#[derive(Debug, Clone)]
+pub struct PublisherOptions {
+    pub(crate) batch_size: usize,
+    pub(crate) max_idle_poll: Duration,
+    pub(crate) lease_ttl: Duration,
+    pub(crate) instance_id: String,
+    pub(crate) filter: LogFilter,
+    pub(crate) error_backoff: RetryPolicy,
+}
+
+impl Default for PublisherOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 1_000,
+            max_idle_poll: Duration::from_millis(250),
+            lease_ttl: Duration::from_secs(10),
+            instance_id: uuid::Uuid::new_v4().to_string(),
+            filter: LogFilter::all(),
+            error_backoff: RetryPolicy::default()
+                .with_max_attempts(u32::MAX)
+                .with_base_delay(Duration::from_millis(50))
+                .with_max_delay(Duration::from_secs(5)),
+        }
+    }
+}
+
+impl PublisherOptions {
+    /// Events read from the log and published per batch (default 1,000).
+    #[must_use]
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// Longest wait between two polls of an idle log (default 250 ms). After a full batch the
+    /// next poll is immediate; after an empty one the wait doubles from 1 ms up to this bound.
+    /// A local append wakes the publisher at once through [`EventStore::append_notify`].
+    ///
+    /// [`EventStore::append_notify`]: eventsource_core::EventStore::append_notify
+    #[must_use]
+    pub fn with_max_idle_poll(mut self, max_idle_poll: Duration) -> Self {
+        self.max_idle_poll = max_idle_poll;
+        self
+    }
+
+    /// How long the lease lives without renewal (default 10 s). A second instance waits until
+    /// the first stops renewing; it is renewed every third of this.
+    #[must_use]
+    pub fn with_lease_ttl(mut self, lease_ttl: Duration) -> Self {
+        self.lease_ttl = lease_ttl.max(Duration::from_millis(30));
+        self
+    }
+
+    /// A stable id of this instance (default: random). An instance restarted with the same id
+    /// takes its own lease back at once instead of waiting for it to expire.
+    #[must_use]
+    pub fn with_instance_id(mut self, instance_id: impl Into<String>) -> Self {
+        self.instance_id = instance_id.into();
+        self
+    }
+
+    /// Which events of the log are published (default: all).
+    #[must_use]
+    pub fn with_filter(mut self, filter: LogFilter) -> Self {
+        self.filter = filter;
+        self
+    }
+
+    /// Backoff between attempts after a transient Redis or store failure.
+    #[must_use]
+    pub fn with_error_backoff(mut self, backoff: RetryPolicy) -> Self {
+        self.error_backoff = backoff;
+        self
+    }
+
+    /// Events per batch.
+    #[must_use]
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+}
+
+/// Tuning of a [`ConsumerRunner`](crate::ConsumerRunner).
+///
+/// # Delivery and reclaim policy
+///
+/// - On start the runner re-reads its own pending entries (id `0`), then new ones (`>`).
+/// - A failing handler is retried in place following [`with_retry`](Self::with_retry)
+///   (exponential backoff with jitter). If it still fails, the entry stays pending.
+/// - Every half [`idle_reclaim`](Self::with_idle_reclaim) the runner claims (`XAUTOCLAIM`)
+///   entries pending for longer than that in *any* consumer of the group — a crashed
+///   consumer's entries, and its own failed ones — which counts as a new delivery.
+/// - An entry whose handler fails on its [`max_deliveries`](Self::with_max_deliveries)-th
+///   delivery (or that is malformed) moves to the group's dead-letter stream, atomically with
+///   its ack.
+/// - After [`breaker_threshold`](Self::with_breaker_threshold) entries in a row failed, the
+///   runner pauses for [`breaker_cooldown`](Self::with_breaker_cooldown) (circuit breaker),
+///   then tries one batch again.
+///
+/// ```
+/// # use eventsource_redis::RunnerOptions;
+/// # use std::time::Duration;
+/// let options = RunnerOptions::default()
+///     .with_batch_size(256)
+///     .with_block_timeout(Duration::from_secs(2))
+///     .with_concurrency(8);
+/// assert_eq!(options.concurrency(), 8);
+/// ```
+#[derive(Debug, Clone)]
+pub struct RunnerOptions {
+    pub(crate) batch_size: usize,
+    pub(crate) block_timeout: Duration,
+    pub(crate) idle_reclaim: Duration,
+    pub(crate) max_deliveries: u64,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) concurrency: usize,
+    pub(crate) breaker_threshold: u32,
+    pub(crate) breaker_cooldown: Duration,
+    pub(crate) error_backoff: RetryPolicy,
+}
+
+impl Default for RunnerOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 100,
+            block_timeout: Duration::from_secs(2),
+            idle_reclaim: Duration::from_secs(30),
+            max_deliveries: 5,
+            retry: RetryPolicy::default()
+                .with_max_attempts(3)
+                .with_base_delay(Duration::from_millis(10))
+                .with_max_delay(Duration::from_secs(1)),
+            concurrency: 1,
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(5),
+            error_backoff: RetryPolicy::default()
+                .with_max_attempts(u32::MAX)
+                .with_base_delay(Duration::from_millis(50))
+                .with_max_delay(Duration::from_secs(5)),
+        }
+    }
+}
+
+impl RunnerOptions {
+    /// Entries read per `XREADGROUP` (default 100).
+    #[must_use]
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// How long a read blocks waiting for new entries (default 2 s). The blocking connection's
+    /// response timeout is set longer than this.
+    #[must_use]
+    pub fn with_block_timeout(mut self, block_timeout: Duration) -> Self {
+        self.block_timeout = block_timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long an entry must sit unacknowledged before another consumer may claim it
+    /// (default 30 s). Keep it well above the slowest handler's run time.
+    #[must_use]
+    pub fn with_idle_reclaim(mut self, idle_reclaim: Duration) -> Self {
+        self.idle_reclaim = idle_reclaim.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Deliveries after which a failing entry is dead-lettered (default 5, at least 1).
+    #[must_use]
+    pub fn with_max_deliveries(mut self, max_deliveries: u64) -> Self {
+        self.max_deliveries = max_deliveries.max(1);
+        self
+    }
+
+    /// In-place retries of a failing handler within one delivery (default 3 attempts, 10 ms
+    /// doubling to 1 s, full jitter).
+    #[must_use]
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Entries handled at once (default 1). Entries of one aggregate stream are always
+    /// handled one after the other, in stream order.
+    #[must_use]
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// Failed entries in a row that open the circuit breaker (default 5).
+    #[must_use]
+    pub fn with_breaker_threshold(mut self, threshold: u32) -> Self {
+        self.breaker_threshold = threshold.max(1);
+        self
+    }
+
+    /// How long an open breaker pauses the runner (default 5 s).
+    #[must_use]
+    pub fn with_breaker_cooldown(mut self, cooldown: Duration) -> Self {
+        self.breaker_cooldown = cooldown;
+        self
+    }
+
+    /// Backoff between attempts after a transient Redis failure.
+    #[must_use]
+    pub fn with_error_backoff(mut self, backoff: RetryPolicy) -> Self {
+        self.error_backoff = backoff;
+        self
+    }
+
+    /// Entries per read.
+    #[must_use]
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// Entries handled at once.
+    #[must_use]
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+}

@@ -1,0 +1,280 @@
+//! The relay publishes each event exactly once per key, in log order, whatever kills it.
+#![allow(missing_docs)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use eventsource_core::{
+    CheckpointStore, InMemoryCheckpointStore, InMemoryEventStore, LogPosition, RecordedEvent,
+    StoreError,
+};
+use eventsource_redis::{Keys, PublisherOptions, RedisPublisher, Router, keys};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// A checkpoint store that can be told to hang in `save`: the relay then dies after Redis
+/// answered and before its checkpoint moved.
+#[derive(Clone, Default)]
+struct Stalling {
+    inner: InMemoryCheckpointStore,
+    stall: Arc<AtomicBool>,
+    stalled: Arc<Notify>,
+}
+
+impl CheckpointStore for Stalling {
+    async fn load(&self, name: &str) -> Result<Option<LogPosition>, StoreError> {
+        self.inner.load(name).await
+    }
+
+    async fn save(
+        &self,
+        name: &str,
+        expected: Option<LogPosition>,
+        position: LogPosition,
+    ) -> Result<(), StoreError> {
+        if self.stall.load(Ordering::SeqCst) {
+            self.stalled.notify_one();
+            std::future::pending::<()>().await;
+        }
+        self.inner.save(name, expected, position).await
+    }
+}
+
+/// Tenant stream plus aggregate-type stream: every batch touches several keys.
+fn router(keys: Keys) -> impl Router + Clone + 'static {
+    move |event: &RecordedEvent, out: &mut Vec<String>| {
+        out.push(keys.tenant_stream(event.tenant()));
+        out.push(keys.aggregate_type_stream(event.tenant(), event.stream.aggregate_type()));
+    }
+}
+
+async fn assert_streams_equal_log(
+    conn: &mut redis::aio::ConnectionManager,
+    store: &InMemoryEventStore,
+    router: &impl Router,
+) -> usize {
+    let mut expected: BTreeMap<String, Vec<RecordedEvent>> = BTreeMap::new();
+    for event in support::log(store).await {
+        let mut keys = Vec::new();
+        router.route(&event, &mut keys);
+        for key in keys {
+            expected.entry(key).or_default().push(event.clone());
+        }
+    }
+    for (key, events) in &expected {
+        let entries = support::entries(conn, key).await;
+        assert_eq!(entries.len(), events.len(), "length of {key}");
+        for ((id, got), want) in entries.iter().zip(events) {
+            assert_eq!(id, &want.position.to_string(), "entry id in {key}");
+            assert_eq!(got, want, "entry {id} in {key}");
+        }
+    }
+    expected.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn relay_killed_at_random_points_publishes_each_event_once_in_order() {
+    let Some(url) = support::redis_url() else {
+        return;
+    };
+    let (_client, mut conn) = support::connect(&url).await;
+    let keys = Keys::new(&support::prefix());
+    let router = router(keys.clone());
+    let store = InMemoryEventStore::new();
+    let checkpoints = Stalling::default();
+
+    // Writers append concurrently for the whole run.
+    let writers_done = CancellationToken::new();
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let store = store.clone();
+        let done = writers_done.clone();
+        writers.push(tokio::spawn(async move {
+            let tenants = ["acme", "globex", "initech"];
+            let mut i = 0usize;
+            while !done.is_cancelled() {
+                let tenant = tenants[(w + i) % tenants.len()];
+                let kind = if i.is_multiple_of(2) {
+                    "order"
+                } else {
+                    "invoice"
+                };
+                let stream = support::stream(tenant, kind, &format!("{w}-{}", i % 7));
+                support::append(&store, &stream, 1 + i % 3, "Happened").await;
+                i += 1;
+                tokio::time::sleep(Duration::from_micros(rand::random_range(0..800))).await;
+            }
+        }));
+    }
+
+    let mut stalled_kills = 0;
+    for round in 0..150 {
+        let stall = round % 4 == 3;
+        checkpoints.stall.store(stall, Ordering::SeqCst);
+        let options = PublisherOptions::default()
+            .with_batch_size(rand::random_range(1..40))
+            .with_instance_id("relay-under-test")
+            .with_lease_ttl(Duration::from_secs(5));
+        let relay = RedisPublisher::new(
+            store.clone(),
+            checkpoints.clone(),
+            conn.clone(),
+            "killed",
+            options,
+        )
+        .with_router(router.clone())
+        .with_keys(&keys);
+        let task = tokio::spawn(relay.run(CancellationToken::new()));
+        if stall {
+            // Dies after Redis answered, before the checkpoint is saved.
+            if tokio::time::timeout(Duration::from_secs(5), checkpoints.stalled.notified())
+                .await
+                .is_ok()
+            {
+                stalled_kills += 1;
+            }
+        } else {
+            tokio::time::sleep(Duration::from_micros(rand::random_range(0..15_000))).await;
+        }
+        task.abort();
+        let _ = task.await;
+    }
+    assert!(
+        stalled_kills > 5,
+        "the stall point was reached {stalled_kills} times"
+    );
+
+    writers_done.cancel();
+    for w in writers {
+        w.await.unwrap();
+    }
+
+    // A last relay catches up; every key then equals the log.
+    checkpoints.stall.store(false, Ordering::SeqCst);
+    let mut relay = RedisPublisher::new(
+        store.clone(),
+        checkpoints.clone(),
+        conn.clone(),
+        "killed",
+        PublisherOptions::default(),
+    )
+    .with_router(router.clone())
+    .with_keys(&keys);
+    relay.catch_up().await.unwrap();
+    let keys_checked = assert_streams_equal_log(&mut conn, &store, &router).await;
+    assert_eq!(keys_checked, 9, "3 tenant streams and 6 type streams");
+    assert!(store.len() > 200, "only {} events written", store.len());
+}
+
+#[tokio::test]
+async fn republishing_from_an_old_checkpoint_adds_nothing() {
+    let Some(url) = support::redis_url() else {
+        return;
+    };
+    let (_client, mut conn) = support::connect(&url).await;
+    let keys = Keys::new(&support::prefix());
+    let store = InMemoryEventStore::new();
+    support::append(
+        &store,
+        &support::stream("acme", "order", "o-1"),
+        25,
+        "Placed",
+    )
+    .await;
+    let mut relay = RedisPublisher::new(
+        store.clone(),
+        InMemoryCheckpointStore::new(),
+        conn.clone(),
+        "first",
+        PublisherOptions::default().with_batch_size(10),
+    )
+    .with_router(eventsource_redis::PerTenant::new(keys.clone()));
+    assert_eq!(relay.catch_up().await.unwrap(), 25);
+
+    // A relay that lost its checkpoint re-sends everything: Redis rejects every entry.
+    let mut again = RedisPublisher::new(
+        store.clone(),
+        InMemoryCheckpointStore::new(),
+        conn.clone(),
+        "first",
+        PublisherOptions::default().with_batch_size(100),
+    )
+    .with_router(eventsource_redis::PerTenant::new(keys.clone()));
+    let published = again.publish_batch().await.unwrap();
+    assert_eq!((published.added, published.skipped), (0, 25));
+    let key = keys.tenant_stream(&"acme".into());
+    assert_eq!(support::entries(&mut conn, &key).await.len(), 25);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_relay_waits_for_the_lease() {
+    let Some(url) = support::redis_url() else {
+        return;
+    };
+    let (_client, mut conn) = support::connect(&url).await;
+    let keys = Keys::new(&support::prefix());
+    let store = InMemoryEventStore::new();
+    let checkpoints = InMemoryCheckpointStore::new();
+    let relay = |instance: &str| {
+        RedisPublisher::new(
+            store.clone(),
+            checkpoints.clone(),
+            conn.clone(),
+            "leased",
+            PublisherOptions::default()
+                .with_instance_id(instance)
+                .with_lease_ttl(Duration::from_millis(300)),
+        )
+        .with_router(eventsource_redis::PerTenant::new(keys.clone()))
+        .with_keys(&keys)
+    };
+    let first_stop = CancellationToken::new();
+    let second_stop = CancellationToken::new();
+    let first = tokio::spawn(relay("a").run(first_stop.clone()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = tokio::spawn(relay("b").run(second_stop.clone()));
+    let lease = keys.relay_lease("leased");
+    let holder: Option<String> = redis::AsyncCommands::get(&mut conn, &lease).await.unwrap();
+    assert_eq!(holder.as_deref(), Some("a"));
+
+    let stream = support::stream("acme", "order", "o-1");
+    support::append(&store, &stream, 5, "Placed").await;
+    let key = keys.tenant_stream(&"acme".into());
+    let mut c = conn.clone();
+    assert!(
+        support::eventually(Duration::from_secs(5), || {
+            let mut c = c.clone();
+            let key = key.clone();
+            async move { support::entries(&mut c, &key).await.len() == 5 }
+        })
+        .await
+    );
+    let holder: Option<String> = redis::AsyncCommands::get(&mut conn, &lease).await.unwrap();
+    assert_eq!(
+        holder.as_deref(),
+        Some("a"),
+        "b never took the lease from a live a"
+    );
+
+    first_stop.cancel();
+    first.await.unwrap().unwrap();
+    support::append(&store, &stream, 5, "Placed").await;
+    assert!(
+        support::eventually(Duration::from_secs(5), || {
+            let mut c = c.clone();
+            let key = key.clone();
+            async move { support::entries(&mut c, &key).await.len() == 10 }
+        })
+        .await,
+        "b took over after a stopped"
+    );
+    let holder: Option<String> = redis::AsyncCommands::get(&mut c, &lease).await.unwrap();
+    assert_eq!(holder.as_deref(), Some("b"));
+    second_stop.cancel();
+    second.await.unwrap().unwrap();
+    let _ = keys::relay_checkpoint("leased");
+}

@@ -1,0 +1,574 @@
+//! Consumer runners: ack after handling, reclaim, retries, dead letters, deleted entries,
+//! trimming.
+#![allow(missing_docs)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use eventsource_core::{
+    EventHandler, InMemoryCheckpointStore, InMemoryEventStore, LogPosition, RecordedEvent,
+    RetryPolicy,
+};
+use eventsource_redis::{
+    ConsumerRunner, InMemoryProjection, Keys, PerTenant, ProjectionHandler, PublisherOptions,
+    RedisPublisher, RunnerOptions,
+};
+use redis::AsyncCommands as _;
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamPendingReply, StreamReadOptions, StreamReadReply};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+#[error("sink refused {0}")]
+struct Refused(String);
+
+/// Records every event it sees; fails on `Poison` events while `poison` is set.
+#[derive(Clone, Default)]
+struct Recorder {
+    seen: Arc<Mutex<Vec<RecordedEvent>>>,
+    poison: Arc<AtomicBool>,
+}
+
+impl Recorder {
+    fn positions(&self) -> Vec<LogPosition> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.position)
+            .collect()
+    }
+}
+
+impl EventHandler for Recorder {
+    type Error = Refused;
+
+    async fn handle(&self, event: &RecordedEvent) -> Result<(), Refused> {
+        if event.event_type == "Poison" && self.poison.load(Ordering::SeqCst) {
+            return Err(Refused(event.event_id.to_string()));
+        }
+        self.seen.lock().unwrap().push(event.clone());
+        Ok(())
+    }
+}
+
+struct Setup {
+    client: redis::Client,
+    conn: ConnectionManager,
+    store: InMemoryEventStore,
+    key: String,
+}
+
+async fn setup(url: &str) -> Setup {
+    let (client, conn) = support::connect(url).await;
+    let keys = Keys::new(&support::prefix());
+    Setup {
+        client,
+        conn,
+        store: InMemoryEventStore::new(),
+        key: keys.tenant_stream(&"acme".into()),
+    }
+}
+
+impl Setup {
+    /// Publishes everything in the store to the tenant stream.
+    async fn publish(&self) {
+        let prefix = self.key.split(':').next().unwrap().to_owned();
+        let mut relay = RedisPublisher::new(
+            self.store.clone(),
+            InMemoryCheckpointStore::new(),
+            self.conn.clone(),
+            "test",
+            PublisherOptions::default(),
+        )
+        .with_router(PerTenant::new(Keys::new(&prefix)));
+        relay.catch_up().await.unwrap();
+    }
+
+    fn runner<H: EventHandler>(
+        &self,
+        group: &str,
+        consumer: &str,
+        handler: H,
+        options: RunnerOptions,
+    ) -> ConsumerRunner<H> {
+        ConsumerRunner::new(
+            self.conn.clone(),
+            self.client.clone(),
+            [self.key.clone()],
+            group,
+            consumer,
+            handler,
+            options,
+        )
+        .with_store(self.store.clone())
+    }
+
+    async fn pending(&self, group: &str) -> usize {
+        let reply: StreamPendingReply = self.conn.clone().xpending(&self.key, group).await.unwrap();
+        reply.count()
+    }
+}
+
+fn fast() -> RunnerOptions {
+    RunnerOptions::default()
+        .with_block_timeout(Duration::from_millis(100))
+        .with_idle_reclaim(Duration::from_millis(300))
+        .with_retry(
+            RetryPolicy::default()
+                .with_max_attempts(2)
+                .with_base_delay(Duration::from_millis(1)),
+        )
+}
+
+async fn wait(what: &str, check: impl Fn() -> bool) {
+    let ok = support::eventually(Duration::from_secs(10), || {
+        let ok = check();
+        async move { ok }
+    })
+    .await;
+    assert!(ok, "timed out waiting until {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handles_every_entry_in_order_and_acks_it() {
+    let Some(url) = support::redis_url() else {
+        return;
+    };
+    let s = setup(&url).await;
+    for i in 0..5 {
+        support::append(
+            &s.store,
+            &support::stream("acme", "order", &format!("o-{i}")),
+            20,
+            "Placed",
+        )
+        .await;
+    }
+    s.publish().await;
+    let recorder = Recorder::default();
+    let runner = s.runner("g", "c1", recorder.clone(), fast().with_concurrency(4));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runner.run(stop.clone()));
+    wait("all 100 handled", || {
+        recorder.seen.lock().unwrap().len() == 100
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(s.pending("g").await, 0);
+    // Per aggregate stream, versions arrive in order.
+    let mut per_stream: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for e in recorder.seen.lock().unwrap().iter() {
+        per_stream
+            .entry(e.stream.to_string())
+            .or_default()
+            .push(e.version.get());
+    }
+    for (stream, versions) in per_stream {
+        assert_eq!(versions, (1..=20).collect::<Vec<_>>(), "{stream}");
+    }
+}
+
+/// Applies the event, then "dies" (never returns) before the runner can ack.
+struct DiesBeforeAck(Arc<ProjectionHandler<Sum>>);
+type Sum = InMemoryProjection<i64, fn(&mut i64, &RecordedEvent)>;
+
+impl EventHandler for DiesBeforeAck {
+    type Error = std::convert::Infallible;
+    async fn handle(&self, event: &RecordedEvent) -> Result<(), Self::Error> {
+        self.0.handle(event).await?;
+        std::future::pending().await
+    }
+}
+
+struct Shared(Arc<ProjectionHandler<Sum>>);
+impl EventHandler for Shared {
+    type Error = std::convert::Infallible;
+    async fn handle(&self, event: &RecordedEvent) -> Result<(), Self::Error> {
+        self.0.handle(event).await
+    }
+}
+
+fn add(total: &mut i64, event: &RecordedEvent) {
+    *total += event.payload["n"].as_i64().unwrap_or(0) + 1;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_killed_between_handling_and_ack_is_reclaimed_and_the_read_model_stays_right() {
+    let Some(url) = support::redis_url() else {
+        return;
+    };
+    let s = setup(&url).await;
+    support::append(
+        &s.store,
+        &support::stream("acme", "order", "o-1"),
+        10,
+        "Placed",
+    )
+    .await;
+    s.publish().await;
+    let projection: Arc<ProjectionHandler<Sum>> = Arc::new(ProjectionHandler::new(
+        InMemoryProjection::new(0, add as fn(&mut i64, &RecordedEvent)),
+    ));
+    let expected: i64 = (1..=10).sum();
+
+    // Consumer A applies the first entry and dies before acking it.
+    let a = s.runner("proj", "a", DiesBeforeAck(projection.clone()), fast());
+    let task = tokio::spawn(a.run(CancellationToken::new()));
+    wait("a handled one entry", || {
+        projection.projection().state() > 0
+    })
+    .await;
+    task.abort();
+    let _ = task.await;
+    // A read the whole batch: all 10 are pending for it.
+    assert_eq!(s.pending("proj").await, 10);
+
+    // Consumer B gets it after the idle threshold; the duplicate is skipped.
+    let b = s.runner("proj", "b", Shared(projection.clone()), fast());
+    let counters = b.counters();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(b.run(stop.clone()));
+    wait("b handled the rest", || counters.handled() == 10).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert!(counters.reclaimed() >= 1);
+    assert_eq!(projection.duplicates(), 1);
+    assert_eq!(projection.projection().state(), expected);
+    assert_eq!(s.pending("proj").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_entry_ends_in_the_dead_letter_stream_and_can_be_requeued() {
+    let Some(url) = support::redis_url() else {
+        return;
+    };
+    let s = setup(&url).await;
+    let order = support::stream("acme", "order", "o-1");
+    support::append(&s.store, &order, 3, "Placed").await;
+    support::append(&s.store, &order, 1, "Poison").await;
+    support::append(
+        &s.store,
+        &support::stream("acme", "order", "o-2"),
+        5,
+        "Placed",
+    )
+    .await;
+    s.publish().await;
+    // A malformed entry, added by hand above every log position.
+    let mut conn = s.conn.clone();
+    let _: String = conn
+        .xadd(
+            &s.key,
+            "999999999-1",
+            &[("event_id", "not-a-uuid"), ("payload", "{")],
+        )
+        .await
+        .unwrap();
+
+    let recorder = Recorder::default();
+    recorder.poison.store(true, Ordering::SeqCst);
+    let runner = s.runner(
+        "g",
+        "c1",
+        recorder.clone(),
+        fast().with_max_deliveries(3).with_breaker_threshold(100),
+    );
+    let counters = runner.counters();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runner.run(stop.clone()));
+    wait("both dead-lettered", || counters.dead_lettered() == 2).await;
+    wait("the others handled", || {
+        recorder.seen.lock().unwrap().len() == 8
+    })
+    .await;
+    assert_eq!(s.pending("g").await, 0);
+
+    let dead = eventsource_redis::dead_letters(&mut conn, &s.key, "g", 10)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 2);
+    let poison = dead
+        .iter()
+        .find(|d| d.event.as_ref().is_ok_and(|e| e.event_type == "Poison"))
+        .expect("the poison event, with its fields");
+    assert_eq!(poison.deliveries, Some(3));
+    assert!(
+        poison.error.as_deref().unwrap().contains("sink refused"),
+        "{poison:?}"
+    );
+    assert_eq!(poison.source_stream.as_deref(), Some(s.key.as_str()));
+    let malformed = dead.iter().find(|d| d.event.is_err()).unwrap();
+    assert_eq!(malformed.source_id.as_deref(), Some("999999999-1"));
+    assert!(
+        malformed
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("malformed entry")
+    );
+
+    let stats = eventsource_redis::stats(&mut conn, &s.key).await.unwrap();
+    assert_eq!(stats.length, 10);
+    assert_eq!(stats.groups[0].pending, 0);
+    assert_eq!(stats.groups[0].dead_letters, 2);
+
+    // The sink is fixed: requeue the poison event; the runner handles it from the requeue
+    // stream.
+    recorder.poison.store(false, Ordering::SeqCst);
+    eventsource_redis::requeue_dead_letter(&mut conn, &s.key, "g", &poison.id)
+        .await
+        .unwrap();
+    wait("requeued entry handled", || {
+        recorder.seen.lock().unwrap().len() == 9
+    })
+    .await;
+    assert_eq!(
+        eventsource_redis::dead_letter_count(&mut conn, &s.key, "g")
+            .await
+            .unwrap(),
+        1
+    );
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
+
+/// Delivers every entry to consumer `dead` without acking, as a consumer that then died.
+async fn deliver_to_dead_consumer(s: &Setup, group: &str) -> Vec<String> {
+    let mut conn = s.conn.clone();
+    eventsource_redis::ensure_group(&mut conn, &s.key, group, "0")
+        .await
+        .unwrap();
+    let options = StreamReadOptions::default()
+        .group(group, "dead")
+        .count(1000);
+    let reply: StreamReadReply = conn
+        .xread_options(&[&s.key], &[">"], &options)
+        .await
+        .unwrap();
+    reply.keys[0].ids.iter().map(|e| e.id.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_deleted_while_pending_is_reported_and_refetched() {
+    let Some(url) = support::redis_url() else {
+        return;
+    };
+    let s = setup(&url).await;
+    support::append(
+        &s.store,
+        &support::stream("acme", "order", "o-1"),
+        5,
+        "Placed",
+    )
+    .await;
+    s.publish().await;
+    let mut conn = s.conn.clone();
+
+    // Reclaimed from a dead consumer (XAUTOCLAIM reports the deleted id).
+    let ids = deliver_to_dead_consumer(&s, "g1").await;
+    let _: usize = conn.xdel(&s.key, &[&ids[2]]).await.unwrap();
+    let recorder = Recorder::default();
+    let runner = s.runner("g1", "alive", recorder.clone(), fast());
+    let counters = runner.counters();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runner.run(stop.clone()));
+    wait("all 5 handled", || recorder.seen.lock().unwrap().len() == 5).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(counters.missing(), 1);
+    assert_eq!(counters.refetched(), 1);
+    let all = support::log(&s.store).await;
+    let mut seen = recorder.positions();
+    seen.sort();
+    assert_eq!(seen, all.iter().map(|e| e.position).collect::<Vec<_>>());
+    assert_eq!(s.pending("g1").await, 0);
+
+    // Found in the consumer's own pending list on restart (XREADGROUP 0 returns no fields).
+    let ids = deliver_to_dead_consumer(&s, "g2").await;
+    assert_eq!(ids.len(), 4);
+    let _: usize = conn.xdel(&s.key, &[&ids[0]]).await.unwrap();
+    let recorder = Recorder::default();
+    let runner = s.runner("g2", "dead", recorder.clone(), fast());
+    let counters = runner.counters();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runner.run(stop.clone()));
+    wait("all 4 handled", || recorder.seen.lock().unwrap().len() == 4).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!((counters.missing(), counters.refetched()), (1, 1));
+    // The deleted entry was refetched and handled first, in its place.
+    let expected: Vec<LogPosition> = [0, 1, 3, 4].iter().map(|&i| all[i].position).collect();
+    assert_eq!(recorder.positions(), expected);
+    assert_eq!(s.pending("g2").await, 0);
+}
+
+#[tokio::test]
+async fn trimming_never_removes_an_unacknowledged_entry() {
+    let Some(url) = support::redis_url() else {
+        return;
+    };
+    let s = setup(&url).await;
+    support::append(
+        &s.store,
+        &support::stream("acme", "order", "o-1"),
+        10,
+        "Placed",
+    )
+    .await;
+    s.publish().await;
+    let mut conn = s.conn.clone();
+    // Group "fast" read everything and acked the first 4; group "slow" read nothing yet.
+    let ids = deliver_to_dead_consumer(&s, "fast").await;
+    let _: usize = conn.xack(&s.key, "fast", &ids[..4]).await.unwrap();
+    eventsource_redis::ensure_group(&mut conn, &s.key, "slow", "0")
+        .await
+        .unwrap();
+
+    let trimmed = eventsource_redis::trim(&mut conn, &s.key).await.unwrap();
+    assert_eq!(
+        trimmed.removed, 0,
+        "slow has not read anything: {trimmed:?}"
+    );
+
+    // Slow catches up and acks everything: now the floor is fast's oldest pending entry.
+    let options = StreamReadOptions::default().group("slow", "s").count(100);
+    let reply: StreamReadReply = conn
+        .xread_options(&[&s.key], &[">"], &options)
+        .await
+        .unwrap();
+    let slow_ids: Vec<String> = reply.keys[0].ids.iter().map(|e| e.id.clone()).collect();
+    let _: usize = conn.xack(&s.key, "slow", &slow_ids).await.unwrap();
+    let trimmed = eventsource_redis::trim(&mut conn, &s.key).await.unwrap();
+    assert_eq!(trimmed.removed, 4);
+    assert_eq!(trimmed.min_id.as_deref(), Some(ids[4].as_str()));
+    let left: Vec<String> = support::entries(&mut conn, &s.key)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(
+        left,
+        ids[4..].to_vec(),
+        "every entry fast has not acked is still there"
+    );
+
+    // Fast acks all: trimming keeps the last delivered entry (the stream's top id stays).
+    let _: usize = conn.xack(&s.key, "fast", &ids[4..]).await.unwrap();
+    let trimmed = eventsource_redis::trim(&mut conn, &s.key).await.unwrap();
+    assert_eq!(trimmed.removed, 5);
+}
+
+struct Slow(Arc<Mutex<Vec<LogPosition>>>);
+impl EventHandler for Slow {
+    type Error = std::convert::Infallible;
+    async fn handle(&self, event: &RecordedEvent) -> Result<(), Self::Error> {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.0.lock().unwrap().push(event.position);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_the_in_flight_entry_and_acks_it() {
+    let Some(url) = support::redis_url() else {
+        return;
+    };
+
+    let s = setup(&url).await;
+    support::append(
+        &s.store,
+        &support::stream("acme", "order", "o-1"),
+        10,
+        "Placed",
+    )
+    .await;
+    s.publish().await;
+    let done = Arc::new(Mutex::new(Vec::new()));
+    let runner = s.runner("g", "c", Slow(done.clone()), fast());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runner.run(stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    let handled = done.lock().unwrap().len();
+    assert!((1..10).contains(&handled), "{handled}");
+    // Everything handled was acked; the rest is pending for this consumer's next start.
+    let info: redis::streams::StreamPendingCountReply = s
+        .conn
+        .clone()
+        .xpending_count(&s.key, "g", "-", "+", 100)
+        .await
+        .unwrap();
+    assert_eq!(info.ids.len(), 10 - handled);
+    assert_eq!(
+        info.ids[0].id,
+        support::log(&s.store).await[handled].position.to_string()
+    );
+}
+
+/// Always fails.
+struct Broken;
+
+impl EventHandler for Broken {
+    type Error = Refused;
+    async fn handle(&self, event: &RecordedEvent) -> Result<(), Refused> {
+        Err(Refused(event.event_id.to_string()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_circuit_breaker_pauses_a_handler_whose_sink_keeps_failing() {
+    let Some(url) = support::redis_url() else {
+        return;
+    };
+    let s = setup(&url).await;
+    for i in 0..5 {
+        support::append(
+            &s.store,
+            &support::stream("acme", "order", &format!("o-{i}")),
+            1,
+            "Placed",
+        )
+        .await;
+    }
+    s.publish().await;
+    let runner = s.runner(
+        "g",
+        "c",
+        Broken,
+        fast()
+            .with_retry(RetryPolicy::never())
+            .with_max_deliveries(100)
+            .with_idle_reclaim(Duration::from_millis(100))
+            .with_breaker_threshold(3)
+            .with_breaker_cooldown(Duration::from_millis(800)),
+    );
+    let counters = runner.counters();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runner.run(stop.clone()));
+    wait("the first batch failed", || counters.failed_attempts() == 5).await;
+    // Without the breaker, entries idle for 100 ms would be reclaimed and retried by now.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        counters.failed_attempts(),
+        5,
+        "paused while the breaker is open"
+    );
+    wait("retried after the cooldown", || {
+        counters.failed_attempts() > 5
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(s.pending("g").await, 5, "nothing was acked or lost");
+
+    let mut conn = s.conn.clone();
+    let health = eventsource_redis::health_check(&mut conn).await.unwrap();
+    assert!(health.latency < Duration::from_secs(1));
+}

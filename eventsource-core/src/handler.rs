@@ -16,4 +16,12 @@ pub trait EventHandler: Send + Sync {
     /// Handles one event.
     fn handle(&self, event: &RecordedEvent)
     -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Whether `error` will recur on every redelivery — an event whose type the handler does
+    /// not know or whose payload does not decode, say. Runners dead-letter such an event at
+    /// once instead of retrying it. The default treats every error as transient.
+    fn is_permanent(&self, error: &Self::Error) -> bool {
+        let _ = error;
+        false
+    }
 }

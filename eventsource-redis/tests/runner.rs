@@ -5,7 +5,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -571,4 +571,56 @@ async fn the_circuit_breaker_pauses_a_handler_whose_sink_keeps_failing() {
     let mut conn = s.conn.clone();
     let health = eventsource_redis::health_check(&mut conn).await.unwrap();
     assert!(health.latency < Duration::from_secs(1));
+}
+
+/// Refuses events of unknown types permanently: they cannot succeed on redelivery.
+#[derive(Clone, Default)]
+struct KnowsOnlyPlaced(Arc<AtomicUsize>);
+
+impl EventHandler for KnowsOnlyPlaced {
+    type Error = Refused;
+    async fn handle(&self, event: &RecordedEvent) -> Result<(), Refused> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        if event.event_type == "Placed" {
+            Ok(())
+        } else {
+            Err(Refused(format!("unknown event type {}", event.event_type)))
+        }
+    }
+
+    fn is_permanent(&self, _error: &Refused) -> bool {
+        true
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_error_is_dead_lettered_on_the_first_delivery() {
+    let Some(url) = support::redis_url() else {
+        return;
+    };
+    let s = setup(&url).await;
+    let order = support::stream("acme", "order", "o-1");
+    support::append(&s.store, &order, 2, "Placed").await;
+    support::append(&s.store, &order, 1, "Renamed").await;
+    support::append(&s.store, &order, 2, "Placed").await;
+    s.publish().await;
+
+    let handler = KnowsOnlyPlaced::default();
+    let runner = s.runner("g", "c1", handler.clone(), fast().with_max_deliveries(5));
+    let counters = runner.counters();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runner.run(stop.clone()));
+    wait("dead-lettered", || counters.dead_lettered() == 1).await;
+    wait("the others handled", || counters.handled() == 4).await;
+    // One call for the unknown type: no in-place retries, no redeliveries.
+    assert_eq!(handler.0.load(Ordering::SeqCst), 5);
+    assert_eq!(s.pending("g").await, 0);
+    let mut conn = s.conn.clone();
+    let dead = eventsource_redis::dead_letters(&mut conn, &s.key, "g", 10)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].event.as_ref().unwrap().event_type, "Renamed");
+    stop.cancel();
+    task.await.unwrap().unwrap();
 }

@@ -184,6 +184,13 @@ struct LaneOutcome {
 }
 
 /// An entry as delivered, with its decoded event or the reason it has none.
+/// Why a handler gave up on an entry.
+struct Failure {
+    error: String,
+    /// The handler said the error will recur: dead-letter without further deliveries.
+    permanent: bool,
+}
+
 struct Delivery {
     key: usize,
     id: String,
@@ -634,12 +641,12 @@ impl<H: EventHandler> ConsumerRunner<H> {
                     outcome.successes += 1;
                     outcome.acks.push((d.key, d.id.clone()));
                 }
-                Err(error) => {
+                Err(Failure { error, permanent }) => {
                     outcome.failures += 1;
-                    if shutdown.is_cancelled() && d.in_pending {
+                    if shutdown.is_cancelled() && d.in_pending && !permanent {
                         break;
                     }
-                    let deliveries = if d.in_pending {
+                    let deliveries = if d.in_pending && !permanent {
                         match self.delivery_count(d).await {
                             Ok(n) => n,
                             Err(e) => {
@@ -678,13 +685,14 @@ impl<H: EventHandler> ConsumerRunner<H> {
         outcome
     }
 
-    /// Calls the handler with in-place retries; the error text of the last failure.
+    /// Calls the handler with in-place retries; the error text of the last failure. A
+    /// permanent error (see [`EventHandler::is_permanent`]) is not retried.
     async fn handle(
         &self,
         d: &Delivery,
         event: &RecordedEvent,
         shutdown: &CancellationToken,
-    ) -> Result<(), String> {
+    ) -> Result<(), Failure> {
         let attempts = self.options.retry.max_attempts();
         let mut attempt = 1;
         loop {
@@ -702,8 +710,12 @@ impl<H: EventHandler> ConsumerRunner<H> {
                     self.counters
                         .failed_attempts
                         .fetch_add(1, Ordering::Relaxed);
-                    if attempt >= attempts || shutdown.is_cancelled() {
-                        return Err(error_chain(&e));
+                    let permanent = self.handler.is_permanent(&e);
+                    if permanent || attempt >= attempts || shutdown.is_cancelled() {
+                        return Err(Failure {
+                            error: error_chain(&e),
+                            permanent,
+                        });
                     }
                     tracing::debug!(id = %d.id, attempt, error = %e, "handler failed; retrying");
                     sleep_or_cancel(shutdown, self.options.retry.delay(attempt)).await;

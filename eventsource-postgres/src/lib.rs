@@ -1,0 +1,23 @@
+#![doc = include_str!("../README.md")]
+#![doc(test(attr(deny(warnings))))]
+
+mod checkpoint;
+pub mod diagnostics;
+mod error;
+mod group;
+mod row;
+mod snapshot;
+mod sql;
+mod store;
+mod tenant;
+mod xid;
+
+pub use checkpoint::PgCheckpointStore;
+pub use diagnostics::LogBlocker;
+pub use error::PgStoreError;
+pub use snapshot::PgSnapshotStore;
+pub use store::PgEventStore;
+pub use tenant::{begin_tenant, set_tenant};
+
+/// The schema, as embedded migrations; the application runs them (`MIGRATOR.run(&pool)`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();

@@ -1,0 +1,193 @@
+//! Rows as the database returns them, and their conversion into core types.
+
+use chrono::{DateTime, Utc};
+use eventsource_core::{
+    EventId, LogPosition, Metadata, RecordedEvent, StoreError, StreamId, TenantId, Version,
+};
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use crate::xid::Xid8;
+
+/// One row of the `events` table.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct EventRow {
+    event_id: Uuid,
+    tenant_id: String,
+    aggregate_type: String,
+    aggregate_id: String,
+    version: i64,
+    transaction_id: Xid8,
+    global_position: i64,
+    event_type: String,
+    schema_version: i32,
+    recorded_at: DateTime<Utc>,
+    // Decoded straight from the JSONB bytes, without an intermediate `Value`.
+    metadata: Json<Metadata>,
+    payload: serde_json::Value,
+}
+
+impl TryFrom<EventRow> for RecordedEvent {
+    type Error = StoreError;
+
+    fn try_from(row: EventRow) -> Result<Self, StoreError> {
+        Ok(RecordedEvent {
+            event_id: EventId::from_uuid(row.event_id),
+            stream: StreamId::new(
+                TenantId::new(row.tenant_id),
+                row.aggregate_type,
+                row.aggregate_id,
+            ),
+            version: version_from_db(row.version)?,
+            position: log_position(row.transaction_id, row.global_position)?,
+            event_type: row.event_type,
+            schema_version: u32::try_from(row.schema_version).map_err(|_| {
+                StoreError::Corrupt(format!("negative schema version at event {}", row.event_id))
+            })?,
+            recorded_at: row.recorded_at,
+            metadata: row.metadata.0,
+            payload: row.payload,
+        })
+    }
+}
+
+/// An event row read from a known stream: the stream columns are not fetched again.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct StreamEventRow {
+    event_id: Uuid,
+    version: i64,
+    transaction_id: Xid8,
+    global_position: i64,
+    event_type: String,
+    schema_version: i32,
+    recorded_at: DateTime<Utc>,
+    metadata: Json<Metadata>,
+    payload: serde_json::Value,
+}
+
+impl StreamEventRow {
+    /// The event, in `stream`.
+    pub(crate) fn into_event(self, stream: &StreamId) -> Result<RecordedEvent, StoreError> {
+        Ok(RecordedEvent {
+            event_id: EventId::from_uuid(self.event_id),
+            stream: stream.clone(),
+            version: version_from_db(self.version)?,
+            position: log_position(self.transaction_id, self.global_position)?,
+            event_type: self.event_type,
+            schema_version: u32::try_from(self.schema_version).map_err(|_| {
+                StoreError::Corrupt(format!(
+                    "negative schema version at event {}",
+                    self.event_id
+                ))
+            })?,
+            recorded_at: self.recorded_at,
+            metadata: self.metadata.0,
+            payload: self.payload,
+        })
+    }
+}
+
+/// Where one event id is stored.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct StoredIdRow {
+    pub(crate) event_id: Uuid,
+    pub(crate) tenant_id: String,
+    pub(crate) aggregate_type: String,
+    pub(crate) aggregate_id: String,
+    pub(crate) version: i64,
+    pub(crate) transaction_id: String,
+    pub(crate) global_position: i64,
+}
+
+impl StoredIdRow {
+    pub(crate) fn is_in(&self, stream: &StreamId) -> bool {
+        self.tenant_id == stream.tenant().as_str()
+            && self.aggregate_type == stream.aggregate_type()
+            && self.aggregate_id == stream.aggregate_id()
+    }
+}
+
+/// What the append statement returns: all `NULL` but nothing else when nothing was written.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct AppendRow {
+    pub(crate) version: Option<i64>,
+    pub(crate) transaction_id: Option<String>,
+    pub(crate) first_position: Option<i64>,
+    pub(crate) last_position: Option<i64>,
+}
+
+/// One append's answer from `eventsource_append_group`, numbered from 1.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct GroupRow {
+    pub(crate) n: i32,
+    pub(crate) version: Option<i64>,
+    pub(crate) transaction_id: Option<String>,
+    pub(crate) first_position: Option<i64>,
+    pub(crate) last_position: Option<i64>,
+}
+
+/// One row of the `snapshots` table.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct SnapshotRow {
+    pub(crate) version: i64,
+    pub(crate) state: serde_json::Value,
+    pub(crate) taken_at: DateTime<Utc>,
+}
+
+/// One row of the `checkpoints` table.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct CheckpointRow {
+    pub(crate) transaction_id: String,
+    pub(crate) global_position: i64,
+}
+
+impl TryFrom<CheckpointRow> for LogPosition {
+    type Error = StoreError;
+
+    fn try_from(row: CheckpointRow) -> Result<Self, StoreError> {
+        position_from_db(&row.transaction_id, row.global_position)
+    }
+}
+
+/// Parses the text form of an `xid8`.
+pub(crate) fn xid_from_db(text: &str) -> Result<u64, StoreError> {
+    text.parse()
+        .map_err(|_| StoreError::Corrupt(format!("transaction id {text:?} is not a number")))
+}
+
+/// Builds a log position from the two stored columns.
+pub(crate) fn log_position(transaction: Xid8, position: i64) -> Result<LogPosition, StoreError> {
+    let position = u64::try_from(position)
+        .map_err(|_| StoreError::Corrupt(format!("negative log position {position}")))?;
+    Ok(LogPosition::new(transaction.0, position))
+}
+
+/// Builds a log position from the text form of the transaction id and the position.
+pub(crate) fn position_from_db(
+    transaction: &str,
+    position: i64,
+) -> Result<LogPosition, StoreError> {
+    let position = u64::try_from(position)
+        .map_err(|_| StoreError::Corrupt(format!("negative log position {position}")))?;
+    Ok(LogPosition::new(xid_from_db(transaction)?, position))
+}
+
+/// A stored version.
+pub(crate) fn version_from_db(version: i64) -> Result<Version, StoreError> {
+    u64::try_from(version)
+        .map(Version::new)
+        .map_err(|_| StoreError::Corrupt(format!("negative stream version {version}")))
+}
+
+/// A version as a `bigint`; versions beyond `i64::MAX` cannot exist, so they clamp.
+pub(crate) fn version_to_db(version: Version) -> i64 {
+    i64::try_from(version.get()).unwrap_or(i64::MAX)
+}
+
+/// A log position's two parts as bind values; positions beyond `i64::MAX` clamp.
+pub(crate) fn position_to_db(position: LogPosition) -> (String, i64) {
+    (
+        position.transaction().to_string(),
+        i64::try_from(position.position()).unwrap_or(i64::MAX),
+    )
+}

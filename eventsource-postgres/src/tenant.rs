@@ -1,0 +1,70 @@
+//! Per-transaction tenant scoping.
+
+use std::fmt::Write as _;
+
+use eventsource_core::TenantId;
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Transaction};
+
+/// Sets the tenant for the rest of the current transaction.
+pub(crate) const SET_TENANT: &str = "SELECT set_config('eventsource.tenant', $1, true)";
+
+/// Begins a transaction scoped to `tenant`, in one round trip.
+///
+/// `BEGIN` and `set_config('eventsource.tenant', …, true)` go to the server as one simple-query
+/// message. A simple query cannot bind parameters, so the tenant travels hex-encoded and is
+/// decoded by the server: whatever the tenant id holds, it cannot change the statement. The
+/// setting is transaction-local (`is_local = true`), so a pooled connection never carries it
+/// into the next transaction.
+///
+/// Use the returned transaction for your own tenant-scoped statements, with
+/// [`PgEventStore::append_in_tx`](crate::PgEventStore::append_in_tx) and
+/// [`PgCheckpointStore::save_in_tx`](crate::PgCheckpointStore::save_in_tx), then commit it.
+///
+/// # Errors
+///
+/// Fails when no connection can be acquired or the server refuses the statement.
+pub async fn begin_tenant(
+    pool: &PgPool,
+    tenant: &TenantId,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    pool.begin_with(AssertSqlSafe(begin_statement(tenant)))
+        .await
+}
+
+/// Sets the tenant of the transaction already open on `conn` (one round trip).
+///
+/// # Errors
+///
+/// Fails when the server refuses the statement.
+pub async fn set_tenant(conn: &mut PgConnection, tenant: &TenantId) -> Result<(), sqlx::Error> {
+    sqlx::query(SET_TENANT)
+        .bind(tenant.as_str())
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+fn begin_statement(tenant: &TenantId) -> String {
+    let bytes = tenant.as_str().as_bytes();
+    let mut hex = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        // Writing to a String cannot fail.
+        let _ = write!(hex, "{b:02x}");
+    }
+    format!(
+        "BEGIN ISOLATION LEVEL READ COMMITTED; \
+         SELECT set_config('eventsource.tenant', convert_from(decode('{hex}', 'hex'), 'UTF8'), true)"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tenant_travels_hex_encoded() {
+        let sql = begin_statement(&TenantId::new("a'; DROP TABLE events; --"));
+        assert!(!sql.contains("DROP"), "{sql}");
+        assert!(sql.contains("decode('61273b"), "{sql}");
+    }
+}

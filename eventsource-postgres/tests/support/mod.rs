@@ -1,0 +1,126 @@
+//! Shared set-up for the PostgreSQL tests: one migrated database, reached through `DATABASE_URL`.
+//!
+//! Tests isolate themselves with a tenant (or checkpoint name) of their own, so they can share
+//! the database and run concurrently. Without `DATABASE_URL` a test prints a notice and passes,
+//! unless `CI` is set, where it fails: CI must never silently skip them.
+#![allow(dead_code, unreachable_pub)]
+
+use std::str::FromStr;
+
+use eventsource_core::TenantId;
+use sqlx::ConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use uuid::Uuid;
+
+/// The database the tests share (created and migrated on first use).
+pub const TEST_DATABASE: &str = "eventsource_postgres_tests";
+
+/// Connect options for the server in `DATABASE_URL`, or `None` (after a notice) when unset.
+///
+/// # Panics
+///
+/// When `DATABASE_URL` is unset and `CI` is set.
+pub fn server() -> Option<PgConnectOptions> {
+    let Ok(url) = std::env::var("DATABASE_URL") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "DATABASE_URL must be set in CI: the PostgreSQL tests cannot be skipped there"
+        );
+        eprintln!("DATABASE_URL is not set: skipping this PostgreSQL test");
+        return None;
+    };
+    Some(
+        PgConnectOptions::from_str(&url)
+            .expect("DATABASE_URL is a valid PostgreSQL URL")
+            .disable_statement_logging(),
+    )
+}
+
+/// A pool on the shared, migrated test database; `None` when the tests are skipped.
+pub async fn pool() -> Option<PgPool> {
+    pool_with(16).await
+}
+
+/// As [`pool`], with room for `max` connections.
+pub async fn pool_with(max: u32) -> Option<PgPool> {
+    let server = server()?;
+    ensure_database(&server).await;
+    let pool = PgPoolOptions::new()
+        .max_connections(max)
+        .test_before_acquire(false)
+        .connect_with(server.database(TEST_DATABASE))
+        .await
+        .expect("connect to the test database");
+    eventsource_postgres::MIGRATOR
+        .run(&pool)
+        .await
+        .expect("migrations run");
+    Some(pool)
+}
+
+async fn ensure_database(server: &PgConnectOptions) {
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(server.clone())
+        .await
+        .expect("connect to DATABASE_URL");
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(TEST_DATABASE)
+            .fetch_one(&admin)
+            .await
+            .expect("look up the test database");
+    if !exists {
+        // Concurrent tests may race to create it; whoever loses finds it created.
+        let _ = sqlx::query("CREATE DATABASE eventsource_postgres_tests")
+            .execute(&admin)
+            .await;
+    }
+    admin.close().await;
+}
+
+/// A tenant no other test uses.
+pub fn tenant(prefix: &str) -> TenantId {
+    TenantId::new(format!("{prefix}-{}", Uuid::now_v7().simple()))
+}
+
+/// A pool logged in as `eventsource_app`: a role without `BYPASSRLS` (unlike the superuser the
+/// tests otherwise use), so row level security applies to it. Created on first use.
+pub async fn app_role_pool(admin: &PgPool) -> PgPool {
+    let server = server().expect("a server");
+    // CREATE ROLE has no IF NOT EXISTS and concurrent GRANTs can fail with "tuple concurrently
+    // updated": tests set the role up one at a time, under an advisory lock.
+    let mut tx = admin.begin().await.expect("begin");
+    sqlx::query("SELECT pg_advisory_xact_lock(7245001)")
+        .execute(&mut *tx)
+        .await
+        .expect("lock");
+    sqlx::query(
+        "DO $$ BEGIN
+             IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'eventsource_app') THEN
+                 CREATE ROLE eventsource_app LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD 'app';
+             END IF;
+         END $$",
+    )
+    .execute(&mut *tx)
+    .await
+    .expect("create the app role");
+    sqlx::query(
+        "GRANT SELECT, INSERT, UPDATE ON streams, events, snapshots, checkpoints TO eventsource_app",
+    )
+    .execute(&mut *tx)
+    .await
+    .expect("grant the app role");
+    tx.commit().await.expect("commit the role set-up");
+    PgPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect_with(
+            server
+                .database(TEST_DATABASE)
+                .username("eventsource_app")
+                .password("app"),
+        )
+        .await
+        .expect("connect as the app role")
+}

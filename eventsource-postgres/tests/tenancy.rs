@@ -1,0 +1,154 @@
+//! Tenant isolation with row level security, proven with a role that does not bypass it
+//! (superusers bypass row level security, so the usual test connection proves nothing).
+
+mod support;
+
+use eventsource_core::{
+    EventStore, ExpectedVersion, LogFilter, LogPosition, NewEvent, StoreError, StreamId,
+    VersionRange,
+};
+use eventsource_postgres::{PgEventStore, begin_tenant};
+use serde_json::json;
+
+fn event(n: u64) -> NewEvent {
+    NewEvent::new("Numbered", 1, json!({ "n": n }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_pooled_connection_never_shows_another_tenants_rows() {
+    let Some(admin) = support::pool().await else {
+        return;
+    };
+    // One connection: every operation below reuses it, whatever the tenant.
+    let app = support::app_role_pool(&admin).await;
+    let store = PgEventStore::new(app.clone());
+    let (a, b) = (support::tenant("tenant-a"), support::tenant("tenant-b"));
+    let stream_a = StreamId::new(a.clone(), "account", "same-id");
+    let stream_b = StreamId::new(b.clone(), "account", "same-id");
+
+    store
+        .append(
+            &stream_a,
+            ExpectedVersion::NoStream,
+            vec![event(1), event(2)],
+        )
+        .await
+        .unwrap();
+    store
+        .append(&stream_b, ExpectedVersion::NoStream, vec![event(10)])
+        .await
+        .unwrap();
+
+    for _ in 0..3 {
+        let read_a = store
+            .read_stream(&stream_a, VersionRange::all())
+            .await
+            .unwrap();
+        assert!(read_a.iter().all(|e| e.tenant() == &a));
+        assert_eq!(read_a.len(), 2);
+        let log_b = store
+            .read_all(LogPosition::START, 100, &LogFilter::tenant(b.clone()))
+            .await
+            .unwrap();
+        assert_eq!(log_b.len(), 1);
+        assert!(log_b.iter().all(|e| e.tenant() == &b));
+    }
+
+    // Even a query that forgets the tenant predicate sees only the transaction's tenant.
+    let mut tx = begin_tenant(&app, &a).await.unwrap();
+    let tenants: Vec<String> = sqlx::query_scalar("SELECT DISTINCT tenant_id FROM events")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(tenants, vec![a.as_str().to_owned()]);
+    let b_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE tenant_id = $1")
+        .bind(b.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(
+        b_rows, 0,
+        "tenant B's rows are invisible in tenant A's transaction"
+    );
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_tenant_set_is_an_error_not_an_empty_result() {
+    let Some(admin) = support::pool().await else {
+        return;
+    };
+    let app = support::app_role_pool(&admin).await;
+    let tenant = support::tenant("unset");
+    let store = PgEventStore::new(app.clone());
+    store
+        .append(
+            &StreamId::new(tenant.clone(), "account", "a"),
+            ExpectedVersion::Any,
+            vec![event(1)],
+        )
+        .await
+        .unwrap();
+
+    // The tenant set by the append's transaction did not stay on the pooled connection.
+    let err = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events")
+        .fetch_one(&app)
+        .await
+        .unwrap_err();
+    let db = err.as_database_error().expect("a database error");
+    assert!(
+        db.message().contains("eventsource.tenant is not set"),
+        "{db}"
+    );
+
+    // Through the store: reading every tenant needs the relay role, which bypasses RLS.
+    let err = store
+        .read_all(LogPosition::START, 10, &LogFilter::all())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::TenantViolation(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cross_tenant_insert_is_rejected() {
+    let Some(admin) = support::pool().await else {
+        return;
+    };
+    let app = support::app_role_pool(&admin).await;
+    let (a, b) = (support::tenant("writer"), support::tenant("victim"));
+
+    // Raw SQL in tenant A's transaction writing a row for tenant B.
+    let mut tx = begin_tenant(&app, &a).await.unwrap();
+    let err = sqlx::query(
+        "INSERT INTO events (tenant_id, aggregate_type, aggregate_id, version, event_id, \
+         event_type, schema_version, payload, metadata) \
+         VALUES ($1, 'account', 'x', 1, gen_random_uuid(), 'Numbered', 1, '{}', '{}')",
+    )
+    .bind(b.as_str())
+    .execute(&mut *tx)
+    .await
+    .unwrap_err();
+    let db = err.as_database_error().expect("a database error");
+    assert!(db.message().contains("row-level security"), "{db}");
+    drop(tx);
+
+    // Through the store, appending to tenant B's stream inside tenant A's transaction.
+    let mut tx = begin_tenant(&app, &a).await.unwrap();
+    let err = PgEventStore::append_in_tx(
+        &mut tx,
+        &StreamId::new(b.clone(), "account", "x"),
+        ExpectedVersion::Any,
+        vec![event(1)],
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, StoreError::TenantViolation(_)), "{err}");
+    drop(tx);
+
+    let b_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE tenant_id = $1")
+        .bind(b.as_str())
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert_eq!(b_rows, 0);
+}

@@ -469,23 +469,48 @@ impl RecordedEvent {
     /// An unknown event type, a schema version without an upcaster or a payload that does not
     /// deserialize yields [`EventDecodeError`] naming the event id, stream, version and type.
     pub fn decode<E: DomainEvent>(&self) -> Result<Envelope<E>, EventDecodeError> {
-        let event = E::decode(&self.event_type, self.schema_version, self.payload.clone())
-            .map_err(|source| EventDecodeError::new(self, source))?;
-        let schema_version = event.schema_version();
-        Ok(Envelope {
-            event_id: self.event_id,
-            stream: self.stream.clone(),
-            version: self.version,
-            position: self.position,
-            event_type: self.event_type.clone(),
+        self.clone().into_decoded()
+    }
+
+    /// As [`decode`](Self::decode), consuming the event instead of copying its payload.
+    ///
+    /// # Errors
+    ///
+    /// As [`decode`](Self::decode).
+    pub fn into_decoded<E: DomainEvent>(self) -> Result<Envelope<E>, EventDecodeError> {
+        let Envelope {
+            event_id,
+            stream,
+            version,
+            position,
+            event_type,
             schema_version,
-            recorded_at: self.recorded_at,
-            metadata: self.metadata.clone(),
-            payload: event,
-        })
+            recorded_at,
+            metadata,
+            payload,
+        } = self;
+        match E::decode(&event_type, schema_version, payload) {
+            Ok(event) => Ok(Envelope {
+                event_id,
+                stream,
+                version,
+                position,
+                event_type,
+                schema_version: event.schema_version(),
+                recorded_at,
+                metadata,
+                payload: event,
+            }),
+            Err(source) => Err(EventDecodeError(Box::new(DecodeFailure {
+                event_id,
+                stream,
+                version,
+                event_type,
+                source,
+            }))),
+        }
     }
 }
-
 /// A stored event could not be turned into a domain event.
 ///
 /// Nothing is lost: the stored event is untouched, and the error names it so it can be found,

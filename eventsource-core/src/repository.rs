@@ -373,7 +373,7 @@ impl<A: Aggregate, S: EventStore, P: SnapshotStore> Repository<A, S, P> {
             .store
             .read_stream(stream, VersionRange::from(root.version().next()))
             .await?;
-        for recorded in &tail {
+        for recorded in tail {
             if recorded.version != root.version().next() {
                 return Err(LoadError::Store(StoreError::Corrupt(format!(
                     "stream {stream} skips from version {} to {}",
@@ -381,8 +381,7 @@ impl<A: Aggregate, S: EventStore, P: SnapshotStore> Repository<A, S, P> {
                     recorded.version
                 ))));
             }
-            let event = recorded.decode::<A::Event>()?;
-            root.replay(&event.payload);
+            root.replay(&recorded.into_decoded::<A::Event>()?.payload);
         }
         Ok(root)
     }

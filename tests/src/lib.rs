@@ -1,4 +1,4 @@
 //! End-to-end tests across the eventsource crates live in `tests/`.
 //!
-//! The workspace README is included here so that its code compiles as a doctest.
-#![doc = include_str!("../../README.md")]
+//! The workspace README's Rust code compiles and runs here as a doctest.
+#![cfg_attr(doctest, doc = include_str!("../../README.md"))]

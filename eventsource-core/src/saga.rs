@@ -241,4 +241,9 @@ where
             .await
             .map_err(SagaError::Store)
     }
+
+    /// Stored state that does not decode will not decode on a redelivery either.
+    fn is_permanent(&self, error: &Self::Error) -> bool {
+        matches!(error, SagaError::State(_))
+    }
 }

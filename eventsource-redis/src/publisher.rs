@@ -19,6 +19,12 @@ use crate::options::PublisherOptions;
 /// "equal or smaller than the target stream top item" (already published) and stopping at any
 /// other error.
 ///
+/// A rejected id is a re-send only if the stream holds that very event at that id, or held it
+/// and trimmed it (the id is below the stream's first entry). An entry at that id with another
+/// `event_id`, or no entry at an id inside the stream's range, means the event store and the
+/// stream disagree — a store restored or reset behind Redis's back — and the script refuses
+/// rather than drop the event silently.
+///
 /// `ARGV = [n, field_1 .. field_n, id_1, value_1_1 .. value_1_n, id_2, …]`; replies
 /// `{added, skipped}`.
 static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
@@ -29,6 +35,18 @@ local added, skipped = 0, 0
 local args = {}
 local i = n + 2
 local total = #ARGV
+local event_field = nil
+for j = 1, n do
+  if ARGV[1 + j] == 'event_id' then event_field = j end
+end
+local function id_less(a, b)
+  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
+  local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
+  if #ams ~= #bms then return #ams < #bms end
+  if ams ~= bms then return ams < bms end
+  if #aseq ~= #bseq then return #aseq < #bseq end
+  return aseq < bseq
+end
 while i <= total do
   local id = ARGV[i]
   for j = 1, n do
@@ -37,11 +55,31 @@ while i <= total do
   end
   local r = redis.pcall('XADD', KEYS[1], id, unpack(args, 1, 2 * n))
   if type(r) == 'table' and r.err then
-    if string.find(r.err, 'equal or smaller', 1, true) then
-      skipped = skipped + 1
-    else
+    if not string.find(r.err, 'equal or smaller', 1, true) then
       return redis.error_reply('PUBLISHREFUSED ' .. id .. ' ' .. r.err)
     end
+    local found = redis.call('XRANGE', KEYS[1], id, id)
+    if #found == 1 then
+      if event_field then
+        local stored = nil
+        local fields = found[1][2]
+        for k = 1, #fields, 2 do
+          if fields[k] == 'event_id' then stored = fields[k + 1] end
+        end
+        if stored ~= ARGV[i + event_field] then
+          return redis.error_reply('PUBLISHREFUSED ' .. id ..
+            ' the stream holds event ' .. tostring(stored) .. ' at this id, not ' ..
+            ARGV[i + event_field] .. ': the event store and the stream disagree')
+        end
+      end
+    else
+      local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+      if #first == 1 and not id_less(id, first[1][1]) then
+        return redis.error_reply('PUBLISHREFUSED ' .. id ..
+          ' is inside the stream but missing from it: the event store and the stream disagree')
+      end
+    end
+    skipped = skipped + 1
   else
     added = added + 1
   end

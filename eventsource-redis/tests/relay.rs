@@ -278,3 +278,107 @@ async fn a_second_relay_waits_for_the_lease() {
     second.await.unwrap().unwrap();
     let _ = keys::relay_checkpoint("leased");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_sending_trimmed_entries_is_still_a_no_op() {
+    let Some(url) = support::redis_url() else {
+        return;
+    };
+    let (_client, mut conn) = support::connect(&url).await;
+    let keys = Keys::new(&support::prefix());
+    let store = InMemoryEventStore::new();
+    support::append(
+        &store,
+        &support::stream("acme", "order", "o-1"),
+        10,
+        "Placed",
+    )
+    .await;
+    let relay_conn = conn.clone();
+    let publisher = |checkpoints| {
+        RedisPublisher::new(
+            store.clone(),
+            checkpoints,
+            relay_conn.clone(),
+            "trimmed",
+            PublisherOptions::default().with_batch_size(100),
+        )
+        .with_router(eventsource_redis::PerTenant::new(keys.clone()))
+    };
+    assert_eq!(
+        publisher(InMemoryCheckpointStore::new())
+            .catch_up()
+            .await
+            .unwrap(),
+        10
+    );
+    let key = keys.tenant_stream(&"acme".into());
+    let entries = support::entries(&mut conn, &key).await;
+    let _: u64 = redis::cmd("XTRIM")
+        .arg(&key)
+        .arg("MINID")
+        .arg(&entries[6].0)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(support::entries(&mut conn, &key).await.len(), 4);
+
+    let published = publisher(InMemoryCheckpointStore::new())
+        .publish_batch()
+        .await
+        .unwrap();
+    assert_eq!((published.added, published.skipped), (0, 10));
+    assert_eq!(
+        support::entries(&mut conn, &key).await.len(),
+        4,
+        "nothing came back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_reset_behind_the_stream_is_refused_not_dropped() {
+    let Some(url) = support::redis_url() else {
+        return;
+    };
+    let (_client, mut conn) = support::connect(&url).await;
+    let keys = Keys::new(&support::prefix());
+    let order = support::stream("acme", "order", "o-1");
+    let old = InMemoryEventStore::new();
+    support::append(&old, &order, 5, "Placed").await;
+    let mut relay = RedisPublisher::new(
+        old,
+        InMemoryCheckpointStore::new(),
+        conn.clone(),
+        "reset",
+        PublisherOptions::default(),
+    )
+    .with_router(eventsource_redis::PerTenant::new(keys.clone()));
+    assert_eq!(relay.catch_up().await.unwrap(), 5);
+
+    // The database is restored empty: new events get the old positions (and ids in Redis),
+    // but they are other events. Skipping them as re-sends would lose them downstream.
+    let reset = InMemoryEventStore::new();
+    support::append(&reset, &order, 3, "Placed").await;
+    let mut relay = RedisPublisher::new(
+        reset,
+        InMemoryCheckpointStore::new(),
+        conn.clone(),
+        "reset",
+        PublisherOptions::default(),
+    )
+    .with_router(eventsource_redis::PerTenant::new(keys.clone()));
+    let err = relay
+        .publish_batch()
+        .await
+        .expect_err("the stream holds other events");
+    assert!(
+        matches!(&err, eventsource_redis::RedisStoreError::PublishRefused { reason, .. } if reason.contains("disagree")),
+        "{err}"
+    );
+    let key = keys.tenant_stream(&"acme".into());
+    assert_eq!(
+        support::entries(&mut conn, &key).await.len(),
+        5,
+        "the stream is untouched"
+    );
+}

@@ -323,11 +323,11 @@ async fn re_sending_trimmed_entries_is_still_a_no_op() {
         .unwrap();
     assert_eq!(support::entries(&mut conn, &key).await.len(), 4);
 
-    let published = publisher(InMemoryCheckpointStore::new())
+    let outcome = publisher(InMemoryCheckpointStore::new())
         .publish_batch()
         .await
         .unwrap();
-    assert_eq!((published.added, published.skipped), (0, 10));
+    assert_eq!((outcome.added, outcome.skipped), (0, 10));
     assert_eq!(
         support::entries(&mut conn, &key).await.len(),
         4,

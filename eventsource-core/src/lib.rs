@@ -26,7 +26,7 @@ pub use envelope::{
 pub use event::{DecodeError, DomainEvent, EventType, UpcastError};
 pub use handler::EventHandler;
 pub use memory::{InMemoryCheckpointStore, InMemoryEventStore, InMemorySnapshotStore};
-pub use projection::{Projection, ProjectionError, ProjectionRunner};
+pub use projection::{Projection, ProjectionError, ProjectionRunner, RebuildProgress};
 pub use repository::{CommandContext, CommandError, Executed, LoadError, Repository};
 pub use retry::RetryPolicy;
 pub use saga::{

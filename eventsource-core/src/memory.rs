@@ -260,6 +260,15 @@ impl EventStore for InMemoryEventStore {
     fn append_notify(&self) -> Option<Arc<Notify>> {
         Some(self.inner.notify.clone())
     }
+
+    async fn count_after(&self, after: LogPosition, filter: &LogFilter) -> Result<u64, StoreError> {
+        let log = self.read();
+        let start = log.events.partition_point(|e| e.position <= after);
+        Ok(log.events[start..]
+            .iter()
+            .filter(|e| filter.matches(e))
+            .count() as u64)
+    }
 }
 
 /// A [`SnapshotStore`] in process memory, keyed by stream and schema version.

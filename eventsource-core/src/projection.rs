@@ -1,7 +1,7 @@
 //! Projections: read models folded from the global log, with a catch-up runner.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +46,42 @@ pub enum ProjectionError<E: std::error::Error + 'static> {
         #[source]
         source: E,
     },
+}
+
+/// How far a [`ProjectionRunner::rebuild`] has come.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct RebuildProgress {
+    /// Events applied to the new generation so far.
+    pub processed: u64,
+    /// Events to apply in all (counted when the rebuild started; appends during the rebuild
+    /// are caught up afterwards by the runner).
+    pub total: u64,
+    /// Events per second since the rebuild started.
+    pub rate: f64,
+    /// Estimated time left at the current rate.
+    pub eta: Option<Duration>,
+}
+
+impl RebuildProgress {
+    fn at(processed: u64, total: u64, started: Instant) -> Self {
+        let elapsed = started.elapsed().as_secs_f64();
+        #[allow(clippy::cast_precision_loss)] // a rate needs no more than f64's 52 bits
+        let rate = if elapsed > 0.0 {
+            processed as f64 / elapsed
+        } else {
+            0.0
+        };
+        #[allow(clippy::cast_precision_loss)]
+        let eta = (rate > 0.0)
+            .then(|| Duration::from_secs_f64(total.saturating_sub(processed) as f64 / rate));
+        Self {
+            processed,
+            total,
+            rate,
+            eta,
+        }
+    }
 }
 
 /// Feeds a [`Projection`] from an event store's log, saving its checkpoint after each batch.
@@ -157,6 +193,65 @@ impl<S: EventStore, C: CheckpointStore, P: Projection> ProjectionRunner<S, C, P>
             }
         }
         Ok(self.projection)
+    }
+
+    /// Rebuilds the read model by replay: fills `fresh` from the start of the log in large
+    /// batches, reporting progress after each batch, then swaps it in and moves the checkpoint
+    /// to where the rebuild stopped. Returns the replaced projection. The current projection is
+    /// untouched until the swap, so a read model that can serve while a new generation is
+    /// filled (a second table, say) keeps serving.
+    ///
+    /// A rebuilt projection must not have side effects: it sees every event again. Sagas are
+    /// never rebuilt by replay.
+    ///
+    /// # Errors
+    ///
+    /// As [`catch_up`](Self::catch_up); on error nothing was swapped.
+    pub async fn rebuild(
+        &mut self,
+        mut fresh: P,
+        mut progress: impl FnMut(&RebuildProgress),
+    ) -> Result<P, ProjectionError<P::Error>> {
+        let name = self.projection.name().to_owned();
+        let total = self
+            .store
+            .count_after(LogPosition::START, &self.filter)
+            .await?;
+        let started = Instant::now();
+        let batch_size = self.batch_size.max(5_000);
+        let mut after = LogPosition::START;
+        let mut processed = 0;
+        loop {
+            let batch = self.store.read_all(after, batch_size, &self.filter).await?;
+            for event in &batch {
+                fresh
+                    .apply(event)
+                    .await
+                    .map_err(|source| ProjectionError::Apply {
+                        position: event.position,
+                        source,
+                    })?;
+            }
+            processed += batch.len() as u64;
+            progress(&RebuildProgress::at(
+                processed,
+                total.max(processed),
+                started,
+            ));
+            match batch.last() {
+                Some(last) if batch.len() == batch_size => after = last.position,
+                Some(last) => {
+                    after = last.position;
+                    break;
+                }
+                None => break,
+            }
+        }
+        let stored = self.checkpoints.load(&name).await?;
+        if after != LogPosition::START || stored.is_some() {
+            self.checkpoints.save(&name, stored, after).await?;
+        }
+        Ok(std::mem::replace(&mut self.projection, fresh))
     }
 
     async fn step(&mut self) -> Result<usize, ProjectionError<P::Error>> {

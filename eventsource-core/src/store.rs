@@ -291,6 +291,28 @@ pub trait EventStore: Send + Sync {
     fn append_notify(&self) -> Option<Arc<Notify>> {
         None
     }
+
+    /// How many events `filter` admits after `after`: the work left for a reader there (a
+    /// projection rebuild reports progress against it). The default reads the log through;
+    /// backends override it with a cheaper count.
+    fn count_after(
+        &self,
+        after: LogPosition,
+        filter: &LogFilter,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        async move {
+            let mut count = 0;
+            let mut position = after;
+            loop {
+                let batch = self.read_all(position, 10_000, filter).await?;
+                let Some(last) = batch.last() else {
+                    return Ok(count);
+                };
+                position = last.position;
+                count += batch.len() as u64;
+            }
+        }
+    }
 }
 
 impl<S: EventStore + ?Sized> EventStore for Arc<S> {
@@ -337,6 +359,14 @@ impl<S: EventStore + ?Sized> EventStore for Arc<S> {
 
     fn append_notify(&self) -> Option<Arc<Notify>> {
         (**self).append_notify()
+    }
+
+    fn count_after(
+        &self,
+        after: LogPosition,
+        filter: &LogFilter,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        (**self).count_after(after, filter)
     }
 }
 

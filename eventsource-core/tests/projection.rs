@@ -182,3 +182,83 @@ async fn run_follows_new_appends_and_stops_on_shutdown() {
     let projection = task.await.expect("join").expect("run");
     assert_eq!(projection.counts["a"], 10);
 }
+
+#[tokio::test]
+async fn rebuild_replays_into_a_new_generation_and_swaps_it_in() {
+    let store = InMemoryEventStore::new();
+    let checkpoints = InMemoryCheckpointStore::new();
+    for n in 0..12_000 {
+        append(&store, "t", &format!("s{}", n % 7), n).await;
+    }
+    let mut runner = ProjectionRunner::new(
+        store.clone(),
+        checkpoints.clone(),
+        CountPerStream::default(),
+    );
+    runner.catch_up().await.expect("first build");
+    let built = runner.projection().counts.clone();
+
+    let mut reports = Vec::new();
+    let old = runner
+        .rebuild(CountPerStream::default(), |p| reports.push(*p))
+        .await
+        .expect("rebuild");
+    assert_eq!(
+        old.counts, built,
+        "the old generation is handed back untouched"
+    );
+    assert_eq!(
+        runner.projection().counts,
+        built,
+        "replay rebuilds the same model"
+    );
+    assert!(
+        reports.len() >= 3,
+        "progress after each large batch: {}",
+        reports.len()
+    );
+    assert!(reports.windows(2).all(|w| w[0].processed < w[1].processed));
+    let last = reports.last().expect("progress");
+    assert_eq!((last.processed, last.total), (12_000, 12_000));
+    assert!(last.rate > 0.0);
+
+    append(&store, "t", "s0", 12_000).await;
+    assert_eq!(
+        runner.catch_up().await.expect("resume"),
+        1,
+        "the checkpoint moved with the swap"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_rebuild_swaps_nothing() {
+    let store = InMemoryEventStore::new();
+    let checkpoints = InMemoryCheckpointStore::new();
+    for n in 0..10 {
+        append(&store, "t", "a", n).await;
+    }
+    let mut runner = ProjectionRunner::new(
+        store.clone(),
+        checkpoints.clone(),
+        CountPerStream::default(),
+    );
+    runner.catch_up().await.expect("build");
+    let before = checkpoints.load("count-per-stream").await.expect("load");
+    let failing = CountPerStream {
+        fail_on: Some(4),
+        ..CountPerStream::default()
+    };
+    runner
+        .rebuild(failing, |_| {})
+        .await
+        .expect_err("event 4 fails");
+    assert_eq!(
+        runner.projection().counts["a"],
+        10,
+        "the serving generation stays"
+    );
+    assert_eq!(
+        checkpoints.load("count-per-stream").await.expect("load"),
+        before
+    );
+}

@@ -1,0 +1,139 @@
+//! What a user sees when PostgreSQL drops the connection: a typed, retryable error, nothing
+//! half-written, and a retry with the same event ids that lands exactly once.
+
+mod support;
+
+use eventsource_core::{
+    Aggregate, CommandError, DomainEvent, EventStore, ExpectedVersion, Handle, NewEvent,
+    Repository, StoreError, StreamId, TenantId, Version, VersionRange,
+};
+use eventsource_postgres::{MIGRATOR, PgEventStore};
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+async fn pool(url: &str, max: u32) -> PgPool {
+    let pool = PgPoolOptions::new()
+        .max_connections(max)
+        .test_before_acquire(false)
+        .connect(url)
+        .await
+        .unwrap();
+    MIGRATOR.run(&pool).await.unwrap();
+    pool
+}
+
+/// Terminates every other session of this pool's user on the database, as a failover or an
+/// idle-connection reaper would.
+async fn drop_connections(admin: &PgPool, victim: &PgPool) {
+    let mut conn = victim.acquire().await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(admin)
+        .await
+        .unwrap();
+    assert!(killed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_is_a_retryable_error_and_the_retry_lands_once() {
+    let Some(url) = support::service_url("DATABASE_URL") else {
+        return;
+    };
+    let admin = pool(&url, 2).await;
+    let victim = pool(&url, 1).await;
+    let store = PgEventStore::new(victim.clone());
+    let stream = StreamId::new(TenantId::new(support::unique("faults")), "thing", "t-1");
+    let batch = vec![
+        NewEvent::new("happened", 1, serde_json::json!({ "n": 1 })),
+        NewEvent::new("happened", 1, serde_json::json!({ "n": 2 })),
+    ];
+
+    drop_connections(&admin, &victim).await;
+    let err = store
+        .append(&stream, ExpectedVersion::NoStream, batch.clone())
+        .await
+        .expect_err("the pooled connection was terminated");
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(err.is_retryable());
+
+    let appended = store
+        .append(&stream, ExpectedVersion::NoStream, batch.clone())
+        .await
+        .expect("a retry on a fresh connection");
+    assert_eq!(appended.version, Version::new(2));
+    // The acknowledgement of that retry could have been lost too: one more retry is a no-op.
+    let again = store
+        .append(&stream, ExpectedVersion::NoStream, batch)
+        .await
+        .expect("idempotent");
+    assert_eq!(again, appended);
+    let stored = store
+        .read_stream(&stream, VersionRange::all())
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 2, "exactly once");
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
+enum CounterEvent {
+    Added { by: u32 },
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, Aggregate)]
+#[aggregate(name = "counter", event = CounterEvent, snapshot = 1)]
+struct Counter {
+    total: u64,
+}
+
+impl CounterEventHandler for Counter {
+    fn when_added(&mut self, by: &u32) {
+        self.total += u64::from(*by);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("never")]
+struct Never;
+
+impl Handle for Counter {
+    type Command = u32;
+    type Error = Never;
+
+    fn handle(&self, by: u32) -> Result<Vec<CounterEvent>, Never> {
+        Ok(vec![CounterEvent::Added { by }])
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cached_repository_recovers_from_a_dropped_connection() {
+    let Some(url) = support::service_url("DATABASE_URL") else {
+        return;
+    };
+    let admin = pool(&url, 2).await;
+    let victim = pool(&url, 1).await;
+    let repo = Repository::<Counter, _>::new(PgEventStore::new(victim.clone()))
+        .with_tenant(TenantId::new(support::unique("faults")))
+        .with_snapshots(
+            eventsource_postgres::PgSnapshotStore::new(victim.clone()),
+            eventsource_core::SnapshotPolicy::Every(3),
+        )
+        .with_cache(16);
+    for _ in 0..5 {
+        repo.execute("c", 1).await.unwrap();
+    }
+    drop_connections(&admin, &victim).await;
+    let err = repo.execute("c", 10).await.expect_err("connection dropped");
+    assert!(
+        matches!(&err, CommandError::Store(e) if e.is_retryable()),
+        "{err:?}"
+    );
+    // The cache forgot the aggregate (the append's outcome was unknown); the retry reloads it.
+    let done = repo.execute("c", 10).await.expect("retry");
+    assert_eq!(done.version, Version::new(6));
+    assert_eq!(repo.load("c").await.unwrap().state().total, 15);
+}

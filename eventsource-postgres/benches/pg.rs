@@ -113,6 +113,18 @@ impl Table {
     }
 }
 
+/// Group commit as the benchmark configures it: `BENCH_LANES` (default 2, the server's cores)
+/// lanes and `BENCH_GROUP_EVENTS` (default 128) events per group.
+fn with_group(store: PgEventStore) -> PgEventStore {
+    let var = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    store.with_group_commit(var("BENCH_LANES", 2), var("BENCH_GROUP_EVENTS", 128))
+}
+
 fn bench_time() -> Duration {
     let seconds: u64 = std::env::var("BENCH_SECONDS")
         .ok()
@@ -368,7 +380,7 @@ async fn commands(pool: &PgPool, store: &PgEventStore, tenant: &TenantId, table:
         for (cached, grouped) in [(false, false), (true, false), (true, true)] {
             let prefix = Uuid::now_v7().simple().to_string();
             let store = if grouped {
-                store.clone().with_group_commit(4, 32)
+                with_group(store.clone())
             } else {
                 store.clone()
             };
@@ -625,7 +637,7 @@ async fn main() {
     let wanted = |name: &str| only.is_empty() || only.split(',').any(|o| o.trim() == name);
     if wanted("appends") {
         appends(&pool, &store, &tenant, &mut table, "").await;
-        let grouped = store.clone().with_group_commit(4, 32);
+        let grouped = with_group(store.clone());
         appends(&pool, &grouped, &tenant, &mut table, ", group commit").await;
     }
     if wanted("commands") {

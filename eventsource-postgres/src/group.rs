@@ -108,20 +108,30 @@ impl GroupCommit {
         events.saturating_mul(4) <= self.max_events
     }
 
-    /// The oldest queued requests, as many as fit in `max_events` events (at least one).
+    /// The oldest queued requests, as many as fit in `max_events` events (at least one), one per
+    /// stream: a later append to a stream already in the batch waits for the next batch (it
+    /// must see the first one's outcome, and the set-based group statement moves each stream
+    /// once). The batch is ordered by stream, so concurrent batches lock streams in one order.
     fn take_batch(&self) -> Vec<Request> {
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         let mut events = 0;
-        let n = queue
-            .iter()
-            .take_while(|r| {
-                events += r.columns.ids.len();
-                events <= self.max_events
-            })
-            .count()
-            .max(1)
-            .min(queue.len());
-        queue.drain(..n).collect()
+        let mut batch: Vec<Request> = Vec::new();
+        let mut i = 0;
+        while i < queue.len() {
+            let size = queue[i].columns.ids.len();
+            if !batch.is_empty() && events + size > self.max_events {
+                break;
+            }
+            if batch.iter().any(|r| r.stream == queue[i].stream) {
+                i += 1;
+                continue;
+            }
+            events += size;
+            batch.push(queue.remove(i));
+        }
+        drop(queue);
+        batch.sort_by(|a, b| a.stream.cmp(&b.stream));
+        batch
     }
 }
 

@@ -269,7 +269,7 @@ impl PgEventStore {
     /// connections at a time. Under load this raises the throughput of small appends (the
     /// usual one or two events of a command); alone, an append runs at once as before. Appends
     /// of more than a quarter of `max_events` events are not grouped: they amortise their commit
-    /// already. No task is spawned. `lanes` about the server's cores and `max_events` = 32 are a
+    /// already. No task is spawned. `lanes` about the server's cores and `max_events` = 128 are a
     /// good start.
     ///
     /// Every guarantee holds: a caller is answered only after the shared transaction

@@ -214,39 +214,40 @@ async fn log_order_is_numeric_across_a_transaction_id_digit_boundary() {
         return;
     };
     let store = PgEventStore::new(pool.clone());
-    let tenant = support::tenant("digits");
-    let stream = StreamId::new(tenant.clone(), "log", "digits");
-    let next: String = sqlx::query_scalar("SELECT pg_snapshot_xmax(pg_current_snapshot())::text")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let next: u64 = next.parse().unwrap();
-    let boundary = 10_u64.pow(next.checked_ilog10().unwrap_or(0) + 1);
-    let burn = boundary.saturating_sub(next).saturating_sub(30);
-    if burn > MAX_BURN {
-        eprintln!("next transaction id {next}: {boundary} is too far to burn up to; skipping");
-        return;
-    }
-    let mut conn = pool.acquire().await.unwrap();
-    // One committed transaction per iteration, without waiting for each flush.
-    sqlx::raw_sql("SET synchronous_commit = off")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    // Alone in its simple query: a multi-statement query is one transaction, where the loop's
-    // COMMIT is not allowed.
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DO $$ BEGIN FOR i IN 1..{burn} LOOP PERFORM pg_current_xact_id(); COMMIT; END LOOP; END $$"
-    )))
-    .execute(&mut *conn)
-    .await
-    .unwrap();
-    sqlx::raw_sql("RESET synchronous_commit")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    drop(conn);
-    let mut n = 0;
+    // Other tests of this binary take transaction ids concurrently and may carry the counter
+    // past the boundary before the first append lands below it: then try the next boundary,
+    // in a fresh tenant.
+    let mut attempt = 0;
+    let (tenant, stream, boundary) = loop {
+        attempt += 1;
+        assert!(
+            attempt <= 5,
+            "could not land an append below a digit boundary"
+        );
+        let next: String =
+            sqlx::query_scalar("SELECT pg_snapshot_xmax(pg_current_snapshot())::text")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        let next: u64 = next.parse().unwrap();
+        let boundary = 10_u64.pow(next.checked_ilog10().unwrap_or(0) + 1);
+        let burn = boundary.saturating_sub(next).saturating_sub(30);
+        if burn > MAX_BURN {
+            eprintln!("next transaction id {next}: {boundary} is too far to burn up to; skipping");
+            return;
+        }
+        burn_transaction_ids(&pool, burn).await;
+        let tenant = support::tenant("digits");
+        let stream = StreamId::new(tenant.clone(), "log", "digits");
+        let first = store
+            .append(&stream, ExpectedVersion::Any, vec![event(0)])
+            .await
+            .unwrap();
+        if first.last_position.transaction() < boundary {
+            break (tenant, stream, boundary);
+        }
+    };
+    let mut n = 1;
     loop {
         let appended = store
             .append(&stream, ExpectedVersion::Any, vec![event(n)])
@@ -278,4 +279,26 @@ async fn log_order_is_numeric_across_a_transaction_id_digit_boundary() {
         .unwrap();
     let rest = drain(&store, &tenant, below.position).await;
     assert!(!rest.is_empty() && rest.iter().all(|e| e.position.transaction() >= boundary));
+}
+
+/// Commits `burn` empty transactions, moving the cluster's transaction counter on.
+async fn burn_transaction_ids(pool: &sqlx::PgPool, burn: u64) {
+    let mut conn = pool.acquire().await.unwrap();
+    // One committed transaction per iteration, without waiting for each flush.
+    sqlx::raw_sql("SET synchronous_commit = off")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    // Alone in its simple query: a multi-statement query is one transaction, where the loop's
+    // COMMIT is not allowed.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DO $$ BEGIN FOR i IN 1..{burn} LOOP PERFORM pg_current_xact_id(); COMMIT; END LOOP; END $$"
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::raw_sql("RESET synchronous_commit")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
 }

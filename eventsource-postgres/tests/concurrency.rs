@@ -278,8 +278,8 @@ async fn group_commit_handles_a_mixed_wave_like_single_appends() {
         return;
     };
     let store = PgEventStore::new(pool.clone()).with_group_commit(2, 128);
-    let (a, b) = (support::tenant("wave-a"), support::tenant("wave-b"));
-    let existing = StreamId::new(a.clone(), "w", "existing");
+    let (first, second) = (support::tenant("wave-a"), support::tenant("wave-b"));
+    let existing = StreamId::new(first.clone(), "w", "existing");
     let stored = vec![event(0), event(1)];
     store
         .append(&existing, ExpectedVersion::NoStream, stored.clone())
@@ -294,7 +294,7 @@ async fn group_commit_handles_a_mixed_wave_like_single_appends() {
     }
     let mut plans: Vec<(StreamId, ExpectedVersion, Vec<NewEvent>, Want)> = Vec::new();
     for i in 0..8u64 {
-        let tenant = if i % 2 == 0 { &a } else { &b };
+        let tenant = if i % 2 == 0 { &first } else { &second };
         plans.push((
             StreamId::new(tenant.clone(), "w", format!("new-{i}")),
             ExpectedVersion::NoStream,
@@ -321,7 +321,7 @@ async fn group_commit_handles_a_mixed_wave_like_single_appends() {
         Want::Version(2),
     ));
     plans.push((
-        StreamId::new(a.clone(), "w", "thief"),
+        StreamId::new(first.clone(), "w", "thief"),
         ExpectedVersion::Any,
         vec![stored[1].clone()],
         Want::Duplicate,
@@ -348,12 +348,12 @@ async fn group_commit_handles_a_mixed_wave_like_single_appends() {
         }
     }
     // Two more appends to one stream in the same wave: both land, versions dense.
-    let twice = StreamId::new(b.clone(), "w", "twice");
-    let (x, y) = tokio::join!(
+    let twice = StreamId::new(second.clone(), "w", "twice");
+    let (one, two) = tokio::join!(
         store.append(&twice, ExpectedVersion::Any, vec![event(1)]),
         store.append(&twice, ExpectedVersion::Any, vec![event(2)]),
     );
-    let mut versions = [x.unwrap().version.get(), y.unwrap().version.get()];
+    let mut versions = [one.unwrap().version.get(), two.unwrap().version.get()];
     versions.sort_unstable();
     assert_eq!(versions, [1, 2]);
     assert_eq!(
@@ -361,16 +361,16 @@ async fn group_commit_handles_a_mixed_wave_like_single_appends() {
         2,
         "nothing was added to the existing stream"
     );
-    let per_tenant = |t: &eventsource_core::TenantId| {
-        let (pool, t) = (pool.clone(), t.as_str().to_owned());
+    let per_tenant = |tenant: &eventsource_core::TenantId| {
+        let (pool, tenant) = (pool.clone(), tenant.as_str().to_owned());
         async move {
             sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events WHERE tenant_id = $1")
-                .bind(t)
+                .bind(tenant)
                 .fetch_one(&pool)
                 .await
                 .unwrap()
         }
     };
-    assert_eq!(per_tenant(&a).await, 2 + 4 * 2 + 4);
-    assert_eq!(per_tenant(&b).await, 4 * 2 + 4 + 2);
+    assert_eq!(per_tenant(&first).await, 2 + 4 * 2 + 4);
+    assert_eq!(per_tenant(&second).await, 4 * 2 + 4 + 2);
 }

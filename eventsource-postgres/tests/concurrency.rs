@@ -268,6 +268,14 @@ async fn group_commit_keeps_each_append_s_own_outcome() {
     assert_eq!(total, 17);
 }
 
+/// The outcome an append must get.
+#[derive(Debug)]
+enum Want {
+    Version(u64),
+    Conflict(u64),
+    Duplicate,
+}
+
 /// One concurrent wave through group commit mixing everything a group can hold: several
 /// tenants, `Exact` appends right and stale, `Any` appends, two appends to one stream,
 /// idempotent retries of stored batches, reused ids and multi-event batches. Each append
@@ -286,12 +294,6 @@ async fn group_commit_handles_a_mixed_wave_like_single_appends() {
         .await
         .unwrap();
 
-    #[derive(Debug)]
-    enum Want {
-        Version(u64),
-        Conflict(u64),
-        Duplicate,
-    }
     let mut plans: Vec<(StreamId, ExpectedVersion, Vec<NewEvent>, Want)> = Vec::new();
     for i in 0..8u64 {
         let tenant = if i % 2 == 0 { &first } else { &second };

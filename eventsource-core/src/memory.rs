@@ -179,13 +179,13 @@ impl EventStore for InMemoryEventStore {
             let mut version = actual;
             let mut first = None;
             let mut last = LogPosition::START;
+            let start = log.events.len();
             for event in events {
                 version = version.next();
                 let index = log.events.len();
                 last = LogPosition::new(transaction, index as u64 + 1);
                 first.get_or_insert(last);
                 log.ids.insert(event.event_id, index);
-                log.streams.entry(stream.clone()).or_default().push(index);
                 log.events.push(Arc::new(RecordedEvent {
                     event_id: event.event_id,
                     stream: stream.clone(),
@@ -198,6 +198,11 @@ impl EventStore for InMemoryEventStore {
                     payload: event.payload,
                 }));
             }
+            let end = log.events.len();
+            log.streams
+                .entry(stream.clone())
+                .or_default()
+                .extend(start..end);
             Appended::new(version, first.unwrap_or(last), last)
         };
         self.inner.notify.notify_waiters();

@@ -30,7 +30,8 @@ pub use projection::{Projection, ProjectionError, ProjectionRunner, RebuildProgr
 pub use repository::{CommandContext, CommandError, Executed, LoadError, Repository};
 pub use retry::RetryPolicy;
 pub use saga::{
-    CommandDispatcher, InMemorySagaStore, Saga, SagaError, SagaHandler, SagaState, SagaStore,
+    CommandDispatcher, DEADLINE_REACHED, DeadlineReached, DeadlineRunner, DueDeadline,
+    InMemorySagaStore, Saga, SagaError, SagaHandler, SagaState, SagaStore,
 };
 pub use snapshot::{NoSnapshots, Snapshot, SnapshotPolicy, SnapshotStore};
 pub use store::{

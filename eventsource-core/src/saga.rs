@@ -9,19 +9,37 @@
 //!
 //! `SagaHandler` is an [`EventHandler`]: run it with any runner (a catch-up loop, a Redis
 //! consumer group). Sagas are never rebuilt by replay.
+//!
+//! **Timeouts** are durable: after each reaction the saga states its next deadline
+//! ([`Saga::deadline`]), which is stored with its state. A [`DeadlineRunner`] appends a
+//! [`DEADLINE_REACHED`] event for each deadline that falls due (with a deterministic id, so
+//! firing twice appends once); the saga receives it like any other event, on the instance it
+//! belongs to, and reacts — typically with compensating commands. A deadline the saga moved or
+//! cleared before it fired is not delivered.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::envelope::{LogPosition, RecordedEvent};
+use crate::envelope::{EventId, LogPosition, NewEvent, RecordedEvent, StreamId, TenantId};
 use crate::handler::EventHandler;
 use crate::repository::CommandContext;
-use crate::store::StoreError;
+use crate::store::{EventStore, ExpectedVersion, StoreError};
+
+/// Type name of the event a [`DeadlineRunner`] appends when a saga deadline falls due.
+pub const DEADLINE_REACHED: &str = "saga-deadline-reached";
+
+/// Aggregate type of the streams deadline events are appended to.
+pub const DEADLINE_STREAM_TYPE: &str = "saga-deadline";
 
 /// A process manager.
 pub trait Saga: Send + Sync + 'static {
@@ -34,7 +52,8 @@ pub trait Saga: Send + Sync + 'static {
     /// Why reacting failed (the event is retried, then dead-lettered, by the runner).
     type Error: std::error::Error + Send + Sync + 'static;
 
-    /// The instance an event belongs to, or `None` if the saga ignores it.
+    /// The instance an event belongs to, or `None` if the saga ignores it. Deadline events are
+    /// routed to their instance without asking.
     fn correlate(&self, event: &RecordedEvent) -> Option<String>;
 
     /// Updates `state` for `event` and returns the commands to issue.
@@ -47,6 +66,37 @@ pub trait Saga: Send + Sync + 'static {
         state: &mut Self::State,
         event: &RecordedEvent,
     ) -> Result<Vec<Self::Command>, Self::Error>;
+
+    /// When the instance wants a [`DEADLINE_REACHED`] event if nothing else happens first, given
+    /// its state after a reaction; `None` (the default) means no deadline, which also cancels a
+    /// pending one. Returning the deadline that just fired consumes it.
+    fn deadline(&self, state: &Self::State) -> Option<DateTime<Utc>> {
+        let _ = state;
+        None
+    }
+}
+
+/// The payload of a [`DEADLINE_REACHED`] event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub struct DeadlineReached {
+    /// The saga's [`Saga::NAME`].
+    pub saga: String,
+    /// The instance.
+    pub instance: String,
+    /// The deadline that fell due.
+    pub due_at: DateTime<Utc>,
+}
+
+impl DeadlineReached {
+    /// The deadline an event announces, if it is a [`DEADLINE_REACHED`] event.
+    #[must_use]
+    pub fn from_event(event: &RecordedEvent) -> Option<Self> {
+        if event.event_type != DEADLINE_REACHED {
+            return None;
+        }
+        serde_json::from_value(event.payload.clone()).ok()
+    }
 }
 
 /// Sends a saga's commands to their aggregates (usually through a [`Repository`](crate::Repository)).
@@ -73,6 +123,24 @@ pub struct SagaState {
     pub version: u64,
     /// Position of the last event handled.
     pub last_position: LogPosition,
+    /// The tenant of the events the instance handles (where its deadline events go).
+    pub tenant: TenantId,
+    /// The pending deadline, if any.
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+/// A deadline that fell due, as [`SagaStore::due`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DueDeadline {
+    /// The saga's name.
+    pub saga: String,
+    /// The instance.
+    pub instance: String,
+    /// The instance's tenant.
+    pub tenant: TenantId,
+    /// When it fell due.
+    pub due_at: DateTime<Utc>,
 }
 
 /// Storage for saga state with optimistic versions.
@@ -97,6 +165,13 @@ pub trait SagaStore: Send + Sync {
         expected: u64,
         state: SagaState,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Up to `limit` pending deadlines at or before `now`, earliest first.
+    fn due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<DueDeadline>, StoreError>> + Send;
 }
 
 /// A [`SagaStore`] in process memory.
@@ -138,6 +213,25 @@ impl SagaStore for InMemorySagaStore {
         }
         states.insert(key, state);
         Ok(())
+    }
+
+    async fn due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueDeadline>, StoreError> {
+        let states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut due: Vec<DueDeadline> = states
+            .iter()
+            .filter_map(|((saga, instance), s)| {
+                let due_at = s.deadline.filter(|d| *d <= now)?;
+                Some(DueDeadline {
+                    saga: saga.clone(),
+                    instance: instance.clone(),
+                    tenant: s.tenant.clone(),
+                    due_at,
+                })
+            })
+            .collect();
+        due.sort_by_key(|d| d.due_at);
+        due.truncate(limit);
+        Ok(due)
     }
 }
 
@@ -194,14 +288,21 @@ where
     type Error = SagaError<G::Error, D::Error>;
 
     async fn handle(&self, event: &RecordedEvent) -> Result<(), Self::Error> {
-        let Some(instance) = self.saga.correlate(event) else {
-            return Ok(());
+        let fired = DeadlineReached::from_event(event);
+        let instance = match &fired {
+            Some(d) if d.saga == G::NAME => d.instance.clone(),
+            Some(_) => return Ok(()),
+            None => match self.saga.correlate(event) {
+                Some(instance) => instance,
+                None => return Ok(()),
+            },
         };
         let stored = self
             .store
             .load(G::NAME, &instance)
             .await
             .map_err(SagaError::Store)?;
+        let pending = stored.as_ref().and_then(|s| s.deadline);
         let (mut state, version) = match stored {
             Some(s) if s.last_position >= event.position => {
                 tracing::debug!(saga = G::NAME, %instance, position = %event.position, "already handled");
@@ -213,6 +314,12 @@ where
             ),
             None => (G::State::default(), 0),
         };
+        if let Some(d) = &fired
+            && pending != Some(d.due_at)
+        {
+            tracing::debug!(saga = G::NAME, %instance, due_at = %d.due_at, "stale deadline");
+            return Ok(());
+        }
         let commands = self
             .saga
             .react(&mut state, event)
@@ -226,6 +333,11 @@ where
                 .await
                 .map_err(SagaError::Dispatch)?;
         }
+        // A deadline that just fired is consumed even if the saga names it again.
+        let deadline = self
+            .saga
+            .deadline(&state)
+            .filter(|d| fired.as_ref().is_none_or(|f| f.due_at != *d));
         let state = serde_json::to_value(&state).map_err(SagaError::State)?;
         self.store
             .save(
@@ -236,6 +348,8 @@ where
                     state,
                     version: version + 1,
                     last_position: event.position,
+                    tenant: event.tenant().clone(),
+                    deadline,
                 },
             )
             .await
@@ -245,5 +359,109 @@ where
     /// Stored state that does not decode will not decode on a redelivery either.
     fn is_permanent(&self, error: &Self::Error) -> bool {
         matches!(error, SagaError::State(_))
+    }
+}
+
+/// Appends a [`DEADLINE_REACHED`] event for every saga deadline that falls due.
+///
+/// The event goes to the stream `saga-deadline/<saga>/<instance>` of the instance's tenant, with
+/// an id derived from the saga, the instance and the deadline: firing the same deadline twice
+/// (two runners, a restart) appends it once. Runs until `shutdown` is cancelled; spawn it
+/// beside the saga's runner.
+#[derive(Debug)]
+pub struct DeadlineRunner<T, S> {
+    store: T,
+    events: S,
+    poll: Duration,
+    fired: HashSet<(String, String, DateTime<Utc>)>,
+}
+
+impl<T: SagaStore, S: EventStore> DeadlineRunner<T, S> {
+    /// A runner checking `store` for due deadlines every 100 ms and appending to `events`.
+    pub fn new(store: T, events: S) -> Self {
+        Self {
+            store,
+            events,
+            poll: Duration::from_millis(100),
+            fired: HashSet::new(),
+        }
+    }
+
+    /// How often to look for due deadlines.
+    #[must_use]
+    pub fn with_poll(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
+    }
+
+    /// Fires every deadline due at `now`; returns how many events it appended.
+    ///
+    /// # Errors
+    ///
+    /// A storage failure; deadlines not yet fired are fired on the next call.
+    pub async fn fire_due(&mut self, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        let due = self.store.due(now, 1_000).await?;
+        let mut appended = 0;
+        for d in due {
+            let key = (d.saga.clone(), d.instance.clone(), d.due_at);
+            if self.fired.contains(&key) {
+                continue;
+            }
+            let stream = StreamId::new(
+                d.tenant.clone(),
+                DEADLINE_STREAM_TYPE,
+                format!("{}/{}", d.saga, d.instance),
+            );
+            let id_key = format!("{}/{}/{}", d.saga, d.instance, d.due_at.to_rfc3339());
+            let payload = DeadlineReached {
+                saga: d.saga,
+                instance: d.instance,
+                due_at: d.due_at,
+            };
+            let event = NewEvent::new(
+                DEADLINE_REACHED,
+                1,
+                serde_json::to_value(&payload).map_err(|e| StoreError::Backend(Box::new(e)))?,
+            )
+            .with_event_id(EventId::from_uuid(Uuid::new_v5(
+                &Uuid::NAMESPACE_OID,
+                id_key.as_bytes(),
+            )));
+            self.events
+                .append(&stream, ExpectedVersion::Any, vec![event])
+                .await?;
+            self.fired.insert(key);
+            appended += 1;
+        }
+        // Forget fired deadlines the sagas have consumed, so the set stays small.
+        let pending: HashSet<_> = self
+            .store
+            .due(now, usize::MAX)
+            .await?
+            .into_iter()
+            .map(|d| (d.saga, d.instance, d.due_at))
+            .collect();
+        self.fired.retain(|k| pending.contains(k));
+        Ok(appended)
+    }
+
+    /// Fires due deadlines until `shutdown` is cancelled.
+    ///
+    /// # Errors
+    ///
+    /// A storage failure.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancellation is checked between polls.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), StoreError> {
+        while !shutdown.is_cancelled() {
+            self.fire_due(Utc::now()).await?;
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(self.poll) => {}
+            }
+        }
+        Ok(())
     }
 }

@@ -184,3 +184,151 @@ async fn crash_between_dispatch_and_state_save_appends_nothing_twice() {
         Some(SagaState { version: 1, .. })
     ));
 }
+
+/// Waits for payment after an order is placed; without payment by the deadline it releases
+/// the stock it reserved (compensation).
+struct PaymentTimeout {
+    timeout: chrono::Duration,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Awaiting {
+    due: Option<chrono::DateTime<chrono::Utc>>,
+    released: bool,
+}
+
+impl Saga for PaymentTimeout {
+    const NAME: &'static str = "payment-timeout";
+    type State = Awaiting;
+    type Command = (String, Reserve);
+    type Error = Never;
+
+    fn correlate(&self, event: &RecordedEvent) -> Option<String> {
+        matches!(event.event_type.as_str(), "order-placed" | "order-paid")
+            .then(|| event.stream.aggregate_id().to_owned())
+    }
+
+    fn react(
+        &self,
+        state: &mut Awaiting,
+        event: &RecordedEvent,
+    ) -> Result<Vec<(String, Reserve)>, Never> {
+        if eventsource_core::DeadlineReached::from_event(event).is_some() {
+            state.due = None;
+            state.released = true;
+            // Compensation: give the reserved unit back (a negative reservation, for brevity).
+            return Ok(vec![(
+                "sku-1".into(),
+                Reserve {
+                    order: "release".into(),
+                    qty: 0,
+                },
+            )]);
+        }
+        match event.event_type.as_str() {
+            "order-placed" => state.due = Some(event.recorded_at + self.timeout),
+            _ => state.due = None,
+        }
+        Ok(vec![])
+    }
+
+    fn deadline(&self, state: &Awaiting) -> Option<chrono::DateTime<chrono::Utc>> {
+        state.due
+    }
+}
+
+async fn deliver_log<H: EventHandler>(
+    store: &InMemoryEventStore,
+    handler: &H,
+    after: &mut LogPosition,
+) {
+    for event in store
+        .read_all(*after, 1000, &LogFilter::all())
+        .await
+        .expect("read")
+    {
+        handler.handle(&event).await.expect("handle");
+        *after = event.position;
+    }
+}
+
+#[tokio::test]
+async fn an_unpaid_order_times_out_durably_and_compensates_once() {
+    let store = InMemoryEventStore::new();
+    let stock = Repository::<Stock, _>::new(store.clone());
+    let states = InMemorySagaStore::new();
+    let saga = SagaHandler::new(
+        PaymentTimeout {
+            timeout: chrono::Duration::minutes(10),
+        },
+        stock.clone(),
+        states.clone(),
+    );
+    let mut deadlines = eventsource_core::DeadlineRunner::new(states.clone(), store.clone());
+    let mut after = LogPosition::START;
+
+    place_order(&store, "unpaid").await;
+    place_order(&store, "paid").await;
+    store
+        .append(
+            &StreamId::new(TenantId::default(), "order", "paid"),
+            ExpectedVersion::Any,
+            vec![NewEvent::new("order-paid", 1, serde_json::json!({}))],
+        )
+        .await
+        .expect("append");
+    deliver_log(&store, &saga, &mut after).await;
+
+    let now = chrono::Utc::now();
+    assert_eq!(
+        deadlines.fire_due(now).await.expect("fire"),
+        0,
+        "nothing is due yet"
+    );
+    let later = now + chrono::Duration::hours(1);
+    assert_eq!(
+        deadlines.fire_due(later).await.expect("fire"),
+        1,
+        "only the unpaid order"
+    );
+    assert_eq!(
+        deadlines.fire_due(later).await.expect("fire"),
+        0,
+        "fired once"
+    );
+    // A second runner (a restart) fires it again: the deterministic id appends nothing.
+    let mut restarted = eventsource_core::DeadlineRunner::new(states.clone(), store.clone());
+    restarted.fire_due(later).await.expect("fire");
+    let fired = store
+        .read_all(LogPosition::START, 1000, &LogFilter::all())
+        .await
+        .expect("read")
+        .into_iter()
+        .filter(|e| e.event_type == eventsource_core::DEADLINE_REACHED)
+        .count();
+    assert_eq!(fired, 1);
+
+    deliver_log(&store, &saga, &mut after).await;
+    let released = store
+        .read_stream(&stock.stream_id("sku-1"), VersionRange::all())
+        .await
+        .expect("read");
+    assert_eq!(
+        released.len(),
+        1,
+        "one compensation, for the unpaid order only"
+    );
+    let unpaid = states
+        .load("payment-timeout", "unpaid")
+        .await
+        .expect("load")
+        .expect("state");
+    assert_eq!(unpaid.deadline, None, "the deadline was consumed");
+    let paid = states
+        .load("payment-timeout", "paid")
+        .await
+        .expect("load")
+        .expect("state");
+    assert_eq!(paid.deadline, None, "payment cancelled the deadline");
+    assert!(states.due(later, 10).await.expect("due").is_empty());
+}

@@ -65,7 +65,8 @@ impl GroupCommit {
     /// # Cancel safety
     ///
     /// Dropping the future while it runs a batch drops the answers of that batch; their callers
-    /// then append alone, which is an idempotent no-op for a batch that did commit.
+    /// then append alone, which is an idempotent no-op for a batch that did commit. Dropping it
+    /// while its request is still queued withdraws the request: it is never committed.
     pub(crate) async fn append(
         &self,
         pool: &PgPool,
@@ -114,6 +115,9 @@ impl GroupCommit {
     /// once). The batch is ordered by stream, so concurrent batches lock streams in one order.
     fn take_batch(&self) -> Vec<Request> {
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        // A caller that gave up (its future was dropped: a timeout, a cancelled request) may
+        // already have retried with other ids; committing its append now could write it twice.
+        queue.retain(|r| !r.reply.is_closed());
         let mut events = 0;
         let mut batch: Vec<Request> = Vec::new();
         let mut i = 0;

@@ -20,10 +20,12 @@ use crate::options::PublisherOptions;
 /// other error.
 ///
 /// A rejected id is a re-send only if the stream holds that very event at that id, or held it
-/// and trimmed it (the id is below the stream's first entry). An entry at that id with another
-/// `event_id`, or no entry at an id inside the stream's range, means the event store and the
-/// stream disagree — a store restored or reset behind Redis's back — and the script refuses
-/// rather than drop the event silently.
+/// and lost it to trimming (the id is below the first entry) or deletion (at or below the
+/// stream's `max-deleted-entry-id`). An entry at that id with another `event_id`, or a missing id
+/// inside the stream that was never deleted, means the event store and the stream disagree — a
+/// store restored or reset behind Redis's back — and the script refuses rather than drop the
+/// event silently. (A reset whose new ids all fall below a trimmed stream's first entry cannot be
+/// told from a re-send; `check_transaction_ids` in eventsource-postgres guards that case.)
 ///
 /// `ARGV = [n, field_1 .. field_n, id_1, value_1_1 .. value_1_n, id_2, …]`; replies
 /// `{added, skipped}`.
@@ -73,10 +75,21 @@ while i <= total do
         end
       end
     else
-      local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
-      if #first == 1 and not id_less(id, first[1][1]) then
+      -- Missing: trimmed (below the first entry) or deleted (at or below the stream's
+      -- max-deleted-entry-id, which XDEL moves); otherwise never published here, so the store
+      -- and the stream disagree.
+      local info = redis.call('XINFO', 'STREAM', KEYS[1])
+      local max_deleted, first_entry = '0-0', nil
+      for k = 1, #info, 2 do
+        if info[k] == 'max-deleted-entry-id' then max_deleted = info[k + 1] end
+        if info[k] == 'first-entry' and type(info[k + 1]) == 'table' then
+          first_entry = info[k + 1][1]
+        end
+      end
+      local trimmed = first_entry ~= nil and id_less(id, first_entry)
+      if not trimmed and id_less(max_deleted, id) then
         return redis.error_reply('PUBLISHREFUSED ' .. id ..
-          ' is inside the stream but missing from it: the event store and the stream disagree')
+          ' was never in the stream: the event store and the stream disagree')
       end
     end
     skipped = skipped + 1

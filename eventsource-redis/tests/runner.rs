@@ -624,3 +624,61 @@ async fn a_permanent_error_is_dead_lettered_on_the_first_delivery() {
     stop.cancel();
     task.await.unwrap().unwrap();
 }
+
+/// Panics on one event type, as a handler with an `unwrap` on a bad payload would.
+#[derive(Clone, Default)]
+struct Panicky(Arc<AtomicUsize>);
+
+impl EventHandler for Panicky {
+    type Error = Refused;
+    async fn handle(&self, event: &RecordedEvent) -> Result<(), Refused> {
+        assert!(
+            event.event_type != "Cursed",
+            "handler bug on {}",
+            event.event_id
+        );
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_dead_letters_the_entry_and_keeps_running() {
+    let Some(url) = support::redis_url() else {
+        return;
+    };
+    let s = setup(&url).await;
+    let order = support::stream("acme", "order", "o-1");
+    support::append(&s.store, &order, 2, "Placed").await;
+    support::append(&s.store, &order, 1, "Cursed").await;
+    support::append(&s.store, &order, 2, "Placed").await;
+    s.publish().await;
+
+    let handler = Panicky::default();
+    let runner = s.runner("g", "c1", handler.clone(), fast().with_max_deliveries(5));
+    let counters = runner.counters();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runner.run(stop.clone()));
+    wait("dead-lettered", || counters.dead_lettered() == 1).await;
+    wait("the others handled", || {
+        handler.0.load(Ordering::SeqCst) == 4
+    })
+    .await;
+    assert_eq!(s.pending("g").await, 0);
+    let mut conn = s.conn.clone();
+    let dead = eventsource_redis::dead_letters(&mut conn, &s.key, "g", 10)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("handler panicked: handler bug"),
+        "{:?}",
+        dead[0].error
+    );
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}

@@ -5,6 +5,8 @@ pub mod postgres;
 pub mod projection;
 
 use std::collections::{HashMap, HashSet};
+
+use futures::FutureExt as _;
 use std::hash::{BuildHasher as _, RandomState};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -704,7 +706,29 @@ impl<H: EventHandler> ConsumerRunner<H> {
                 event_type = %event.event_type,
                 attempt,
             );
-            match self.handler.handle(event).instrument(span).await {
+            let outcome = std::panic::AssertUnwindSafe(self.handler.handle(event).instrument(span))
+                .catch_unwind()
+                .await;
+            let outcome = match outcome {
+                Ok(outcome) => outcome,
+                // A panicking handler would panic again on every redelivery and take the
+                // runner down each time: dead-letter the entry instead.
+                Err(panic) => {
+                    self.counters
+                        .failed_attempts
+                        .fetch_add(1, Ordering::Relaxed);
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a non-string payload".to_owned());
+                    return Err(Failure {
+                        error: format!("handler panicked: {message}"),
+                        permanent: true,
+                    });
+                }
+            };
+            match outcome {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     self.counters

@@ -27,11 +27,21 @@ pub mod dead_letter_fields {
 }
 
 /// Adds a dead letter to `KEYS[2]` and acks `ARGV[2]` in `KEYS[1]` for group `ARGV[1]`,
-/// atomically. `ARGV[3..]` are the dead letter's field/value pairs.
+/// atomically, if consumer `ARGV[3]` still owns the entry. `ARGV[4]` is `1` when the entry
+/// should be in the pending list (`0` for one Redis reported deleted, which left it);
+/// `ARGV[5..]` are the dead letter's field/value pairs. Replies the XACK count, or `-1` when
+/// another consumer has taken the entry over (reclaimed while this one was still working on
+/// it): that consumer decides its fate, so nothing is written.
 pub(crate) static DEAD_LETTER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+if ARGV[4] == '1' then
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+  if #p == 0 or p[1][2] ~= ARGV[3] then
+    return -1
+  end
+end
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 5))
 return redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 ",
     )
@@ -78,4 +88,81 @@ pub(crate) fn raw_fields(map: &HashMap<String, Value>) -> Vec<(String, Vec<u8>)>
         .collect();
     fields.sort_by(|a, b| a.0.cmp(&b.0));
     fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `REDIS_URL`, or `None` outside CI (a panic under `CI`, where the service must exist).
+    fn redis_url() -> Option<String> {
+        match std::env::var("REDIS_URL") {
+            Ok(url) => Some(url),
+            Err(e) if std::env::var_os("CI").is_some() => {
+                panic!("REDIS_URL must be set in CI: {e}")
+            }
+            Err(_) => None,
+        }
+    }
+
+    async fn dead_letter_as(
+        conn: &mut ConnectionManager,
+        key: &str,
+        dlq: &str,
+        id: &str,
+        consumer: &str,
+    ) -> i64 {
+        DEAD_LETTER
+            .prepare_invoke()
+            .key(key)
+            .key(dlq)
+            .arg("g")
+            .arg(id)
+            .arg(consumer)
+            .arg("1")
+            .arg("dlq_error")
+            .arg("boom")
+            .invoke_async(conn)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn only_the_owner_dead_letters_an_entry() {
+        let Some(url) = redis_url() else { return };
+        let client = redis::Client::open(url).unwrap();
+        let mut conn = client.get_connection_manager().await.unwrap();
+        let key = format!("test-{}:{{t}}:events", uuid::Uuid::new_v4().simple());
+        let dlq = format!("{key}:dlq:g");
+        create_group(&mut conn, &key, "g", "0").await.unwrap();
+        let id: String = conn.xadd(&key, "1-1", &[("f", "v")]).await.unwrap();
+        let _: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("g")
+            .arg("a")
+            .arg("STREAMS")
+            .arg(&key)
+            .arg(">")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        // Consumer b reclaims the entry while a still works on it.
+        let _: Value = redis::cmd("XCLAIM")
+            .arg(&key)
+            .arg("g")
+            .arg("b")
+            .arg(0)
+            .arg(&id)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+
+        assert_eq!(dead_letter_as(&mut conn, &key, &dlq, &id, "a").await, -1);
+        let dead: usize = conn.xlen(&dlq).await.unwrap();
+        assert_eq!(dead, 0, "a no longer owns the entry");
+        assert_eq!(dead_letter_as(&mut conn, &key, &dlq, &id, "b").await, 1);
+        let dead: usize = conn.xlen(&dlq).await.unwrap();
+        assert_eq!(dead, 1);
+        let _: () = conn.del(&[&key, &dlq]).await.unwrap();
+    }
 }

@@ -773,7 +773,9 @@ impl<H: EventHandler> ConsumerRunner<H> {
             .key(source)
             .key(&self.dead_letter_keys[d.key])
             .arg(&self.group)
-            .arg(&d.id);
+            .arg(&d.id)
+            .arg(&self.consumer)
+            .arg(if d.in_pending { "1" } else { "0" });
         if d.fields.is_empty() {
             if let Some(event) = event {
                 for (field, value) in codec::encode_pairs(event) {
@@ -802,7 +804,15 @@ impl<H: EventHandler> ConsumerRunner<H> {
             .arg(deliveries)
             .arg(dlq::AT)
             .arg(chrono::Utc::now().to_rfc3339());
-        let _: i64 = invocation.invoke_async(&mut self.conn.clone()).await?;
+        let acked: i64 = invocation.invoke_async(&mut self.conn.clone()).await?;
+        if acked < 0 {
+            tracing::info!(
+                stream = %source,
+                id = %d.id,
+                "entry was reclaimed by another consumer; leaving it to that consumer"
+            );
+            return Ok(());
+        }
         self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

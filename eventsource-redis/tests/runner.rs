@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -681,4 +681,67 @@ async fn a_panicking_handler_dead_letters_the_entry_and_keeps_running() {
     );
     stop.cancel();
     task.await.unwrap().unwrap();
+}
+
+/// Fails the first delivery of event `n == 2` of every stream, then succeeds; records order.
+#[derive(Clone, Default)]
+struct FlakyOnce {
+    failed: Arc<Mutex<HashSet<String>>>,
+    seen: Arc<Mutex<Vec<(String, u64)>>>,
+}
+
+impl EventHandler for FlakyOnce {
+    type Error = Refused;
+    async fn handle(&self, event: &RecordedEvent) -> Result<(), Refused> {
+        let stream = event.stream.to_string();
+        if event.payload["n"] == 2 && self.failed.lock().unwrap().insert(stream.clone()) {
+            return Err(Refused("transient".into()));
+        }
+        self.seen
+            .lock()
+            .unwrap()
+            .push((stream, event.version.get()));
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_entry_is_retried_before_later_entries_of_its_stream() {
+    let Some(url) = support::redis_url() else {
+        return;
+    };
+    let s = setup(&url).await;
+    for id in ["o-1", "o-2"] {
+        support::append(&s.store, &support::stream("acme", "order", id), 6, "Placed").await;
+    }
+    s.publish().await;
+    let handler = FlakyOnce::default();
+    // Small batches and no in-place retry: the failure must survive into later batches.
+    let options = fast()
+        .with_batch_size(2)
+        .with_retry(RetryPolicy::never())
+        .with_idle_reclaim(Duration::from_secs(60));
+    let runner = s.runner("g", "c1", handler.clone(), options);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runner.run(stop.clone()));
+    wait("every entry handled", || {
+        handler.seen.lock().unwrap().len() == 12
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    let seen = handler.seen.lock().unwrap().clone();
+    for id in ["o-1", "o-2"] {
+        let versions: Vec<u64> = seen
+            .iter()
+            .filter(|(stream, _)| stream.ends_with(id))
+            .map(|(_, v)| *v)
+            .collect();
+        assert_eq!(
+            versions,
+            (1..=6).collect::<Vec<_>>(),
+            "{id} kept its order: {seen:?}"
+        );
+    }
+    assert_eq!(s.pending("g").await, 0);
 }

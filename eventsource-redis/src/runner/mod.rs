@@ -329,6 +329,12 @@ impl<H: EventHandler> ConsumerRunner<H> {
             match result {
                 Ok((successes, failed)) => {
                     failures = 0;
+                    if failed > 0 {
+                        // Entries that failed, and the later entries of their streams held back
+                        // behind them, are still pending: handle them again, in order, before
+                        // reading anything new, so a stream's order holds across batches.
+                        pending = Some(vec!["0".to_owned(); self.read_keys.len()]);
+                    }
                     if successes > 0 {
                         breaker = 0;
                     }

@@ -720,7 +720,7 @@ async fn a_failed_entry_is_retried_before_later_entries_of_its_stream() {
     let options = fast()
         .with_batch_size(2)
         .with_retry(RetryPolicy::never())
-        .with_idle_reclaim(Duration::from_secs(60));
+        .with_idle_reclaim(Duration::from_mins(1));
     let runner = s.runner("g", "c1", handler.clone(), options);
     let stop = CancellationToken::new();
     let task = tokio::spawn(runner.run(stop.clone()));

@@ -102,13 +102,18 @@ impl PublisherOptions {
 ///
 /// - On start the runner re-reads its own pending entries (id `0`), then new ones (`>`).
 /// - A failing handler is retried in place following [`with_retry`](Self::with_retry)
-///   (exponential backoff with jitter). If it still fails, the entry stays pending.
+///   (exponential backoff with jitter). If it still fails, the entry stays pending, and the
+///   runner re-reads its own pending entries (a new delivery each) before reading new ones, so
+///   a stream's later entries never overtake a failed one.
+/// - A handler error that [`EventHandler::is_permanent`](eventsource_core::EventHandler::is_permanent)
+///   calls permanent, or a panicking handler, dead-letters the entry at once.
+/// - [`with_handler_timeout`](Self::with_handler_timeout) bounds each handler call.
 /// - Every half [`idle_reclaim`](Self::with_idle_reclaim) the runner claims (`XAUTOCLAIM`)
 ///   entries pending for longer than that in *any* consumer of the group — a crashed
 ///   consumer's entries, and its own failed ones — which counts as a new delivery.
 /// - An entry whose handler fails on its [`max_deliveries`](Self::with_max_deliveries)-th
 ///   delivery (or that is malformed) moves to the group's dead-letter stream, atomically with
-///   its ack.
+///   its ack — unless another consumer has reclaimed it meanwhile; then that consumer decides.
 /// - After [`breaker_threshold`](Self::with_breaker_threshold) entries in a row failed, the
 ///   runner pauses for [`breaker_cooldown`](Self::with_breaker_cooldown) (circuit breaker),
 ///   then tries one batch again.
@@ -133,6 +138,7 @@ pub struct RunnerOptions {
     pub(crate) breaker_threshold: u32,
     pub(crate) breaker_cooldown: Duration,
     pub(crate) error_backoff: RetryPolicy,
+    pub(crate) handler_timeout: Option<Duration>,
 }
 
 impl Default for RunnerOptions {
@@ -153,11 +159,20 @@ impl Default for RunnerOptions {
                 .with_max_attempts(u32::MAX)
                 .with_base_delay(Duration::from_millis(50))
                 .with_max_delay(Duration::from_secs(5)),
+            handler_timeout: None,
         }
     }
 }
 
 impl RunnerOptions {
+    /// Gives up on a handler call after `limit`, as on a failure (retried, then dead-lettered);
+    /// default: no limit. A handler stuck on one entry otherwise holds up its whole batch.
+    #[must_use]
+    pub fn with_handler_timeout(mut self, limit: Duration) -> Self {
+        self.handler_timeout = Some(limit);
+        self
+    }
+
     /// Entries read per `XREADGROUP` (default 100).
     #[must_use]
     pub fn with_batch_size(mut self, batch_size: usize) -> Self {

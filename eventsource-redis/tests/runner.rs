@@ -745,3 +745,62 @@ async fn a_failed_entry_is_retried_before_later_entries_of_its_stream() {
     }
     assert_eq!(s.pending("g").await, 0);
 }
+
+/// Never finishes on one event type.
+#[derive(Clone, Default)]
+struct Stuck(Arc<AtomicUsize>);
+
+impl EventHandler for Stuck {
+    type Error = Refused;
+    async fn handle(&self, event: &RecordedEvent) -> Result<(), Refused> {
+        if event.event_type == "Stuck" {
+            std::future::pending::<()>().await;
+        }
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_handler_times_out_and_the_entry_is_dead_lettered() {
+    let Some(url) = support::redis_url() else {
+        return;
+    };
+    let s = setup(&url).await;
+    let order = support::stream("acme", "order", "o-1");
+    support::append(&s.store, &order, 1, "Placed").await;
+    support::append(&s.store, &order, 1, "Stuck").await;
+    support::append(
+        &s.store,
+        &support::stream("acme", "order", "o-2"),
+        2,
+        "Placed",
+    )
+    .await;
+    s.publish().await;
+    let handler = Stuck::default();
+    let options = fast()
+        .with_max_deliveries(2)
+        .with_handler_timeout(Duration::from_millis(50));
+    let runner = s.runner("g", "c1", handler.clone(), options);
+    let counters = runner.counters();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runner.run(stop.clone()));
+    wait("dead-lettered", || counters.dead_lettered() == 1).await;
+    wait("the others handled", || {
+        handler.0.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    let mut conn = s.conn.clone();
+    let dead = eventsource_redis::dead_letters(&mut conn, &s.key, "g", 10)
+        .await
+        .unwrap();
+    assert!(
+        dead[0].error.as_deref().unwrap().contains("timed out"),
+        "{:?}",
+        dead[0].error
+    );
+    assert_eq!(s.pending("g").await, 0);
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}

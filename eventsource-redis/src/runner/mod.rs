@@ -185,14 +185,15 @@ struct LaneOutcome {
     error: Option<RunnerError>,
 }
 
-/// An entry as delivered, with its decoded event or the reason it has none.
 /// Why a handler gave up on an entry.
 struct Failure {
     error: String,
-    /// The handler said the error will recur: dead-letter without further deliveries.
+    /// The error will recur (the handler said so, or it panicked): dead-letter without
+    /// further deliveries.
     permanent: bool,
 }
 
+/// An entry as delivered, with its decoded event or the reason it has none.
 struct Delivery {
     key: usize,
     id: String,
@@ -712,46 +713,37 @@ impl<H: EventHandler> ConsumerRunner<H> {
                 event_type = %event.event_type,
                 attempt,
             );
-            let outcome = std::panic::AssertUnwindSafe(self.handler.handle(event).instrument(span))
-                .catch_unwind()
-                .await;
-            let outcome = match outcome {
-                Ok(outcome) => outcome,
+            let call = std::panic::AssertUnwindSafe(self.handler.handle(event).instrument(span))
+                .catch_unwind();
+            let outcome = match self.options.handler_timeout {
+                Some(limit) => tokio::time::timeout(limit, call).await.map_err(|_| limit),
+                None => Ok(call.await),
+            };
+            // The handler's verdict: the error text and whether it will recur.
+            let (error, permanent) = match outcome {
+                Ok(Ok(Ok(()))) => return Ok(()),
+                Ok(Ok(Err(e))) => (error_chain(&e), self.handler.is_permanent(&e)),
                 // A panicking handler would panic again on every redelivery and take the
                 // runner down each time: dead-letter the entry instead.
-                Err(panic) => {
-                    self.counters
-                        .failed_attempts
-                        .fetch_add(1, Ordering::Relaxed);
+                Ok(Err(panic)) => {
                     let message = panic
                         .downcast_ref::<&str>()
                         .map(|s| (*s).to_owned())
                         .or_else(|| panic.downcast_ref::<String>().cloned())
                         .unwrap_or_else(|| "a non-string payload".to_owned());
-                    return Err(Failure {
-                        error: format!("handler panicked: {message}"),
-                        permanent: true,
-                    });
+                    (format!("handler panicked: {message}"), true)
                 }
+                Err(limit) => (format!("handler timed out after {limit:?}"), false),
             };
-            match outcome {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    self.counters
-                        .failed_attempts
-                        .fetch_add(1, Ordering::Relaxed);
-                    let permanent = self.handler.is_permanent(&e);
-                    if permanent || attempt >= attempts || shutdown.is_cancelled() {
-                        return Err(Failure {
-                            error: error_chain(&e),
-                            permanent,
-                        });
-                    }
-                    tracing::debug!(id = %d.id, attempt, error = %e, "handler failed; retrying");
-                    sleep_or_cancel(shutdown, self.options.retry.delay(attempt)).await;
-                    attempt += 1;
-                }
+            self.counters
+                .failed_attempts
+                .fetch_add(1, Ordering::Relaxed);
+            if permanent || attempt >= attempts || shutdown.is_cancelled() {
+                return Err(Failure { error, permanent });
             }
+            tracing::debug!(id = %d.id, attempt, %error, "handler failed; retrying");
+            sleep_or_cancel(shutdown, self.options.retry.delay(attempt)).await;
+            attempt += 1;
         }
     }
 

@@ -300,3 +300,82 @@ async fn undecodable_event_is_a_typed_error_naming_the_event() {
     // Nothing was lost: both stored events are still there.
     assert_eq!(store.len(), 3);
 }
+
+/// Commits, then reports the connection lost: the caller cannot know the append landed.
+#[derive(Clone, Default)]
+struct LosesNextAck {
+    inner: InMemoryEventStore,
+    lose: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl EventStore for LosesNextAck {
+    async fn append(
+        &self,
+        stream: &eventsource_core::StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<eventsource_core::Appended, eventsource_core::StoreError> {
+        let appended = self.inner.append(stream, expected, events).await?;
+        if self.lose.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(eventsource_core::StoreError::Unavailable("ack lost".into()));
+        }
+        Ok(appended)
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &eventsource_core::StreamId,
+        range: VersionRange,
+    ) -> Result<Vec<eventsource_core::RecordedEvent>, eventsource_core::StoreError> {
+        self.inner.read_stream(stream, range).await
+    }
+
+    async fn stream_version(
+        &self,
+        stream: &eventsource_core::StreamId,
+    ) -> Result<Version, eventsource_core::StoreError> {
+        self.inner.stream_version(stream).await
+    }
+
+    async fn read_all(
+        &self,
+        after: eventsource_core::LogPosition,
+        limit: usize,
+        filter: &eventsource_core::LogFilter,
+    ) -> Result<Vec<eventsource_core::RecordedEvent>, eventsource_core::StoreError> {
+        self.inner.read_all(after, limit, filter).await
+    }
+
+    async fn read_by_correlation(
+        &self,
+        tenant: &eventsource_core::TenantId,
+        correlation_id: Uuid,
+    ) -> Result<Vec<eventsource_core::RecordedEvent>, eventsource_core::StoreError> {
+        self.inner.read_by_correlation(tenant, correlation_id).await
+    }
+}
+
+#[tokio::test]
+async fn a_lost_acknowledgement_is_retried_without_duplicating_through_the_cache() {
+    let store = LosesNextAck::default();
+    let repo = Repository::<Counter, _>::new(store.clone()).with_cache(10);
+    repo.execute("c", 1).await.expect("first");
+    let ctx = CommandContext::new().with_deterministic_ids(Uuid::now_v7());
+    store.lose.store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = repo
+        .execute_with("c", 10, &ctx)
+        .await
+        .expect_err("ack lost");
+    assert!(
+        matches!(&err, CommandError::Store(e) if e.is_retryable()),
+        "{err}"
+    );
+    // The retry carries the same ids: the store answers with the earlier append.
+    let retried = repo.execute_with("c", 10, &ctx).await.expect("retry");
+    assert_eq!(retried.version, Version::new(2));
+    assert_eq!(store.inner.len(), 2, "nothing was written twice");
+    // The cache holds the state the store has, not a guess.
+    let next = repo.execute("c", 100).await.expect("next");
+    assert_eq!((next.version, next.attempts), (Version::new(3), 1));
+    assert_eq!(repo.load("c").await.expect("load").state().total, 111);
+}

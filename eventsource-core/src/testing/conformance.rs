@@ -697,8 +697,14 @@ pub async fn tailing_reader_sees_each_event_once<S: EventStore + Clone + 'static
             let filter = LogFilter::tenant(t);
             let mut after = LogPosition::START;
             let mut seen = Vec::new();
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
             loop {
                 let finished = done.load(Ordering::SeqCst);
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the reader saw {} of 80 events within a minute",
+                    seen.len()
+                );
                 let page = store.read_all(after, 7, &filter).await.expect("read");
                 for e in &page {
                     assert!(e.position > after, "strictly increasing");

@@ -697,7 +697,7 @@ pub async fn tailing_reader_sees_each_event_once<S: EventStore + Clone + 'static
             let filter = LogFilter::tenant(t);
             let mut after = LogPosition::START;
             let mut seen = Vec::new();
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_mins(1);
             loop {
                 let finished = done.load(Ordering::SeqCst);
                 assert!(

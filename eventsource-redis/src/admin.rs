@@ -32,6 +32,9 @@ for i = 1, #f, 2 do
     out[#out + 1] = f[i + 1]
   end
 end
+if #out == 0 then
+  return redis.error_reply('REQUEUEEMPTY the dead letter carries no fields of the original entry')
+end
 local id = redis.call('XADD', KEYS[2], '*', unpack(out))
 redis.call('XDEL', KEYS[1], ARGV[1])
 return id
@@ -228,6 +231,13 @@ pub async fn dead_letters(
 ///
 /// The entry is not put back into the event stream itself: a fresh id there would sort after
 /// every future log position and make Redis refuse the relay's next entries.
+///
+/// # Errors
+///
+/// [`RedisStoreError::NoSuchEntry`] when there is no such dead letter;
+/// [`RedisStoreError::NothingToRequeue`] when it carries none of the original entry's fields
+/// (the entry was deleted before anyone read it and no event store could refetch it): read the
+/// event from the store by its `dlq_source_id` instead.
 pub async fn requeue_dead_letter(
     conn: &mut ConnectionManager,
     stream_key: &str,
@@ -240,7 +250,17 @@ pub async fn requeue_dead_letter(
         .key(keys::requeue_stream(stream_key, group))
         .arg(id)
         .invoke_async(conn)
-        .await?;
+        .await
+        .map_err(|e| {
+            if e.code() == Some("REQUEUEEMPTY") {
+                RedisStoreError::NothingToRequeue {
+                    key: dead_letters.clone(),
+                    id: id.to_owned(),
+                }
+            } else {
+                RedisStoreError::Redis(e)
+            }
+        })?;
     new_id.ok_or_else(|| RedisStoreError::NoSuchEntry {
         key: dead_letters,
         id: id.to_owned(),

@@ -37,6 +37,15 @@ pub enum RedisStoreError {
         /// The entry id.
         id: String,
     },
+    /// The dead letter carries no fields of the original entry, so there is nothing to send
+    /// back; the event can be read from the store by the dead letter's source id.
+    #[error("dead letter {id} in {key} carries no event to requeue")]
+    NothingToRequeue {
+        /// The dead-letter stream.
+        key: String,
+        /// The dead letter's id.
+        id: String,
+    },
 }
 
 impl RedisStoreError {
@@ -48,7 +57,9 @@ impl RedisStoreError {
             Self::Redis(e) => redis_retryable(e),
             Self::Store(e) => e.is_retryable(),
             Self::LeaseLost { .. } => true,
-            Self::PublishRefused { .. } | Self::NoSuchEntry { .. } => false,
+            Self::PublishRefused { .. }
+            | Self::NoSuchEntry { .. }
+            | Self::NothingToRequeue { .. } => false,
         }
     }
 }

@@ -804,3 +804,52 @@ async fn a_stuck_handler_times_out_and_the_entry_is_dead_lettered() {
     stop.cancel();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requeueing_a_dead_letter_without_its_event_is_a_clear_error() {
+    let Some(url) = support::redis_url() else {
+        return;
+    };
+    let s = setup(&url).await;
+    let mut conn = s.conn.clone();
+    let dlq = eventsource_redis::keys::dead_letter_stream(&s.key, "g");
+    // What a runner without an event store records for an entry deleted while pending.
+    let id: String = conn
+        .xadd(
+            &dlq,
+            "*",
+            &[
+                ("dlq_source_id", "5-5"),
+                ("dlq_error", "entry deleted while pending"),
+            ],
+        )
+        .await
+        .unwrap();
+    let err = eventsource_redis::requeue_dead_letter(&mut conn, &s.key, "g", &id)
+        .await
+        .expect_err("nothing to requeue");
+    assert!(
+        matches!(
+            err,
+            eventsource_redis::RedisStoreError::NothingToRequeue { .. }
+        ),
+        "{err:?}"
+    );
+    let missing = eventsource_redis::requeue_dead_letter(&mut conn, &s.key, "g", "1-1")
+        .await
+        .expect_err("no such dead letter");
+    assert!(
+        matches!(
+            missing,
+            eventsource_redis::RedisStoreError::NoSuchEntry { .. }
+        ),
+        "{missing:?}"
+    );
+    assert_eq!(
+        eventsource_redis::dead_letter_count(&mut conn, &s.key, "g")
+            .await
+            .unwrap(),
+        1,
+        "the dead letter stays for inspection"
+    );
+}

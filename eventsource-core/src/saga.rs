@@ -400,7 +400,15 @@ impl<T: SagaStore, S: EventStore> DeadlineRunner<T, S> {
     ///
     /// A storage failure; deadlines not yet fired are fired on the next call.
     pub async fn fire_due(&mut self, now: DateTime<Utc>) -> Result<usize, StoreError> {
-        let due = self.store.due(now, 1_000).await?;
+        const LIMIT: usize = 1_000;
+        let due = self.store.due(now, LIMIT).await?;
+        // Every pending deadline, if the page was not cut: fired ones no longer in it were
+        // consumed by their sagas and can be forgotten.
+        let pending: Option<HashSet<_>> = (due.len() < LIMIT).then(|| {
+            due.iter()
+                .map(|d| (d.saga.clone(), d.instance.clone(), d.due_at))
+                .collect()
+        });
         let mut appended = 0;
         for d in due {
             let key = (d.saga.clone(), d.instance.clone(), d.due_at);
@@ -433,15 +441,9 @@ impl<T: SagaStore, S: EventStore> DeadlineRunner<T, S> {
             self.fired.insert(key);
             appended += 1;
         }
-        // Forget fired deadlines the sagas have consumed, so the set stays small.
-        let pending: HashSet<_> = self
-            .store
-            .due(now, usize::MAX)
-            .await?
-            .into_iter()
-            .map(|d| (d.saga, d.instance, d.due_at))
-            .collect();
-        self.fired.retain(|k| pending.contains(k));
+        if let Some(pending) = pending {
+            self.fired.retain(|k| pending.contains(k));
+        }
         Ok(appended)
     }
 

@@ -52,6 +52,25 @@ fn router(keys: Keys) -> impl Router + Clone + 'static {
     }
 }
 
+/// A per-tenant relay over `store` under `keys` with an empty checkpoint store of its own: it
+/// starts from the beginning of the log, as a relay that lost its checkpoint does.
+fn fresh_relay(
+    store: &InMemoryEventStore,
+    conn: &redis::aio::ConnectionManager,
+    name: &str,
+    keys: &Keys,
+    batch_size: usize,
+) -> RedisPublisher<InMemoryEventStore, InMemoryCheckpointStore> {
+    RedisPublisher::new(
+        store.clone(),
+        InMemoryCheckpointStore::new(),
+        conn.clone(),
+        name,
+        PublisherOptions::default().with_batch_size(batch_size),
+    )
+    .with_router(eventsource_redis::PerTenant::new(keys.clone()))
+}
+
 async fn assert_streams_equal_log(
     conn: &mut redis::aio::ConnectionManager,
     store: &InMemoryEventStore,
@@ -185,25 +204,11 @@ async fn republishing_from_an_old_checkpoint_adds_nothing() {
         "Placed",
     )
     .await;
-    let mut relay = RedisPublisher::new(
-        store.clone(),
-        InMemoryCheckpointStore::new(),
-        conn.clone(),
-        "first",
-        PublisherOptions::default().with_batch_size(10),
-    )
-    .with_router(eventsource_redis::PerTenant::new(keys.clone()));
+    let mut relay = fresh_relay(&store, &conn, "first", &keys, 10);
     assert_eq!(relay.catch_up().await.unwrap(), 25);
 
     // A relay that lost its checkpoint re-sends everything: Redis rejects every entry.
-    let mut again = RedisPublisher::new(
-        store.clone(),
-        InMemoryCheckpointStore::new(),
-        conn.clone(),
-        "first",
-        PublisherOptions::default().with_batch_size(100),
-    )
-    .with_router(eventsource_redis::PerTenant::new(keys.clone()));
+    let mut again = fresh_relay(&store, &conn, "first", &keys, 100);
     let published = again.publish_batch().await.unwrap();
     assert_eq!((published.added, published.skipped), (0, 25));
     let key = keys.tenant_stream(&"acme".into());
@@ -294,19 +299,8 @@ async fn re_sending_trimmed_entries_is_still_a_no_op() {
         "Placed",
     )
     .await;
-    let relay_conn = conn.clone();
-    let publisher = |checkpoints| {
-        RedisPublisher::new(
-            store.clone(),
-            checkpoints,
-            relay_conn.clone(),
-            "trimmed",
-            PublisherOptions::default().with_batch_size(100),
-        )
-        .with_router(eventsource_redis::PerTenant::new(keys.clone()))
-    };
     assert_eq!(
-        publisher(InMemoryCheckpointStore::new())
+        fresh_relay(&store, &conn, "trimmed", &keys, 100)
             .catch_up()
             .await
             .unwrap(),
@@ -323,7 +317,7 @@ async fn re_sending_trimmed_entries_is_still_a_no_op() {
         .unwrap();
     assert_eq!(support::entries(&mut conn, &key).await.len(), 4);
 
-    let outcome = publisher(InMemoryCheckpointStore::new())
+    let outcome = fresh_relay(&store, &conn, "trimmed", &keys, 100)
         .publish_batch()
         .await
         .unwrap();
@@ -345,28 +339,14 @@ async fn a_store_reset_behind_the_stream_is_refused_not_dropped() {
     let order = support::stream("acme", "order", "o-1");
     let old = InMemoryEventStore::new();
     support::append(&old, &order, 5, "Placed").await;
-    let mut relay = RedisPublisher::new(
-        old,
-        InMemoryCheckpointStore::new(),
-        conn.clone(),
-        "reset",
-        PublisherOptions::default(),
-    )
-    .with_router(eventsource_redis::PerTenant::new(keys.clone()));
+    let mut relay = fresh_relay(&old, &conn, "reset", &keys, 100);
     assert_eq!(relay.catch_up().await.unwrap(), 5);
 
     // The database is restored empty: new events get the old positions (and ids in Redis),
     // but they are other events. Skipping them as re-sends would lose them downstream.
     let reset = InMemoryEventStore::new();
     support::append(&reset, &order, 3, "Placed").await;
-    let mut relay = RedisPublisher::new(
-        reset,
-        InMemoryCheckpointStore::new(),
-        conn.clone(),
-        "reset",
-        PublisherOptions::default(),
-    )
-    .with_router(eventsource_redis::PerTenant::new(keys.clone()));
+    let mut relay = fresh_relay(&reset, &conn, "reset", &keys, 100);
     let err = relay
         .publish_batch()
         .await

@@ -113,8 +113,8 @@ impl Table {
     }
 }
 
-/// Group commit as the benchmark configures it: `BENCH_LANES` (default 2, the server's cores)
-/// lanes and `BENCH_GROUP_EVENTS` (default 128) events per group.
+/// Group commit as the benchmark configures it: `BENCH_LANES` lanes and `BENCH_GROUP_EVENTS`
+/// events per group, by default the store's own defaults.
 fn with_group(store: PgEventStore) -> PgEventStore {
     let var = |name: &str, default: usize| {
         std::env::var(name)
@@ -122,7 +122,13 @@ fn with_group(store: PgEventStore) -> PgEventStore {
             .and_then(|s| s.parse().ok())
             .unwrap_or(default)
     };
-    store.with_group_commit(var("BENCH_LANES", 2), var("BENCH_GROUP_EVENTS", 128))
+    store.with_group_commit(
+        var("BENCH_LANES", eventsource_postgres::DEFAULT_COMMIT_LANES),
+        var(
+            "BENCH_GROUP_EVENTS",
+            eventsource_postgres::DEFAULT_GROUP_EVENTS,
+        ),
+    )
 }
 
 fn bench_time() -> Duration {
@@ -377,12 +383,13 @@ async fn commands(pool: &PgPool, store: &PgEventStore, tenant: &TenantId, table:
         } else {
             "distinct aggregates".to_owned()
         };
-        for (cached, grouped) in [(false, false), (true, false), (true, true)] {
+        // The recommended set-up (cache + group commit) first, then each turned off.
+        for (cached, grouped) in [(true, true), (true, false), (false, false)] {
             let prefix = Uuid::now_v7().simple().to_string();
             let store = if grouped {
                 with_group(store.clone())
             } else {
-                store.clone()
+                store.clone().without_group_commit()
             };
             let mut repo = Repository::<Counter, _>::new(store)
                 .with_tenant(tenant.clone())
@@ -412,25 +419,18 @@ async fn commands(pool: &PgPool, store: &PgEventStore, tenant: &TenantId, table:
                 async move { raw_command(&pool, &p, hot, task, i, &c).await }
             };
             let (framework, raw) = compare(tasks, fw, raw).await;
-            let name = if grouped {
-                format!(
-                    "  same, cache + group commit [conflicts {}/raw {}]",
-                    conflicts.load(Ordering::Relaxed),
-                    raw_conflicts.load(Ordering::Relaxed)
-                )
-            } else if cached {
-                format!(
-                    "  same, with aggregate cache [conflicts {}/raw {}]",
-                    conflicts.load(Ordering::Relaxed),
-                    raw_conflicts.load(Ordering::Relaxed)
-                )
-            } else {
-                format!(
-                    "commands, {tasks} task(s), {label}, cmds/s [conflicts {}/raw {}]",
-                    conflicts.load(Ordering::Relaxed),
-                    raw_conflicts.load(Ordering::Relaxed)
-                )
+            let setup = match (cached, grouped) {
+                (true, true) => {
+                    format!("commands, {tasks} task(s), {label}, cache + group commit, cmds/s")
+                }
+                (true, false) => "  same, cache, no group commit".to_owned(),
+                _ => "  same, no cache, no group commit".to_owned(),
             };
+            let name = format!(
+                "{setup} [conflicts {}/raw {}]",
+                conflicts.load(Ordering::Relaxed),
+                raw_conflicts.load(Ordering::Relaxed)
+            );
             table.throughput(&name, "", framework, raw);
         }
     }
@@ -636,9 +636,10 @@ async fn main() {
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let wanted = |name: &str| only.is_empty() || only.split(',').any(|o| o.trim() == name);
     if wanted("appends") {
-        appends(&pool, &store, &tenant, &mut table, "").await;
-        let grouped = with_group(store.clone());
-        appends(&pool, &grouped, &tenant, &mut table, ", group commit").await;
+        // The store as it comes (group commit on), then without group commit.
+        appends(&pool, &with_group(store.clone()), &tenant, &mut table, "").await;
+        let alone = store.clone().without_group_commit();
+        appends(&pool, &alone, &tenant, &mut table, ", no group commit").await;
     }
     if wanted("commands") {
         commands(&pool, &store, &tenant, &mut table).await;

@@ -16,7 +16,7 @@ pub use checkpoint::PgCheckpointStore;
 pub use diagnostics::LogBlocker;
 pub use error::PgStoreError;
 pub use snapshot::PgSnapshotStore;
-pub use store::PgEventStore;
+pub use store::{DEFAULT_COMMIT_LANES, DEFAULT_GROUP_EVENTS, PgEventStore};
 pub use tenant::{begin_tenant, set_tenant};
 
 /// The schema, as embedded migrations; the application runs them (`MIGRATOR.run(&pool)`).

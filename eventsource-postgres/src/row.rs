@@ -116,7 +116,7 @@ pub(crate) struct AppendRow {
     pub(crate) last_position: Option<i64>,
 }
 
-/// One append's answer from `eventsource_append_group`, numbered from 1.
+/// One append's answer from `eventsource_append_many`, numbered from 1.
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct GroupRow {
     pub(crate) n: i32,

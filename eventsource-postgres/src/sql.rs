@@ -24,19 +24,30 @@ macro_rules! stream_event_columns {
     };
 }
 
-/// Appends a batch in one round trip: the `eventsource_append` function of the schema
-/// (`migrations/0001_events.sql`) runs the guarded statement. One row back, all `NULL` when the
-/// guard let nothing through. `$13` says whether to scope the transaction to the tenant first.
+/// Appends a batch inside a caller's transaction: the `eventsource_append` function of the
+/// schema (`migrations/0001_events.sql`, `0004`) runs the guarded statement. One row back, all
+/// `NULL` when the guard let nothing through (a failed expectation or stored ids): no error is
+/// raised, so the caller's transaction stays usable. `$13` says whether to scope the
+/// transaction to the tenant first.
 pub(crate) const APPEND: &str = r"
 SELECT version, transaction_id, first_position, last_position
 FROM eventsource_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
 ";
 
-/// Several appends in one transaction and round trip (group commit): one row per append, `n`
-/// numbering them from 1.
-pub(crate) const APPEND_GROUP: &str = r"
+/// Appends a batch in its own autocommit transaction, in one round trip, scoped to the stream's
+/// tenant (`eventsource_append_pooled`, `migrations/0005_pooled_appends.sql`). As [`APPEND`],
+/// except that a stored id fails the statement with a unique violation of
+/// `events_event_id_key` instead of a pre-check on every append.
+pub(crate) const APPEND_POOLED: &str = r"
+SELECT version, transaction_id, first_position, last_position
+FROM eventsource_append_pooled($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+";
+
+/// Several appends to distinct streams in one transaction and round trip (group commit): one
+/// row per append, `n` numbering them from 1 (`eventsource_append_many`, `0005`).
+pub(crate) const APPEND_MANY: &str = r"
 SELECT n, version, transaction_id, first_position, last_position
-FROM eventsource_append_group($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+FROM eventsource_append_many($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
 ";
 
 /// Where the ids of a batch are stored, for telling an idempotent retry from a reused id.

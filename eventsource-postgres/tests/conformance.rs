@@ -11,7 +11,9 @@ mod single {
     use super::*;
 
     eventsource_core::conformance_tests!(optional async async {
-        support::pool().await.map(PgEventStore::new)
+        support::pool()
+            .await
+            .map(|pool| PgEventStore::new(pool).without_group_commit())
     });
 }
 

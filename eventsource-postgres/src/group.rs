@@ -6,9 +6,10 @@
 //! an append runs by itself at once.
 //!
 //! Lanes open with the backlog. While a group is in flight, another lane starts only when at
-//! least a quarter of `max_events` events wait (and then the waiting events are shared out
-//! between the free lanes): one commit per round suits small appends, whose cost is the commit
-//! (the server's WAL flush), while large backlogs need the server's other cores.
+//! least a sixteenth of `max_events` events wait (a larger backlog is then shared out between
+//! the free lanes): a group commit pays one WAL flush for all its appends, so small appends are
+//! best served by few, full groups, while large backlogs need the server's other cores and
+//! gain from overlapping one group's flush with the next group's work.
 //!
 //! Every guarantee of a single append holds: an answer is sent only after the shared transaction
 //! committed; a rejected append (conflict, stored ids) writes nothing and is resolved alone
@@ -49,6 +50,8 @@ pub(crate) struct GroupCommit {
     lane_count: usize,
     /// Groups in flight.
     running: AtomicUsize,
+    /// Appends in the last group taken: 1 while appends come one at a time.
+    last_group: AtomicUsize,
     /// Signalled when a group ends and when the backlog reaches `spill`.
     changed: Notify,
     max_events: usize,
@@ -90,9 +93,10 @@ impl GroupCommit {
             lanes: Semaphore::new(lanes.max(1)),
             lane_count: lanes.max(1),
             running: AtomicUsize::new(0),
+            last_group: AtomicUsize::new(1),
             changed: Notify::new(),
             max_events,
-            spill: (max_events / 4).max(1),
+            spill: (max_events / 16).max(1),
         }
     }
 
@@ -135,11 +139,14 @@ impl GroupCommit {
                 lane = self.lanes.acquire() => {
                     // The semaphore is never closed; if it were, appending alone is safe.
                     let Ok(lane) = lane else { return Err(()) };
-                    // Let the tasks that are ready to run queue their appends first: callers
-                    // just answered by the previous group come back at about the same moment,
-                    // and taking the queue before they do would run them as a trickle of small
-                    // groups. Alone, this costs one trip through the scheduler.
-                    tokio::task::yield_now().await;
+                    // Under load, let the tasks that are ready to run queue their appends first:
+                    // callers just answered by the previous group come back at about the same
+                    // moment, and taking the queue before they do would run them as a trickle
+                    // of small groups. Appends coming one at a time skip the trip through the
+                    // scheduler.
+                    if self.last_group.load(Ordering::Relaxed) > 1 {
+                        tokio::task::yield_now().await;
+                    }
                     let Some((batch, in_flight)) = self.take_batch() else {
                         // Either another lane took this request and will answer it, or a group
                         // is in flight and the backlog is too small for a second one.
@@ -212,6 +219,7 @@ impl GroupCommit {
         }
         queue.events -= events;
         self.running.fetch_add(1, Ordering::SeqCst);
+        self.last_group.store(batch.len(), Ordering::Relaxed);
         drop(queue);
         batch.sort_by(|a, b| a.stream.cmp(&b.stream));
         Some((batch, InFlight(self)))
@@ -365,7 +373,7 @@ mod tests {
 
     #[test]
     fn a_second_lane_waits_for_a_backlog_worth_a_group() {
-        let group = GroupCommit::new(2, 16); // spill at 4 events
+        let group = GroupCommit::new(2, 64); // spill at 4 events
         let _a = queue(&group, "a", 1);
         let (_first, in_flight) = group.take_batch().expect("nothing in flight: take it");
         let _b = queue(&group, "b", 1);
@@ -383,7 +391,7 @@ mod tests {
 
     #[test]
     fn a_large_backlog_is_shared_between_the_free_lanes() {
-        let group = GroupCommit::new(2, 64); // spill at 16 events
+        let group = GroupCommit::new(2, 256); // spill at 16 events
         let _answers: Vec<_> = (0..8).map(|i| queue(&group, &format!("s{i}"), 5)).collect();
         // 40 events, this lane and one free lane: 20 each.
         let (batch, _in_flight) = group.take_batch().expect("a group");

@@ -296,11 +296,21 @@ pub async fn reappending_the_same_ids_is_idempotent<S: EventStore>(store: &S) {
         .await
         .expect("next");
     let replay = store
-        .append(&s, ExpectedVersion::Any, batch)
+        .append(&s, ExpectedVersion::Any, batch.clone())
         .await
         .expect("same ids after the stream moved on");
     assert_eq!(replay, first);
+    let replay = store
+        .append(&s, ExpectedVersion::StreamExists, batch)
+        .await
+        .expect("same ids, the stream exists");
+    assert_eq!(replay, first);
     assert_eq!(later.version, Version::new(4));
+    assert_eq!(
+        store.stream_version(&s).await.expect("version"),
+        Version::new(4),
+        "a replay moves no version"
+    );
     assert_eq!(numbers(&tenant_log(store, &t, 4).await), vec![0, 1, 2, 3]);
 }
 

@@ -105,6 +105,26 @@ LIMIT $4
 "
 );
 
+/// How many events `READ_ALL` would return from a position, every tenant: an index-only count
+/// over the log order (the primary key), with the same gap-free horizon and date filter.
+pub(crate) const COUNT_AFTER: &str = r"
+SELECT count(*)
+FROM events
+WHERE (transaction_id, global_position) > ($1::text::xid8, $2::int8)
+  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+  AND ($3::timestamptz IS NULL OR recorded_at >= $3)
+";
+
+/// As [`COUNT_AFTER`], for one tenant (the tenant log index).
+pub(crate) const COUNT_AFTER_TENANT: &str = r"
+SELECT count(*)
+FROM events
+WHERE tenant_id = $4
+  AND (transaction_id, global_position) > ($1::text::xid8, $2::int8)
+  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+  AND ($3::timestamptz IS NULL OR recorded_at >= $3)
+";
+
 /// A tenant's events carrying one correlation id, in log order.
 pub(crate) const READ_BY_CORRELATION: &str = concat!(
     "SELECT ",

@@ -552,4 +552,32 @@ impl EventStore for PgEventStore {
     fn append_notify(&self) -> Option<Arc<Notify>> {
         Some(self.notify.clone())
     }
+
+    /// One `count(*)` over the log index instead of reading the events through.
+    #[tracing::instrument(name = "eventsource.count_after", skip_all, fields(after = %after, tenant = ?filter.tenant))]
+    async fn count_after(&self, after: LogPosition, filter: &LogFilter) -> Result<u64, StoreError> {
+        let (transaction, position) = crate::row::position_to_db(after);
+        let count: i64 = if let Some(tenant) = &filter.tenant {
+            let mut tx = begin_tenant(&self.pool, tenant)
+                .await
+                .map_err(store_error)?;
+            sqlx::query_scalar(sql::COUNT_AFTER_TENANT)
+                .bind(transaction)
+                .bind(position)
+                .bind(filter.since)
+                .bind(tenant.as_str())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(store_error)?
+        } else {
+            sqlx::query_scalar(sql::COUNT_AFTER)
+                .bind(transaction)
+                .bind(position)
+                .bind(filter.since)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(store_error)?
+        };
+        u64::try_from(count).map_err(|_| StoreError::Corrupt(format!("negative count {count}")))
+    }
 }

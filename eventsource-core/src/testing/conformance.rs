@@ -53,6 +53,7 @@ macro_rules! conformance_tests {
             envelope_round_trips,
             read_all_pages_in_log_order,
             read_all_filters_by_date,
+            count_after_counts_what_read_all_returns,
             read_by_correlation_is_tenant_scoped,
             tenants_are_isolated,
             concurrent_exact_appends_lose_nothing,
@@ -506,6 +507,30 @@ pub async fn read_all_pages_in_log_order<S: EventStore>(store: &S) {
             .expect("read")
             .is_empty()
     );
+}
+
+/// `count_after` counts what `read_all` with the same position and filter returns.
+pub async fn count_after_counts_what_read_all_returns<S: EventStore>(store: &S) {
+    let t = tenant();
+    store
+        .append(&stream(&t, "a"), ExpectedVersion::Any, events(0..3))
+        .await
+        .expect("append");
+    store
+        .append(&stream(&t, "b"), ExpectedVersion::Any, events(3..5))
+        .await
+        .expect("append");
+    let filter = LogFilter::tenant(t.clone());
+    let log = tenant_log(store, &t, 5).await;
+    let count =
+        |after, filter| async move { store.count_after(after, &filter).await.expect("count") };
+    assert_eq!(count(LogPosition::START, filter.clone()).await, 5);
+    assert_eq!(count(log[1].position, filter.clone()).await, 3);
+    assert_eq!(count(log[4].position, filter.clone()).await, 0);
+    let future = filter.with_since(Utc::now() + Duration::hours(1));
+    assert_eq!(count(LogPosition::START, future).await, 0);
+    let other = LogFilter::tenant(tenant());
+    assert_eq!(count(LogPosition::START, other).await, 0);
 }
 
 /// `LogFilter::with_since` keeps only events recorded at or after the instant.

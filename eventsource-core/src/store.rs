@@ -2,10 +2,12 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use chrono::{DateTime, Utc};
-use futures::{Stream, TryStreamExt as _};
+use futures::Stream;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -372,7 +374,10 @@ impl<S: EventStore + ?Sized> EventStore for Arc<S> {
 
 /// Streams the global log from `after` to its current end in batches of `batch_size`.
 ///
-/// The stream ends at the first empty batch; it is a catch-up read, not a subscription.
+/// The stream ends at the first empty or short batch; it is a catch-up read, not a
+/// subscription. The next batch is read while the caller consumes the current one, so the store
+/// and the caller work at the same time; a failed read is yielded after the events before it and
+/// ends the stream.
 ///
 /// ```
 /// # use eventsource_core::{store, EventStore, InMemoryEventStore, LogFilter, LogPosition, NewEvent, StreamId, ExpectedVersion, TenantId};
@@ -392,24 +397,150 @@ pub fn read_log<S: EventStore + ?Sized>(
     batch_size: usize,
     filter: LogFilter,
 ) -> impl Stream<Item = Result<RecordedEvent, StoreError>> + Send + '_ {
+    type Batch<'a> =
+        Pin<Box<dyn Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send + 'a>>;
     let batch_size = batch_size.max(1);
-    futures::stream::try_unfold(
-        (after, false, filter),
-        move |(after, done, filter)| async move {
-            if done {
-                return Ok(None);
+    let filter = Arc::new(filter);
+    let fetch = move |after: LogPosition| -> Batch<'_> {
+        let filter = filter.clone();
+        Box::pin(async move { store.read_all(after, batch_size, &filter).await })
+    };
+    let mut current = Vec::new().into_iter();
+    let mut next = Some(fetch(after));
+    let mut ready: Option<Result<Vec<RecordedEvent>, StoreError>> = None;
+    // The next batch is read while this one is consumed (the store works while the caller
+    // does); the reads and their positions are the same as one batch after the other.
+    futures::stream::poll_fn(move |cx| {
+        loop {
+            if ready.is_none()
+                && let Some(Poll::Ready(result)) = next.as_mut().map(|f| f.as_mut().poll(cx))
+            {
+                next = None;
+                ready = Some(result);
             }
-            let batch = store.read_all(after, batch_size, &filter).await?;
-            let next = batch.last().map_or(after, |e| e.position);
-            let done = batch.len() < batch_size;
-            if batch.is_empty() {
-                return Ok(None);
+            if let Some(event) = current.next() {
+                return Poll::Ready(Some(Ok(event)));
             }
-            Ok(Some((
-                futures::stream::iter(batch.into_iter().map(Ok)),
-                (next, done, filter),
-            )))
-        },
-    )
-    .try_flatten()
+            match ready.take() {
+                None if next.is_some() => return Poll::Pending,
+                None => return Poll::Ready(None),
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Some(Ok(batch)) => {
+                    // A short batch is the end of the log for now.
+                    if batch.len() == batch_size {
+                        next = batch.last().map(|last| fetch(last.position));
+                    }
+                    current = batch.into_iter();
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use futures::StreamExt as _;
+
+    use super::*;
+    use crate::memory::InMemoryEventStore;
+
+    /// An in-memory store whose `read_all` records the positions it is asked for and fails
+    /// from the `fail_from`-th call on.
+    struct Recording {
+        inner: InMemoryEventStore,
+        reads: Mutex<Vec<LogPosition>>,
+        fail_from: usize,
+    }
+
+    impl EventStore for Recording {
+        async fn append(
+            &self,
+            stream: &StreamId,
+            expected: ExpectedVersion,
+            events: Vec<NewEvent>,
+        ) -> Result<Appended, StoreError> {
+            self.inner.append(stream, expected, events).await
+        }
+        async fn read_stream(
+            &self,
+            stream: &StreamId,
+            range: VersionRange,
+        ) -> Result<Vec<RecordedEvent>, StoreError> {
+            self.inner.read_stream(stream, range).await
+        }
+        async fn stream_version(&self, stream: &StreamId) -> Result<Version, StoreError> {
+            self.inner.stream_version(stream).await
+        }
+        async fn read_all(
+            &self,
+            after: LogPosition,
+            limit: usize,
+            filter: &LogFilter,
+        ) -> Result<Vec<RecordedEvent>, StoreError> {
+            let calls = {
+                let mut reads = self.reads.lock().expect("reads");
+                reads.push(after);
+                reads.len()
+            };
+            if calls >= self.fail_from {
+                return Err(StoreError::Unavailable("read failed".into()));
+            }
+            self.inner.read_all(after, limit, filter).await
+        }
+        async fn read_by_correlation(
+            &self,
+            tenant: &TenantId,
+            correlation_id: Uuid,
+        ) -> Result<Vec<RecordedEvent>, StoreError> {
+            self.inner.read_by_correlation(tenant, correlation_id).await
+        }
+    }
+
+    async fn store_with(events: usize, fail_from: usize) -> Recording {
+        let inner = InMemoryEventStore::new();
+        let stream = StreamId::new(TenantId::default(), "t", "s");
+        let batch = (0..events)
+            .map(|_| NewEvent::new("E", 1, serde_json::Value::Null))
+            .collect();
+        inner
+            .append(&stream, ExpectedVersion::NoStream, batch)
+            .await
+            .expect("append");
+        Recording {
+            inner,
+            reads: Mutex::new(Vec::new()),
+            fail_from,
+        }
+    }
+
+    #[tokio::test]
+    async fn read_log_reads_batch_after_batch_from_the_last_position() {
+        let store = store_with(5, usize::MAX).await;
+        let read: Vec<RecordedEvent> = read_log(&store, LogPosition::START, 2, LogFilter::all())
+            .map(|e| e.expect("event"))
+            .collect()
+            .await;
+        assert_eq!(read.len(), 5);
+        assert!(read.windows(2).all(|w| w[0].position < w[1].position));
+        let reads = store.reads.lock().expect("reads").clone();
+        // Batches of 2, 2 and 1: the short batch ends the read.
+        assert_eq!(
+            reads,
+            [LogPosition::START, read[1].position, read[3].position]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_comes_after_the_events_before_it_and_ends_the_stream() {
+        let store = store_with(5, 2).await;
+        let items: Vec<Result<RecordedEvent, StoreError>> =
+            read_log(&store, LogPosition::START, 2, LogFilter::all())
+                .collect()
+                .await;
+        assert_eq!(items.len(), 3, "two events, then the error, then the end");
+        assert!(items[0].is_ok() && items[1].is_ok());
+        assert!(matches!(items[2], Err(StoreError::Unavailable(_))));
+    }
 }

@@ -174,10 +174,10 @@ impl GroupCommit {
     /// This lane's share of the queue, oldest requests first, one per stream: a later append to
     /// a stream already in the group waits for the next group (it must see the first one's
     /// outcome, and the set-based group statement moves each stream once). `None` when the
-    /// queue is empty, or when a group is in flight and fewer than `spill` events wait. The share is at most `max_events`
-    /// events (at least one request); a backlog of twice `spill` or more is shared out between
-    /// this lane and the free ones. The group is ordered by stream, so concurrent groups lock
-    /// streams in one order.
+    /// queue is empty, or when a group is in flight and fewer than `spill` events wait. The
+    /// share is at most `max_events` events (at least one request); a backlog of twice `spill`
+    /// or more is shared out between this lane and the free ones. The group is ordered by
+    /// stream, so concurrent groups lock streams in one order.
     fn take_batch(&self) -> Option<(Vec<Request>, InFlight<'_>)> {
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         // A caller that gave up (its future was dropped: a timeout, a cancelled request) may

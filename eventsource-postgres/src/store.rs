@@ -420,8 +420,9 @@ impl PgEventStore {
                     .map_err(store_error)?;
                 resolve_rejection(&mut tx, stream, expected, &columns.ids).await
             }
-            // Another transaction stored one of these ids between our check and our insert
-            // (typically the same batch retried concurrently): look again in a new transaction.
+            // An id of the batch is stored (a retry after a lost acknowledgement, a reused id, or
+            // the same batch committed concurrently): the statement rolled back, streams row
+            // included. Look in a new transaction.
             Err(e) if is_unique_violation_of(&e, EVENT_ID_KEY) => {
                 let mut tx = begin_tenant(&self.pool, stream.tenant())
                     .await

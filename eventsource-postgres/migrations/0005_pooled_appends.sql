@@ -1,6 +1,7 @@
 -- Appends on a pooled connection in autocommit (the store's own transactions), without the
 -- stored-id pre-check. 0001-0004 stay as shipped: `eventsource_append` keeps serving appends in
--- a caller's transaction, `eventsource_append_group` binaries built before this migration.
+-- a caller's transaction, and `eventsource_append_group` keeps serving binaries built before
+-- this migration.
 --
 -- Why no pre-check here: it exists so that a batch whose ids are stored comes back as "nothing
 -- written" instead of a unique violation, which keeps a caller's transaction usable. An

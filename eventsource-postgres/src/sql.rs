@@ -43,6 +43,194 @@ SELECT version, transaction_id, first_position, last_position
 FROM eventsource_append_pooled($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 ";
 
+/// Scopes an autocommit statement to the tenant `$1`: the first CTE of the plain appends
+/// below, which everything they write is selected from. Row level security checks a written
+/// row when the row exists, so after `tenant` has run.
+macro_rules! scope_to_tenant {
+    () => {
+        r"
+WITH tenant AS MATERIALIZED (
+    SELECT set_config('eventsource.tenant', $1, true) AS tenant_id
+),
+"
+    };
+}
+
+/// The streams row of a plain append, inserted for `$1`/`$2`/`$3` with `count` events and, on
+/// conflict, `on_conflict`; `stream` returns its tenant and new version.
+macro_rules! insert_stream {
+    ($count:literal, $on_conflict:literal) => {
+        concat!(
+            scope_to_tenant!(),
+            r"
+stream AS (
+    INSERT INTO streams AS s (tenant_id, aggregate_type, aggregate_id, version)
+    SELECT tenant.tenant_id, $2, $3, ",
+            $count,
+            r" FROM tenant
+    ON CONFLICT (tenant_id, aggregate_type, aggregate_id) ",
+            $on_conflict,
+            r"
+    RETURNING s.tenant_id, s.version
+),"
+        )
+    };
+}
+
+/// A batch's events, inserted after its streams row moved (`stream`): `$4`..`$10` are the
+/// event columns as arrays.
+macro_rules! insert_events {
+    () => {
+        r"
+inserted AS (
+    INSERT INTO events (tenant_id, aggregate_type, aggregate_id, version, event_id, event_type,
+                        schema_version, payload, metadata, correlation_id, causation_id)
+    SELECT stream.tenant_id, $2, $3, stream.version - cardinality($4::uuid[]) + b.n,
+           b.event_id, b.event_type, b.schema_version, b.payload, b.metadata, b.correlation_id,
+           b.causation_id
+    FROM stream
+    CROSS JOIN UNNEST($4::uuid[], $5::text[], $6::int4[], $7::jsonb[], $8::jsonb[],
+                      $9::uuid[], $10::uuid[])
+        WITH ORDINALITY AS b(event_id, event_type, schema_version, payload, metadata,
+                             correlation_id, causation_id, n)
+    ORDER BY b.n
+    RETURNING global_position
+)
+SELECT (SELECT version FROM stream) AS version,
+       pg_current_xact_id_if_assigned()::text AS transaction_id,
+       min(global_position) AS first_position,
+       max(global_position) AS last_position
+FROM inserted
+"
+    };
+}
+
+/// One event, inserted after its streams row moved (`stream`): `$4`..`$10` are its columns as
+/// scalars (no arrays to encode and decode, no `UNNEST`).
+macro_rules! insert_event {
+    () => {
+        r"
+inserted AS (
+    INSERT INTO events (tenant_id, aggregate_type, aggregate_id, version, event_id, event_type,
+                        schema_version, payload, metadata, correlation_id, causation_id)
+    SELECT stream.tenant_id, $2, $3, stream.version, $4::uuid, $5::text, $6::int4, $7::jsonb,
+           $8::jsonb, $9::uuid, $10::uuid
+    FROM stream
+    RETURNING global_position
+)
+SELECT (SELECT version FROM stream) AS version,
+       pg_current_xact_id_if_assigned()::text AS transaction_id,
+       (SELECT global_position FROM inserted) AS first_position,
+       (SELECT global_position FROM inserted) AS last_position
+"
+    };
+}
+
+/// `NoStream`, appended in its own autocommit transaction as one plain statement: the streams
+/// row is inserted (nothing when it exists) and feeds the events insert. The same outcome row
+/// as [`APPEND_POOLED`] (all `NULL` when the stream exists; a stored id fails the statement on
+/// `events_event_id_key`), without the PL/pgSQL call. `$4`..`$10`: the event columns, arrays.
+///
+/// Only expectations that insert the streams row take plain statements: every row level
+/// security check then runs on a row the statement produced from `tenant`, after the tenant was
+/// set. An `UPDATE` checks rows it reads, and the planner may read them before `tenant` runs (a
+/// "tenant not set" error, never a leak): `Exact` and `StreamExists` keep the function.
+pub(crate) const APPEND_CREATE: &str = concat!(
+    insert_stream!("cardinality($4::uuid[])", "DO NOTHING"),
+    insert_events!()
+);
+
+/// As [`APPEND_CREATE`], for one event given as scalars: the usual command's append.
+pub(crate) const APPEND_CREATE_ONE: &str =
+    concat!(insert_stream!("1", "DO NOTHING"), insert_event!());
+
+/// `Any`, as [`APPEND_CREATE`]: the streams row is inserted or moved on.
+pub(crate) const APPEND_UPSERT: &str = concat!(
+    insert_stream!(
+        "cardinality($4::uuid[])",
+        "DO UPDATE SET version = s.version + EXCLUDED.version"
+    ),
+    insert_events!()
+);
+
+/// As [`APPEND_UPSERT`], for one event given as scalars.
+pub(crate) const APPEND_UPSERT_ONE: &str = concat!(
+    insert_stream!("1", "DO UPDATE SET version = s.version + EXCLUDED.version"),
+    insert_event!()
+);
+
+/// Group commit of appends that all insert their streams row (`NoStream`, `Any`) and share one
+/// tenant (`$1`), as one plain statement: the usual group under load of new streams. Same rows
+/// as [`APPEND_MANY`] and the same contract (distinct streams, one row per append numbered
+/// from 1, `NULL`s for a rejected append), without the PL/pgSQL call; `$2`..`$5` are per
+/// append (type, id, kind, count), `$6`/`$7` per event (its append, its place in it), then the
+/// event columns. Why only inserting kinds: see [`APPEND_CREATE`].
+pub(crate) const APPEND_MANY_CREATE: &str = concat!(
+    scope_to_tenant!(),
+    r"
+appends AS MATERIALIZED (
+    SELECT tenant.tenant_id, a.aggregate_type, a.aggregate_id, a.expected, a.count, a.n::int4 AS n
+    FROM tenant
+    CROSS JOIN UNNEST($2::text[], $3::text[], $4::text[], $5::int8[])
+        WITH ORDINALITY AS a(aggregate_type, aggregate_id, expected, count, n)
+),
+created AS (
+    INSERT INTO streams (tenant_id, aggregate_type, aggregate_id, version)
+    SELECT a.tenant_id, a.aggregate_type, a.aggregate_id, a.count
+    FROM appends a
+    WHERE a.expected = 'none'
+    ORDER BY a.n
+    ON CONFLICT (tenant_id, aggregate_type, aggregate_id) DO NOTHING
+    RETURNING streams.aggregate_type, streams.aggregate_id, streams.version
+),
+upserted AS (
+    INSERT INTO streams AS s (tenant_id, aggregate_type, aggregate_id, version)
+    SELECT a.tenant_id, a.aggregate_type, a.aggregate_id, a.count
+    FROM appends a
+    WHERE a.expected = 'any'
+    ORDER BY a.n
+    ON CONFLICT (tenant_id, aggregate_type, aggregate_id)
+    DO UPDATE SET version = s.version + EXCLUDED.version
+    RETURNING s.aggregate_type, s.aggregate_id, s.version
+),
+moved AS MATERIALIZED (
+    SELECT a.n, c.version, a.count, a.tenant_id, a.aggregate_type, a.aggregate_id
+    FROM (SELECT * FROM created UNION ALL SELECT * FROM upserted) c
+    JOIN appends a
+      ON a.aggregate_type = c.aggregate_type AND a.aggregate_id = c.aggregate_id
+),
+inserted AS (
+    INSERT INTO events (tenant_id, aggregate_type, aggregate_id, version, event_id, event_type,
+                        schema_version, payload, metadata, correlation_id, causation_id)
+    SELECT mv.tenant_id, mv.aggregate_type, mv.aggregate_id, mv.version - mv.count + e.offset_in,
+           e.event_id, e.event_type, e.schema_version, e.payload, e.metadata, e.correlation_id,
+           e.causation_id
+    FROM UNNEST($6::int4[], $7::int8[], $8::uuid[], $9::text[], $10::int4[], $11::jsonb[],
+                $12::jsonb[], $13::uuid[], $14::uuid[])
+        WITH ORDINALITY AS e(append_of, offset_in, event_id, event_type, schema_version,
+                             payload, metadata, correlation_id, causation_id, k)
+    JOIN moved mv ON mv.n = e.append_of
+    ORDER BY e.k
+    RETURNING events.aggregate_type, events.aggregate_id, events.global_position
+),
+written AS (
+    SELECT mv.n, min(i.global_position) AS first_position,
+           max(i.global_position) AS last_position
+    FROM inserted i
+    JOIN moved mv
+      ON mv.aggregate_type = i.aggregate_type AND mv.aggregate_id = i.aggregate_id
+    GROUP BY mv.n
+)
+SELECT a.n, mv.version,
+       CASE WHEN w.n IS NOT NULL THEN pg_current_xact_id()::text END AS transaction_id,
+       w.first_position, w.last_position
+FROM appends a
+LEFT JOIN moved mv ON mv.n = a.n
+LEFT JOIN written w ON w.n = a.n
+ORDER BY a.n
+"
+);
+
 /// Several appends to distinct streams in one transaction and round trip (group commit): one
 /// row per append, `n` numbering them from 1 (`eventsource_append_many`, `0005`).
 pub(crate) const APPEND_MANY: &str = r"

@@ -4,7 +4,7 @@
 mod support;
 
 use eventsource_core::{
-    EventStore, ExpectedVersion, LogFilter, LogPosition, NewEvent, StoreError, StreamId,
+    EventStore, ExpectedVersion, LogFilter, LogPosition, NewEvent, StoreError, StreamId, Version,
     VersionRange,
 };
 use eventsource_postgres::{PgEventStore, begin_tenant};
@@ -151,4 +151,83 @@ async fn a_cross_tenant_insert_is_rejected() {
         .await
         .unwrap();
     assert_eq!(b_rows, 0);
+}
+
+/// Group commit under row level security: each statement of a group scopes itself to the
+/// tenant before it writes. Waves of concurrent appends make groups of one tenant (stream-
+/// creating expectations `NoStream` and `Any` there take one plain statement) and of two
+/// tenants, and groups of `Exact` appends (the PL/pgSQL function); every append must land, in
+/// its own tenant, with dense versions, and a second `NoStream` must conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commits_under_row_level_security_keep_tenants_apart() {
+    let Some(admin) = support::pool().await else {
+        return;
+    };
+    let app = support::app_role_pool_with(&admin, 4).await;
+    let store = PgEventStore::new(app.clone());
+    let (a, b) = (support::tenant("group-a"), support::tenant("group-b"));
+    let one_tenant: Vec<StreamId> = (0..12)
+        .map(|i| StreamId::new(a.clone(), "account", format!("a{i}")))
+        .collect();
+    let two_tenants: Vec<StreamId> = (0..12)
+        .map(|i| {
+            let tenant = if i % 2 == 0 { &a } else { &b };
+            StreamId::new(tenant.clone(), "account", format!("ab{i}"))
+        })
+        .collect();
+    let wave = |streams: Vec<StreamId>, expected: ExpectedVersion| {
+        let store = store.clone();
+        async move {
+            let appends = streams.into_iter().enumerate().map(|(i, stream)| {
+                let store = store.clone();
+                async move {
+                    let n = u64::try_from(i).unwrap();
+                    store.append(&stream, expected, vec![event(n)]).await
+                }
+            });
+            futures::future::join_all(appends).await
+        }
+    };
+    let every: Vec<StreamId> = one_tenant.iter().chain(&two_tenants).cloned().collect();
+    let waves = [
+        (one_tenant.clone(), ExpectedVersion::NoStream, 1),
+        (two_tenants.clone(), ExpectedVersion::NoStream, 1),
+        (every.clone(), ExpectedVersion::Exact(Version::new(1)), 2),
+        (one_tenant.clone(), ExpectedVersion::Any, 3),
+        (two_tenants.clone(), ExpectedVersion::Any, 3),
+    ];
+    for (streams, expected, version) in waves {
+        for outcome in wave(streams, expected).await {
+            assert_eq!(
+                outcome.unwrap().version,
+                Version::new(version),
+                "{expected:?}"
+            );
+        }
+    }
+    // A second NoStream on every stream is a conflict, never a write.
+    for outcome in wave(one_tenant.clone(), ExpectedVersion::NoStream).await {
+        assert!(
+            matches!(outcome, Err(StoreError::Conflict { .. })),
+            "{outcome:?}"
+        );
+    }
+
+    for stream in &every {
+        let read = store
+            .read_stream(stream, VersionRange::all())
+            .await
+            .unwrap();
+        let versions: Vec<u64> = read.iter().map(|e| e.version.get()).collect();
+        assert_eq!(versions, [1, 2, 3], "{stream}");
+        assert!(read.iter().all(|e| e.tenant() == stream.tenant()));
+    }
+    for (tenant, streams) in [(&a, 18_i64), (&b, 6)] {
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE tenant_id = $1")
+            .bind(tenant.as_str())
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+        assert_eq!(rows, streams * 3, "{tenant}");
+    }
 }

@@ -85,8 +85,14 @@ pub fn tenant(prefix: &str) -> TenantId {
 }
 
 /// A pool logged in as `eventsource_app`: a role without `BYPASSRLS` (unlike the superuser the
-/// tests otherwise use), so row level security applies to it. Created on first use.
+/// tests otherwise use), so row level security applies to it. Created on first use. One
+/// connection, so every operation reuses it whatever its tenant.
 pub async fn app_role_pool(admin: &PgPool) -> PgPool {
+    app_role_pool_with(admin, 1).await
+}
+
+/// As [`app_role_pool`], with room for `max` connections.
+pub async fn app_role_pool_with(admin: &PgPool, max: u32) -> PgPool {
     let server = server().expect("a server");
     // CREATE ROLE has no IF NOT EXISTS and concurrent GRANTs can fail with "tuple concurrently
     // updated": tests set the role up one at a time, under an advisory lock.
@@ -113,7 +119,7 @@ pub async fn app_role_pool(admin: &PgPool) -> PgPool {
     .expect("grant the app role");
     tx.commit().await.expect("commit the role set-up");
     PgPoolOptions::new()
-        .max_connections(1)
+        .max_connections(max)
         .test_before_acquire(false)
         .connect_with(
             server

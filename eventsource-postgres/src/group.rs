@@ -268,25 +268,19 @@ async fn run(pool: &PgPool, mut batch: Vec<Request>) {
         events.extend_from(&request.columns);
     }
     let size = batch.len();
-    // One tenant and only appends that insert their streams row: the plain statement.
-    let direct = tenants.iter().all(|t| *t == tenants[0])
-        && kinds.iter().all(|k| matches!(*k, "none" | "any"));
-    let query = if direct {
-        sqlx::query_as(sql::APPEND_MANY_CREATE)
-            .bind(tenants[0])
-            .bind(&types)
-            .bind(&ids)
-            .bind(&kinds)
-            .bind(&counts)
+    // One tenant (the usual group): the plain statement. Several: the function, which scopes
+    // each tenant's share in turn.
+    let query = if tenants.iter().all(|t| *t == tenants[0]) {
+        sqlx::query_as(sql::APPEND_MANY_ONE_TENANT).bind(tenants[0])
     } else {
-        sqlx::query_as(sql::APPEND_MANY)
-            .bind(&tenants)
-            .bind(&types)
-            .bind(&ids)
-            .bind(&kinds)
-            .bind(&versions)
-            .bind(&counts)
+        sqlx::query_as(sql::APPEND_MANY).bind(&tenants)
     };
+    let query = query
+        .bind(&types)
+        .bind(&ids)
+        .bind(&kinds)
+        .bind(&versions)
+        .bind(&counts);
     let rows: Result<Vec<GroupRow>, sqlx::Error> = query
         .bind(&append_of)
         .bind(&offsets)

@@ -34,15 +34,6 @@ SELECT version, transaction_id, first_position, last_position
 FROM eventsource_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
 ";
 
-/// Appends a batch in its own autocommit transaction, in one round trip, scoped to the stream's
-/// tenant (`eventsource_append_pooled`, `migrations/0005_pooled_appends.sql`). As [`APPEND`],
-/// except that a stored id fails the statement with a unique violation of
-/// `events_event_id_key` instead of a pre-check on every append.
-pub(crate) const APPEND_POOLED: &str = r"
-SELECT version, transaction_id, first_position, last_position
-FROM eventsource_append_pooled($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-";
-
 /// Scopes an autocommit statement to the tenant `$1`: the first CTE of the plain appends
 /// below, which everything they write is selected from. Row level security checks a written
 /// row when the row exists, so after `tenant` has run.
@@ -56,10 +47,20 @@ WITH tenant AS MATERIALIZED (
     };
 }
 
-/// The streams row of a plain append, inserted for `$1`/`$2`/`$3` with `count` events and, on
-/// conflict, `on_conflict`; `stream` returns its tenant and new version.
-macro_rules! insert_stream {
-    ($count:literal, $on_conflict:literal) => {
+/// The streams row of a plain append: `$2`/`$3` the stream, `$4` the expectation (`none`,
+/// `any`, `exists`, `exact`), `$5` the expected version (`exact`), `count` its events. One
+/// guarded insert serves every expectation:
+/// - a row is offered for `none` and `any`, and for `exists` and `exact` only when the stream
+///   exists (so the insert can only meet its row). The existence check is a scalar subquery of
+///   the `tenant` row (correlated on purpose: uncorrelated, it would run before `tenant`);
+/// - on the existing row, `DO UPDATE` moves the version on for `any` and `exists`, and for
+///   `exact` only at the expected version; `none` updates nothing. The row is locked and
+///   re-checked at its latest version, as an `UPDATE` would.
+///
+/// `stream` returns the row's tenant and new version; nothing when the guard let nothing
+/// through.
+macro_rules! move_stream {
+    ($count:literal) => {
         concat!(
             scope_to_tenant!(),
             r"
@@ -67,17 +68,22 @@ stream AS (
     INSERT INTO streams AS s (tenant_id, aggregate_type, aggregate_id, version)
     SELECT tenant.tenant_id, $2, $3, ",
             $count,
-            r" FROM tenant
-    ON CONFLICT (tenant_id, aggregate_type, aggregate_id) ",
-            $on_conflict,
             r"
+    FROM tenant
+    WHERE $4 IN ('none', 'any')
+       OR (SELECT true FROM streams x
+           WHERE x.tenant_id = tenant.tenant_id AND x.aggregate_type = $2
+             AND x.aggregate_id = $3)
+    ON CONFLICT (tenant_id, aggregate_type, aggregate_id)
+    DO UPDATE SET version = s.version + EXCLUDED.version
+    WHERE $4 IN ('any', 'exists') OR ($4 = 'exact' AND s.version = $5)
     RETURNING s.tenant_id, s.version
 ),"
         )
     };
 }
 
-/// A batch's events, inserted after its streams row moved (`stream`): `$4`..`$10` are the
+/// A batch's events, inserted after its streams row moved (`stream`): `$6`..`$12` are the
 /// event columns as arrays.
 macro_rules! insert_events {
     () => {
@@ -85,12 +91,12 @@ macro_rules! insert_events {
 inserted AS (
     INSERT INTO events (tenant_id, aggregate_type, aggregate_id, version, event_id, event_type,
                         schema_version, payload, metadata, correlation_id, causation_id)
-    SELECT stream.tenant_id, $2, $3, stream.version - cardinality($4::uuid[]) + b.n,
+    SELECT stream.tenant_id, $2, $3, stream.version - cardinality($6::uuid[]) + b.n,
            b.event_id, b.event_type, b.schema_version, b.payload, b.metadata, b.correlation_id,
            b.causation_id
     FROM stream
-    CROSS JOIN UNNEST($4::uuid[], $5::text[], $6::int4[], $7::jsonb[], $8::jsonb[],
-                      $9::uuid[], $10::uuid[])
+    CROSS JOIN UNNEST($6::uuid[], $7::text[], $8::int4[], $9::jsonb[], $10::jsonb[],
+                      $11::uuid[], $12::uuid[])
         WITH ORDINALITY AS b(event_id, event_type, schema_version, payload, metadata,
                              correlation_id, causation_id, n)
     ORDER BY b.n
@@ -105,7 +111,7 @@ FROM inserted
     };
 }
 
-/// One event, inserted after its streams row moved (`stream`): `$4`..`$10` are its columns as
+/// One event, inserted after its streams row moved (`stream`): `$6`..`$12` are its columns as
 /// scalars (no arrays to encode and decode, no `UNNEST`).
 macro_rules! insert_event {
     () => {
@@ -113,8 +119,8 @@ macro_rules! insert_event {
 inserted AS (
     INSERT INTO events (tenant_id, aggregate_type, aggregate_id, version, event_id, event_type,
                         schema_version, payload, metadata, correlation_id, causation_id)
-    SELECT stream.tenant_id, $2, $3, stream.version, $4::uuid, $5::text, $6::int4, $7::jsonb,
-           $8::jsonb, $9::uuid, $10::uuid
+    SELECT stream.tenant_id, $2, $3, stream.version, $6::uuid, $7::text, $8::int4, $9::jsonb,
+           $10::jsonb, $11::uuid, $12::uuid
     FROM stream
     RETURNING global_position
 )
@@ -126,78 +132,72 @@ SELECT (SELECT version FROM stream) AS version,
     };
 }
 
-/// `NoStream`, appended in its own autocommit transaction as one plain statement: the streams
-/// row is inserted (nothing when it exists) and feeds the events insert. The same outcome row
-/// as [`APPEND_POOLED`] (all `NULL` when the stream exists; a stored id fails the statement on
-/// `events_event_id_key`), without the PL/pgSQL call. `$4`..`$10`: the event columns, arrays.
+/// A batch appended in its own autocommit transaction as one plain statement, scoped to the
+/// stream's tenant: the guarded streams row (see `move_stream!`) feeds the events insert.
+/// Parameters `$1`..`$12` and the outcome row as [`APPEND`]: all `NULL` when the guard let
+/// nothing through. Unlike it, no stored-id pre-check: a stored id fails the statement on
+/// `events_event_id_key`, which rolls back its transaction, streams row included, and the store
+/// resolves the outcome in a new one (an autocommit statement has no caller's transaction to
+/// keep usable, and the probe cost every append an index lookup per event). No PL/pgSQL call
+/// either: the function (`eventsource_append_pooled`, migration 0005, kept for binaries built
+/// before this statement) measured about a tenth of an uncontended append.
 ///
-/// Only expectations that insert the streams row take plain statements: every row level
-/// security check then runs on a row the statement produced from `tenant`, after the tenant was
-/// set. An `UPDATE` checks rows it reads, and the planner may read them before `tenant` runs (a
-/// "tenant not set" error, never a leak): `Exact` and `StreamExists` keep the function.
-pub(crate) const APPEND_CREATE: &str = concat!(
-    insert_stream!("cardinality($4::uuid[])", "DO NOTHING"),
-    insert_events!()
-);
+/// Row level security holds by construction: every row the statement reads or writes in a
+/// tenant's table comes from `tenant`, after it set the tenant. (An `UPDATE` would not do: it
+/// checks the rows it scans, and the planner may scan them before `tenant` runs.)
+pub(crate) const APPEND_BATCH: &str =
+    concat!(move_stream!("cardinality($6::uuid[])"), insert_events!());
 
-/// As [`APPEND_CREATE`], for one event given as scalars: the usual command's append.
-pub(crate) const APPEND_CREATE_ONE: &str =
-    concat!(insert_stream!("1", "DO NOTHING"), insert_event!());
+/// As [`APPEND_BATCH`], for one event given as scalars: the usual command's append.
+pub(crate) const APPEND_ONE: &str = concat!(move_stream!("1"), insert_event!());
 
-/// `Any`, as [`APPEND_CREATE`]: the streams row is inserted or moved on.
-pub(crate) const APPEND_UPSERT: &str = concat!(
-    insert_stream!(
-        "cardinality($4::uuid[])",
-        "DO UPDATE SET version = s.version + EXCLUDED.version"
-    ),
-    insert_events!()
-);
+/// Several appends to distinct streams in one transaction and round trip (group commit): one
+/// row per append, `n` numbering them from 1 (`eventsource_append_many`, `0005`).
+pub(crate) const APPEND_MANY: &str = r"
+SELECT n, version, transaction_id, first_position, last_position
+FROM eventsource_append_many($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+";
 
-/// As [`APPEND_UPSERT`], for one event given as scalars.
-pub(crate) const APPEND_UPSERT_ONE: &str = concat!(
-    insert_stream!("1", "DO UPDATE SET version = s.version + EXCLUDED.version"),
-    insert_event!()
-);
-
-/// Group commit of appends that all insert their streams row (`NoStream`, `Any`) and share one
-/// tenant (`$1`), as one plain statement: the usual group under load of new streams. Same rows
-/// as [`APPEND_MANY`] and the same contract (distinct streams, one row per append numbered
-/// from 1, `NULL`s for a rejected append), without the PL/pgSQL call; `$2`..`$5` are per
-/// append (type, id, kind, count), `$6`/`$7` per event (its append, its place in it), then the
-/// event columns. Why only inserting kinds: see [`APPEND_CREATE`].
-pub(crate) const APPEND_MANY_CREATE: &str = concat!(
+/// Group commit of appends of one tenant, as one plain statement: the usual group. The same
+/// parameters as [`APPEND_MANY`] except `$1`, the tenant; the same rows and contract (distinct
+/// streams, one row per append numbered from 1, `NULL`s for a rejected one). Per append
+/// (`$2`..`$6`: type, id, expectation, expected version, event count) the streams row moves as
+/// in [`APPEND_BATCH`], the guard reading the append's expectation from `appends`; per event
+/// (`$7`, `$8`: its append, its place in it; then the event columns) one `UNNEST` feeds the
+/// events insert. Streams are offered in the order of the arguments (the store sorts a group by
+/// stream), so concurrent groups lock rows in one order.
+pub(crate) const APPEND_MANY_ONE_TENANT: &str = concat!(
     scope_to_tenant!(),
     r"
 appends AS MATERIALIZED (
-    SELECT tenant.tenant_id, a.aggregate_type, a.aggregate_id, a.expected, a.count, a.n::int4 AS n
+    SELECT tenant.tenant_id, a.aggregate_type, a.aggregate_id, a.expected, a.expected_version,
+           a.count, a.n::int4 AS n
     FROM tenant
-    CROSS JOIN UNNEST($2::text[], $3::text[], $4::text[], $5::int8[])
-        WITH ORDINALITY AS a(aggregate_type, aggregate_id, expected, count, n)
+    CROSS JOIN UNNEST($2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[])
+        WITH ORDINALITY AS a(aggregate_type, aggregate_id, expected, expected_version, count, n)
 ),
-created AS (
-    INSERT INTO streams (tenant_id, aggregate_type, aggregate_id, version)
-    SELECT a.tenant_id, a.aggregate_type, a.aggregate_id, a.count
-    FROM appends a
-    WHERE a.expected = 'none'
-    ORDER BY a.n
-    ON CONFLICT (tenant_id, aggregate_type, aggregate_id) DO NOTHING
-    RETURNING streams.aggregate_type, streams.aggregate_id, streams.version
-),
-upserted AS (
+stream AS (
     INSERT INTO streams AS s (tenant_id, aggregate_type, aggregate_id, version)
     SELECT a.tenant_id, a.aggregate_type, a.aggregate_id, a.count
     FROM appends a
-    WHERE a.expected = 'any'
+    WHERE a.expected IN ('none', 'any')
+       OR (SELECT true FROM streams x
+           WHERE x.tenant_id = a.tenant_id AND x.aggregate_type = a.aggregate_type
+             AND x.aggregate_id = a.aggregate_id)
     ORDER BY a.n
     ON CONFLICT (tenant_id, aggregate_type, aggregate_id)
     DO UPDATE SET version = s.version + EXCLUDED.version
+    WHERE (SELECT a.expected IN ('any', 'exists')
+                  OR (a.expected = 'exact' AND s.version = a.expected_version)
+           FROM appends a
+           WHERE a.aggregate_type = EXCLUDED.aggregate_type
+             AND a.aggregate_id = EXCLUDED.aggregate_id)
     RETURNING s.aggregate_type, s.aggregate_id, s.version
 ),
 moved AS MATERIALIZED (
-    SELECT a.n, c.version, a.count, a.tenant_id, a.aggregate_type, a.aggregate_id
-    FROM (SELECT * FROM created UNION ALL SELECT * FROM upserted) c
-    JOIN appends a
-      ON a.aggregate_type = c.aggregate_type AND a.aggregate_id = c.aggregate_id
+    SELECT a.n, m.version, a.count, a.tenant_id, a.aggregate_type, a.aggregate_id
+    FROM stream m
+    JOIN appends a ON a.aggregate_type = m.aggregate_type AND a.aggregate_id = m.aggregate_id
 ),
 inserted AS (
     INSERT INTO events (tenant_id, aggregate_type, aggregate_id, version, event_id, event_type,
@@ -205,8 +205,8 @@ inserted AS (
     SELECT mv.tenant_id, mv.aggregate_type, mv.aggregate_id, mv.version - mv.count + e.offset_in,
            e.event_id, e.event_type, e.schema_version, e.payload, e.metadata, e.correlation_id,
            e.causation_id
-    FROM UNNEST($6::int4[], $7::int8[], $8::uuid[], $9::text[], $10::int4[], $11::jsonb[],
-                $12::jsonb[], $13::uuid[], $14::uuid[])
+    FROM UNNEST($7::int4[], $8::int8[], $9::uuid[], $10::text[], $11::int4[], $12::jsonb[],
+                $13::jsonb[], $14::uuid[], $15::uuid[])
         WITH ORDINALITY AS e(append_of, offset_in, event_id, event_type, schema_version,
                              payload, metadata, correlation_id, causation_id, k)
     JOIN moved mv ON mv.n = e.append_of
@@ -230,13 +230,6 @@ LEFT JOIN written w ON w.n = a.n
 ORDER BY a.n
 "
 );
-
-/// Several appends to distinct streams in one transaction and round trip (group commit): one
-/// row per append, `n` numbering them from 1 (`eventsource_append_many`, `0005`).
-pub(crate) const APPEND_MANY: &str = r"
-SELECT n, version, transaction_id, first_position, last_position
-FROM eventsource_append_many($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-";
 
 /// Where the ids of a batch are stored, for telling an idempotent retry from a reused id.
 pub(crate) const STORED_IDS: &str = r"

@@ -111,9 +111,9 @@ pub(crate) fn expectation(expected: ExpectedVersion) -> (&'static str, i64) {
 ///
 /// `pooled`: the statement runs in its own autocommit transaction on a pooled connection and
 /// scopes it to the stream's tenant; a stored id then fails it with a unique violation (see
-/// [`sql::APPEND_POOLED`]; `NoStream` and `Any` take the plain statements
-/// [`sql::APPEND_CREATE`] and [`sql::APPEND_UPSERT`]). Otherwise it runs in the caller's transaction, under the caller's
-/// tenant, and stored ids come back as `None` without an error.
+/// [`sql::APPEND_BATCH`], and [`sql::APPEND_ONE`] for one event). Otherwise it runs in the
+/// caller's transaction, under the caller's tenant, and stored ids come back as `None` without
+/// an error.
 pub(crate) async fn try_append<'c, E: sqlx::PgExecutor<'c>>(
     executor: E,
     stream: &StreamId,
@@ -122,69 +122,38 @@ pub(crate) async fn try_append<'c, E: sqlx::PgExecutor<'c>>(
     pooled: bool,
 ) -> Result<Option<Appended>, sqlx::Error> {
     let (kind, version) = expectation(expected);
-    let row: AppendRow = if pooled && matches!(kind, "none" | "any") {
-        // Expectations that insert the streams row: one plain statement (see
-        // `sql::APPEND_CREATE`); one event as scalars.
-        let none = kind == "none";
-        let query = |sql| {
-            sqlx::query_as(sql)
-                .bind(stream.tenant().as_str())
-                .bind(stream.aggregate_type())
-                .bind(stream.aggregate_id())
-        };
-        if let [id] = columns.ids[..] {
-            query(if none {
-                sql::APPEND_CREATE_ONE
-            } else {
-                sql::APPEND_UPSERT_ONE
-            })
-            .bind(id)
+    let query = sqlx::query_as(match (pooled, &columns.ids[..]) {
+        (true, [_]) => sql::APPEND_ONE,
+        (true, _) => sql::APPEND_BATCH,
+        (false, _) => sql::APPEND,
+    })
+    .bind(stream.tenant().as_str())
+    .bind(stream.aggregate_type())
+    .bind(stream.aggregate_id())
+    .bind(kind)
+    .bind(version);
+    let query = match (pooled, &columns.ids[..]) {
+        // One event as scalars.
+        (true, [id]) => query
+            .bind(*id)
             .bind(&columns.types[0])
             .bind(columns.schema_versions[0])
             .bind(&columns.payloads[0])
             .bind(&columns.metadata[0])
             .bind(columns.correlation_ids[0])
-            .bind(columns.causation_ids[0])
-            .fetch_one(executor)
-            .await?
-        } else {
-            query(if none {
-                sql::APPEND_CREATE
-            } else {
-                sql::APPEND_UPSERT
-            })
+            .bind(columns.causation_ids[0]),
+        _ => query
             .bind(&columns.ids)
             .bind(&columns.types)
             .bind(&columns.schema_versions)
             .bind(&columns.payloads)
             .bind(&columns.metadata)
             .bind(&columns.correlation_ids)
-            .bind(&columns.causation_ids)
-            .fetch_one(executor)
-            .await?
-        }
-    } else {
-        let query = sqlx::query_as(if pooled {
-            sql::APPEND_POOLED
-        } else {
-            sql::APPEND
-        })
-        .bind(stream.tenant().as_str())
-        .bind(stream.aggregate_type())
-        .bind(stream.aggregate_id())
-        .bind(kind)
-        .bind(version)
-        .bind(&columns.ids)
-        .bind(&columns.types)
-        .bind(&columns.schema_versions)
-        .bind(&columns.payloads)
-        .bind(&columns.metadata)
-        .bind(&columns.correlation_ids)
-        .bind(&columns.causation_ids);
-        // In a caller's transaction: `$13` false, the caller's tenant applies.
-        let query = if pooled { query } else { query.bind(false) };
-        query.fetch_one(executor).await?
+            .bind(&columns.causation_ids),
     };
+    // In a caller's transaction: `$13` false, the caller's tenant applies.
+    let query = if pooled { query } else { query.bind(false) };
+    let row: AppendRow = query.fetch_one(executor).await?;
     let (Some(version), Some(transaction), Some(first), Some(last)) = (
         row.version,
         row.transaction_id,

@@ -376,3 +376,95 @@ async fn group_commit_handles_a_mixed_wave_like_single_appends() {
     assert_eq!(per_tenant(&first).await, 2 + 4 * 2 + 4);
     assert_eq!(per_tenant(&second).await, 4 * 2 + 4 + 2);
 }
+
+/// One concurrent wave of one tenant's appends (the usual group, one plain statement) with
+/// every expectation right and wrong: each append must get exactly the outcome it would get
+/// alone, and a rejected one must write nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_of_one_tenant_keeps_every_expectation() {
+    let Some(pool) = support::pool_with(8).await else {
+        return;
+    };
+    let store = PgEventStore::new(pool.clone()).with_group_commit(2, 128);
+    let tenant = support::tenant("one-tenant-wave");
+    let stream = |name: String| StreamId::new(tenant.clone(), "w", name);
+    for i in 0..5u64 {
+        store
+            .append(
+                &stream(format!("existing-{i}")),
+                ExpectedVersion::NoStream,
+                vec![event(i)],
+            )
+            .await
+            .unwrap();
+    }
+
+    let mut plans: Vec<(StreamId, ExpectedVersion, usize, Want)> = Vec::new();
+    for i in 0..5u64 {
+        let existing = stream(format!("existing-{i}"));
+        let missing = stream(format!("missing-{i}"));
+        let (exact, stale) = (Version::new(1), Version::new(7));
+        // One append per stream: a second would wait for the next group.
+        let (target, expected, want) = match i {
+            0 => (existing, ExpectedVersion::Exact(exact), Want::Version(3)),
+            1 => (existing, ExpectedVersion::Exact(stale), Want::Conflict(1)),
+            2 => (existing, ExpectedVersion::StreamExists, Want::Version(3)),
+            3 => (existing, ExpectedVersion::NoStream, Want::Conflict(1)),
+            _ => (existing, ExpectedVersion::Any, Want::Version(3)),
+        };
+        plans.push((target, expected, 2, want));
+        let (expected, want) = match i {
+            0 => (ExpectedVersion::Exact(Version::new(1)), Want::Conflict(0)),
+            1 => (ExpectedVersion::StreamExists, Want::Conflict(0)),
+            2 => (ExpectedVersion::NoStream, Want::Version(1)),
+            3 => (ExpectedVersion::Exact(Version::ZERO), Want::Version(1)),
+            _ => (ExpectedVersion::Any, Want::Version(1)),
+        };
+        plans.push((missing, expected, 1, want));
+    }
+    for i in 0..12u64 {
+        plans.push((
+            stream(format!("new-{i}")),
+            ExpectedVersion::NoStream,
+            1,
+            Want::Version(1),
+        ));
+    }
+    let tasks: Vec<_> = plans
+        .into_iter()
+        .map(|(stream, expected, n, want)| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let events = (0..n).map(|k| event(k as u64)).collect();
+                let outcome = store.append(&stream, expected, events).await;
+                (stream, want, outcome)
+            })
+        })
+        .collect();
+    let mut written = 0;
+    for task in tasks {
+        let (stream, want, outcome) = task.await.unwrap();
+        let stored = count(&pool, &stream).await;
+        match (&want, &outcome) {
+            (Want::Version(v), Ok(appended)) => {
+                assert_eq!(appended.version.get(), *v, "{stream}");
+                assert_eq!(
+                    u64::try_from(stored).unwrap(),
+                    *v,
+                    "{stream}: dense versions"
+                );
+                written += 1;
+            }
+            (Want::Conflict(v), Err(StoreError::Conflict { actual, .. })) => {
+                assert_eq!(actual.get(), *v, "{stream}");
+                assert_eq!(
+                    u64::try_from(stored).unwrap(),
+                    *v,
+                    "{stream}: nothing written"
+                );
+            }
+            _ => panic!("{stream}: wanted {want:?}, got {outcome:?}"),
+        }
+    }
+    assert_eq!(written, 3 + 3 + 12);
+}

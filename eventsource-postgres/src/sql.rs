@@ -51,8 +51,11 @@ WITH tenant AS MATERIALIZED (
 /// `any`, `exists`, `exact`), `$5` the expected version (`exact`), `count` its events. One
 /// guarded insert serves every expectation:
 /// - a row is offered for `none` and `any`, and for `exists` and `exact` only when the stream
-///   exists (so the insert can only meet its row). The existence check is a scalar subquery of
-///   the `tenant` row (correlated on purpose: uncorrelated, it would run before `tenant`);
+///   exists (so the insert can only meet its row). The existence check runs per row of
+///   `tenant`, so after it, and through `eventsource_stream_version` (migration 0001): a plain
+///   subquery here would be planned once per connection, as a sequential scan while `streams`
+///   is small, and stay one until the next `ANALYZE` however large the table grows; the
+///   function's lookup is pinned to the index;
 /// - on the existing row, `DO UPDATE` moves the version on for `any` and `exists`, and for
 ///   `exact` only at the expected version; `none` updates nothing. The row is locked and
 ///   re-checked at its latest version, as an `UPDATE` would.
@@ -71,9 +74,7 @@ stream AS (
             r"
     FROM tenant
     WHERE $4 IN ('none', 'any')
-       OR (SELECT true FROM streams x
-           WHERE x.tenant_id = tenant.tenant_id AND x.aggregate_type = $2
-             AND x.aggregate_id = $3)
+       OR eventsource_stream_version(tenant.tenant_id, $2, $3) IS NOT NULL
     ON CONFLICT (tenant_id, aggregate_type, aggregate_id)
     DO UPDATE SET version = s.version + EXCLUDED.version
     WHERE $4 IN ('any', 'exists') OR ($4 = 'exact' AND s.version = $5)
@@ -181,9 +182,7 @@ stream AS (
     SELECT a.tenant_id, a.aggregate_type, a.aggregate_id, a.count
     FROM appends a
     WHERE a.expected IN ('none', 'any')
-       OR (SELECT true FROM streams x
-           WHERE x.tenant_id = a.tenant_id AND x.aggregate_type = a.aggregate_type
-             AND x.aggregate_id = a.aggregate_id)
+       OR eventsource_stream_version(a.tenant_id, a.aggregate_type, a.aggregate_id) IS NOT NULL
     ORDER BY a.n
     ON CONFLICT (tenant_id, aggregate_type, aggregate_id)
     DO UPDATE SET version = s.version + EXCLUDED.version

@@ -30,9 +30,9 @@ use crate::tenant::begin_tenant;
 /// the tenancy set-up. Cloning is cheap: clones share the pool and the append notifier.
 ///
 /// Every tenant-scoped operation sets `eventsource.tenant` for its own transaction, in the same
-/// round trip as its work (appends and the reads of an aggregate load are single autocommit
-/// calls of the schema's functions; other reads send `BEGIN` and the setting together), so the
-/// store works for a role subject to row level security.
+/// round trip as its work (appends are single autocommit statements that set it first, the
+/// reads of an aggregate load single calls of the schema's functions; other reads send `BEGIN`
+/// and the setting together), so the store works for a role subject to row level security.
 /// [`EventStore::read_all`] with [`LogFilter::all()`] reads every tenant and needs a role that
 /// bypasses row level security (the relay or rebuild role).
 #[derive(Debug, Clone)]
@@ -299,7 +299,7 @@ impl PgEventStore {
     /// one transaction and one round trip, up to `max_events` events together, through at
     /// most `lanes` connections at a time. Under load this raises the throughput of small
     /// appends (the usual one or two events of a command) and of batches alike: one commit,
-    /// one WAL flush, one function call for many appends. Alone, an append runs at once
+    /// one WAL flush, one statement for many appends. Alone, an append runs at once
     /// through the single-append statement, so an idle store adds no latency. Appends of more
     /// than a quarter of `max_events` events are not grouped: they amortise their commit
     /// already. No task is spawned.

@@ -4,13 +4,15 @@ use chrono::{DateTime, Utc};
 use eventsource_core::{
     EventId, LogPosition, Metadata, RecordedEvent, StoreError, StreamId, TenantId, Version,
 };
+use sqlx::postgres::PgRow;
 use sqlx::types::Json;
+use sqlx::{FromRow, Row as _};
 use uuid::Uuid;
 
 use crate::xid::Xid8;
 
-/// One row of the `events` table.
-#[derive(Debug, sqlx::FromRow)]
+/// One row of the `events` table, its columns in the order of `sql::event_columns!`.
+#[derive(Debug)]
 pub(crate) struct EventRow {
     event_id: Uuid,
     tenant_id: String,
@@ -25,6 +27,44 @@ pub(crate) struct EventRow {
     // Decoded straight from the JSONB bytes, without an intermediate `Value`.
     metadata: Json<Metadata>,
     payload: serde_json::Value,
+}
+
+// Rows are read by column position, not by name (a name is a lookup per column and row, on the
+// path of every stream read and log page). The statements list their columns through the `sql`
+// macros these impls follow.
+impl<'r> FromRow<'r, PgRow> for EventRow {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            event_id: row.try_get(0)?,
+            tenant_id: row.try_get(1)?,
+            aggregate_type: row.try_get(2)?,
+            aggregate_id: row.try_get(3)?,
+            version: row.try_get(4)?,
+            transaction_id: row.try_get(5)?,
+            global_position: row.try_get(6)?,
+            event_type: row.try_get(7)?,
+            schema_version: row.try_get(8)?,
+            recorded_at: row.try_get(9)?,
+            metadata: row.try_get(10)?,
+            payload: row.try_get(11)?,
+        })
+    }
+}
+
+impl<'r> FromRow<'r, PgRow> for StreamEventRow {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            event_id: row.try_get(0)?,
+            version: row.try_get(1)?,
+            transaction_id: row.try_get(2)?,
+            global_position: row.try_get(3)?,
+            event_type: row.try_get(4)?,
+            schema_version: row.try_get(5)?,
+            recorded_at: row.try_get(6)?,
+            metadata: row.try_get(7)?,
+            payload: row.try_get(8)?,
+        })
+    }
 }
 
 impl TryFrom<EventRow> for RecordedEvent {
@@ -51,8 +91,9 @@ impl TryFrom<EventRow> for RecordedEvent {
     }
 }
 
-/// An event row read from a known stream: the stream columns are not fetched again.
-#[derive(Debug, sqlx::FromRow)]
+/// An event row read from a known stream: the stream columns are not fetched again. Its
+/// columns in the order of `sql::stream_event_columns!`.
+#[derive(Debug)]
 pub(crate) struct StreamEventRow {
     event_id: Uuid,
     version: i64,

@@ -153,13 +153,14 @@ async fn a_cross_tenant_insert_is_rejected() {
     assert_eq!(b_rows, 0);
 }
 
-/// Group commit under row level security: each statement of a group scopes itself to the
+/// Appends under row level security, grouped and alone: each statement scopes itself to the
 /// tenant before it writes. Waves of concurrent appends make groups of one tenant (stream-
 /// creating expectations `NoStream` and `Any` there take one plain statement) and of two
 /// tenants, and groups of `Exact` appends (the PL/pgSQL function); every append must land, in
-/// its own tenant, with dense versions, and a second `NoStream` must conflict.
+/// its own tenant, with dense versions, and a second `NoStream` must conflict. Then every
+/// expectation once more without group commit, and a stale `Exact`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn group_commits_under_row_level_security_keep_tenants_apart() {
+async fn appends_under_row_level_security_keep_tenants_apart() {
     let Some(admin) = support::pool().await else {
         return;
     };
@@ -213,6 +214,34 @@ async fn group_commits_under_row_level_security_keep_tenants_apart() {
         );
     }
 
+    // And every expectation alone (no group commit), under the same role.
+    let alone = store.clone().without_group_commit();
+    let single = StreamId::new(b.clone(), "account", "alone");
+    for (expected, version) in [
+        (ExpectedVersion::NoStream, 1),
+        (ExpectedVersion::Exact(Version::new(1)), 2),
+        (ExpectedVersion::StreamExists, 3),
+        (ExpectedVersion::Any, 4),
+    ] {
+        let appended = alone.append(&single, expected, vec![event(version)]).await;
+        assert_eq!(
+            appended.unwrap().version,
+            Version::new(version),
+            "{expected:?}"
+        );
+    }
+    let stale = alone
+        .append(
+            &single,
+            ExpectedVersion::Exact(Version::new(1)),
+            vec![event(9)],
+        )
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::Conflict { .. })),
+        "{stale:?}"
+    );
+
     for stream in &every {
         let read = store
             .read_stream(stream, VersionRange::all())
@@ -222,12 +251,12 @@ async fn group_commits_under_row_level_security_keep_tenants_apart() {
         assert_eq!(versions, [1, 2, 3], "{stream}");
         assert!(read.iter().all(|e| e.tenant() == stream.tenant()));
     }
-    for (tenant, streams) in [(&a, 18_i64), (&b, 6)] {
+    for (tenant, events) in [(&a, 18 * 3_i64), (&b, 6 * 3 + 4)] {
         let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE tenant_id = $1")
             .bind(tenant.as_str())
             .fetch_one(&admin)
             .await
             .unwrap();
-        assert_eq!(rows, streams * 3, "{tenant}");
+        assert_eq!(rows, events, "{tenant}");
     }
 }

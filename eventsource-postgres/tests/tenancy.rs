@@ -154,11 +154,11 @@ async fn a_cross_tenant_insert_is_rejected() {
 }
 
 /// Appends under row level security, grouped and alone: each statement scopes itself to the
-/// tenant before it writes. Waves of concurrent appends make groups of one tenant (stream-
-/// creating expectations `NoStream` and `Any` there take one plain statement) and of two
-/// tenants, and groups of `Exact` appends (the PL/pgSQL function); every append must land, in
-/// its own tenant, with dense versions, and a second `NoStream` must conflict. Then every
-/// expectation once more without group commit, and a stale `Exact`.
+/// tenant before it reads or writes a tenant's row. Waves of concurrent appends make groups of
+/// one tenant (one plain statement) and of two (the PL/pgSQL function that scopes each tenant in
+/// turn), with `NoStream`, `Exact` and `Any`; every append must land, in its own tenant, with
+/// dense versions, and a second `NoStream` must conflict. Then every expectation once more
+/// without group commit, and a stale `Exact`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_under_row_level_security_keep_tenants_apart() {
     let Some(admin) = support::pool().await else {

@@ -1,11 +1,18 @@
 //! The eventsource quickstart: a bank account on the embedded in-memory store.
 //!
 //! Shows the derives, commands, a rejected command, two concurrent writers where one hits a
-//! version conflict that the repository's retry resolves, and reading a stream and the global
+//! version conflict that the repository's retry resolves, and reading a stream and the tenant's
 //! log back. Needs no services:
 //!
 //! ```sh
 //! cargo run -p bank-account
+//! ```
+//!
+//! With `DATABASE_URL` set, the same story runs on PostgreSQL (`PgEventStore`; the migrations
+//! run first), in a tenant of its own per run so that runs do not meet:
+//!
+//! ```sh
+//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo run -p bank-account
 //! ```
 #![allow(clippy::print_stdout)] // printing the story is the point of this program
 
@@ -107,8 +114,27 @@ fn money(cents: u64) -> String {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let store = Interleaving::new(InMemoryEventStore::new());
-    let accounts = Repository::<Account, _>::new(store.clone());
+    let Ok(url) = std::env::var("DATABASE_URL") else {
+        println!("store: in memory (set DATABASE_URL to run on PostgreSQL)");
+        return story(InMemoryEventStore::new(), TenantId::default()).await;
+    };
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await?;
+    eventsource_postgres::MIGRATOR.run(&pool).await?;
+    let tenant = TenantId::new(format!("bank-{}", uuid::Uuid::now_v7().simple()));
+    println!("store: PostgreSQL, tenant {tenant}");
+    story(eventsource_postgres::PgEventStore::new(pool), tenant).await
+}
+
+/// The example itself, on any store.
+async fn story<S>(inner: S, tenant: TenantId) -> Result<(), Box<dyn std::error::Error>>
+where
+    S: EventStore + Clone + Send + Sync + 'static,
+{
+    let store = Interleaving::new(inner);
+    let accounts = Repository::<Account, _>::new(store.clone()).with_tenant(tenant.clone());
     let ctx = CommandContext::new()
         .with_actor("teller-7")
         .with_source("bank-account example");
@@ -195,12 +221,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .await?;
     let log = store
-        .read_all(LogPosition::START, 100, &LogFilter::all())
+        .read_all(LogPosition::START, 100, &LogFilter::tenant(tenant))
         .await?;
     let streams: std::collections::BTreeSet<String> =
         log.iter().map(|e| e.stream.to_string()).collect();
     println!(
-        "global log: {} events across {} streams, last position {}",
+        "the tenant's log: {} events across {} streams, last position {}",
         log.len(),
         streams.len(),
         log.last().map_or(LogPosition::START, |e| e.position)
@@ -219,19 +245,19 @@ type Hook = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 /// A store wrapper that runs a competing writer just before the next append, so the example
 /// provokes a conflict deterministically instead of hoping two tasks collide.
 #[derive(Clone)]
-struct Interleaving {
-    inner: InMemoryEventStore,
+struct Interleaving<S> {
+    inner: S,
     hook: Arc<Mutex<Option<Hook>>>,
 }
 
-impl std::fmt::Debug for Interleaving {
+impl<S> std::fmt::Debug for Interleaving<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Interleaving").finish_non_exhaustive()
     }
 }
 
-impl Interleaving {
-    fn new(inner: InMemoryEventStore) -> Self {
+impl<S> Interleaving<S> {
+    fn new(inner: S) -> Self {
         Self {
             inner,
             hook: Arc::new(Mutex::new(None)),
@@ -245,7 +271,7 @@ impl Interleaving {
     }
 }
 
-impl EventStore for Interleaving {
+impl<S: EventStore> EventStore for Interleaving<S> {
     async fn append(
         &self,
         stream: &StreamId,

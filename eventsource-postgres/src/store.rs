@@ -122,34 +122,37 @@ pub(crate) async fn try_append<'c, E: sqlx::PgExecutor<'c>>(
     pooled: bool,
 ) -> Result<Option<Appended>, sqlx::Error> {
     let (kind, version) = expectation(expected);
-    let query = sqlx::query_as(match (pooled, &columns.ids[..]) {
-        (true, [_]) => sql::APPEND_ONE,
-        (true, _) => sql::APPEND_BATCH,
+    // One event in the store's own transaction: its columns as scalars.
+    let single = pooled && columns.ids.len() == 1;
+    let statement = match (pooled, single) {
         (false, _) => sql::APPEND,
-    })
-    .bind(stream.tenant().as_str())
-    .bind(stream.aggregate_type())
-    .bind(stream.aggregate_id())
-    .bind(kind)
-    .bind(version);
-    let query = match (pooled, &columns.ids[..]) {
-        // One event as scalars.
-        (true, [id]) => query
-            .bind(*id)
+        (true, true) => sql::APPEND_ONE,
+        (true, false) => sql::APPEND_BATCH,
+    };
+    let query = sqlx::query_as(statement)
+        .bind(stream.tenant().as_str())
+        .bind(stream.aggregate_type())
+        .bind(stream.aggregate_id())
+        .bind(kind)
+        .bind(version);
+    let query = if single {
+        query
+            .bind(columns.ids[0])
             .bind(&columns.types[0])
             .bind(columns.schema_versions[0])
             .bind(&columns.payloads[0])
             .bind(&columns.metadata[0])
             .bind(columns.correlation_ids[0])
-            .bind(columns.causation_ids[0]),
-        _ => query
+            .bind(columns.causation_ids[0])
+    } else {
+        query
             .bind(&columns.ids)
             .bind(&columns.types)
             .bind(&columns.schema_versions)
             .bind(&columns.payloads)
             .bind(&columns.metadata)
             .bind(&columns.correlation_ids)
-            .bind(&columns.causation_ids),
+            .bind(&columns.causation_ids)
     };
     // In a caller's transaction: `$13` false, the caller's tenant applies.
     let query = if pooled { query } else { query.bind(false) };

@@ -1,9 +1,10 @@
 //! Group commit: concurrent appends through the pool share one transaction and one round trip.
 //!
-//! No task is spawned. Each append queues its request and then waits for either its answer or a
-//! free commit lane; whoever takes a lane runs a share of the queue as one call of
-//! `eventsource_append_many` and answers each request. The group grows with the load: alone,
-//! an append runs by itself at once.
+//! No task runs the groups. Each append queues its request and then waits for either its answer
+//! or a free commit lane; whoever takes a lane runs a share of the queue as one statement on the
+//! lane's connection and answers each request. The group grows with the load: alone, an append
+//! runs by itself at once. A lane keeps its connection between groups (`kept.rs`: sqlx would
+//! otherwise test it with one more round trip each time it goes back to the pool).
 //!
 //! Lanes open with the backlog. While a group is in flight, another lane starts only when at
 //! least a sixteenth of `max_events` events wait (a larger backlog is then shared out between
@@ -25,6 +26,7 @@ use eventsource_core::{Appended, ExpectedVersion, StreamId};
 use sqlx::PgPool;
 use tokio::sync::{Notify, Semaphore, oneshot};
 
+use crate::kept::Kept;
 use crate::row::{GroupRow, position_from_db, version_from_db};
 use crate::sql;
 use crate::store::{Columns, expectation, try_append};
@@ -57,6 +59,8 @@ pub(crate) struct GroupCommit {
     max_events: usize,
     /// Queued events at which a second group may start while one is in flight.
     spill: usize,
+    /// The lanes' connections, kept between groups.
+    kept: Kept,
 }
 
 #[derive(Debug, Default)]
@@ -97,6 +101,7 @@ impl GroupCommit {
             changed: Notify::new(),
             max_events,
             spill: (max_events / 16).max(1),
+            kept: Kept::new(lanes.max(1)),
         }
     }
 
@@ -157,7 +162,7 @@ impl GroupCommit {
                             () = changed => continue,
                         }
                     };
-                    run(pool, batch).await;
+                    run(pool, &self.kept, batch).await;
                     drop(in_flight);
                     drop(lane);
                 }
@@ -226,13 +231,17 @@ impl GroupCommit {
     }
 }
 
-/// Runs one batch and answers each request; on failure, drops every reply (retry alone).
-async fn run(pool: &PgPool, mut batch: Vec<Request>) {
+/// Runs one batch on a lane's connection and answers each request; on failure, drops every
+/// reply (retry alone).
+async fn run(pool: &PgPool, kept: &Kept, mut batch: Vec<Request>) {
+    let Ok(mut lent) = kept.take(pool).await else {
+        return;
+    };
     if batch.len() == 1 {
         // Alone: the plain append statement, without the group's arrays.
         let request = batch.pop().expect("one request");
         let outcome = try_append(
-            pool,
+            &mut *lent.conn,
             &request.stream,
             request.expected,
             &request.columns,
@@ -240,6 +249,7 @@ async fn run(pool: &PgPool, mut batch: Vec<Request>) {
         )
         .await;
         if let Ok(answer) = outcome {
+            kept.keep(pool, lent);
             let _ = request.reply.send(answer);
         }
         return;
@@ -291,10 +301,13 @@ async fn run(pool: &PgPool, mut batch: Vec<Request>) {
         .bind(&events.metadata)
         .bind(&events.correlation_ids)
         .bind(&events.causation_ids)
-        .fetch_all(pool)
+        .fetch_all(&mut *lent.conn)
         .await;
     let rows = match rows {
-        Ok(rows) => rows,
+        Ok(rows) => {
+            kept.keep(pool, lent);
+            rows
+        }
         Err(e) => {
             tracing::debug!(error = %e, appends = size, "group commit failed; appending alone");
             return;

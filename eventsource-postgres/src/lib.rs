@@ -5,6 +5,7 @@ mod checkpoint;
 pub mod diagnostics;
 mod error;
 mod group;
+mod kept;
 mod row;
 mod snapshot;
 mod sql;

@@ -7,7 +7,7 @@
 //! otherwise test it with one more round trip each time it goes back to the pool).
 //!
 //! Lanes open with the backlog. While a group is in flight, another lane starts only when at
-//! least a sixteenth of `max_events` events wait (a larger backlog is then shared out between
+//! least a thirty-second of `max_events` events wait (a larger backlog is then shared out between
 //! the free lanes): a group commit pays one WAL flush for all its appends, so small appends are
 //! best served by few, full groups, while large backlogs need the server's other cores and
 //! gain from overlapping one group's flush with the next group's work.
@@ -100,7 +100,7 @@ impl GroupCommit {
             last_group: AtomicUsize::new(1),
             changed: Notify::new(),
             max_events,
-            spill: (max_events / 16).max(1),
+            spill: (max_events / 32).max(1),
             kept: Kept::new(lanes.max(1)),
         }
     }
@@ -162,9 +162,27 @@ impl GroupCommit {
                             () = changed => continue,
                         }
                     };
-                    run(pool, &self.kept, batch).await;
+                    let answers = run(pool, &self.kept, &batch).await;
+                    let mut own = None;
+                    for (request, outcome) in batch.into_iter().zip(answers) {
+                        if Arc::ptr_eq(&request.columns, columns) {
+                            own = Some((request.reply, outcome));
+                        } else if let Some(outcome) = outcome {
+                            let _ = request.reply.send(outcome);
+                        }
+                        // An append without an answer is retried alone by its caller.
+                    }
                     drop(in_flight);
                     drop(lane);
+                    if let Some((reply, outcome)) = own {
+                        // This task's own answer, taken here rather than sent to itself: a
+                        // task that wakes itself while it runs is put back in the run queue
+                        // and another worker thread is woken for it. The receiver goes first,
+                        // so dropping the sender wakes no one either.
+                        drop(answer);
+                        drop(reply);
+                        return outcome.ok_or(());
+                    }
                 }
             }
         }
@@ -231,15 +249,15 @@ impl GroupCommit {
     }
 }
 
-/// Runs one batch on a lane's connection and answers each request; on failure, drops every
-/// reply (retry alone).
-async fn run(pool: &PgPool, kept: &Kept, mut batch: Vec<Request>) {
+/// Runs one batch on a lane's connection; returns each request's answer (`Some(None)` when it
+/// was rejected), `None` for those to retry alone: every one when the statement failed.
+async fn run(pool: &PgPool, kept: &Kept, batch: &[Request]) -> Vec<Option<Option<Appended>>> {
+    let mut answers: Vec<Option<Option<Appended>>> = vec![None; batch.len()];
     let Ok(mut lent) = kept.take(pool).await else {
-        return;
+        return answers;
     };
-    if batch.len() == 1 {
+    if let [request] = batch {
         // Alone: the plain append statement, without the group's arrays.
-        let request = batch.pop().expect("one request");
         let outcome = try_append(
             &mut *lent.conn,
             &request.stream,
@@ -250,9 +268,9 @@ async fn run(pool: &PgPool, kept: &Kept, mut batch: Vec<Request>) {
         .await;
         if let Ok(answer) = outcome {
             kept.keep(pool, lent);
-            let _ = request.reply.send(answer);
+            answers[0] = Some(answer);
         }
-        return;
+        return answers;
     }
     let mut tenants = Vec::with_capacity(batch.len());
     let mut types = Vec::with_capacity(batch.len());
@@ -264,7 +282,7 @@ async fn run(pool: &PgPool, kept: &Kept, mut batch: Vec<Request>) {
     let mut append_of: Vec<i32> = Vec::with_capacity(total);
     let mut offsets: Vec<i64> = Vec::with_capacity(total);
     let mut events = Columns::default();
-    for (n, request) in (1_i32..).zip(&batch) {
+    for (n, request) in (1_i32..).zip(batch) {
         let (kind, version) = expectation(request.expected);
         tenants.push(request.stream.tenant().as_str());
         types.push(request.stream.aggregate_type());
@@ -310,11 +328,10 @@ async fn run(pool: &PgPool, kept: &Kept, mut batch: Vec<Request>) {
         }
         Err(e) => {
             tracing::debug!(error = %e, appends = size, "group commit failed; appending alone");
-            return;
+            return answers;
         }
     };
     tracing::trace!(appends = size, "group committed");
-    let mut answers: Vec<Option<Option<Appended>>> = vec![None; size];
     for row in rows {
         let slot = usize::try_from(row.n)
             .ok()
@@ -324,12 +341,8 @@ async fn run(pool: &PgPool, kept: &Kept, mut batch: Vec<Request>) {
             *slot = Some(answer);
         }
     }
-    for (request, answer) in batch.into_iter().zip(answers) {
-        // A missing or undecodable row leaves the reply dropped: that append is retried alone.
-        if let Some(answer) = answer {
-            let _ = request.reply.send(answer);
-        }
-    }
+    // A missing or undecodable row leaves its append without an answer: it is retried alone.
+    answers
 }
 
 /// The answer a row carries: `Ok(None)` for a rejected append, `Err` for an undecodable row.
@@ -393,7 +406,7 @@ mod tests {
 
     #[test]
     fn a_second_lane_waits_for_a_backlog_worth_a_group() {
-        let group = GroupCommit::new(2, 64); // spill at 4 events
+        let group = GroupCommit::new(2, 128); // spill at 4 events
         let _a = queue(&group, "a", 1);
         let (_first, in_flight) = group.take_batch().expect("nothing in flight: take it");
         let _b = queue(&group, "b", 1);
@@ -411,7 +424,7 @@ mod tests {
 
     #[test]
     fn a_large_backlog_is_shared_between_the_free_lanes() {
-        let group = GroupCommit::new(2, 256); // spill at 16 events
+        let group = GroupCommit::new(2, 512); // spill at 16 events
         let _answers: Vec<_> = (0..8).map(|i| queue(&group, &format!("s{i}"), 5)).collect();
         // 40 events, this lane and one free lane: 20 each.
         let (batch, _in_flight) = group.take_batch().expect("a group");

@@ -3,8 +3,8 @@
 //! No task runs the groups. Each append queues its request and then waits for either its answer
 //! or a free commit lane; whoever takes a lane runs a share of the queue as one statement on the
 //! lane's connection and answers each request. The group grows with the load: alone, an append
-//! runs by itself at once. A lane keeps its connection between groups (`kept.rs`: sqlx would
-//! otherwise test it with one more round trip each time it goes back to the pool).
+//! runs by itself at once. A lane takes its connection from the store's kept ones (`kept.rs`:
+//! sqlx would otherwise test it with one more round trip each time it goes back to the pool).
 //!
 //! Lanes open with the backlog. While a group is in flight, another lane starts only when at
 //! least a thirty-second of `max_events` events wait (a larger backlog is then shared out between
@@ -59,8 +59,8 @@ pub(crate) struct GroupCommit {
     max_events: usize,
     /// Queued events at which a second group may start while one is in flight.
     spill: usize,
-    /// The lanes' connections, kept between groups.
-    kept: Kept,
+    /// The lanes' connections, kept between groups (shared with the store's other statements).
+    kept: Arc<Kept>,
 }
 
 #[derive(Debug, Default)]
@@ -90,7 +90,7 @@ impl Drop for InFlight<'_> {
 }
 
 impl GroupCommit {
-    pub(crate) fn new(lanes: usize, max_events: usize) -> Self {
+    pub(crate) fn new(lanes: usize, max_events: usize, kept: Arc<Kept>) -> Self {
         let max_events = max_events.max(1);
         Self {
             queue: Mutex::new(Queue::default()),
@@ -101,7 +101,7 @@ impl GroupCommit {
             changed: Notify::new(),
             max_events,
             spill: (max_events / 32).max(1),
-            kept: Kept::new(lanes.max(1)),
+            kept,
         }
     }
 
@@ -391,13 +391,17 @@ mod tests {
         answer
     }
 
+    fn group(lanes: usize, max_events: usize) -> GroupCommit {
+        GroupCommit::new(lanes, max_events, Arc::new(Kept::new(lanes)))
+    }
+
     fn sizes(batch: &[Request]) -> Vec<usize> {
         batch.iter().map(|r| r.columns.ids.len()).collect()
     }
 
     #[test]
     fn an_idle_lane_takes_the_whole_backlog_up_to_max_events() {
-        let group = GroupCommit::new(1, 8);
+        let group = group(1, 8);
         let _answers: Vec<_> = (0..5).map(|i| queue(&group, &format!("s{i}"), 2)).collect();
         let (batch, _in_flight) = group.take_batch().expect("a group");
         assert_eq!(sizes(&batch), [2, 2, 2, 2], "8 events at most");
@@ -406,7 +410,7 @@ mod tests {
 
     #[test]
     fn a_second_lane_waits_for_a_backlog_worth_a_group() {
-        let group = GroupCommit::new(2, 128); // spill at 4 events
+        let group = group(2, 128); // spill at 4 events
         let _a = queue(&group, "a", 1);
         let (_first, in_flight) = group.take_batch().expect("nothing in flight: take it");
         let _b = queue(&group, "b", 1);
@@ -424,7 +428,7 @@ mod tests {
 
     #[test]
     fn a_large_backlog_is_shared_between_the_free_lanes() {
-        let group = GroupCommit::new(2, 512); // spill at 16 events
+        let group = group(2, 512); // spill at 16 events
         let _answers: Vec<_> = (0..8).map(|i| queue(&group, &format!("s{i}"), 5)).collect();
         // 40 events, this lane and one free lane: 20 each.
         let (batch, _in_flight) = group.take_batch().expect("a group");
@@ -433,7 +437,7 @@ mod tests {
 
     #[test]
     fn a_second_append_to_a_stream_waits_for_the_next_group() {
-        let group = GroupCommit::new(1, 64);
+        let group = group(1, 64);
         let _a = queue(&group, "same", 1);
         let _b = queue(&group, "other", 1);
         let _c = queue(&group, "same", 1);
@@ -447,7 +451,7 @@ mod tests {
 
     #[test]
     fn withdrawn_requests_are_never_taken() {
-        let group = GroupCommit::new(1, 64);
+        let group = group(1, 64);
         drop(queue(&group, "gone", 3));
         let _kept = queue(&group, "kept", 1);
         let (batch, _in_flight) = group.take_batch().expect("a group");

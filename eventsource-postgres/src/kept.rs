@@ -1,11 +1,11 @@
-//! Connections that group commit keeps between its statements instead of giving them back to
-//! the pool.
+//! Connections the store keeps between its statements instead of giving them back to the pool.
 //!
 //! sqlx tests every connection given back to a pool with a round trip of its own (a `Sync` and
-//! its `ReadyForQuery`, in a task it spawns) before anyone can take the connection again. A
-//! commit lane runs one statement per group, so giving its connection back after each group
-//! doubled the lane's round trips and woke one more task and one more server process per
-//! group (ADR 0009 has the figures). So a lane keeps its connection, and gives it back to the
+//! its `ReadyForQuery`, in a task it spawns) before anyone can take the connection again. Most
+//! of the store's operations are one statement, so giving the connection back after each one
+//! doubled their round trips and woke one more task and one more server process each time (ADR
+//! 0009 has the figures). So the store (its commit lanes, its single appends, its reads) keeps
+//! the connection it used and takes it again for its next statement, and gives it back to the
 //! pool
 //! - when a statement on it failed: the pool's test then closes it if it is broken;
 //! - when it has not been used for [`IDLE`], so an idle store holds no connection, and as soon
@@ -14,8 +14,10 @@
 //! - once it has been out of the pool for [`MAX_KEPT`], so the pool's lifetime and health
 //!   rules still apply to it.
 //!
-//! At most `cap` connections are kept (one per lane), none when the pool could then serve no
-//! one else (`max_connections` not above `cap`), and none outside a Tokio runtime.
+//! At most `cap` connections are kept (the number of commit lanes), none unless the pool has at
+//! least twice as many (the rest of the application shares it), and none outside a Tokio
+//! runtime. A kept connection carries no state from one statement to the next: every statement
+//! of the store sets its tenant for its own transaction only.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -69,7 +71,7 @@ impl Drop for Shelf {
     }
 }
 
-/// The connections kept by one group commit.
+/// The connections kept by one store.
 #[derive(Debug)]
 pub(crate) struct Kept {
     shelf: Arc<Mutex<Shelf>>,
@@ -101,7 +103,7 @@ impl Kept {
         let keepable = !pool.is_closed()
             && lent.out_since.elapsed() < MAX_KEPT
             && usize::try_from(pool.options().get_max_connections()).unwrap_or(usize::MAX)
-                > self.cap;
+                >= 2 * self.cap;
         let runtime = tokio::runtime::Handle::try_current();
         let (Ok(runtime), true) = (runtime, keepable) else {
             return; // `lent` drops here, outside the lock: back to the pool.

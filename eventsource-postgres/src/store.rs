@@ -16,12 +16,13 @@ use crate::error::{
     EVENT_ID_KEY, STREAM_VERSION_KEY, is_unique_violation_of, out_of_range, store_error,
 };
 use crate::group::GroupCommit;
+use crate::kept::{Kept, Lent};
 use crate::row::{
     AppendRow, EventRow, StoredIdRow, StreamEventRow, position_from_db, version_from_db,
     version_to_db,
 };
 use crate::sql;
-use crate::tenant::begin_tenant;
+use crate::tenant::{begin_tenant, begin_tenant_on};
 
 /// An [`EventStore`] on PostgreSQL.
 ///
@@ -40,6 +41,8 @@ pub struct PgEventStore {
     pool: PgPool,
     notify: Arc<Notify>,
     group: Option<Arc<GroupCommit>>,
+    /// Connections kept out of the pool between statements (`kept.rs`), shared with the lanes.
+    kept: Arc<Kept>,
 }
 
 /// A batch as parallel arrays, the shape `UNNEST` takes.
@@ -285,19 +288,26 @@ impl PgEventStore {
     /// [`MIGRATOR`](crate::MIGRATOR) first.
     ///
     /// Configure the pool with `test_before_acquire(false)`: the default pings the server on
-    /// every acquire, one more round trip per operation. Group commit keeps up to one
-    /// connection per lane out of the pool between groups (see
-    /// [`with_group_commit`](Self::with_group_commit)); nothing is kept from a pool of no more
-    /// connections than lanes.
+    /// every acquire, one more round trip per operation.
+    ///
+    /// The store keeps the connections it used out of the pool between its statements, up to
+    /// one per commit lane (2 by default): sqlx tests every connection given back to its pool
+    /// with one more round trip. A kept connection goes back to the pool after a failed
+    /// statement, after 100 ms unused (a small task looks; so an idle store holds no connection
+    /// and [`PgPool::close`] is not kept waiting) and after 60 s out of the pool. Nothing is
+    /// kept unless the pool has at least twice as many connections.
     #[must_use]
     pub fn new(pool: PgPool) -> Self {
+        let kept = Arc::new(Kept::new(DEFAULT_COMMIT_LANES));
         Self {
             pool,
             notify: Arc::new(Notify::new()),
             group: Some(Arc::new(GroupCommit::new(
                 DEFAULT_COMMIT_LANES,
                 DEFAULT_GROUP_EVENTS,
+                kept.clone(),
             ))),
+            kept,
         }
     }
 
@@ -310,11 +320,8 @@ impl PgEventStore {
     /// than a quarter of `max_events` events are not grouped: they amortise their commit
     /// already.
     ///
-    /// A lane keeps its connection between groups instead of giving it back to the pool, which
-    /// would test it with one more round trip each time: a kept connection goes back after a
-    /// failed statement, after 100 ms unused (a small task looks; so an idle store holds no
-    /// connection and [`PgPool::close`] is not kept waiting), and after 60 s out of the pool.
-    /// At most `lanes` connections are kept, none when the pool has no more than `lanes`.
+    /// The store keeps up to `lanes` connections between its statements (see
+    /// [`new`](Self::new)).
     ///
     /// Every guarantee holds: a caller is answered only after the shared transaction
     /// committed, a conflicting append writes nothing and leaves the others alone, and the
@@ -325,7 +332,12 @@ impl PgEventStore {
     /// grouped.
     #[must_use]
     pub fn with_group_commit(mut self, lanes: usize, max_events: usize) -> Self {
-        self.group = Some(Arc::new(GroupCommit::new(lanes, max_events)));
+        self.kept = Arc::new(Kept::new(lanes.max(1)));
+        self.group = Some(Arc::new(GroupCommit::new(
+            lanes,
+            max_events,
+            self.kept.clone(),
+        )));
         self
     }
 
@@ -340,6 +352,13 @@ impl PgEventStore {
     #[must_use]
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// A connection for the store's next statement: a kept one or one from the pool. Give it
+    /// back with `self.kept.keep` after a success; dropped after a failure, it returns to the
+    /// pool, whose test closes it if the failure broke it.
+    async fn lend(&self) -> Result<Lent, StoreError> {
+        self.kept.take(&self.pool).await.map_err(store_error)
     }
 
     /// Appends inside the caller's transaction, so the append commits or rolls back with the
@@ -435,7 +454,14 @@ impl PgEventStore {
         columns: Columns,
     ) -> Result<Appended, StoreError> {
         // One round trip: autocommit, the statement scopes itself to the tenant.
-        match try_append(&self.pool, stream, expected, &columns, true).await {
+        let mut lent = self.lend().await?;
+        let outcome = try_append(&mut *lent.conn, stream, expected, &columns, true).await;
+        if outcome.is_ok() {
+            self.kept.keep(&self.pool, lent);
+        } else {
+            drop(lent); // Back to the pool, which closes it if the failure broke it.
+        }
+        match outcome {
             Ok(Some(appended)) => {
                 self.notify.notify_waiters();
                 Ok(appended)
@@ -497,28 +523,32 @@ impl EventStore for PgEventStore {
         range: VersionRange,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         // One round trip: autocommit, the function scopes itself to the tenant.
+        let mut lent = self.lend().await?;
         let rows: Vec<StreamEventRow> = sqlx::query_as(sql::READ_STREAM)
             .bind(stream.tenant().as_str())
             .bind(stream.aggregate_type())
             .bind(stream.aggregate_id())
             .bind(version_to_db(range.start()))
             .bind(version_to_db(range.end()))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *lent.conn)
             .await
             .map_err(store_error)?;
+        self.kept.keep(&self.pool, lent);
         tracing::trace!(events = rows.len(), "stream read");
         rows.into_iter().map(|row| row.into_event(stream)).collect()
     }
 
     #[tracing::instrument(name = "eventsource.stream_version", skip_all, fields(stream = %stream))]
     async fn stream_version(&self, stream: &StreamId) -> Result<Version, StoreError> {
+        let mut lent = self.lend().await?;
         let version: Option<i64> = sqlx::query_scalar(sql::STREAM_VERSION_SCOPED)
             .bind(stream.tenant().as_str())
             .bind(stream.aggregate_type())
             .bind(stream.aggregate_id())
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *lent.conn)
             .await
             .map_err(store_error)?;
+        self.kept.keep(&self.pool, lent);
         version.map_or(Ok(Version::ZERO), version_from_db)
     }
 
@@ -531,11 +561,12 @@ impl EventStore for PgEventStore {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let (transaction, position) = crate::row::position_to_db(after);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut lent = self.lend().await?;
         let rows: Vec<EventRow> = if let Some(tenant) = &filter.tenant {
-            let mut tx = begin_tenant(&self.pool, tenant)
+            let mut tx = begin_tenant_on(&mut lent.conn, tenant)
                 .await
                 .map_err(store_error)?;
-            sqlx::query_as(sql::READ_ALL_TENANT)
+            let rows = sqlx::query_as(sql::READ_ALL_TENANT)
                 .bind(transaction)
                 .bind(position)
                 .bind(filter.since)
@@ -543,17 +574,20 @@ impl EventStore for PgEventStore {
                 .bind(tenant.as_str())
                 .fetch_all(&mut *tx)
                 .await
-                .map_err(store_error)?
+                .map_err(store_error)?;
+            tx.commit().await.map_err(store_error)?;
+            rows
         } else {
             sqlx::query_as(sql::READ_ALL)
                 .bind(transaction)
                 .bind(position)
                 .bind(filter.since)
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *lent.conn)
                 .await
                 .map_err(store_error)?
         };
+        self.kept.keep(&self.pool, lent);
         tracing::trace!(events = rows.len(), "log batch read");
         to_events(rows)
     }
@@ -564,7 +598,8 @@ impl EventStore for PgEventStore {
         tenant: &TenantId,
         correlation_id: Uuid,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let mut tx = begin_tenant(&self.pool, tenant)
+        let mut lent = self.lend().await?;
+        let mut tx = begin_tenant_on(&mut lent.conn, tenant)
             .await
             .map_err(store_error)?;
         let rows: Vec<EventRow> = sqlx::query_as(sql::READ_BY_CORRELATION)
@@ -573,6 +608,8 @@ impl EventStore for PgEventStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        self.kept.keep(&self.pool, lent);
         to_events(rows)
     }
 
@@ -584,27 +621,31 @@ impl EventStore for PgEventStore {
     #[tracing::instrument(name = "eventsource.count_after", skip_all, fields(after = %after, tenant = ?filter.tenant))]
     async fn count_after(&self, after: LogPosition, filter: &LogFilter) -> Result<u64, StoreError> {
         let (transaction, position) = crate::row::position_to_db(after);
+        let mut lent = self.lend().await?;
         let count: i64 = if let Some(tenant) = &filter.tenant {
-            let mut tx = begin_tenant(&self.pool, tenant)
+            let mut tx = begin_tenant_on(&mut lent.conn, tenant)
                 .await
                 .map_err(store_error)?;
-            sqlx::query_scalar(sql::COUNT_AFTER_TENANT)
+            let count = sqlx::query_scalar(sql::COUNT_AFTER_TENANT)
                 .bind(transaction)
                 .bind(position)
                 .bind(filter.since)
                 .bind(tenant.as_str())
                 .fetch_one(&mut *tx)
                 .await
-                .map_err(store_error)?
+                .map_err(store_error)?;
+            tx.commit().await.map_err(store_error)?;
+            count
         } else {
             sqlx::query_scalar(sql::COUNT_AFTER)
                 .bind(transaction)
                 .bind(position)
                 .bind(filter.since)
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *lent.conn)
                 .await
                 .map_err(store_error)?
         };
+        self.kept.keep(&self.pool, lent);
         u64::try_from(count).map_err(|_| StoreError::Corrupt(format!("negative count {count}")))
     }
 }

@@ -31,6 +31,14 @@ pub async fn begin_tenant(
         .await
 }
 
+/// As [`begin_tenant`], on a connection the caller holds.
+pub(crate) async fn begin_tenant_on<'c>(
+    conn: &'c mut PgConnection,
+    tenant: &TenantId,
+) -> Result<Transaction<'c, Postgres>, sqlx::Error> {
+    sqlx::Connection::begin_with(conn, AssertSqlSafe(begin_statement(tenant))).await
+}
+
 /// Sets the tenant of the transaction already open on `conn` (one round trip).
 ///
 /// # Errors

@@ -4,11 +4,12 @@
 mod support;
 
 use eventsource_core::{
-    EventStore, ExpectedVersion, LogFilter, LogPosition, NewEvent, StoreError, StreamId, Version,
-    VersionRange,
+    EventStore, ExpectedVersion, LogFilter, LogPosition, NewEvent, StoreError, StreamId, TenantId,
+    Version, VersionRange,
 };
 use eventsource_postgres::{PgEventStore, begin_tenant};
 use serde_json::json;
+use sqlx::PgPool;
 
 fn event(n: u64) -> NewEvent {
     NewEvent::new("Numbered", 1, json!({ "n": n }))
@@ -19,8 +20,31 @@ async fn a_reused_pooled_connection_never_shows_another_tenants_rows() {
     let Some(admin) = support::pool().await else {
         return;
     };
-    // One connection: every operation below reuses it, whatever the tenant.
+    // One connection: every operation below reuses it through the pool, whatever the tenant.
     let app = support::app_role_pool(&admin).await;
+    let (a, b) = tenants_apart_through_the_store(&app).await;
+    a_forgotten_predicate_sees_one_tenant(&app, &a, &b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_connection_never_shows_another_tenants_rows() {
+    let Some(admin) = support::pool().await else {
+        return;
+    };
+    // Room for four: the store keeps the connection it used between statements instead of
+    // giving it back to the pool (ADR 0009), and reuses it, whatever the tenant.
+    let app = support::app_role_pool_with(&admin, 4).await;
+    let (a, b) = tenants_apart_through_the_store(&app).await;
+    assert_eq!(
+        app.size(),
+        1,
+        "every statement of the store ran on one connection"
+    );
+    a_forgotten_predicate_sees_one_tenant(&app, &a, &b).await;
+}
+
+/// Tenants A and B through one store, one operation at a time; returns them.
+async fn tenants_apart_through_the_store(app: &PgPool) -> (TenantId, TenantId) {
     let store = PgEventStore::new(app.clone());
     let (a, b) = (support::tenant("tenant-a"), support::tenant("tenant-b"));
     let stream_a = StreamId::new(a.clone(), "account", "same-id");
@@ -54,8 +78,16 @@ async fn a_reused_pooled_connection_never_shows_another_tenants_rows() {
         assert!(log_b.iter().all(|e| e.tenant() == &b));
     }
 
-    // Even a query that forgets the tenant predicate sees only the transaction's tenant.
-    let mut tx = begin_tenant(&app, &a).await.unwrap();
+    assert_eq!(
+        store.stream_version(&stream_b).await.unwrap(),
+        Version::new(1)
+    );
+    (a, b)
+}
+
+/// Even a query that forgets the tenant predicate sees only the transaction's tenant.
+async fn a_forgotten_predicate_sees_one_tenant(app: &PgPool, a: &TenantId, b: &TenantId) {
+    let mut tx = begin_tenant(app, a).await.unwrap();
     let tenants: Vec<String> = sqlx::query_scalar("SELECT DISTINCT tenant_id FROM events")
         .fetch_all(&mut *tx)
         .await

@@ -354,11 +354,16 @@ impl PgEventStore {
         &self.pool
     }
 
-    /// A connection for the store's next statement: a kept one or one from the pool. Give it
-    /// back with `self.kept.keep` after a success; dropped after a failure, it returns to the
-    /// pool, whose test closes it if the failure broke it.
+    /// A connection for the store's next statement: a kept one or one from the pool. Hand it to
+    /// [`keep`](Self::keep) after a success; dropped after a failure, it returns to the pool,
+    /// whose test closes it if the failure broke it.
     async fn lend(&self) -> Result<Lent, StoreError> {
         self.kept.take(&self.pool).await.map_err(store_error)
+    }
+
+    /// Keeps a connection after a successful statement (or gives it back to the pool).
+    fn keep(&self, lent: Lent) {
+        self.kept.keep(&self.pool, lent);
     }
 
     /// Appends inside the caller's transaction, so the append commits or rolls back with the
@@ -457,7 +462,7 @@ impl PgEventStore {
         let mut lent = self.lend().await?;
         let outcome = try_append(&mut *lent.conn, stream, expected, &columns, true).await;
         if outcome.is_ok() {
-            self.kept.keep(&self.pool, lent);
+            self.keep(lent);
         } else {
             drop(lent); // Back to the pool, which closes it if the failure broke it.
         }
@@ -533,7 +538,7 @@ impl EventStore for PgEventStore {
             .fetch_all(&mut *lent.conn)
             .await
             .map_err(store_error)?;
-        self.kept.keep(&self.pool, lent);
+        self.keep(lent);
         tracing::trace!(events = rows.len(), "stream read");
         rows.into_iter().map(|row| row.into_event(stream)).collect()
     }
@@ -548,7 +553,7 @@ impl EventStore for PgEventStore {
             .fetch_one(&mut *lent.conn)
             .await
             .map_err(store_error)?;
-        self.kept.keep(&self.pool, lent);
+        self.keep(lent);
         version.map_or(Ok(Version::ZERO), version_from_db)
     }
 
@@ -587,7 +592,7 @@ impl EventStore for PgEventStore {
                 .await
                 .map_err(store_error)?
         };
-        self.kept.keep(&self.pool, lent);
+        self.keep(lent);
         tracing::trace!(events = rows.len(), "log batch read");
         to_events(rows)
     }
@@ -609,7 +614,7 @@ impl EventStore for PgEventStore {
             .await
             .map_err(store_error)?;
         tx.commit().await.map_err(store_error)?;
-        self.kept.keep(&self.pool, lent);
+        self.keep(lent);
         to_events(rows)
     }
 
@@ -645,7 +650,7 @@ impl EventStore for PgEventStore {
                 .await
                 .map_err(store_error)?
         };
-        self.kept.keep(&self.pool, lent);
+        self.keep(lent);
         u64::try_from(count).map_err(|_| StoreError::Corrupt(format!("negative count {count}")))
     }
 }

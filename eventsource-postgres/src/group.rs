@@ -23,11 +23,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use eventsource_core::{Appended, ExpectedVersion, StreamId};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Notify, Semaphore, oneshot};
+use uuid::Uuid;
 
 use crate::kept::Kept;
-use crate::row::{GroupRow, position_from_db, version_from_db};
+use crate::row::{GroupEventRow, GroupRow, position_from_db, version_from_db};
 use crate::sql;
 use crate::store::{Columns, expectation, try_append};
 
@@ -249,10 +250,14 @@ impl GroupCommit {
     }
 }
 
+/// What a group says of one of its appends: `Some(Some(_))` written, `Some(None)` rejected,
+/// `None` unknown (its caller retries it alone).
+type Answer = Option<Option<Appended>>;
+
 /// Runs one batch on a lane's connection; returns each request's answer (`Some(None)` when it
 /// was rejected), `None` for those to retry alone: every one when the statement failed.
-async fn run(pool: &PgPool, kept: &Kept, batch: &[Request]) -> Vec<Option<Option<Appended>>> {
-    let mut answers: Vec<Option<Option<Appended>>> = vec![None; batch.len()];
+async fn run(pool: &PgPool, kept: &Kept, batch: &[Request]) -> Vec<Answer> {
+    let mut answers: Vec<Answer> = vec![None; batch.len()];
     let Ok(mut lent) = kept.take(pool).await else {
         return answers;
     };
@@ -272,66 +277,203 @@ async fn run(pool: &PgPool, kept: &Kept, batch: &[Request]) -> Vec<Option<Option
         }
         return answers;
     }
-    let mut tenants = Vec::with_capacity(batch.len());
-    let mut types = Vec::with_capacity(batch.len());
-    let mut ids = Vec::with_capacity(batch.len());
-    let mut kinds = Vec::with_capacity(batch.len());
-    let mut versions = Vec::with_capacity(batch.len());
-    let mut counts = Vec::with_capacity(batch.len());
-    let total = batch.iter().map(|r| r.columns.ids.len()).sum();
-    let mut append_of: Vec<i32> = Vec::with_capacity(total);
-    let mut offsets: Vec<i64> = Vec::with_capacity(total);
-    let mut events = Columns::default();
-    for (n, request) in (1_i32..).zip(batch) {
-        let (kind, version) = expectation(request.expected);
-        tenants.push(request.stream.tenant().as_str());
-        types.push(request.stream.aggregate_type());
-        ids.push(request.stream.aggregate_id());
-        kinds.push(kind);
-        versions.push(version);
-        let count = request.columns.ids.len();
-        counts.push(i64::try_from(count).unwrap_or(i64::MAX));
-        append_of.extend(std::iter::repeat_n(n, count));
-        offsets.extend(1..=i64::try_from(count).unwrap_or(i64::MAX));
-        events.extend_from(&request.columns);
-    }
-    let size = batch.len();
+    let one_tenant = batch
+        .iter()
+        .all(|r| r.stream.tenant() == batch[0].stream.tenant());
     // One tenant (the usual group): the plain statement. Several: the function, which scopes
     // each tenant's share in turn.
-    let query = if tenants.iter().all(|t| *t == tenants[0]) {
-        sqlx::query_as(sql::APPEND_MANY_ONE_TENANT).bind(tenants[0])
+    let outcome = if one_tenant {
+        run_one_tenant(&mut lent.conn, batch).await
     } else {
-        sqlx::query_as(sql::APPEND_MANY).bind(&tenants)
+        run_tenants(&mut lent.conn, batch).await
     };
-    let query = query
-        .bind(&types)
-        .bind(&ids)
-        .bind(&kinds)
-        .bind(&versions)
-        .bind(&counts);
-    let rows: Result<Vec<GroupRow>, sqlx::Error> = query
-        .bind(&append_of)
-        .bind(&offsets)
-        .bind(&events.ids)
-        .bind(&events.types)
-        .bind(&events.schema_versions)
-        .bind(&events.payloads)
-        .bind(&events.metadata)
-        .bind(&events.correlation_ids)
-        .bind(&events.causation_ids)
-        .fetch_all(&mut *lent.conn)
-        .await;
-    let rows = match rows {
-        Ok(rows) => {
+    match outcome {
+        Ok(answered) => {
             kept.keep(pool, lent);
-            rows
+            tracing::trace!(appends = batch.len(), "group committed");
+            answers = answered;
         }
         Err(e) => {
-            tracing::debug!(error = %e, appends = size, "group commit failed; appending alone");
-            return answers;
+            tracing::debug!(error = %e, appends = batch.len(), "group commit failed; appending alone");
         }
-    };
-    tracing::trace!(appends = size, "group committed");
+    }
+    // A missing or undecodable answer leaves its append without one: it is retried alone.
+    answers
+}
+
+/// A group's appends and events as the parallel arrays the group statements take. Events are
+/// borrowed from the requests: no payload is copied.
+#[derive(Default)]
+struct Arrays<'a> {
+    tenants: Vec<&'a str>,
+    types: Vec<&'a str>,
+    ids: Vec<&'a str>,
+    kinds: Vec<&'static str>,
+    versions: Vec<i64>,
+    counts: Vec<i64>,
+    event_ids: Vec<Uuid>,
+    event_types: Vec<&'a str>,
+    schema_versions: Vec<i32>,
+    payloads: Vec<&'a serde_json::Value>,
+    metadata: Vec<&'a serde_json::Value>,
+    correlation_ids: Vec<Option<Uuid>>,
+    causation_ids: Vec<Option<Uuid>>,
+}
+
+impl<'a> Arrays<'a> {
+    fn new(batch: &'a [Request]) -> Self {
+        let mut arrays = Self::default();
+        for request in batch {
+            let (kind, version) = expectation(request.expected);
+            let columns = &request.columns;
+            arrays.tenants.push(request.stream.tenant().as_str());
+            arrays.types.push(request.stream.aggregate_type());
+            arrays.ids.push(request.stream.aggregate_id());
+            arrays.kinds.push(kind);
+            arrays.versions.push(version);
+            arrays.counts.push(count_to_db(columns.ids.len()));
+            arrays.event_ids.extend_from_slice(&columns.ids);
+            arrays
+                .event_types
+                .extend(columns.types.iter().map(String::as_str));
+            arrays
+                .schema_versions
+                .extend_from_slice(&columns.schema_versions);
+            arrays.payloads.extend(&columns.payloads);
+            arrays.metadata.extend(&columns.metadata);
+            arrays
+                .correlation_ids
+                .extend_from_slice(&columns.correlation_ids);
+            arrays
+                .causation_ids
+                .extend_from_slice(&columns.causation_ids);
+        }
+        arrays
+    }
+}
+
+fn count_to_db(count: usize) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+/// A group of one tenant's appends (`sql::APPEND_MANY_ONE_TENANT`): the rows of the events
+/// written, folded into each append's answer.
+async fn run_one_tenant(
+    conn: &mut PgConnection,
+    batch: &[Request],
+) -> Result<Vec<Answer>, sqlx::Error> {
+    let arrays = Arrays::new(batch);
+    let total = arrays.event_ids.len();
+    // Per event: its stream, and how far it stands below its append's last event.
+    let mut stream_types = Vec::with_capacity(total);
+    let mut stream_ids = Vec::with_capacity(total);
+    let mut below = Vec::with_capacity(total);
+    for request in batch {
+        let count = request.columns.ids.len();
+        stream_types.extend(std::iter::repeat_n(request.stream.aggregate_type(), count));
+        stream_ids.extend(std::iter::repeat_n(request.stream.aggregate_id(), count));
+        below.extend((0..count_to_db(count)).rev());
+    }
+    let rows: Vec<GroupEventRow> = sqlx::query_as(sql::APPEND_MANY_ONE_TENANT)
+        .bind(arrays.tenants[0])
+        .bind(&arrays.types)
+        .bind(&arrays.ids)
+        .bind(&arrays.kinds)
+        .bind(&arrays.versions)
+        .bind(&arrays.counts)
+        .bind(&stream_types)
+        .bind(&stream_ids)
+        .bind(&below)
+        .bind(&arrays.event_ids)
+        .bind(&arrays.event_types)
+        .bind(&arrays.schema_versions)
+        .bind(&arrays.payloads)
+        .bind(&arrays.metadata)
+        .bind(&arrays.correlation_ids)
+        .bind(&arrays.causation_ids)
+        .fetch_all(conn)
+        .await?;
+    Ok(fold(batch, &rows))
+}
+
+/// Each append's answer from the rows of the events a group wrote: `Some(None)` for an append
+/// with no rows (rejected), `None` for one whose rows do not add up (retried alone).
+fn fold(batch: &[Request], rows: &[GroupEventRow]) -> Vec<Answer> {
+    // Which append each event id belongs to, sorted for lookup.
+    let mut owners: Vec<(Uuid, usize)> = batch
+        .iter()
+        .enumerate()
+        .flat_map(|(i, r)| r.columns.ids.iter().map(move |id| (*id, i)))
+        .collect();
+    owners.sort_unstable();
+    // Per append: events seen, lowest and highest position, highest version, transaction.
+    let mut folds: Vec<(usize, i64, i64, i64, Option<&str>)> =
+        vec![(0, i64::MAX, i64::MIN, i64::MIN, None); batch.len()];
+    for row in rows {
+        let Ok(k) = owners.binary_search_by(|(id, _)| id.cmp(&row.event_id)) else {
+            continue;
+        };
+        let fold = &mut folds[owners[k].1];
+        fold.0 += 1;
+        fold.1 = fold.1.min(row.global_position);
+        fold.2 = fold.2.max(row.global_position);
+        fold.3 = fold.3.max(row.version);
+        fold.4 = Some(&row.transaction_id);
+    }
+    batch
+        .iter()
+        .zip(folds)
+        .map(
+            |(request, (seen, first, last, version, transaction))| match (seen, transaction) {
+                (0, _) => Some(None),
+                (n, Some(transaction)) if n == request.columns.ids.len() => {
+                    let appended = Appended::new(
+                        version_from_db(version).ok()?,
+                        position_from_db(transaction, first).ok()?,
+                        position_from_db(transaction, last).ok()?,
+                    );
+                    Some(Some(appended))
+                }
+                _ => None,
+            },
+        )
+        .collect()
+}
+
+/// A group of several tenants' appends (`eventsource_append_many`): one row per append.
+async fn run_tenants(
+    conn: &mut PgConnection,
+    batch: &[Request],
+) -> Result<Vec<Answer>, sqlx::Error> {
+    let arrays = Arrays::new(batch);
+    let total = arrays.event_ids.len();
+    // Per event: its append (numbered from 1) and its place in it (from 1).
+    let mut append_of: Vec<i32> = Vec::with_capacity(total);
+    let mut offsets: Vec<i64> = Vec::with_capacity(total);
+    for (n, request) in (1_i32..).zip(batch) {
+        let count = request.columns.ids.len();
+        append_of.extend(std::iter::repeat_n(n, count));
+        offsets.extend(1..=count_to_db(count));
+    }
+    let rows: Vec<GroupRow> = sqlx::query_as(sql::APPEND_MANY)
+        .bind(&arrays.tenants)
+        .bind(&arrays.types)
+        .bind(&arrays.ids)
+        .bind(&arrays.kinds)
+        .bind(&arrays.versions)
+        .bind(&arrays.counts)
+        .bind(&append_of)
+        .bind(&offsets)
+        .bind(&arrays.event_ids)
+        .bind(&arrays.event_types)
+        .bind(&arrays.schema_versions)
+        .bind(&arrays.payloads)
+        .bind(&arrays.metadata)
+        .bind(&arrays.correlation_ids)
+        .bind(&arrays.causation_ids)
+        .fetch_all(conn)
+        .await?;
+    let mut answers = vec![None; batch.len()];
     for row in rows {
         let slot = usize::try_from(row.n)
             .ok()
@@ -341,8 +483,7 @@ async fn run(pool: &PgPool, kept: &Kept, batch: &[Request]) -> Vec<Option<Option
             *slot = Some(answer);
         }
     }
-    // A missing or undecodable row leaves its append without an answer: it is retried alone.
-    answers
+    Ok(answers)
 }
 
 /// The answer a row carries: `Ok(None)` for a rejected append, `Err` for an undecodable row.

@@ -167,6 +167,26 @@ pub(crate) struct GroupRow {
     pub(crate) last_position: Option<i64>,
 }
 
+/// One event written by a one-tenant group (`sql::APPEND_MANY_ONE_TENANT`), read by position.
+#[derive(Debug)]
+pub(crate) struct GroupEventRow {
+    pub(crate) event_id: Uuid,
+    pub(crate) version: i64,
+    pub(crate) global_position: i64,
+    pub(crate) transaction_id: String,
+}
+
+impl<'r> FromRow<'r, PgRow> for GroupEventRow {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            event_id: row.try_get(0)?,
+            version: row.try_get(1)?,
+            global_position: row.try_get(2)?,
+            transaction_id: row.try_get(3)?,
+        })
+    }
+}
+
 /// One row of the `snapshots` table.
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct SnapshotRow {

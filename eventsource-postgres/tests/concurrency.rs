@@ -437,13 +437,13 @@ async fn group_commit_of_one_tenant_keeps_every_expectation() {
             tokio::spawn(async move {
                 let events = (0..n).map(|k| event(k as u64)).collect();
                 let outcome = store.append(&stream, expected, events).await;
-                (stream, want, outcome)
+                (stream, n, want, outcome)
             })
         })
         .collect();
     let mut written = 0;
     for task in tasks {
-        let (stream, want, outcome) = task.await.unwrap();
+        let (stream, n, want, outcome) = task.await.unwrap();
         let stored = count(&pool, &stream).await;
         match (&want, &outcome) {
             (Want::Version(v), Ok(appended)) => {
@@ -453,6 +453,14 @@ async fn group_commit_of_one_tenant_keeps_every_expectation() {
                     *v,
                     "{stream}: dense versions"
                 );
+                // The answer names exactly this append's events: its first and last position.
+                let events = store
+                    .read_stream(&stream, VersionRange::all())
+                    .await
+                    .unwrap();
+                let mine = &events[events.len() - n..];
+                assert_eq!(appended.first_position, mine[0].position, "{stream}");
+                assert_eq!(appended.last_position, mine[n - 1].position, "{stream}");
                 written += 1;
             }
             (Want::Conflict(v), Err(StoreError::Conflict { actual, .. })) => {

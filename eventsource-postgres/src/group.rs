@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use eventsource_core::{Appended, ExpectedVersion, StreamId};
+use sqlx::postgres::{PgArguments, Postgres};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Notify, Semaphore, oneshot};
 use uuid::Uuid;
@@ -352,6 +353,34 @@ impl<'a> Arrays<'a> {
     }
 }
 
+/// A group statement's query, its parameters bound so far.
+type GroupQuery<'q, O> = sqlx::query::QueryAs<'q, Postgres, O, PgArguments>;
+
+impl Arrays<'_> {
+    /// Binds the per-append arrays, after the tenant(s): type, id, expectation, expected
+    /// version, event count.
+    fn bind_appends<'q, O>(&'q self, query: GroupQuery<'q, O>) -> GroupQuery<'q, O> {
+        query
+            .bind(&self.types)
+            .bind(&self.ids)
+            .bind(&self.kinds)
+            .bind(&self.versions)
+            .bind(&self.counts)
+    }
+
+    /// Binds the event columns, the last parameters of both group statements.
+    fn bind_events<'q, O>(&'q self, query: GroupQuery<'q, O>) -> GroupQuery<'q, O> {
+        query
+            .bind(&self.event_ids)
+            .bind(&self.event_types)
+            .bind(&self.schema_versions)
+            .bind(&self.payloads)
+            .bind(&self.metadata)
+            .bind(&self.correlation_ids)
+            .bind(&self.causation_ids)
+    }
+}
+
 fn count_to_db(count: usize) -> i64 {
     i64::try_from(count).unwrap_or(i64::MAX)
 }
@@ -374,25 +403,10 @@ async fn run_one_tenant(
         stream_ids.extend(std::iter::repeat_n(request.stream.aggregate_id(), count));
         below.extend((0..count_to_db(count)).rev());
     }
-    let rows: Vec<GroupEventRow> = sqlx::query_as(sql::APPEND_MANY_ONE_TENANT)
-        .bind(arrays.tenants[0])
-        .bind(&arrays.types)
-        .bind(&arrays.ids)
-        .bind(&arrays.kinds)
-        .bind(&arrays.versions)
-        .bind(&arrays.counts)
-        .bind(&stream_types)
-        .bind(&stream_ids)
-        .bind(&below)
-        .bind(&arrays.event_ids)
-        .bind(&arrays.event_types)
-        .bind(&arrays.schema_versions)
-        .bind(&arrays.payloads)
-        .bind(&arrays.metadata)
-        .bind(&arrays.correlation_ids)
-        .bind(&arrays.causation_ids)
-        .fetch_all(conn)
-        .await?;
+    let query =
+        arrays.bind_appends(sqlx::query_as(sql::APPEND_MANY_ONE_TENANT).bind(arrays.tenants[0]));
+    let query = query.bind(&stream_types).bind(&stream_ids).bind(&below);
+    let rows: Vec<GroupEventRow> = arrays.bind_events(query).fetch_all(conn).await?;
     Ok(fold(batch, &rows))
 }
 
@@ -455,24 +469,9 @@ async fn run_tenants(
         append_of.extend(std::iter::repeat_n(n, count));
         offsets.extend(1..=count_to_db(count));
     }
-    let rows: Vec<GroupRow> = sqlx::query_as(sql::APPEND_MANY)
-        .bind(&arrays.tenants)
-        .bind(&arrays.types)
-        .bind(&arrays.ids)
-        .bind(&arrays.kinds)
-        .bind(&arrays.versions)
-        .bind(&arrays.counts)
-        .bind(&append_of)
-        .bind(&offsets)
-        .bind(&arrays.event_ids)
-        .bind(&arrays.event_types)
-        .bind(&arrays.schema_versions)
-        .bind(&arrays.payloads)
-        .bind(&arrays.metadata)
-        .bind(&arrays.correlation_ids)
-        .bind(&arrays.causation_ids)
-        .fetch_all(conn)
-        .await?;
+    let query = arrays.bind_appends(sqlx::query_as(sql::APPEND_MANY).bind(&arrays.tenants));
+    let query = query.bind(&append_of).bind(&offsets);
+    let rows: Vec<GroupRow> = arrays.bind_events(query).fetch_all(conn).await?;
     let mut answers = vec![None; batch.len()];
     for row in rows {
         let slot = usize::try_from(row.n)

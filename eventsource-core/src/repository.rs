@@ -325,7 +325,10 @@ impl<A: Aggregate, S: EventStore, P: SnapshotStore> Repository<A, S, P> {
     /// without events comes back at [`Version::ZERO`] with default state.
     ///
     /// A snapshot with another schema version, or one that does not decode, is ignored (logged
-    /// at warn) and the stream is replayed from the start.
+    /// at warn) and the stream is replayed from the start. A snapshot ahead of its stream (its
+    /// version above the stream's) is not detected here, which would cost a round trip per
+    /// load: the first command on it conflicts with the stream's real version, and the command
+    /// replays the stream from the start and runs again (logged at warn).
     pub async fn load(&self, id: &str) -> Result<AggregateRoot<A>, LoadError> {
         let stream = self.stream_id(id);
         let span = tracing::debug_span!("eventsource.load", stream = %stream);
@@ -533,6 +536,23 @@ impl<A: Aggregate, S: EventStore, P: SnapshotStore> Repository<A, S, P> {
                         appended: Some(appended),
                         attempts: attempt,
                     });
+                }
+                Err(StoreError::Conflict { actual, .. })
+                    if actual < before && attempt < self.retry.max_attempts() =>
+                {
+                    // The stream is behind the state this command ran on: that state came from a
+                    // snapshot ahead of its stream (a restored database, a snapshot store shared
+                    // by mistake). Reloading the tail would find nothing and conflict again until
+                    // the retries ran out; replay the stream from its start instead.
+                    tracing::warn!(
+                        %stream,
+                        loaded = before.get(),
+                        actual = actual.get(),
+                        "the loaded state is ahead of its stream; replaying the stream"
+                    );
+                    attempt += 1;
+                    let id = root.id().to_owned();
+                    *root = self.catch_up(stream, AggregateRoot::new(id)).await?;
                 }
                 Err(e) if e.is_conflict() && attempt < self.retry.max_attempts() => {
                     tracing::debug!(%stream, attempt, "conflict; reloading the tail");

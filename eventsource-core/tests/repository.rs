@@ -254,6 +254,57 @@ async fn snapshots_are_taken_by_policy_and_bad_ones_are_ignored() {
     assert_eq!(repo2.load("c").await.expect("load").state().total, 12);
 }
 
+/// A snapshot ahead of its stream (a restored event database, snapshots of another database):
+/// the first command conflicts with the stream's real version, and the repository replays the
+/// stream instead of retrying against the snapshot's state until its retries run out.
+#[tokio::test]
+async fn a_snapshot_ahead_of_its_stream_is_dropped_at_the_first_conflict() {
+    let store = InMemoryEventStore::new();
+    let snapshots = InMemorySnapshotStore::new();
+    let plain = Repository::<Counter, _>::new(store.clone());
+    for _ in 0..5 {
+        plain.execute("c", 1).await.expect("command");
+    }
+    let stream = plain.stream_id("c");
+    snapshots
+        .save(Snapshot::new(
+            stream.clone(),
+            Version::new(10),
+            1,
+            serde_json::json!({ "total": 999, "events": 10 }),
+        ))
+        .await
+        .expect("save");
+    for cached in [false, true] {
+        // Few retries: reloading only the tail would exhaust them.
+        let mut repo = Repository::<Counter, _>::new(store.clone())
+            .with_snapshots(snapshots.clone(), SnapshotPolicy::Never)
+            .with_retry(RetryPolicy::default().with_max_attempts(2));
+        if cached {
+            repo = repo.with_cache(16);
+        }
+        let done = repo
+            .execute("c", 1)
+            .await
+            .expect("command despite the snapshot");
+        let expected = if cached { 7 } else { 6 };
+        assert_eq!(done.version, Version::new(expected), "cached: {cached}");
+        assert_eq!(done.attempts, 2, "one conflict, then the replayed state");
+        let stored = store
+            .read_stream(&stream, VersionRange::all())
+            .await
+            .expect("read");
+        assert_eq!(stored.len() as u64, expected, "cached: {cached}");
+        if cached {
+            // The cache holds the replayed state, not the snapshot's.
+            let again = repo.execute("c", 1).await.expect("command");
+            assert_eq!((again.version, again.attempts), (Version::new(8), 1));
+        }
+    }
+    let replayed = plain.load("c").await.expect("load");
+    assert_eq!(replayed.state().total, 8);
+}
+
 #[tokio::test]
 async fn undecodable_event_is_a_typed_error_naming_the_event() {
     let store = Arc::new(InMemoryEventStore::new());

@@ -160,6 +160,36 @@ async fn stale_schema_and_corrupt_snapshots_are_ignored() {
     assert_eq!(repo.load("t").await.unwrap().state().total, 21);
 }
 
+/// A snapshot ahead of its stream (the events restored from an older backup than the
+/// snapshots): the first command conflicts with the stream's real version and the repository
+/// replays the stream, instead of retrying on the snapshot's state until its retries run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_ahead_of_its_stream_costs_one_conflict() {
+    let Some(pool) = support::pool().await else {
+        return;
+    };
+    let tenant = support::tenant("ahead-snapshot");
+    let (repo, replay) = repositories(&pool, &tenant, 1000);
+    for amount in 1..=3 {
+        repo.execute("t", TallyCommand::Add(amount)).await.unwrap();
+    }
+    PgSnapshotStore::new(pool.clone())
+        .save(Snapshot::new(
+            repo.stream_id("t"),
+            Version::new(9),
+            1,
+            json!({ "total": 999, "history": [], "resets": 0 }),
+        ))
+        .await
+        .unwrap();
+    let repo = repo.with_retry(eventsource_core::RetryPolicy::default().with_max_attempts(2));
+    let done = repo.execute("t", TallyCommand::Add(4)).await.unwrap();
+    assert_eq!((done.version, done.attempts), (Version::new(4), 2));
+    let stored = replay.load("t").await.unwrap();
+    assert_eq!(stored.state().history, [1, 2, 3, 4]);
+    assert_eq!(stored.state().total, 10);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_snapshot_never_overwrites_a_newer_one() {
     let Some(pool) = support::pool().await else {

@@ -304,7 +304,6 @@ async fn run(pool: &PgPool, kept: &Kept, batch: &[Request]) -> Vec<Answer> {
 
 /// A group's appends and events as the parallel arrays the group statements take. Events are
 /// borrowed from the requests: no payload is copied.
-#[derive(Default)]
 struct Arrays<'a> {
     tenants: Vec<&'a str>,
     types: Vec<&'a str>,
@@ -323,7 +322,22 @@ struct Arrays<'a> {
 
 impl<'a> Arrays<'a> {
     fn new(batch: &'a [Request]) -> Self {
-        let mut arrays = Self::default();
+        let (appends, events) = (batch.len(), batch.iter().map(|r| r.columns.ids.len()).sum());
+        let mut arrays = Self {
+            tenants: Vec::with_capacity(appends),
+            types: Vec::with_capacity(appends),
+            ids: Vec::with_capacity(appends),
+            kinds: Vec::with_capacity(appends),
+            versions: Vec::with_capacity(appends),
+            counts: Vec::with_capacity(appends),
+            event_ids: Vec::with_capacity(events),
+            event_types: Vec::with_capacity(events),
+            schema_versions: Vec::with_capacity(events),
+            payloads: Vec::with_capacity(events),
+            metadata: Vec::with_capacity(events),
+            correlation_ids: Vec::with_capacity(events),
+            causation_ids: Vec::with_capacity(events),
+        };
         for request in batch {
             let (kind, version) = expectation(request.expected);
             let columns = &request.columns;
@@ -420,38 +434,56 @@ fn fold(batch: &[Request], rows: &[GroupEventRow]) -> Vec<Answer> {
         .flat_map(|(i, r)| r.columns.ids.iter().map(move |id| (*id, i)))
         .collect();
     owners.sort_unstable();
-    // Per append: events seen, lowest and highest position, highest version, transaction.
-    let mut folds: Vec<(usize, i64, i64, i64, Option<&str>)> =
-        vec![(0, i64::MAX, i64::MIN, i64::MIN, None); batch.len()];
+    let mut written: Vec<Written<'_>> = vec![Written::default(); batch.len()];
     for row in rows {
         let Ok(k) = owners.binary_search_by(|(id, _)| id.cmp(&row.event_id)) else {
             continue;
         };
-        let fold = &mut folds[owners[k].1];
-        fold.0 += 1;
-        fold.1 = fold.1.min(row.global_position);
-        fold.2 = fold.2.max(row.global_position);
-        fold.3 = fold.3.max(row.version);
-        fold.4 = Some(&row.transaction_id);
+        let append = &mut written[owners[k].1];
+        append.events += 1;
+        append.first = append.first.min(row.global_position);
+        append.last = append.last.max(row.global_position);
+        append.version = append.version.max(row.version);
+        append.transaction = Some(&row.transaction_id);
     }
     batch
         .iter()
-        .zip(folds)
-        .map(
-            |(request, (seen, first, last, version, transaction))| match (seen, transaction) {
-                (0, _) => Some(None),
-                (n, Some(transaction)) if n == request.columns.ids.len() => {
-                    let appended = Appended::new(
-                        version_from_db(version).ok()?,
-                        position_from_db(transaction, first).ok()?,
-                        position_from_db(transaction, last).ok()?,
-                    );
-                    Some(Some(appended))
-                }
-                _ => None,
-            },
-        )
+        .zip(written)
+        .map(|(request, append)| match append.transaction {
+            None => Some(None),
+            Some(transaction) if append.events == request.columns.ids.len() => {
+                Some(Some(Appended::new(
+                    version_from_db(append.version).ok()?,
+                    position_from_db(transaction, append.first).ok()?,
+                    position_from_db(transaction, append.last).ok()?,
+                )))
+            }
+            Some(_) => None,
+        })
         .collect()
+}
+
+/// What the rows of a group say of one append: how many of its events were written, their
+/// lowest and highest log position, the highest version, the transaction.
+#[derive(Clone)]
+struct Written<'a> {
+    events: usize,
+    first: i64,
+    last: i64,
+    version: i64,
+    transaction: Option<&'a str>,
+}
+
+impl Default for Written<'_> {
+    fn default() -> Self {
+        Self {
+            events: 0,
+            first: i64::MAX,
+            last: i64::MIN,
+            version: i64::MIN,
+            transaction: None,
+        }
+    }
 }
 
 /// A group of several tenants' appends (`eventsource_append_many`): one row per append.

@@ -9,7 +9,9 @@
 //! figure, the raw engine's figure in the same run, and their ratio (framework / raw for
 //! throughputs, raw / framework for latencies: above 1.0 means the framework is faster).
 //! `BENCH_LOG_EVENTS` (default 1,000,000) sets the size of the log read; `BENCH_ONLY` (a comma
-//! list of `appends`, `commands`, `loads`, `log`) runs a subset.
+//! list of `appends`, `commands`, `loads`, `log`) runs a subset. The command scenarios measure
+//! steady state: before their timed rounds, each task commands each of its aggregates once, on
+//! both sides (with the cache, that loads them).
 #![allow(missing_docs, clippy::print_stdout, clippy::cast_precision_loss)]
 
 use std::future::Future;

@@ -258,9 +258,9 @@ type Answer = Option<Option<Appended>>;
 /// Runs one batch on a lane's connection; returns each request's answer (`Some(None)` when it
 /// was rejected), `None` for those to retry alone: every one when the statement failed.
 async fn run(pool: &PgPool, kept: &Kept, batch: &[Request]) -> Vec<Answer> {
-    let mut answers: Vec<Answer> = vec![None; batch.len()];
+    let unknown = || vec![None; batch.len()];
     let Ok(mut lent) = kept.take(pool).await else {
-        return answers;
+        return unknown();
     };
     if let [request] = batch {
         // Alone: the plain append statement, without the group's arrays.
@@ -272,11 +272,10 @@ async fn run(pool: &PgPool, kept: &Kept, batch: &[Request]) -> Vec<Answer> {
             true,
         )
         .await;
-        if let Ok(answer) = outcome {
+        if outcome.is_ok() {
             kept.keep(pool, lent);
-            answers[0] = Some(answer);
         }
-        return answers;
+        return vec![outcome.ok()];
     }
     let one_tenant = batch
         .iter()
@@ -289,17 +288,17 @@ async fn run(pool: &PgPool, kept: &Kept, batch: &[Request]) -> Vec<Answer> {
         run_tenants(&mut lent.conn, batch).await
     };
     match outcome {
-        Ok(answered) => {
+        // A missing or undecodable answer leaves its append without one: it is retried alone.
+        Ok(answers) => {
             kept.keep(pool, lent);
             tracing::trace!(appends = batch.len(), "group committed");
-            answers = answered;
+            answers
         }
         Err(e) => {
             tracing::debug!(error = %e, appends = batch.len(), "group commit failed; appending alone");
+            unknown()
         }
     }
-    // A missing or undecodable answer leaves its append without one: it is retried alone.
-    answers
 }
 
 /// A group's appends and events as the parallel arrays the group statements take. Events are

@@ -11,10 +11,10 @@
 //! between the free lanes): a group commit pays one WAL flush for all its appends, so a backlog
 //! that fits the next group is best served by it. A second transaction in flight beside the
 //! first does not shorten either: its WAL flush queues behind the first one's, and its server
-//! process competes with the first for the cores. Measured on 2 cores (ADR 0010): with a
+//! process competes with the first for the cores. Measured on 2 cores (ADR 0011): with a
 //! second lane opening at a thirty-second of `max_events`, 16 command tasks ran groups of 8
 //! in about 1 ms each on both lanes; opening at half, groups of 14 in about the same time on
-//! one lane, 12-15% more commands per second. Only large backlogs need the server's other
+//! one lane, 8-18% more commands per second. Only large backlogs need the server's other
 //! cores.
 //!
 //! Every guarantee of a single append holds: an answer is sent only after the shared transaction

@@ -1,17 +1,18 @@
-//! The append statements are planned once per connection, then run on their generic plan: a
-//! statement that PostgreSQL re-plans on every execution costs an append its planning time
-//! again and again (about 200 µs for a group of appends, more than its execution; ADR 0011).
+//! The append statements, and the look-up of stored ids that every conflict runs, are planned
+//! once per connection, then run on their generic plan: a statement that PostgreSQL re-plans on
+//! every execution costs its planning time again and again (about 200 µs for a group of
+//! appends, more than its execution; ADR 0011).
 
 mod support;
 
 use std::time::Duration;
 
-use eventsource_core::{EventStore, ExpectedVersion, NewEvent, StreamId};
+use eventsource_core::{EventStore, ExpectedVersion, NewEvent, StoreError, StreamId, Version};
 use eventsource_postgres::PgEventStore;
 use serde_json::json;
 use sqlx::Row as _;
 
-/// What `pg_prepared_statements` says of one prepared statement that writes events.
+/// What `pg_prepared_statements` says of one prepared statement on the events.
 #[derive(Debug)]
 struct Prepared {
     parameters: i32,
@@ -20,7 +21,7 @@ struct Prepared {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn small_groups_run_on_a_generic_plan() {
+async fn small_groups_and_conflicts_run_on_generic_plans() {
     // Two connections: the one commit lane keeps one of them, and the test can then look at
     // both to find the lane's prepared statements.
     let Some(pool) = support::pool_with(2).await else {
@@ -53,6 +54,21 @@ async fn small_groups_run_on_a_generic_plan() {
             task.await.expect("append task").expect("append");
         }
     }
+    // Conflicts, one at a time: each looks up whether its ids are stored (an idempotent retry).
+    let taken = StreamId::new(tenant.clone(), "plan", "0-0");
+    for attempt in 0..8 {
+        let outcome = store
+            .append(
+                &taken,
+                ExpectedVersion::Exact(Version::new(5)),
+                vec![NewEvent::new("Planned", 1, json!({ "attempt": attempt }))],
+            )
+            .await;
+        assert!(
+            matches!(outcome, Err(StoreError::Conflict { .. })),
+            "{outcome:?}"
+        );
+    }
     // The kept connection goes back to the pool after 100 ms unused.
     tokio::time::sleep(Duration::from_millis(400)).await;
     let mut prepared = Vec::new();
@@ -61,7 +77,7 @@ async fn small_groups_run_on_a_generic_plan() {
         let mut conn = pool.acquire().await.expect("a pool connection");
         let rows = sqlx::query(
             "SELECT cardinality(parameter_types) AS parameters, generic_plans, custom_plans
-             FROM pg_prepared_statements WHERE statement LIKE '%INSERT INTO events%'",
+             FROM pg_prepared_statements WHERE statement LIKE '%events%'",
         )
         .fetch_all(&mut *conn)
         .await
@@ -73,15 +89,18 @@ async fn small_groups_run_on_a_generic_plan() {
         }));
         conns.push(conn); // Held, so the next acquire gets the other connection.
     }
-    // The one-tenant group statement is the one with 16 parameters.
-    let group_runs: i64 = prepared
-        .iter()
-        .filter(|p| p.parameters == 16)
-        .map(|p| p.generic_plans + p.custom_plans)
-        .sum();
+    // The one-tenant group statement is the one with 16 parameters, the stored ids' look-up
+    // the one with 1.
+    let runs = |parameters| -> i64 {
+        prepared
+            .iter()
+            .filter(|p| p.parameters == parameters)
+            .map(|p| p.generic_plans + p.custom_plans)
+            .sum()
+    };
     assert!(
-        group_runs >= 6,
-        "the rounds ran groups past PostgreSQL's five trial plans: {prepared:?}"
+        runs(16) >= 6 && runs(1) >= 6,
+        "groups and conflicts ran past PostgreSQL's five trial plans: {prepared:?}"
     );
     for statement in &prepared {
         assert!(

@@ -22,8 +22,8 @@ mod sqlstate {
 
 /// Unique constraint on `events (event_id)`.
 pub(crate) const EVENT_ID_KEY: &str = "events_event_id_key";
-/// Unique constraint on `events (tenant_id, aggregate_type, aggregate_id, version)`.
-pub(crate) const STREAM_VERSION_KEY: &str = "events_stream_version_key";
+/// Unique constraint on `events (stream_key, version)` (migration 0006).
+pub(crate) const STREAM_VERSION_KEY: &str = "events_stream_key_version_key";
 
 /// Why a PostgreSQL-specific operation (diagnostics, start-up checks) failed.
 ///

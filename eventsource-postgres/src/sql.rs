@@ -62,8 +62,8 @@ WITH tenant AS MATERIALIZED (
 ///   `exact` only at the expected version; `none` updates nothing. The row is locked and
 ///   re-checked at its latest version, as an `UPDATE` would.
 ///
-/// `stream` returns the row's tenant and new version; nothing when the guard let nothing
-/// through.
+/// `stream` returns the row's tenant, new version and stream key (the events' name for their
+/// stream, migration 0006); nothing when the guard let nothing through.
 macro_rules! move_stream {
     ($count:literal) => {
         concat!(
@@ -82,7 +82,7 @@ stream AS (
     ON CONFLICT (tenant_id, aggregate_type, aggregate_id)
     DO UPDATE SET version = s.version + EXCLUDED.version
     WHERE $4 IN ('any', 'exists') OR ($4 = 'exact' AND s.version = $5)
-    RETURNING s.tenant_id, s.version
+    RETURNING s.tenant_id, s.version, s.stream_key
 ),"
         )
     };
@@ -94,9 +94,11 @@ macro_rules! insert_events {
     () => {
         r"
 inserted AS (
-    INSERT INTO events (tenant_id, aggregate_type, aggregate_id, version, event_id, event_type,
-                        schema_version, payload, metadata, correlation_id, causation_id)
-    SELECT stream.tenant_id, $2, $3, stream.version - cardinality($6::uuid[]) + b.n,
+    INSERT INTO events (stream_key, tenant_id, aggregate_type, aggregate_id, version, event_id,
+                        event_type, schema_version, payload, metadata, correlation_id,
+                        causation_id)
+    SELECT stream.stream_key, stream.tenant_id, $2, $3,
+           stream.version - cardinality($6::uuid[]) + b.n,
            b.event_id, b.event_type, b.schema_version, b.payload, b.metadata, b.correlation_id,
            b.causation_id
     FROM stream
@@ -122,10 +124,11 @@ macro_rules! insert_event {
     () => {
         r"
 inserted AS (
-    INSERT INTO events (tenant_id, aggregate_type, aggregate_id, version, event_id, event_type,
-                        schema_version, payload, metadata, correlation_id, causation_id)
-    SELECT stream.tenant_id, $2, $3, stream.version, $6::uuid, $7::text, $8::int4, $9::jsonb,
-           $10::jsonb, $11::uuid, $12::uuid
+    INSERT INTO events (stream_key, tenant_id, aggregate_type, aggregate_id, version, event_id,
+                        event_type, schema_version, payload, metadata, correlation_id,
+                        causation_id)
+    SELECT stream.stream_key, stream.tenant_id, $2, $3, stream.version, $6::uuid, $7::text,
+           $8::int4, $9::jsonb, $10::jsonb, $11::uuid, $12::uuid
     FROM stream
     RETURNING global_position
 )
@@ -206,13 +209,14 @@ stream AS (
                AS x(aggregate_type, aggregate_id, expected, expected_version)
            WHERE x.aggregate_type = EXCLUDED.aggregate_type
              AND x.aggregate_id = EXCLUDED.aggregate_id)
-    RETURNING s.tenant_id, s.aggregate_type, s.aggregate_id, s.version
+    RETURNING s.tenant_id, s.aggregate_type, s.aggregate_id, s.version, s.stream_key
 ),
 inserted AS (
-    INSERT INTO events (tenant_id, aggregate_type, aggregate_id, version, event_id, event_type,
-                        schema_version, payload, metadata, correlation_id, causation_id)
-    SELECT m.tenant_id, m.aggregate_type, m.aggregate_id, m.version - e.below, e.event_id,
-           e.event_type, e.schema_version, e.payload, e.metadata, e.correlation_id,
+    INSERT INTO events (stream_key, tenant_id, aggregate_type, aggregate_id, version, event_id,
+                        event_type, schema_version, payload, metadata, correlation_id,
+                        causation_id)
+    SELECT m.stream_key, m.tenant_id, m.aggregate_type, m.aggregate_id, m.version - e.below,
+           e.event_id, e.event_type, e.schema_version, e.payload, e.metadata, e.correlation_id,
            e.causation_id
     FROM UNNEST((SELECT $7::text[]), (SELECT $8::text[]), (SELECT $9::int8[]),
                 (SELECT $10::uuid[]), (SELECT $11::text[]), (SELECT $12::int4[]),

@@ -68,10 +68,10 @@ async fn a_log_ahead_of_the_cluster_is_refused() {
     let tenant = support::tenant("restored");
     let mut tx = pool.begin().await.unwrap();
     sqlx::query(
-        "INSERT INTO events (transaction_id, tenant_id, aggregate_type, aggregate_id, version, \
-         event_id, event_type, schema_version, payload, metadata) \
-         VALUES ('4000000000000'::xid8, $1, 'log', 'restored', 1, gen_random_uuid(), 'Numbered', \
-         1, '{}', '{}')",
+        "INSERT INTO events (transaction_id, stream_key, tenant_id, aggregate_type, aggregate_id, \
+         version, event_id, event_type, schema_version, payload, metadata) \
+         VALUES ('4000000000000'::xid8, 0, $1, 'log', 'restored', 1, gen_random_uuid(), \
+         'Numbered', 1, '{}', '{}')",
     )
     .bind(tenant.as_str())
     .execute(&mut *tx)

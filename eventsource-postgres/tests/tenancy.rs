@@ -152,9 +152,9 @@ async fn a_cross_tenant_insert_is_rejected() {
     // Raw SQL in tenant A's transaction writing a row for tenant B.
     let mut tx = begin_tenant(&app, &a).await.unwrap();
     let err = sqlx::query(
-        "INSERT INTO events (tenant_id, aggregate_type, aggregate_id, version, event_id, \
-         event_type, schema_version, payload, metadata) \
-         VALUES ($1, 'account', 'x', 1, gen_random_uuid(), 'Numbered', 1, '{}', '{}')",
+        "INSERT INTO events (stream_key, tenant_id, aggregate_type, aggregate_id, version, \
+         event_id, event_type, schema_version, payload, metadata) \
+         VALUES (1, $1, 'account', 'x', 1, gen_random_uuid(), 'Numbered', 1, '{}', '{}')",
     )
     .bind(b.as_str())
     .execute(&mut *tx)

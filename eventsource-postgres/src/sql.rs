@@ -147,8 +147,8 @@ SELECT (SELECT version FROM stream) AS version,
 /// `events_event_id_key`, which rolls back its transaction, streams row included, and the store
 /// resolves the outcome in a new one (an autocommit statement has no caller's transaction to
 /// keep usable, and the probe cost every append an index lookup per event). No PL/pgSQL call
-/// either: the function (`eventsource_append_pooled`, migration 0005, kept for binaries built
-/// before this statement) measured about a tenth of an uncontended append.
+/// either: the function it replaced (`eventsource_append_pooled`, migration 0005, dropped in
+/// 0006) measured about a tenth of an uncontended append.
 ///
 /// Row level security holds by construction: every row the statement reads or writes in a
 /// tenant's table comes from `tenant`, after it set the tenant. (An `UPDATE` would not do: it
@@ -160,7 +160,7 @@ pub(crate) const APPEND_BATCH: &str =
 pub(crate) const APPEND_ONE: &str = concat!(move_stream!("1"), insert_event!());
 
 /// Several appends to distinct streams in one transaction and round trip (group commit): one
-/// row per append, `n` numbering them from 1 (`eventsource_append_many`, `0005`).
+/// row per append, `n` numbering them from 1 (`eventsource_append_many`, `0005`, `0006`).
 pub(crate) const APPEND_MANY: &str = r"
 SELECT n, version, transaction_id, first_position, last_position
 FROM eventsource_append_many($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)

@@ -204,6 +204,20 @@ pub enum StoreError {
         /// The stored position.
         actual: Option<LogPosition>,
     },
+    /// An append inside the caller's own transaction was refused because a transaction younger
+    /// than the caller's appended to the stream first: committing would put this append before
+    /// the stream's previous events in the global log. Nothing was appended, and nothing the
+    /// transaction does from now on can be: roll it back and run the whole transaction again
+    /// (a new transaction is younger than every one that committed before it began). Only
+    /// stores that append inside a caller's transaction return it; their own appends retry
+    /// internally.
+    #[error(
+        "stream {stream} was appended to by a younger transaction; roll back and retry the whole transaction"
+    )]
+    RetryTransaction {
+        /// The stream appended to.
+        stream: StreamId,
+    },
     /// The store cannot be reached right now (connection lost, pool exhausted, timeout,
     /// serialization failure); the operation may be retried.
     #[error("event store unavailable")]
@@ -228,7 +242,10 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::Conflict { .. } | Self::Unavailable(_) | Self::CheckpointConflict { .. }
+            Self::Conflict { .. }
+                | Self::RetryTransaction { .. }
+                | Self::Unavailable(_)
+                | Self::CheckpointConflict { .. }
         )
     }
 }
@@ -247,6 +264,9 @@ impl StoreError {
 /// - `read_all` returns events strictly after `after`, in log order, never skipping an event
 ///   that a later read could still reveal: a reader that checkpoints the last position it saw
 ///   sees every committed event exactly once.
+/// - Along the log, each stream's events appear in version order, whatever the expectations
+///   and concurrency of the appends that wrote them: a reader never sees version `n + 1` of a
+///   stream before version `n`.
 /// - Every stream read is scoped by the tenant in its [`StreamId`].
 ///
 /// [`testing::conformance`](crate::testing::conformance) checks all of this against an

@@ -60,7 +60,19 @@ WITH tenant AS MATERIALIZED (
 ///   scan it instead; autovacuum's `ANALYZE` of the growing table invalidates that plan;
 /// - on the existing row, `DO UPDATE` moves the version on for `any` and `exists`, and for
 ///   `exact` only at the expected version; `none` updates nothing. The row is locked and
-///   re-checked at its latest version, as an `UPDATE` would.
+///   re-checked at its latest version, as an `UPDATE` would;
+/// - and only for a transaction no older than the row's last writer (`last_xid`, migration
+///   0007): the log is ordered by transaction id, so an older one would put this append before
+///   the stream's previous events. It is refused like a failed expectation, and the store, which
+///   finds the expectation still holds, runs the statement again in a new transaction.
+///
+/// `pg_current_xact_id()` gives the transaction its id when it has none. The offered row calls
+/// it only when it may be inserted (a stream the existence check did not find; `'0'` otherwise,
+/// never stored): called there for an existing stream, it would give a new transaction its id
+/// before the row's lock is taken, and the transaction would come out of the lock's queue older
+/// than the writer it waited for. `DO UPDATE` and its guard call it after the lock, and the
+/// existence check runs once, in `found` (`OFFSET 0` keeps the planner from copying it into
+/// each reference), and not at all for `none`.
 ///
 /// `stream` returns the row's tenant, new version and stream key (the events' name for their
 /// stream, migration 0006); nothing when the guard let nothing through.
@@ -70,18 +82,25 @@ macro_rules! move_stream {
             scope_to_tenant!(),
             r"
 stream AS (
-    INSERT INTO streams AS s (tenant_id, aggregate_type, aggregate_id, version)
+    INSERT INTO streams AS s (tenant_id, aggregate_type, aggregate_id, version, last_xid)
     SELECT tenant.tenant_id, $2, $3, ",
             $count,
-            r"
+            r",
+           CASE WHEN found.version IS NULL THEN pg_current_xact_id() ELSE '0'::xid8 END
     FROM tenant
-    WHERE $4 IN ('none', 'any')
-       OR (SELECT s.version FROM streams s
-           WHERE s.tenant_id = tenant.tenant_id AND s.aggregate_type = $2
-             AND s.aggregate_id = $3) IS NOT NULL
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN $4 <> 'none' THEN
+                   (SELECT e.version FROM streams e
+                    WHERE e.tenant_id = tenant.tenant_id AND e.aggregate_type = $2
+                      AND e.aggregate_id = $3)
+               END AS version
+        OFFSET 0
+    ) found
+    WHERE $4 IN ('none', 'any') OR found.version IS NOT NULL
     ON CONFLICT (tenant_id, aggregate_type, aggregate_id)
-    DO UPDATE SET version = s.version + EXCLUDED.version
-    WHERE $4 IN ('any', 'exists') OR ($4 = 'exact' AND s.version = $5)
+    DO UPDATE SET version = s.version + EXCLUDED.version, last_xid = pg_current_xact_id()
+    WHERE ($4 IN ('any', 'exists') OR ($4 = 'exact' AND s.version = $5))
+      AND s.last_xid <= pg_current_xact_id()
     RETURNING s.tenant_id, s.version, s.stream_key
 ),"
         )
@@ -173,7 +192,11 @@ FROM eventsource_append_many($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 
 /// type and id, and how far it stands below its append's last event; then the event columns)
 /// one `UNNEST` feeds the events insert, joined to the streams rows that moved, so a rejected
 /// append inserts nothing. Streams are offered in the order of the arguments (the store sorts a
-/// group by stream), so concurrent groups lock rows in one order.
+/// group by stream), so concurrent groups lock rows in one order. As in [`APPEND_BATCH`], an
+/// existing row moves only for a transaction no older than its last writer: a group that
+/// waited on a stream's lock after moving another stream (so after it got its transaction id)
+/// may be older; that append alone is refused, and the store runs it again by itself. The
+/// offered rows take `pg_current_xact_id()` as in [`APPEND_BATCH`].
 ///
 /// One row per inserted event: its id, version and position, and the transaction id. The store
 /// folds them into each append's outcome; an append without rows was rejected. (Folding on the
@@ -189,20 +212,27 @@ pub(crate) const APPEND_MANY_ONE_TENANT: &str = concat!(
     scope_to_tenant!(),
     r"
 stream AS (
-    INSERT INTO streams AS s (tenant_id, aggregate_type, aggregate_id, version)
-    SELECT tenant.tenant_id, a.aggregate_type, a.aggregate_id, a.count
+    INSERT INTO streams AS s (tenant_id, aggregate_type, aggregate_id, version, last_xid)
+    SELECT tenant.tenant_id, a.aggregate_type, a.aggregate_id, a.count,
+           CASE WHEN found.version IS NULL THEN pg_current_xact_id() ELSE '0'::xid8 END
     FROM tenant
     CROSS JOIN UNNEST((SELECT $2::text[]), (SELECT $3::text[]), (SELECT $4::text[]),
                       (SELECT $6::int8[]))
         WITH ORDINALITY AS a(aggregate_type, aggregate_id, expected, count, n)
-    WHERE a.expected IN ('none', 'any')
-       OR (SELECT e.version FROM streams e
-           WHERE e.tenant_id = tenant.tenant_id AND e.aggregate_type = a.aggregate_type
-             AND e.aggregate_id = a.aggregate_id) IS NOT NULL
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN a.expected <> 'none' THEN
+                   (SELECT e.version FROM streams e
+                    WHERE e.tenant_id = tenant.tenant_id AND e.aggregate_type = a.aggregate_type
+                      AND e.aggregate_id = a.aggregate_id)
+               END AS version
+        OFFSET 0
+    ) found
+    WHERE a.expected IN ('none', 'any') OR found.version IS NOT NULL
     ORDER BY a.n
     ON CONFLICT (tenant_id, aggregate_type, aggregate_id)
-    DO UPDATE SET version = s.version + EXCLUDED.version
-    WHERE (SELECT x.expected IN ('any', 'exists')
+    DO UPDATE SET version = s.version + EXCLUDED.version, last_xid = pg_current_xact_id()
+    WHERE s.last_xid <= pg_current_xact_id()
+      AND (SELECT x.expected IN ('any', 'exists')
                   OR (x.expected = 'exact' AND s.version = x.expected_version)
            FROM UNNEST((SELECT $2::text[]), (SELECT $3::text[]), (SELECT $4::text[]),
                        (SELECT $5::int8[]))

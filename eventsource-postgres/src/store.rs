@@ -176,18 +176,42 @@ pub(crate) async fn try_append<'c, E: sqlx::PgExecutor<'c>>(
     )))
 }
 
+/// How many times in a row the store runs an append, each time in a new transaction, while the
+/// stream-order guard refuses it as older than the stream's last writer. A new transaction is
+/// younger than every writer it could have waited for, so a second refusal needs yet another
+/// writer to overtake it: the bound only stops a livelock.
+const ORDER_ATTEMPTS: u32 = 16;
+
+/// Why the guard let nothing through, when it was not an error.
+enum Rejection {
+    /// Every id of the batch is stored in place: the original outcome.
+    Replayed(Appended),
+    /// The expectation still holds, so the guard refused the transaction as older than the
+    /// stream's last writer (migration 0007): the append must run in a younger transaction.
+    Older,
+}
+
 /// Explains why the guard let nothing through: an idempotent retry (the original outcome), a
-/// reused event id, or a version conflict.
+/// transaction older than the stream's last writer, a reused event id, or a version conflict.
+///
+/// Versions only grow, so an expectation that admits the stream's version now admitted it when
+/// the guard ran (`Any` always does): the refusal was the order guard's. Had the version moved
+/// on meanwhile, an append in a new transaction would conflict too: reporting the conflict is
+/// the same outcome.
 async fn resolve_rejection(
     conn: &mut PgConnection,
     stream: &StreamId,
     expected: ExpectedVersion,
     ids: &[Uuid],
-) -> Result<Appended, StoreError> {
+) -> Result<Rejection, StoreError> {
     if let Some(replayed) = replayed(conn, stream, ids).await? {
-        return Ok(replayed);
+        return Ok(Rejection::Replayed(replayed));
     }
     let actual = stream_version_on(conn, stream).await?;
+    if expected.admits(actual) {
+        tracing::debug!(%stream, %expected, %actual, "append refused: older than the stream's last writer");
+        return Ok(Rejection::Older);
+    }
     tracing::debug!(%stream, %expected, %actual, "append conflict");
     Err(StoreError::Conflict {
         stream: stream.clone(),
@@ -371,14 +395,21 @@ impl PgEventStore {
     ///
     /// Same contract as [`EventStore::append`]. A [`StoreError::Conflict`] raises no database
     /// error: the transaction stays usable and the caller decides whether to commit the rest.
+    ///
+    /// The global log is ordered by transaction, and a transaction gets its id at its first
+    /// write. When a younger transaction appended to the stream before this one, committing
+    /// this append would put it before the stream's previous events in the log: it is refused
+    /// with [`StoreError::RetryTransaction`] (nothing written, no database error), and no later
+    /// append to that stream in this transaction can succeed. Roll back and run the whole
+    /// transaction again.
     /// Under row level security the transaction must be scoped to the stream's tenant (open it
     /// with [`begin_tenant`](crate::begin_tenant)). In-process readers are not woken: the store
     /// cannot see the caller's commit.
     ///
     /// # Errors
     ///
-    /// As [`EventStore::append`]; in addition, when a concurrent transaction stores the same
-    /// event id first, the unique index fails the caller's transaction and this returns
+    /// As [`EventStore::append`]; [`StoreError::RetryTransaction`] as above (retryable); and
+    /// when a concurrent transaction stores the same event id first, the unique index fails the caller's transaction and this returns
     /// [`StoreError::Unavailable`]: retrying the whole transaction resolves it (as an
     /// idempotent replay if the other transaction committed the same batch).
     #[tracing::instrument(name = "eventsource.append", skip_all, fields(stream = %stream, events = events.len()))]
@@ -392,7 +423,12 @@ impl PgEventStore {
         let columns = Columns::new(events)?;
         match try_append(&mut *conn, stream, expected, &columns, false).await {
             Ok(Some(appended)) => Ok(appended),
-            Ok(None) => resolve_rejection(conn, stream, expected, &columns.ids).await,
+            Ok(None) => match resolve_rejection(conn, stream, expected, &columns.ids).await? {
+                Rejection::Replayed(appended) => Ok(appended),
+                Rejection::Older => Err(StoreError::RetryTransaction {
+                    stream: stream.clone(),
+                }),
+            },
             Err(e) if is_unique_violation_of(&e, EVENT_ID_KEY) => {
                 Err(StoreError::Unavailable(Box::new(e)))
             }
@@ -436,31 +472,58 @@ impl PgEventStore {
                     let mut tx = begin_tenant(&self.pool, stream.tenant())
                         .await
                         .map_err(store_error)?;
-                    return resolve_rejection(&mut tx, stream, expected, &columns.ids).await;
+                    match resolve_rejection(&mut tx, stream, expected, &columns.ids).await? {
+                        Rejection::Replayed(appended) => return Ok(appended),
+                        // The group moved another stream first, so it had its transaction id
+                        // when it waited for this one; alone, the append runs in a new one.
+                        Rejection::Older => {}
+                    }
                 }
-                Err(()) => {
-                    let columns = Arc::try_unwrap(columns).unwrap_or_else(|shared| {
-                        let mut copy = Columns::default();
-                        copy.extend_from(&shared);
-                        copy
-                    });
-                    return self.append_alone(stream, expected, columns).await;
-                }
+                // Unanswered: the group failed as a whole.
+                Err(()) => {}
             }
+            let columns = Arc::try_unwrap(columns).unwrap_or_else(|shared| {
+                let mut copy = Columns::default();
+                copy.extend_from(&shared);
+                copy
+            });
+            return self.append_alone(stream, expected, columns).await;
         }
         self.append_alone(stream, expected, columns).await
     }
 
-    /// Appends in a transaction of its own.
+    /// Appends in a transaction of its own; again, in a new one, each time the stream-order
+    /// guard refuses it as older than the stream's last writer.
     async fn append_alone(
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
         columns: Columns,
     ) -> Result<Appended, StoreError> {
+        for _ in 0..ORDER_ATTEMPTS {
+            if let Some(appended) = self.append_once(stream, expected, &columns).await? {
+                return Ok(appended);
+            }
+        }
+        Err(StoreError::Unavailable(
+            format!(
+                "stream {stream}: {ORDER_ATTEMPTS} attempts in a row were overtaken by younger \
+                 transactions"
+            )
+            .into(),
+        ))
+    }
+
+    /// One attempt of [`Self::append_alone`]: `None` when the stream-order guard refused it.
+    async fn append_once(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        columns: &Columns,
+    ) -> Result<Option<Appended>, StoreError> {
         // One round trip: autocommit, the statement scopes itself to the tenant.
         let mut lent = self.lend().await?;
-        let outcome = try_append(&mut *lent.conn, stream, expected, &columns, true).await;
+        let outcome = try_append(&mut *lent.conn, stream, expected, columns, true).await;
         if outcome.is_ok() {
             self.keep(lent);
         } else {
@@ -469,13 +532,16 @@ impl PgEventStore {
         match outcome {
             Ok(Some(appended)) => {
                 self.notify.notify_waiters();
-                Ok(appended)
+                Ok(Some(appended))
             }
             Ok(None) => {
                 let mut tx = begin_tenant(&self.pool, stream.tenant())
                     .await
                     .map_err(store_error)?;
-                resolve_rejection(&mut tx, stream, expected, &columns.ids).await
+                match resolve_rejection(&mut tx, stream, expected, &columns.ids).await? {
+                    Rejection::Replayed(appended) => Ok(Some(appended)),
+                    Rejection::Older => Ok(None),
+                }
             }
             // An id of the batch is stored (a retry after a lost acknowledgement, a reused id, or
             // the same batch committed concurrently): the statement rolled back, streams row
@@ -485,7 +551,7 @@ impl PgEventStore {
                     .await
                     .map_err(store_error)?;
                 match replayed(&mut tx, stream, &columns.ids).await? {
-                    Some(appended) => Ok(appended),
+                    Some(appended) => Ok(Some(appended)),
                     // Stored, yet invisible here: another tenant's row, hidden by row level
                     // security. Which id of the batch collided cannot be seen either.
                     None => Err(StoreError::DuplicateEventId {

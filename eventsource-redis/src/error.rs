@@ -1,6 +1,6 @@
 //! Errors of the relay, the runners and the admin functions.
 
-use eventsource_core::StoreError;
+use eventsource_core::{LogPosition, StoreError, StreamId, Version};
 use redis::RedisError;
 
 /// Why a Redis-side operation (relay, admin, stats) failed.
@@ -22,6 +22,23 @@ pub enum RedisStoreError {
         id: String,
         /// Redis's message.
         reason: String,
+    },
+    /// The log gave a stream's event out of version order: version `version` of `stream` came
+    /// right after `previous`, at `position`. The relay stops without publishing the batch
+    /// (its checkpoint stays before it): a store that honours the core contract never does
+    /// this, and no consumer could put the stream back in order.
+    #[error(
+        "the log gives version {version} of stream {stream} after version {previous} (at {position}); the relay refuses to publish it"
+    )]
+    OutOfOrder {
+        /// The stream.
+        stream: StreamId,
+        /// The version the relay read last of that stream.
+        previous: Version,
+        /// The version the log gave next.
+        version: Version,
+        /// Where in the log.
+        position: LogPosition,
     },
     /// Another relay instance holds the lease, or took it over while this one was publishing.
     #[error("relay lease {key} is held by another instance")]
@@ -58,6 +75,7 @@ impl RedisStoreError {
             Self::Store(e) => e.is_retryable(),
             Self::LeaseLost { .. } => true,
             Self::PublishRefused { .. }
+            | Self::OutOfOrder { .. }
             | Self::NoSuchEntry { .. }
             | Self::NothingToRequeue { .. } => false,
         }

@@ -7,6 +7,7 @@ pub mod consumer;
 pub mod error;
 pub mod keys;
 pub mod options;
+mod order;
 pub mod publisher;
 pub mod runner;
 

@@ -14,6 +14,7 @@ use crate::codec::{self, FIELDS};
 use crate::error::RedisStoreError;
 use crate::keys::{self, Keys, PerTenant, Router};
 use crate::options::PublisherOptions;
+use crate::order::StreamOrder;
 
 /// XADDs a batch of entries with explicit ids to `KEYS[1]`, skipping those Redis rejects as
 /// "equal or smaller than the target stream top item" (already published) and stopping at any
@@ -188,6 +189,7 @@ pub struct RedisPublisher<S, C> {
     lease_key: String,
     checkpoint: Option<LogPosition>,
     loaded: bool,
+    order: StreamOrder,
 }
 
 impl<S, C> std::fmt::Debug for RedisPublisher<S, C> {
@@ -212,6 +214,7 @@ impl<S: EventStore, C: CheckpointStore> RedisPublisher<S, C> {
     ) -> Self {
         let name = name.into();
         let keys = Keys::default();
+        let order = StreamOrder::new(options.filter.since.is_none());
         Self {
             store,
             checkpoints,
@@ -223,6 +226,7 @@ impl<S: EventStore, C: CheckpointStore> RedisPublisher<S, C> {
             options,
             checkpoint: None,
             loaded: false,
+            order,
         }
     }
 
@@ -248,12 +252,18 @@ impl<S: EventStore, C: CheckpointStore> RedisPublisher<S, C> {
     /// Publishes one batch: reads up to `batch_size` events after the checkpoint, adds them to
     /// their streams and then saves the checkpoint. Does not take the lease.
     ///
+    /// Before it publishes anything, it checks that the batch continues every stream it
+    /// touches at the next version (for each stream read since the checkpoint was loaded, up
+    /// to a hundred thousand streams); otherwise it refuses the batch with
+    /// [`RedisStoreError::OutOfOrder`], which is not retryable, and publishes none of it.
+    ///
     /// # Cancel safety
     ///
     /// Dropping the future at any point loses nothing and duplicates nothing: the checkpoint
     /// has not moved, and the next call re-sends, which Redis rejects per entry.
     pub async fn publish_batch(&mut self) -> Result<Published, RedisStoreError> {
         if !self.loaded {
+            self.order.forget();
             self.checkpoint = self
                 .checkpoints
                 .load(&keys::relay_checkpoint(&self.name))
@@ -271,6 +281,7 @@ impl<S: EventStore, C: CheckpointStore> RedisPublisher<S, C> {
                 ..Published::default()
             });
         };
+        self.order.check(&events)?;
         let span = tracing::debug_span!(
             "eventsource.redis.publish",
             relay = %self.name,
@@ -284,6 +295,7 @@ impl<S: EventStore, C: CheckpointStore> RedisPublisher<S, C> {
             .await
             .inspect_err(|_| self.loaded = false)?;
         self.checkpoint = Some(last);
+        self.order.record(&events);
         Ok(Published {
             events: events.len(),
             added,

@@ -29,6 +29,10 @@ use crate::envelope::{
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::store::{EventStore, ExpectedVersion, LogFilter, StoreError, VersionRange, read_log};
 
+mod order;
+
+pub use order::streams_stay_in_version_order_along_the_log;
+
 /// Expands to one `#[tokio::test]` per conformance case for the store built by the expression.
 ///
 /// - `conformance_tests!(expr)`: a store built synchronously;
@@ -58,6 +62,7 @@ macro_rules! conformance_tests {
             tenants_are_isolated,
             concurrent_exact_appends_lose_nothing,
             concurrent_any_appends_lose_nothing,
+            streams_stay_in_version_order_along_the_log,
             tailing_reader_sees_each_event_once,
         );
     };

@@ -76,11 +76,20 @@ BEGIN
         ON CONFLICT (tenant_id, aggregate_type, aggregate_id) DO NOTHING
         RETURNING streams.version, streams.stream_key INTO v_version, v_key;
     ELSIF p_expected = 'any' THEN
+        -- The offered row takes the transaction's id only when it may be inserted: taken for an
+        -- existing stream, it would give a transaction without one its id before the row's
+        -- lock, and the transaction would come out of the lock's queue older than the writer
+        -- it waited for. `DO UPDATE` and its guard take it after the lock.
         INSERT INTO streams AS s (tenant_id, aggregate_type, aggregate_id, version, last_xid)
-        VALUES (p_tenant, p_aggregate_type, p_aggregate_id, v_count, pg_current_xact_id())
+        SELECT p_tenant, p_aggregate_type, p_aggregate_id, v_count,
+               CASE WHEN EXISTS (SELECT 1 FROM streams e
+                                 WHERE e.tenant_id = p_tenant
+                                   AND e.aggregate_type = p_aggregate_type
+                                   AND e.aggregate_id = p_aggregate_id)
+                    THEN '0'::xid8 ELSE pg_current_xact_id() END
         ON CONFLICT (tenant_id, aggregate_type, aggregate_id)
-        DO UPDATE SET version = s.version + EXCLUDED.version, last_xid = EXCLUDED.last_xid
-        WHERE s.last_xid <= EXCLUDED.last_xid
+        DO UPDATE SET version = s.version + EXCLUDED.version, last_xid = pg_current_xact_id()
+        WHERE s.last_xid <= pg_current_xact_id()
         RETURNING s.version, s.stream_key INTO v_version, v_key;
     ELSIF p_expected = 'exists' THEN
         UPDATE streams SET version = streams.version + v_count, last_xid = pg_current_xact_id()
@@ -209,8 +218,8 @@ BEGIN
             WHERE a.expected = 'any'
             ORDER BY a.n
             ON CONFLICT (tenant_id, aggregate_type, aggregate_id)
-            DO UPDATE SET version = s.version + EXCLUDED.version, last_xid = EXCLUDED.last_xid
-            WHERE s.last_xid <= EXCLUDED.last_xid
+            DO UPDATE SET version = s.version + EXCLUDED.version, last_xid = pg_current_xact_id()
+            WHERE s.last_xid <= pg_current_xact_id()
             RETURNING s.aggregate_type, s.aggregate_id, s.version, s.stream_key
         ),
         moved AS MATERIALIZED (

@@ -119,23 +119,29 @@ pub fn exactly_once_error(
     })
 }
 
-/// Every entry of a Redis stream as (entry id, decoded event), through the crate's codec.
+/// Every entry of a Redis stream as (entry id, decoded event), through the crate's codec, read
+/// in pages (one reply of thousands of entries can outlast the connection's response timeout).
 pub async fn redis_entries(
     conn: &mut ConnectionManager,
     key: &str,
 ) -> Vec<(String, RecordedEvent)> {
-    let reply: redis::streams::StreamRangeReply = redis::AsyncCommands::xrange_all(conn, key)
-        .await
-        .expect("XRANGE");
-    reply
-        .ids
-        .into_iter()
-        .map(|entry| {
+    let mut entries = Vec::new();
+    let mut start = "-".to_owned();
+    loop {
+        let reply: redis::streams::StreamRangeReply =
+            redis::AsyncCommands::xrange_count(conn, key, &start, "+", 500)
+                .await
+                .expect("XRANGE");
+        let Some(last) = reply.ids.last() else {
+            return entries;
+        };
+        start = format!("({}", last.id);
+        for entry in reply.ids {
             let event = eventsource_redis::codec::decode(&entry.map)
                 .unwrap_or_else(|e| panic!("entry {} of {key} does not decode: {e}", entry.id));
-            (entry.id, event)
-        })
-        .collect()
+            entries.push((entry.id, event));
+        }
+    }
 }
 
 /// A log position below every transaction that has not started yet: a read of the log after

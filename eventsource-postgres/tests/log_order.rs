@@ -29,10 +29,7 @@ fn event(label: &str) -> NewEvent {
 /// Whether `err` asks the caller to retry its whole transaction because of `stream`: its
 /// transaction is older than the stream's last writer.
 fn is_retry_transaction(err: &StoreError, stream: &StreamId) -> bool {
-    // TODO(#13): `matches!(err, StoreError::RetryTransaction { stream: s, .. } if s == stream)`
-    // once the variant is on main; until then its Debug form says the same.
-    let debug = format!("{err:?}");
-    debug.starts_with("RetryTransaction") && debug.contains(stream.aggregate_id())
+    matches!(err, StoreError::RetryTransaction { stream: s } if s == stream)
 }
 
 /// Reads the tenant's whole log, page by page.

@@ -232,6 +232,19 @@ async fn named_pool(name: &str) -> PgPool {
         .expect("connect the named pool")
 }
 
+/// An open transaction that appended `event` to `stream` and so holds the stream's row.
+async fn hold_row(
+    pool: &PgPool,
+    stream: &StreamId,
+    event: &NewEvent,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = begin_tenant(pool, stream.tenant()).await.expect("begin");
+    PgEventStore::append_in_tx(&mut tx, stream, ExpectedVersion::Any, vec![event.clone()])
+        .await
+        .expect("an append that holds the row");
+    tx
+}
+
 /// Waits until a session of `name` waits on a lock.
 async fn wait_until_blocked(admin: &PgPool, name: &str) {
     for _ in 0..500 {
@@ -291,24 +304,8 @@ async fn a_group_commit_older_than_a_streams_last_writer_keeps_version_order() {
 
     // Open transactions hold the rows of `0-gate` and `2-held`.
     let (gate_v2, held_v2) = (event("gate v2"), event("held v2"));
-    let mut gate_tx = begin_tenant(&admin, &tenant).await.expect("begin");
-    PgEventStore::append_in_tx(
-        &mut gate_tx,
-        &gate,
-        ExpectedVersion::Any,
-        vec![gate_v2.clone()],
-    )
-    .await
-    .expect("gate v2");
-    let mut held_tx = begin_tenant(&admin, &tenant).await.expect("begin");
-    PgEventStore::append_in_tx(
-        &mut held_tx,
-        &held,
-        ExpectedVersion::Any,
-        vec![held_v2.clone()],
-    )
-    .await
-    .expect("held v2");
+    let gate_tx = hold_row(&admin, &gate, &gate_v2).await;
+    let held_tx = hold_row(&admin, &held, &held_v2).await;
 
     // The store's only commit lane waits on `0-gate`, so the next appends queue up together.
     let gate_v3 = event("gate v3");
@@ -355,11 +352,7 @@ async fn a_group_commit_older_than_a_streams_last_writer_keeps_version_order() {
 
     let mut outcomes = Vec::new();
     for task in group {
-        outcomes.push(
-            task.await
-                .expect("join")
-                .expect("every grouped append lands"),
-        );
+        outcomes.push(task.await.expect("join").expect("a grouped append lands"));
     }
     assert_eq!(
         outcomes.iter().map(|a| a.version.get()).collect::<Vec<_>>(),

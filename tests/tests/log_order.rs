@@ -236,7 +236,7 @@ async fn tail_all(
     tenants: &[TenantId],
     count: usize,
 ) -> Vec<RecordedEvent> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_mins(1);
     let mut after = start;
     let mut seen = Vec::new();
     while seen.len() < count {
@@ -257,6 +257,94 @@ async fn tail_all(
         seen.extend(page.into_iter().filter(|e| tenants.contains(e.tenant())));
     }
     seen
+}
+
+/// Runs the writers for [`WRITING`], half of them on each tenant; returns the labels each
+/// tenant's writers committed.
+async fn run_writers(
+    pool: &PgPool,
+    grouped: &PgEventStore,
+    plain: &PgEventStore,
+    tenants: &[TenantId; 2],
+) -> HashMap<TenantId, BTreeSet<u64>> {
+    let retried = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + WRITING;
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|id| {
+            let tenant = tenants[usize::try_from(id % 2).expect("0 or 1")].clone();
+            let writer = Writer {
+                id: id + 1,
+                pool: pool.clone(),
+                grouped: grouped.clone(),
+                plain: plain.clone(),
+                cached: Repository::new(grouped.clone())
+                    .with_tenant(tenant.clone())
+                    .with_cache(64),
+                uncached: Repository::new(plain.clone()).with_tenant(tenant.clone()),
+                tenant,
+                retried: retried.clone(),
+            };
+            (writer.tenant.clone(), tokio::spawn(writer.run(deadline)))
+        })
+        .collect();
+    let mut committed: HashMap<TenantId, BTreeSet<u64>> = HashMap::new();
+    for (tenant, writer) in writers {
+        let labels = writer.await.expect("a writer panicked");
+        committed.entry(tenant).or_default().extend(labels);
+    }
+    let total: usize = committed.values().map(BTreeSet::len).sum();
+    eprintln!(
+        "{total} events committed by {WRITERS} writers in {:?}; {} transactions told to retry",
+        started.elapsed(),
+        retried.load(Ordering::Relaxed)
+    );
+    committed
+}
+
+/// Each tenant's Redis stream (key and events), once the relays have published every
+/// committed event and stopped.
+async fn relay_streams(
+    redis: &mut redis::aio::ConnectionManager,
+    keys: &Keys,
+    tenants: &[TenantId],
+    committed: &HashMap<TenantId, BTreeSet<u64>>,
+    stop: CancellationToken,
+    relays: Vec<tokio::task::JoinHandle<Result<(), eventsource_redis::RedisStoreError>>>,
+) -> Vec<(String, Vec<RecordedEvent>)> {
+    for tenant in tenants {
+        let key = keys.tenant_stream(tenant);
+        let want = committed[tenant].len();
+        support::wait_for(
+            &format!("the relay to publish {want} events to {key}"),
+            async || {
+                let len: usize = redis::AsyncCommands::xlen(redis, &key).await.expect("XLEN");
+                len >= want
+            },
+        )
+        .await;
+    }
+    stop.cancel();
+    for relay in relays {
+        relay
+            .await
+            .expect("join")
+            .expect("the relay ran without error");
+    }
+    let mut streams = Vec::new();
+    for tenant in tenants {
+        let key = keys.tenant_stream(tenant);
+        let entries = support::order::redis_entries(redis, &key).await;
+        for (id, event) in &entries {
+            assert_eq!(
+                id,
+                &event.position.to_string(),
+                "entry ids are log positions"
+            );
+        }
+        streams.push((key, entries.into_iter().map(|(_, e)| e).collect()));
+    }
+    streams
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -310,38 +398,8 @@ async fn every_stream_stays_in_version_order_along_every_reader_under_mixed_writ
         })
         .collect();
 
-    let retried = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let deadline = started + WRITING;
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|id| {
-            let tenant = tenants[usize::try_from(id % 2).expect("0 or 1")].clone();
-            let writer = Writer {
-                id: id + 1,
-                pool: pool.clone(),
-                grouped: grouped.clone(),
-                plain: plain.clone(),
-                cached: Repository::new(grouped.clone())
-                    .with_tenant(tenant.clone())
-                    .with_cache(64),
-                uncached: Repository::new(plain.clone()).with_tenant(tenant.clone()),
-                tenant,
-                retried: retried.clone(),
-            };
-            (writer.tenant.clone(), tokio::spawn(writer.run(deadline)))
-        })
-        .collect();
-    let mut committed: HashMap<TenantId, BTreeSet<u64>> = HashMap::new();
-    for (tenant, writer) in writers {
-        let labels = writer.await.expect("a writer panicked");
-        committed.entry(tenant).or_default().extend(labels);
-    }
+    let committed = run_writers(&pool, &grouped, &plain, &tenants).await;
     let total: usize = committed.values().map(BTreeSet::len).sum();
-    eprintln!(
-        "{total} events committed by {WRITERS} writers in {:?}; {} transactions told to retry",
-        started.elapsed(),
-        retried.load(Ordering::Relaxed)
-    );
     assert!(
         total > 1_000,
         "only {total} events committed: the test proves little"
@@ -380,39 +438,8 @@ async fn every_stream_stays_in_version_order_along_every_reader_under_mixed_writ
     }
 
     // The relay's stream of each tenant, once it has published everything.
-    let mut redis = conn.clone();
-    for tenant in &tenants {
-        let key = keys.tenant_stream(tenant);
-        let want = committed[tenant].len();
-        support::wait_for(
-            &format!("the relay to publish {want} events to {key}"),
-            async || {
-                let len: usize = redis::AsyncCommands::xlen(&mut redis, &key)
-                    .await
-                    .expect("XLEN");
-                len >= want
-            },
-        )
-        .await;
-    }
-    stop.cancel();
-    for relay in relays {
-        relay
-            .await
-            .expect("join")
-            .expect("the relay ran without error");
-    }
-    for tenant in &tenants {
-        let key = keys.tenant_stream(tenant);
-        let entries = support::order::redis_entries(&mut redis, &key).await;
-        for (id, event) in &entries {
-            assert_eq!(
-                id,
-                &event.position.to_string(),
-                "entry ids are log positions"
-            );
-        }
-        let events: Vec<RecordedEvent> = entries.into_iter().map(|(_, e)| e).collect();
+    let streams = relay_streams(&mut conn.clone(), &keys, &tenants, &committed, stop, relays).await;
+    for (tenant, (key, events)) in tenants.iter().zip(streams) {
         check(format!("Redis stream {key}"), &events, &committed[tenant]);
     }
 

@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
 use std::str::FromStr as _;
 use std::time::{Duration, Instant};
@@ -130,12 +130,78 @@ async fn a_relay_killed_at_random_points_publishes_the_postgres_log_once_in_orde
     let tenant = TenantId::new(support::unique("crash"));
     let name = support::unique("crash-relay");
     let grouped = PgEventStore::new(pool.clone());
-    let plain = PgEventStore::new(pool.clone()).without_group_commit();
 
-    // Writers for the whole run: commands through the repository (cached and not, so with
-    // and without group commit), `Any` appends of one to three events, and transactions that
-    // write their own stream before a shared one, all on shared streams.
     let done = CancellationToken::new();
+    let writers = spawn_writers(&pool, &tenant, &done);
+
+    let started = Instant::now();
+    let mut stalled_kills = 0;
+    for round in 0..KILLS {
+        let stall = round % 4 == 3;
+        let mut relay = Relay::spawn(&db_url, &redis_url, &name, &prefix, &tenant, stall);
+        assert!(
+            relay.said("ready", Duration::from_secs(20)).await,
+            "the relay child never got ready"
+        );
+        if stall {
+            // Killed after Redis answered, before the checkpoint moved.
+            if relay.said("stalled", Duration::from_secs(5)).await {
+                stalled_kills += 1;
+            }
+        } else {
+            tokio::time::sleep(Duration::from_micros(rand::random_range(0..30_000))).await;
+        }
+        relay.kill().await;
+    }
+    let killing = started.elapsed();
+    assert!(
+        stalled_kills >= KILLS / 4 - 2,
+        "only {stalled_kills} kills between publish and checkpoint"
+    );
+
+    done.cancel();
+    let mut committed = BTreeSet::new();
+    for writer in writers {
+        committed.extend(writer.await.expect("a writer panicked"));
+    }
+
+    // The last incarnation runs to the end of the log, once the log shows every commit.
+    let log = log_of(&grouped, &tenant, committed.len()).await;
+    let mut last = RedisPublisher::new(
+        grouped.clone(),
+        PgCheckpointStore::new(pool.clone()),
+        conn.clone(),
+        name.clone(),
+        PublisherOptions::default()
+            .with_instance_id("relay-under-test")
+            .with_filter(LogFilter::tenant(tenant.clone())),
+    )
+    .with_router(TenantAndType(keys.clone()))
+    .with_keys(&keys);
+    last.catch_up().await.expect("the last relay catches up");
+    eprintln!(
+        "{KILLS} kills ({stalled_kills} between publish and checkpoint) in {killing:?}, {} events",
+        log.len()
+    );
+
+    let mut failures = Vec::new();
+    failures.extend(exactly_once_error("the store's log", &log, &committed));
+    failures.extend(compare_keys(&mut conn.clone(), &keys, &log).await);
+    failures.extend(version_order_error("the store's log", &log));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Writers for the whole run, until `done`: commands through the repository (cached and not,
+/// so with and without group commit), `Any` appends of one to three events, and transactions
+/// that write their own stream before a shared one, all on shared streams. Each returns the
+/// labels it committed.
+fn spawn_writers(
+    pool: &sqlx::PgPool,
+    tenant: &TenantId,
+    done: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<Vec<u64>>> {
+    let grouped = PgEventStore::new(pool.clone());
+    let plain = PgEventStore::new(pool.clone()).without_group_commit();
     let mut writers = Vec::new();
     for w in 0..8u64 {
         let done = done.clone();
@@ -207,65 +273,23 @@ async fn a_relay_killed_at_random_points_publishes_the_postgres_log_once_in_orde
         }));
     }
 
-    let started = Instant::now();
-    let mut stalled_kills = 0;
-    for round in 0..KILLS {
-        let stall = round % 4 == 3;
-        let mut relay = Relay::spawn(&db_url, &redis_url, &name, &prefix, &tenant, stall);
-        assert!(
-            relay.said("ready", Duration::from_secs(20)).await,
-            "the relay child never got ready"
-        );
-        if stall {
-            // Killed after Redis answered, before the checkpoint moved.
-            if relay.said("stalled", Duration::from_secs(5)).await {
-                stalled_kills += 1;
-            }
-        } else {
-            tokio::time::sleep(Duration::from_micros(rand::random_range(0..30_000))).await;
-        }
-        relay.kill().await;
-    }
-    let killing = started.elapsed();
-    assert!(
-        stalled_kills >= KILLS / 4 - 2,
-        "only {stalled_kills} kills between publish and checkpoint"
-    );
+    writers
+}
 
-    done.cancel();
-    let mut committed = BTreeSet::new();
-    for writer in writers {
-        committed.extend(writer.await.expect("a writer panicked"));
-    }
-
-    // The last incarnation runs to the end of the log, once the log shows every commit.
-    let log = log_of(&grouped, &tenant, committed.len()).await;
-    let mut last = RedisPublisher::new(
-        grouped.clone(),
-        PgCheckpointStore::new(pool.clone()),
-        conn.clone(),
-        name.clone(),
-        PublisherOptions::default()
-            .with_instance_id("relay-under-test")
-            .with_filter(LogFilter::tenant(tenant.clone())),
-    )
-    .with_router(TenantAndType(keys.clone()))
-    .with_keys(&keys);
-    last.catch_up().await.expect("the last relay catches up");
-    eprintln!(
-        "{KILLS} kills ({stalled_kills} between publish and checkpoint) in {killing:?}, {} events",
-        log.len()
-    );
-
-    let mut failures = Vec::new();
-    failures.extend(exactly_once_error("the store's log", &log, &committed));
-    let mut redis = conn.clone();
-    let mut by_key: std::collections::BTreeMap<String, Vec<RecordedEvent>> = Default::default();
+/// How the Redis keys differ from the store's `log` routed to them, and where they break
+/// version order.
+async fn compare_keys(
+    redis: &mut redis::aio::ConnectionManager,
+    keys: &Keys,
+    log: &[RecordedEvent],
+) -> Vec<String> {
+    let mut by_key: BTreeMap<String, Vec<RecordedEvent>> = BTreeMap::new();
     let router = TenantAndType(keys.clone());
-    for event in &log {
-        let mut routed = Vec::new();
-        router.route(event, &mut routed);
-        for key in routed {
+    let mut targets = Vec::new();
+    for event in log {
+        targets.clear();
+        router.route(event, &mut targets);
+        for key in targets.drain(..) {
             by_key.entry(key).or_default().push(event.clone());
         }
     }
@@ -274,8 +298,9 @@ async fn a_relay_killed_at_random_points_publishes_the_postgres_log_once_in_orde
         3,
         "the tenant's stream and two aggregate types' streams"
     );
+    let mut failures = Vec::new();
     for (key, want) in &by_key {
-        let entries = support::order::redis_entries(&mut redis, key).await;
+        let entries = support::order::redis_entries(redis, key).await;
         let got: Vec<RecordedEvent> = entries.iter().map(|(_, e)| e.clone()).collect();
         let ids: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
         let positions: Vec<String> = want.iter().map(|e| e.position.to_string()).collect();
@@ -291,8 +316,7 @@ async fn a_relay_killed_at_random_points_publishes_the_postgres_log_once_in_orde
         }
         failures.extend(version_order_error(key, &got));
     }
-    failures.extend(version_order_error("the store's log", &log));
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    failures
 }
 
 /// Appends with `Any`, retrying with the same events while the store is unavailable (a retry
@@ -352,7 +376,7 @@ async fn transaction_until_known(
 
 /// The tenant's log once it shows `count` events.
 async fn log_of(store: &PgEventStore, tenant: &TenantId, count: usize) -> Vec<RecordedEvent> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_mins(1);
     loop {
         let mut log = Vec::new();
         let mut after = LogPosition::START;

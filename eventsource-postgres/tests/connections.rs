@@ -26,7 +26,7 @@ async fn named_pool(name: &str, max: u32) -> Option<PgPool> {
             .test_before_acquire(false)
             .connect_with(
                 server
-                    .database(support::TEST_DATABASE)
+                    .database(&support::test_database())
                     .application_name(name),
             )
             .await

@@ -12,8 +12,16 @@ use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use uuid::Uuid;
 
-/// The database the tests share (created and migrated on first use).
+/// The database the tests share (created and migrated on first use) unless
+/// `EVENTSOURCE_TEST_DATABASE` names another: worktrees whose schemas differ can then share one
+/// server without one's migrations failing the other's (sqlx refuses a database that holds a
+/// migration it does not know).
 pub const TEST_DATABASE: &str = "eventsource_postgres_tests";
+
+/// The name of the database the tests use: see [`TEST_DATABASE`].
+pub fn test_database() -> String {
+    std::env::var("EVENTSOURCE_TEST_DATABASE").unwrap_or_else(|_| TEST_DATABASE.to_owned())
+}
 
 /// Connect options for the server in `DATABASE_URL`, or `None` (after a notice) when unset.
 ///
@@ -48,7 +56,7 @@ pub async fn pool_with(max: u32) -> Option<PgPool> {
     let pool = PgPoolOptions::new()
         .max_connections(max)
         .test_before_acquire(false)
-        .connect_with(server.database(TEST_DATABASE))
+        .connect_with(server.database(&test_database()))
         .await
         .expect("connect to the test database");
     eventsource_postgres::MIGRATOR
@@ -66,13 +74,17 @@ async fn ensure_database(server: &PgConnectOptions) {
         .expect("connect to DATABASE_URL");
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(TEST_DATABASE)
+            .bind(test_database())
             .fetch_one(&admin)
             .await
             .expect("look up the test database");
     if !exists {
         // Concurrent tests may race to create it; whoever loses finds it created.
-        let _ = sqlx::query("CREATE DATABASE eventsource_postgres_tests")
+        let create = format!(
+            "CREATE DATABASE \"{}\"",
+            test_database().replace('"', "\"\"")
+        );
+        let _ = sqlx::query(sqlx::AssertSqlSafe(create))
             .execute(&admin)
             .await;
     }
@@ -123,7 +135,7 @@ pub async fn app_role_pool_with(admin: &PgPool, max: u32) -> PgPool {
         .test_before_acquire(false)
         .connect_with(
             server
-                .database(TEST_DATABASE)
+                .database(&test_database())
                 .username("eventsource_app")
                 .password("app"),
         )

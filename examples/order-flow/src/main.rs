@@ -215,7 +215,19 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    report(&pool, &mut conn.clone(), &tenant, &stream_key).await?;
+    // Exit non-zero unless the story ended as told: three orders worth 67.49 in the read
+    // model, the flagged order's event dead-lettered, four entries in the stream.
+    let outcome = report(&pool, &mut conn.clone(), &tenant, &stream_key).await?;
+    anyhow::ensure!(
+        outcome
+            == Outcome {
+                orders: 3,
+                cents: 6_749,
+                dead_letters: vec!["order-flagged".to_owned()],
+                entries: 4,
+            },
+        "the flow ended otherwise than told: {outcome:?}"
+    );
 
     shutdown.cancel();
     relay.await??;
@@ -224,14 +236,31 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints the dead letters, the read model and the stream's group figures.
+/// What the flow left behind.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    orders: i64,
+    cents: i64,
+    /// The event types of the notifier's dead letters.
+    dead_letters: Vec<String>,
+    entries: u64,
+}
+
+/// Prints the dead letters, the read model and the stream's group figures, and returns them.
 async fn report(
     pool: &sqlx::PgPool,
     conn: &mut redis::aio::ConnectionManager,
     tenant: &TenantId,
     stream_key: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Outcome> {
+    let mut dead_letters = Vec::new();
     for dead in eventsource_redis::dead_letters(conn, stream_key, "notifications", 10).await? {
+        dead_letters.push(
+            dead.event
+                .as_ref()
+                .map_or("malformed", |e| e.event_type.as_str())
+                .to_owned(),
+        );
         println!(
             "dead letter {}: {} — {}",
             dead.id,
@@ -262,8 +291,12 @@ async fn report(
             .collect::<Vec<_>>()
             .join(", ")
     );
-
-    Ok(())
+    Ok(Outcome {
+        orders: count,
+        cents,
+        dead_letters,
+        entries: stats.length,
+    })
 }
 
 /// Order totals per tenant in PostgreSQL, changed in the same transaction that records the

@@ -32,3 +32,5 @@ pub async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
 }
+
+pub mod order;

@@ -16,24 +16,24 @@
 -- reports `StoreError::RetryTransaction`. Equal ids are the same transaction appending twice:
 -- its events follow each other by position.
 --
--- Existing rows get the snapshot's `xmax` (the next id to be assigned), an upper bound of every
--- writer that committed before this migration: it holds `streams` exclusively, so no writer is
--- in flight. A transaction older than that bound is refused once more than strictly necessary,
--- never less.
+-- Existing rows get the snapshot's `xmax` (the next id to be assigned), taken once this
+-- migration holds `streams` exclusively, so that no writer is in flight: an upper bound of every
+-- writer that committed before it. A transaction older than that bound is refused once more than
+-- strictly necessary, never less. The bound is a constant column default, so adding the column
+-- rewrites no row (it is stored once, in the catalog); the default is dropped at once.
 --
--- Statements that write a streams row set `last_xid` themselves; there is no column default, so
--- an old binary that inserts a streams row without it fails on NOT NULL instead of writing a
--- row that no guard could order. Upgrade binaries with the schema.
+-- Statements that write a streams row set `last_xid` themselves; with no default, an old binary
+-- that creates a streams row without it fails on NOT NULL instead of writing a row no guard
+-- could order. Upgrade binaries with the schema.
 
-ALTER TABLE streams ADD COLUMN last_xid xid8;
-
--- The backfill writes every tenant's rows: row level security is lifted for the owner running
--- the migration, in this transaction only.
-ALTER TABLE streams NO FORCE ROW LEVEL SECURITY;
-UPDATE streams SET last_xid = pg_snapshot_xmax(pg_current_snapshot());
-ALTER TABLE streams FORCE ROW LEVEL SECURITY;
-
-ALTER TABLE streams ALTER COLUMN last_xid SET NOT NULL;
+LOCK TABLE streams IN ACCESS EXCLUSIVE MODE;
+DO $$
+BEGIN
+    EXECUTE format('ALTER TABLE streams ADD COLUMN last_xid xid8 NOT NULL DEFAULT %L',
+                   pg_snapshot_xmax(pg_current_snapshot()));
+END
+$$;
+ALTER TABLE streams ALTER COLUMN last_xid DROP DEFAULT;
 
 -- As in 0006; the guards refuse a transaction older than the stream's last writer.
 CREATE OR REPLACE FUNCTION eventsource_append(
@@ -92,6 +92,14 @@ BEGIN
         WHERE s.last_xid <= pg_current_xact_id()
         RETURNING s.version, s.stream_key INTO v_version, v_key;
     ELSIF p_expected = 'exists' THEN
+        -- The row lock first: an UPDATE that waits for it has its transaction id already,
+        -- and would come out of the wait older than the writer it waited for. A lock taken by
+        -- FOR UPDATE gives the id once granted.
+        PERFORM 1 FROM streams
+        WHERE tenant_id = p_tenant
+          AND aggregate_type = p_aggregate_type
+          AND aggregate_id = p_aggregate_id
+        FOR UPDATE;
         UPDATE streams SET version = streams.version + v_count, last_xid = pg_current_xact_id()
         WHERE tenant_id = p_tenant
           AND aggregate_type = p_aggregate_type
@@ -99,6 +107,11 @@ BEGIN
           AND streams.last_xid <= pg_current_xact_id()
         RETURNING streams.version, streams.stream_key INTO v_version, v_key;
     ELSIF p_expected = 'exact' THEN
+        PERFORM 1 FROM streams
+        WHERE tenant_id = p_tenant
+          AND aggregate_type = p_aggregate_type
+          AND aggregate_id = p_aggregate_id
+        FOR UPDATE;
         UPDATE streams SET version = streams.version + v_count, last_xid = pg_current_xact_id()
         WHERE tenant_id = p_tenant
           AND aggregate_type = p_aggregate_type
@@ -179,6 +192,18 @@ BEGIN
     END IF;
     FOREACH v_tenant IN ARRAY v_tenants LOOP
         v_previous := set_config('eventsource.tenant', v_tenant, true);
+        -- The rows `updated` moves are locked first, in stream order: an UPDATE that waits for
+        -- a row lock has its transaction id already (see `eventsource_append`).
+        PERFORM 1
+        FROM streams s
+        JOIN UNNEST(p_tenants, p_aggregate_types, p_aggregate_ids, p_expected)
+            AS a(tenant, aggregate_type, aggregate_id, expected)
+          ON s.tenant_id = a.tenant AND s.aggregate_type = a.aggregate_type
+         AND s.aggregate_id = a.aggregate_id
+        WHERE a.tenant = v_tenant AND s.tenant_id = v_tenant
+          AND a.expected IN ('exists', 'exact')
+        ORDER BY s.aggregate_type, s.aggregate_id
+        FOR UPDATE OF s;
         RETURN QUERY
         WITH appends AS MATERIALIZED (
             SELECT a.n::int4 AS n, a.aggregate_type, a.aggregate_id, a.expected,
@@ -212,8 +237,15 @@ BEGIN
                       streams.stream_key
         ),
         upserted AS (
+            -- As in `eventsource_append`: the offered row takes the id only when it may be
+            -- inserted.
             INSERT INTO streams AS s (tenant_id, aggregate_type, aggregate_id, version, last_xid)
-            SELECT v_tenant, a.aggregate_type, a.aggregate_id, a.count, pg_current_xact_id()
+            SELECT v_tenant, a.aggregate_type, a.aggregate_id, a.count,
+                   CASE WHEN EXISTS (SELECT 1 FROM streams e
+                                     WHERE e.tenant_id = v_tenant
+                                       AND e.aggregate_type = a.aggregate_type
+                                       AND e.aggregate_id = a.aggregate_id)
+                        THEN '0'::xid8 ELSE pg_current_xact_id() END
             FROM appends a
             WHERE a.expected = 'any'
             ORDER BY a.n

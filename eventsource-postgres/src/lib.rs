@@ -6,6 +6,7 @@ pub mod diagnostics;
 mod error;
 mod group;
 mod kept;
+mod rejection;
 mod row;
 mod snapshot;
 mod sql;

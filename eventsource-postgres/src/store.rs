@@ -1,6 +1,6 @@
 //! [`PgEventStore`]: the core [`EventStore`] contract on PostgreSQL.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -17,9 +17,9 @@ use crate::error::{
 };
 use crate::group::GroupCommit;
 use crate::kept::{Kept, Lent};
+use crate::rejection::{ORDER_ATTEMPTS, Rejection, replayed, resolve_rejection, stream_version_on};
 use crate::row::{
-    AppendRow, EventRow, StoredIdRow, StreamEventRow, position_from_db, version_from_db,
-    version_to_db,
+    AppendRow, EventRow, StreamEventRow, position_from_db, version_from_db, version_to_db,
 };
 use crate::sql;
 use crate::tenant::{begin_tenant, begin_tenant_on};
@@ -174,111 +174,6 @@ pub(crate) async fn try_append<'c, E: sqlx::PgExecutor<'c>>(
         position_from_db(&transaction, first).map_err(corrupt)?,
         position_from_db(&transaction, last).map_err(corrupt)?,
     )))
-}
-
-/// How many times in a row the store runs an append, each time in a new transaction, while the
-/// stream-order guard refuses it as older than the stream's last writer. A new transaction is
-/// younger than every writer it could have waited for, so a second refusal needs yet another
-/// writer to overtake it: the bound only stops a livelock.
-const ORDER_ATTEMPTS: u32 = 16;
-
-/// Why the guard let nothing through, when it was not an error.
-enum Rejection {
-    /// Every id of the batch is stored in place: the original outcome.
-    Replayed(Appended),
-    /// The expectation still holds, so the guard refused the transaction as older than the
-    /// stream's last writer (migration 0007): the append must run in a younger transaction.
-    Older,
-}
-
-/// Explains why the guard let nothing through: an idempotent retry (the original outcome), a
-/// transaction older than the stream's last writer, a reused event id, or a version conflict.
-///
-/// Versions only grow, so an expectation that admits the stream's version now admitted it when
-/// the guard ran (`Any` always does): the refusal was the order guard's. Had the version moved
-/// on meanwhile, an append in a new transaction would conflict too: reporting the conflict is
-/// the same outcome.
-async fn resolve_rejection(
-    conn: &mut PgConnection,
-    stream: &StreamId,
-    expected: ExpectedVersion,
-    ids: &[Uuid],
-) -> Result<Rejection, StoreError> {
-    if let Some(replayed) = replayed(conn, stream, ids).await? {
-        return Ok(Rejection::Replayed(replayed));
-    }
-    let actual = stream_version_on(conn, stream).await?;
-    if expected.admits(actual) {
-        tracing::debug!(%stream, %expected, %actual, "append refused: older than the stream's last writer");
-        return Ok(Rejection::Older);
-    }
-    tracing::debug!(%stream, %expected, %actual, "append conflict");
-    Err(StoreError::Conflict {
-        stream: stream.clone(),
-        expected,
-        actual,
-    })
-}
-
-/// If every id of the batch is stored consecutively, in order, in `stream`: the original
-/// outcome. `Ok(None)` when none is stored; [`StoreError::DuplicateEventId`] otherwise.
-async fn replayed(
-    conn: &mut PgConnection,
-    stream: &StreamId,
-    ids: &[Uuid],
-) -> Result<Option<Appended>, StoreError> {
-    let rows: Vec<StoredIdRow> = sqlx::query_as(sql::STORED_IDS)
-        .bind(ids)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(store_error)?;
-    if rows.is_empty() {
-        return Ok(None);
-    }
-    let stored: HashMap<Uuid, &StoredIdRow> = rows.iter().map(|r| (r.event_id, r)).collect();
-    let duplicate = || {
-        let id = ids
-            .iter()
-            .find(|id| stored.contains_key(id))
-            .copied()
-            .unwrap_or(ids[0]);
-        StoreError::DuplicateEventId {
-            event_id: eventsource_core::EventId::from_uuid(id),
-        }
-    };
-    let in_place: Option<Vec<&StoredIdRow>> =
-        ids.iter().map(|id| stored.get(id).copied()).collect();
-    let Some(in_place) = in_place else {
-        return Err(duplicate());
-    };
-    let first = in_place[0];
-    let consecutive = in_place
-        .iter()
-        .zip(0_i64..)
-        .all(|(row, i)| row.is_in(stream) && first.version.checked_add(i) == Some(row.version));
-    if !consecutive {
-        return Err(duplicate());
-    }
-    let last = in_place[in_place.len() - 1];
-    Ok(Some(Appended::new(
-        version_from_db(last.version)?,
-        position_from_db(&first.transaction_id, first.global_position)?,
-        position_from_db(&last.transaction_id, last.global_position)?,
-    )))
-}
-
-async fn stream_version_on(
-    conn: &mut PgConnection,
-    stream: &StreamId,
-) -> Result<Version, StoreError> {
-    let version: Option<i64> = sqlx::query_scalar(sql::STREAM_VERSION)
-        .bind(stream.tenant().as_str())
-        .bind(stream.aggregate_type())
-        .bind(stream.aggregate_id())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(store_error)?;
-    version.map_or(Ok(Version::ZERO), version_from_db)
 }
 
 /// Rejects what never reaches the database: an empty batch, ids repeated within the batch.

@@ -384,3 +384,52 @@ async fn a_group_commit_older_than_a_streams_last_writer_keeps_version_order() {
     assert_versions_increase(&log);
     assert_exactly_once(&log, &ids);
 }
+
+/// A stream whose last writer is younger than every transaction the cluster can start (a
+/// database restored into a cluster whose ids have not caught up): the store gives up after
+/// its bounded retries with a retryable error, a caller's transaction is told to retry, and
+/// nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_written_by_a_future_transaction_refuses_appends_without_writing() {
+    let Some(pool) = support::pool().await else {
+        return;
+    };
+    let store = PgEventStore::new(pool.clone());
+    let tenant = support::tenant("future-writer");
+    let stream = StreamId::new(tenant.clone(), "log", "ahead");
+    store
+        .append(&stream, ExpectedVersion::NoStream, vec![event("v1")])
+        .await
+        .expect("first event");
+    let mut tx = begin_tenant(&pool, &tenant).await.expect("begin");
+    sqlx::query("UPDATE streams SET last_xid = '9223372036854775000' WHERE aggregate_id = 'ahead'")
+        .execute(&mut *tx)
+        .await
+        .expect("move the last writer ahead");
+    tx.commit().await.expect("commit");
+
+    let err = store
+        .append(&stream, ExpectedVersion::Any, vec![event("v2")])
+        .await
+        .expect_err("no transaction is younger than the stream's last writer");
+    assert!(
+        matches!(err, StoreError::Unavailable(_)) && err.is_retryable(),
+        "{err:?}"
+    );
+    let mut tx = begin_tenant(&pool, &tenant).await.expect("begin");
+    let err = PgEventStore::append_in_tx(
+        &mut tx,
+        &stream,
+        ExpectedVersion::Exact(Version::new(1)),
+        vec![event("v2")],
+    )
+    .await
+    .expect_err("refused in a caller's transaction too");
+    assert!(is_retry_transaction(&err, &stream), "{err:?}");
+    tx.rollback().await.expect("rollback");
+    assert_eq!(
+        store.stream_version(&stream).await.expect("version"),
+        Version::new(1),
+        "nothing was written"
+    );
+}

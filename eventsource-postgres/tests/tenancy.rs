@@ -70,10 +70,19 @@ async fn tenants_apart_through_the_store(app: &PgPool) -> (TenantId, TenantId) {
             .unwrap();
         assert!(read_a.iter().all(|e| e.tenant() == &a));
         assert_eq!(read_a.len(), 2);
-        let log_b = store
-            .read_all(LogPosition::START, 100, &LogFilter::tenant(b.clone()))
-            .await
-            .unwrap();
+        // The log shows an event once every older transaction has ended; tests running
+        // beside this one may hold one open for a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let log_b = loop {
+            let log = store
+                .read_all(LogPosition::START, 100, &LogFilter::tenant(b.clone()))
+                .await
+                .unwrap();
+            if !log.is_empty() || std::time::Instant::now() > deadline {
+                break log;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        };
         assert_eq!(log_b.len(), 1);
         assert!(log_b.iter().all(|e| e.tenant() == &b));
     }
@@ -162,7 +171,9 @@ async fn a_cross_tenant_insert_is_rejected() {
     .unwrap_err();
     let db = err.as_database_error().expect("a database error");
     assert!(db.message().contains("row-level security"), "{db}");
-    drop(tx);
+    // Rolled back now, not when the pool next lends the connection: a transaction that has an
+    // id holds back every reader of the log (other tests of this binary read it) until it ends.
+    tx.rollback().await.unwrap();
 
     // Through the store, appending to tenant B's stream inside tenant A's transaction.
     let mut tx = begin_tenant(&app, &a).await.unwrap();
@@ -175,7 +186,7 @@ async fn a_cross_tenant_insert_is_rejected() {
     .await
     .unwrap_err();
     assert!(matches!(err, StoreError::TenantViolation(_)), "{err}");
-    drop(tx);
+    tx.rollback().await.unwrap();
 
     let b_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE tenant_id = $1")
         .bind(b.as_str())

@@ -22,6 +22,7 @@ pub struct PublisherOptions {
     pub(crate) instance_id: String,
     pub(crate) filter: LogFilter,
     pub(crate) error_backoff: RetryPolicy,
+    pub(crate) refuse_out_of_order: bool,
 }
 
 impl Default for PublisherOptions {
@@ -36,11 +37,24 @@ impl Default for PublisherOptions {
                 .with_max_attempts(u32::MAX)
                 .with_base_delay(Duration::from_millis(50))
                 .with_max_delay(Duration::from_secs(5)),
+            refuse_out_of_order: true,
         }
     }
 }
 
 impl PublisherOptions {
+    /// Whether a batch that gives a stream out of version order is refused
+    /// ([`RedisStoreError::OutOfOrder`](crate::RedisStoreError::OutOfOrder), the default) or
+    /// published as the log gives it, with a warning per event out of order. Turn it off only
+    /// to publish a log written before the store kept streams in order (`eventsource-postgres`
+    /// before migration 0007), whose inversions cannot be undone; the crate README says how
+    /// to find them.
+    #[must_use]
+    pub fn with_refuse_out_of_order(mut self, refuse: bool) -> Self {
+        self.refuse_out_of_order = refuse;
+        self
+    }
+
     /// Events read from the log and published per batch (default 1,000).
     #[must_use]
     pub fn with_batch_size(mut self, batch_size: usize) -> Self {

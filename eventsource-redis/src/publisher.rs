@@ -281,7 +281,11 @@ impl<S: EventStore, C: CheckpointStore> RedisPublisher<S, C> {
                 ..Published::default()
             });
         };
-        self.order.check(&events)?;
+        if self.options.refuse_out_of_order {
+            self.order.check(&events)?;
+        } else {
+            self.order.warn(&events);
+        }
         let span = tracing::debug_span!(
             "eventsource.redis.publish",
             relay = %self.name,

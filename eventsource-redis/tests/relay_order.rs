@@ -9,8 +9,9 @@ use eventsource_core::{
 };
 use eventsource_redis::{Keys, PerTenant, PublisherOptions, RedisPublisher, RedisStoreError};
 
-/// A store whose log gives the second and third events it holds in swapped order: a stream's
-/// version 2 after its version 3, as a store that broke the contract would.
+/// A store whose log gives the second and third events it holds in swapped order (at the same
+/// positions): a stream's version 3 before its version 2, as a store that broke the contract
+/// (or `eventsource-postgres` before migration 0007) would.
 #[derive(Clone, Default)]
 struct Swapping(InMemoryEventStore);
 
@@ -44,7 +45,11 @@ impl EventStore for Swapping {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let mut events = self.0.read_all(after, limit, filter).await?;
         if after == LogPosition::START && events.len() >= 3 {
+            // The events trade places in the log, not positions: as an inversion looks.
+            let (one, two) = (events[1].position, events[2].position);
             events.swap(1, 2);
+            events[1].position = one;
+            events[2].position = two;
         }
         Ok(events)
     }
@@ -149,4 +154,33 @@ async fn an_ordered_log_passes_the_check_across_batches() {
     );
     let published = support::entries(&mut conn, &keys.tenant_stream(a.tenant())).await;
     assert_eq!(published.len(), 15);
+}
+
+#[tokio::test]
+async fn a_relay_told_to_publish_an_old_log_as_it_is_publishes_it() {
+    let Some(url) = support::redis_url() else {
+        return;
+    };
+    let (_client, mut conn) = support::connect(&url).await;
+    let keys = Keys::new(&support::prefix());
+    let store = Swapping::default();
+    let stream = support::stream("acme", "order", "o-1");
+    support::append(&store.0, &stream, 3, "Happened").await;
+    let mut relay = RedisPublisher::new(
+        store,
+        InMemoryCheckpointStore::new(),
+        conn.clone(),
+        "order-lenient",
+        PublisherOptions::default()
+            .with_batch_size(10)
+            .with_refuse_out_of_order(false),
+    )
+    .with_router(PerTenant::new(keys.clone()));
+    assert_eq!(relay.catch_up().await.expect("published as it is"), 3);
+    let versions: Vec<u64> = support::entries(&mut conn, &keys.tenant_stream(stream.tenant()))
+        .await
+        .iter()
+        .map(|(_, e)| e.version.get())
+        .collect();
+    assert_eq!(versions, [1, 3, 2], "the log's order, inversion included");
 }

@@ -8,6 +8,8 @@ use crate::event::DomainEvent;
 /// Usually derived: `#[derive(Aggregate)]` with `#[aggregate(name = "...", event = MyEvent)]`
 /// generates this impl, and `apply` dispatches each variant of `MyEvent` to one hand-written
 /// `when_<variant>` method of the `MyEventHandler` trait that `#[derive(DomainEvent)]` generated.
+/// A struct variant's method receives the variant's borrowed view (`my_event::Variant<'_>`,
+/// fields as references), so it reads only the fields it uses.
 /// The command side lives in [`Handle`], written by hand.
 ///
 /// `apply` is infallible and deterministic: no I/O, no clock, no randomness. Values such as

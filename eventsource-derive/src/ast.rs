@@ -2,8 +2,10 @@
 //! still point errors at the user's tokens.
 //!
 //! The naming rules live here: [`handler_method`] (variant `FundsDeposited` dispatches to
-//! `fn when_funds_deposited`), [`handler_trait`] (`AccountEvent` → `AccountEventHandler`) and
-//! [`snake_case`], which also gives an aggregate's default type name.
+//! `fn when_funds_deposited`), [`handler_trait`] (`AccountEvent` → `AccountEventHandler`),
+//! [`views_module`] (`AccountEvent` → `account_event`, home of the view
+//! `account_event::FundsDeposited<'_>` a struct variant's handler receives) and [`snake_case`],
+//! which also gives an aggregate's default type name.
 
 use proc_macro2::Ident;
 use quote::format_ident;
@@ -24,6 +26,8 @@ pub(crate) struct EventEnum<'a> {
     pub(crate) vis: &'a Visibility,
     /// The generated handler trait's name.
     pub(crate) handler_trait: Ident,
+    /// The generated module holding the borrowed views of the struct variants.
+    pub(crate) views: Ident,
     /// The variants, in declaration order.
     pub(crate) variants: Vec<EventVariant<'a>>,
     /// Enum-level `#[serde(...)]` keys that change the representation (rejected by `check`).
@@ -114,6 +118,7 @@ impl<'a> EventEnum<'a> {
             ident: &input.ident,
             vis: &input.vis,
             handler_trait: handler_trait(&input.ident),
+            views: views_module(&input.ident),
             variants,
             serde_representation: attr::serde_representation(&input.attrs),
         })
@@ -186,11 +191,6 @@ impl<'a> EventField<'a> {
             ty: &field.ty,
         }
     }
-
-    /// The binding prefixed with `_`, for a parameter a default body does not use.
-    pub(crate) fn unused_binding(&self) -> Ident {
-        format_ident!("_{}", self.binding.unraw())
-    }
 }
 
 impl<'a> AggregateStruct<'a> {
@@ -244,6 +244,17 @@ impl<'a> AggregateStruct<'a> {
 /// The handler trait of an event enum: `AccountEvent` → `AccountEventHandler`.
 pub(crate) fn handler_trait(event: &Ident) -> Ident {
     format_ident!("{}Handler", event.unraw(), span = event.span())
+}
+
+/// The module of an event enum's borrowed views: `AccountEvent` → `account_event`.
+pub(crate) fn views_module(event: &Ident) -> Ident {
+    let name = snake_case(&event.unraw().to_string());
+    match name.as_str() {
+        // Keywords that cannot be raw identifiers.
+        "crate" | "self" | "super" => format_ident!("{}_", name, span = event.span()),
+        _ if syn::parse_str::<Ident>(&name).is_err() => Ident::new_raw(&name, event.span()),
+        _ => Ident::new(&name, event.span()),
+    }
 }
 
 /// The handler method of a variant: `FundsDeposited` → `when_funds_deposited`.

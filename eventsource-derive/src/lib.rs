@@ -20,8 +20,15 @@
 //!
 //! The naming rule: variant `FundsDeposited` dispatches to `fn when_funds_deposited` (the
 //! variant name in snake_case, prefixed with `when_`); enum `AccountEvent` gets the trait
-//! `AccountEventHandler`. Handlers take each field by reference, named as the field (tuple
-//! fields become `field0`, `field1`, …).
+//! `AccountEventHandler`.
+//!
+//! Handlers take what they use. A struct variant's handler receives a borrowed view of the
+//! variant, a `Copy` struct of the same name in the module `account_event` (the enum's name in
+//! snake_case) whose fields are references to the event's: `fn when_funds_deposited(&mut
+//! self, e: account_event::FundsDeposited)` reads `e.cents` and ignores the rest. A
+//! one-field tuple variant's handler receives a reference to its field, so events declared as
+//! structs of their own (`Deposited(Deposited)`) are handled as `e: &Deposited`; a longer tuple
+//! variant's handler receives a tuple of references, a unit variant's nothing.
 //!
 //! ```
 //! use eventsource_core::{Aggregate, AggregateRoot, DomainEvent};
@@ -44,11 +51,11 @@
 //! }
 //!
 //! impl AccountEventHandler for Account {
-//!     fn when_opened(&mut self, owner: &String) {
-//!         self.owner.clone_from(owner);
+//!     fn when_opened(&mut self, e: account_event::Opened) {
+//!         self.owner.clone_from(e.owner);
 //!     }
-//!     fn when_funds_deposited(&mut self, cents: &u64) {
-//!         self.balance += cents;
+//!     fn when_funds_deposited(&mut self, e: account_event::FundsDeposited) {
+//!         self.balance += e.cents;
 //!     }
 //!     // `when_viewed` keeps its empty default body.
 //! }
@@ -85,9 +92,15 @@ use syn::{DeriveInput, parse_macro_input};
 ///   enum tag (`{"cents": 5}`, `null` for a unit variant); `decode` picks the variant by its
 ///   stored name, upcasting older schema versions first.
 /// - `trait EHandler` (same visibility as `E`), with one method per variant: variant
-///   `FundsDeposited { cents: u64 }` dispatches to `fn when_funds_deposited(&mut self, cents:
-///   &u64)`; tuple fields are named `field0`, `field1`, …; a unit variant's method takes no
-///   argument.
+///   `FundsDeposited { cents: u64, memo: String }` dispatches to `fn when_funds_deposited(&mut
+///   self, e: e::FundsDeposited<'_>)`; a one-field tuple variant `Opened(Opened)` to `fn
+///   when_opened(&mut self, e: &Opened)`; a tuple variant `Moved(i32, i32)` to `fn
+///   when_moved(&mut self, e: (&i32, &i32))`; a unit variant's method takes no argument.
+/// - `mod e` (`E` in snake_case, same visibility as `E`), when `E` has struct variants: one
+///   borrowed view per struct variant, named as the variant, `Debug + Copy`, with one public
+///   field per variant field holding `&'event FieldType`. Field types resolve as in the
+///   enum's module (the module does `use super::*`), so declare the enum at module level, not
+///   inside a function body, when its fields name types of that body.
 /// - `impl<H: EHandler + ?Sized> Dispatch<H> for E`, the `match` that `#[derive(Aggregate)]`'s
 ///   `apply` calls.
 ///

@@ -48,6 +48,13 @@ pub struct EventType {
 /// assert_eq!(old.schema_version(), 2);
 /// # Ok::<(), eventsource_core::DecodeError>(())
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a domain event",
+    label = "`{Self}` needs `#[derive(DomainEvent)]`",
+    note = "add `#[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]` to the event enum \
+            (`use eventsource_core::DomainEvent;`): it implements `DomainEvent` and generates \
+            the `<Enum>Handler` trait the aggregate implements"
+)]
 pub trait DomainEvent:
     Serialize + DeserializeOwned + Clone + std::fmt::Debug + Send + Sync + 'static
 {

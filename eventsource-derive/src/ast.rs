@@ -10,7 +10,7 @@
 use proc_macro2::Ident;
 use quote::format_ident;
 use syn::ext::IdentExt as _;
-use syn::{Data, DeriveInput, Field, Fields, Type, Variant, Visibility};
+use syn::{Data, DeriveInput, Field, Fields, Path, Type, Variant, Visibility};
 
 use crate::attr::{self, AggregateAttrs, EventAttrs, SerdeVariant};
 use crate::check::Errors;
@@ -32,6 +32,9 @@ pub(crate) struct EventEnum<'a> {
     pub(crate) variants: Vec<EventVariant<'a>>,
     /// Enum-level `#[serde(...)]` keys that change the representation (rejected by `check`).
     pub(crate) serde_representation: Vec<syn::Path>,
+    /// The path generated code names `eventsource_core` by: `#[event(crate = "...")]`, else
+    /// `::eventsource_core`.
+    pub(crate) krate: Path,
 }
 
 /// How a variant holds its fields.
@@ -78,6 +81,9 @@ pub(crate) struct AggregateStruct<'a> {
     pub(crate) ident: &'a Ident,
     /// What `#[aggregate(...)]` says.
     pub(crate) attrs: AggregateAttrs,
+    /// The path generated code names `eventsource_core` by: `#[aggregate(crate = "...")]`, else
+    /// `::eventsource_core`.
+    pub(crate) krate: Path,
 }
 
 impl<'a> EventEnum<'a> {
@@ -102,12 +108,7 @@ impl<'a> EventEnum<'a> {
                 return None;
             }
         };
-        attr::reject(
-            errors,
-            &input.attrs,
-            EVENT,
-            "#[event(...)] goes on the variants of the enum, not on the enum itself",
-        );
+        let enum_attrs = attr::event_enum(errors, &input.attrs);
         let variants = data
             .variants
             .iter()
@@ -121,6 +122,7 @@ impl<'a> EventEnum<'a> {
             views: views_module(&input.ident),
             variants,
             serde_representation: attr::serde_representation(&input.attrs),
+            krate: enum_attrs.krate.unwrap_or_else(default_crate),
         })
     }
 }
@@ -224,10 +226,12 @@ impl<'a> AggregateStruct<'a> {
                 return None;
             }
         }
+        let mut attrs = attr::aggregate(errors, &input.attrs);
         Some(Self {
             original: input,
             ident: &input.ident,
-            attrs: attr::aggregate(errors, &input.attrs),
+            krate: attrs.krate.take().unwrap_or_else(default_crate),
+            attrs,
         })
     }
 
@@ -239,6 +243,11 @@ impl<'a> AggregateStruct<'a> {
             syn::LitStr::value,
         )
     }
+}
+
+/// `::eventsource_core`, the path generated code uses unless `crate = "..."` says otherwise.
+pub(crate) fn default_crate() -> Path {
+    syn::parse_quote!(::eventsource_core)
 }
 
 /// The handler trait of an event enum: `AccountEvent` → `AccountEventHandler`.

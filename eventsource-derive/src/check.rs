@@ -38,17 +38,7 @@ impl Errors {
 
 /// Checks a `#[derive(DomainEvent)]` enum.
 pub(crate) fn event(errors: &mut Errors, event: &EventEnum<'_>) {
-    let generics = &event.original.generics;
-    if !generics.params.is_empty() {
-        errors.spanned(
-            generics,
-            format_args!(
-                "DomainEvent cannot be derived for a generic enum: every stored event type \
-                 needs one concrete shape; remove the parameters from `{}`",
-                event.ident
-            ),
-        );
-    }
+    check_generics(errors, event);
 
     if event.variants.is_empty() {
         errors.spanned(
@@ -80,9 +70,12 @@ pub(crate) fn event(errors: &mut Errors, event: &EventEnum<'_>) {
         let name = variant.stored_name();
         if let Some(first) = names.get(&name) {
             let message = format_args!(
-                "duplicate event name \"{name}\": variant `{first}` already uses it; \
-                 give `{}` its own `#[event(name = \"...\")]`",
-                variant.ident
+                "duplicate event name \"{name}\": variant `{first}` already uses it. \
+                 If `{}` is a new shape of that stored event, change `{first}` itself: \
+                 raise its `version` and read older payloads with an upcaster, like \
+                 `#[event(name = \"{name}\", version = 2, upcast = upcast_fn)]`; \
+                 otherwise give `{}` its own `#[event(name = \"...\")]`",
+                variant.ident, variant.ident
             );
             match &variant.attrs.name {
                 Some(lit) => errors.spanned(lit, message),
@@ -127,6 +120,37 @@ pub(crate) fn event(errors: &mut Errors, event: &EventEnum<'_>) {
                  payload relies on serde's default external tagging; remove it",
             );
         }
+    }
+}
+
+/// An event enum has no parameters; lifetimes get advice of their own, since the fix is owned
+/// fields, not just removing `<'a>`.
+fn check_generics(errors: &mut Errors, event: &EventEnum<'_>) {
+    let generics = &event.original.generics;
+    if !generics.params.is_empty()
+        && generics
+            .params
+            .iter()
+            .all(|param| matches!(param, syn::GenericParam::Lifetime(_)))
+    {
+        errors.spanned(
+            generics,
+            format_args!(
+                "DomainEvent cannot be derived for an enum that borrows: events are stored and \
+                 decoded later, so they own their data; remove the lifetimes from `{}` and use \
+                 owned fields (`String` for `&str`, `Vec<T>` for `&[T]`)",
+                event.ident
+            ),
+        );
+    } else if !generics.params.is_empty() {
+        errors.spanned(
+            generics,
+            format_args!(
+                "DomainEvent cannot be derived for a generic enum: every stored event type \
+                 needs one concrete shape; remove the parameters from `{}`",
+                event.ident
+            ),
+        );
     }
 }
 

@@ -104,6 +104,12 @@ use syn::{DeriveInput, parse_macro_input};
 /// - `impl<H: EHandler + ?Sized> Dispatch<H> for E`, the `match` that `#[derive(Aggregate)]`'s
 ///   `apply` calls.
 ///
+/// # Enum attribute
+///
+/// - `#[event(crate = "path::to::eventsource_core")]`: the path generated code names
+///   `eventsource_core` by (default `::eventsource_core`), for a renamed dependency or a
+///   framework that re-exports it, as serde's `#[serde(crate = "...")]`.
+///
 /// # Variant attributes
 ///
 /// Keys can be combined: `#[event(name = "funds-deposited", version = 2, upcast = f)]`.
@@ -123,7 +129,8 @@ use syn::{DeriveInput, parse_macro_input};
 /// payload relies on serde's default external tagging; choose stored names with
 /// `#[event(name = "...")]` instead.
 ///
-/// The enum must not be generic and must have at least one variant.
+/// The enum must not be generic or borrow (events are stored, so they own their data) and must
+/// have at least one variant.
 #[proc_macro_derive(DomainEvent, attributes(event))]
 pub fn derive_domain_event(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
@@ -144,6 +151,8 @@ pub fn derive_domain_event(input: TokenStream) -> TokenStream {
 ///   struct's name in snake_case, `BankAccount` → `"bank_account"`).
 /// - `snapshot = N`: enables snapshots with schema version `N` (at least 1); the state is
 ///   stored with serde, so the struct must implement `Serialize` and `Deserialize`.
+/// - `crate = "path::to::eventsource_core"`: the path generated code names `eventsource_core`
+///   by (default `::eventsource_core`).
 ///
 /// The struct must not be generic, and `Aggregate` also needs `Default + Send + Sync +
 /// 'static`.

@@ -20,8 +20,15 @@ pub(crate) const UPCAST: Symbol = Symbol("upcast");
 /// `#[event(no_state_change)]`: the handler method gets an empty default body.
 pub(crate) const NO_STATE_CHANGE: Symbol = Symbol("no_state_change");
 
-/// Every key `#[event(...)]` accepts, in the order error messages list them.
+/// `#[event(crate = "...")]`, `#[aggregate(crate = "...")]`: the path generated code names
+/// `eventsource_core` by.
+pub(crate) const CRATE: Symbol = Symbol("crate");
+
+/// Every key `#[event(...)]` accepts on a variant, in the order error messages list them.
 pub(crate) const EVENT_KEYS: &[Symbol] = &[NAME, VERSION, UPCAST, NO_STATE_CHANGE];
+
+/// Every key `#[event(...)]` accepts on the enum itself.
+pub(crate) const EVENT_ENUM_KEYS: &[Symbol] = &[CRATE];
 
 /// `#[aggregate(...)]` on an aggregate struct.
 pub(crate) const AGGREGATE: Symbol = Symbol("aggregate");
@@ -31,7 +38,7 @@ pub(crate) const EVENT_TYPE: Symbol = Symbol("event");
 pub(crate) const SNAPSHOT: Symbol = Symbol("snapshot");
 
 /// Every key `#[aggregate(...)]` accepts, in the order error messages list them.
-pub(crate) const AGGREGATE_KEYS: &[Symbol] = &[NAME, EVENT_TYPE, SNAPSHOT];
+pub(crate) const AGGREGATE_KEYS: &[Symbol] = &[NAME, EVENT_TYPE, SNAPSHOT, CRATE];
 
 /// `#[serde(...)]`, read to find the enum representation and renamed variants.
 pub(crate) const SERDE: Symbol = Symbol("serde");

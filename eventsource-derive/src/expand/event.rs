@@ -7,10 +7,10 @@ use proc_macro2::{Ident, Literal, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::ext::IdentExt as _;
 use syn::spanned::Spanned as _;
-use syn::{DeriveInput, Visibility};
+use syn::{DeriveInput, Path, Visibility};
 
 use super::{local, with_fallback};
-use crate::ast::{EventEnum, EventVariant, Style};
+use crate::ast::{EventEnum, EventVariant, Style, default_crate};
 use crate::check::{self, Errors};
 
 /// Expands `#[derive(DomainEvent)]`; errors become `compile_error!` plus a fallback.
@@ -40,6 +40,7 @@ fn expand(event: &EventEnum<'_>) -> TokenStream {
 }
 
 fn domain_event_impl(event: &EventEnum<'_>) -> TokenStream {
+    let krate = &event.krate;
     let ident = event.ident;
     let names: Vec<String> = event
         .variants
@@ -59,13 +60,13 @@ fn domain_event_impl(event: &EventEnum<'_>) -> TokenStream {
     let decode_arms = event
         .variants
         .iter()
-        .map(|variant| decode_arm(variant, &event_type, &schema_version, &payload));
+        .map(|variant| decode_arm(krate, variant, &event_type, &schema_version, &payload));
 
     quote! {
         #[automatically_derived]
-        impl ::eventsource_core::DomainEvent for #ident {
-            const EVENT_TYPES: &'static [::eventsource_core::EventType] = &[
-                #(::eventsource_core::EventType { name: #names, version: #versions },)*
+        impl #krate::DomainEvent for #ident {
+            const EVENT_TYPES: &'static [#krate::EventType] = &[
+                #(#krate::EventType { name: #names, version: #versions },)*
             ];
 
             fn event_type(&self) -> &'static str {
@@ -83,21 +84,21 @@ fn domain_event_impl(event: &EventEnum<'_>) -> TokenStream {
             fn encode(
                 &self,
             ) -> ::core::result::Result<
-                ::eventsource_core::__private::serde_json::Value,
-                ::eventsource_core::__private::serde_json::Error,
+                #krate::__private::serde_json::Value,
+                #krate::__private::serde_json::Error,
             > {
-                ::eventsource_core::__private::serde_json::to_value(self)
-                    .map(::eventsource_core::__private::strip_tag)
+                #krate::__private::serde_json::to_value(self)
+                    .map(#krate::__private::strip_tag)
             }
 
             fn decode(
                 #event_type: &str,
                 #schema_version: u32,
-                #payload: ::eventsource_core::__private::serde_json::Value,
-            ) -> ::core::result::Result<Self, ::eventsource_core::DecodeError> {
+                #payload: #krate::__private::serde_json::Value,
+            ) -> ::core::result::Result<Self, #krate::DecodeError> {
                 match #event_type {
                     #(#decode_arms)*
-                    _ => ::core::result::Result::Err(::eventsource_core::DecodeError::UnknownType {
+                    _ => ::core::result::Result::Err(#krate::DecodeError::UnknownType {
                         event_type: ::std::string::String::from(#event_type),
                     }),
                 }
@@ -108,6 +109,7 @@ fn domain_event_impl(event: &EventEnum<'_>) -> TokenStream {
 
 /// `"name" => match schema_version { current => decode, 1..current => upcast, other => error }`.
 fn decode_arm(
+    krate: &Path,
     variant: &EventVariant<'_>,
     event_type: &Ident,
     schema_version: &Ident,
@@ -119,7 +121,7 @@ fn decode_arm(
     let current = Literal::u32_unsuffixed(variant.version());
     let stored = local("stored");
     let decode = quote! {
-        ::eventsource_core::__private::with_tag::<Self>(#event_type, #serde_name, #unit, #payload)
+        #krate::__private::with_tag::<Self>(#event_type, #serde_name, #unit, #payload)
     };
     let upcast_arm = variant.attrs.upcast.as_ref().map(|upcast| {
         let path = &upcast.value;
@@ -129,15 +131,15 @@ fn decode_arm(
             #stored @ 1..#current => {
                 let #upcaster: fn(
                     u32,
-                    ::eventsource_core::__private::serde_json::Value,
+                    #krate::__private::serde_json::Value,
                 ) -> ::core::result::Result<
-                    ::eventsource_core::__private::serde_json::Value,
-                    ::eventsource_core::UpcastError,
+                    #krate::__private::serde_json::Value,
+                    #krate::UpcastError,
                 > = #path;
                 match #upcaster(#stored, #payload) {
                     ::core::result::Result::Ok(#payload) => #decode,
                     ::core::result::Result::Err(#source) => ::core::result::Result::Err(
-                        ::eventsource_core::DecodeError::Upcast {
+                        #krate::DecodeError::Upcast {
                             event_type: ::std::string::String::from(#event_type),
                             source: #source,
                         },
@@ -151,7 +153,7 @@ fn decode_arm(
             #current => #decode,
             #upcast_arm
             #stored => ::core::result::Result::Err(
-                ::eventsource_core::DecodeError::UnsupportedVersion {
+                #krate::DecodeError::UnsupportedVersion {
                     event_type: ::std::string::String::from(#event_type),
                     stored: #stored,
                     current: #current,
@@ -355,6 +357,7 @@ fn inner_visibility(vis: &Visibility) -> TokenStream {
 /// `impl<H: <Enum>Handler + ?Sized> Dispatch<H> for Enum`: a `match` with one arm per variant
 /// and no wildcard.
 fn dispatch_impl(event: &EventEnum<'_>) -> TokenStream {
+    let krate = &event.krate;
     let ident = event.ident;
     let trait_ident = &event.handler_trait;
     let views = &event.views;
@@ -381,7 +384,7 @@ fn dispatch_impl(event: &EventEnum<'_>) -> TokenStream {
     quote! {
         #[automatically_derived]
         impl<#handler_param: #trait_ident + ?::core::marker::Sized>
-            ::eventsource_core::Dispatch<#handler_param> for #ident
+            #krate::Dispatch<#handler_param> for #ident
         {
             fn dispatch(&self, #handler: &mut #handler_param) {
                 match self {
@@ -409,6 +412,7 @@ fn fallback(input: &DeriveInput, event: Option<&EventEnum<'_>>) -> TokenStream {
         return TokenStream::new();
     }
     let ident = &input.ident;
+    let krate = event.map_or_else(default_crate, |event| event.krate.clone());
     let handler = event.map(|event| {
         let handler_trait = handler_trait(event, true);
         let views = views_module(event);
@@ -420,7 +424,7 @@ fn fallback(input: &DeriveInput, event: Option<&EventEnum<'_>>) -> TokenStream {
 
             #[automatically_derived]
             impl<#handler_param: #trait_ident + ?::core::marker::Sized>
-                ::eventsource_core::Dispatch<#handler_param> for #ident
+                #krate::Dispatch<#handler_param> for #ident
             {
                 fn dispatch(&self, _handler: &mut #handler_param) {
                     ::core::unreachable!()
@@ -430,8 +434,8 @@ fn fallback(input: &DeriveInput, event: Option<&EventEnum<'_>>) -> TokenStream {
     });
     quote! {
         #[automatically_derived]
-        impl ::eventsource_core::DomainEvent for #ident {
-            const EVENT_TYPES: &'static [::eventsource_core::EventType] = &[];
+        impl #krate::DomainEvent for #ident {
+            const EVENT_TYPES: &'static [#krate::EventType] = &[];
 
             fn event_type(&self) -> &'static str {
                 ::core::unreachable!()
@@ -444,8 +448,8 @@ fn fallback(input: &DeriveInput, event: Option<&EventEnum<'_>>) -> TokenStream {
             fn encode(
                 &self,
             ) -> ::core::result::Result<
-                ::eventsource_core::__private::serde_json::Value,
-                ::eventsource_core::__private::serde_json::Error,
+                #krate::__private::serde_json::Value,
+                #krate::__private::serde_json::Error,
             > {
                 ::core::unreachable!()
             }
@@ -453,8 +457,8 @@ fn fallback(input: &DeriveInput, event: Option<&EventEnum<'_>>) -> TokenStream {
             fn decode(
                 _event_type: &str,
                 _schema_version: u32,
-                _payload: ::eventsource_core::__private::serde_json::Value,
-            ) -> ::core::result::Result<Self, ::eventsource_core::DecodeError> {
+                _payload: #krate::__private::serde_json::Value,
+            ) -> ::core::result::Result<Self, #krate::DecodeError> {
                 ::core::unreachable!()
             }
         }

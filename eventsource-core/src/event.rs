@@ -85,6 +85,23 @@ pub trait DomainEvent:
         schema_version: u32,
         payload: serde_json::Value,
     ) -> Result<Self, DecodeError>;
+
+    /// Whether `event_type` is a stored type name this enum decodes. Typed handlers skip other
+    /// events without decoding them.
+    ///
+    /// ```
+    /// # use eventsource_core::DomainEvent;
+    /// # #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, DomainEvent)]
+    /// # enum AccountEvent { #[event(name = "account-opened")] Opened }
+    /// assert!(AccountEvent::knows("account-opened"));
+    /// assert!(!AccountEvent::knows("Opened"));
+    /// ```
+    #[must_use]
+    fn knows(event_type: &str) -> bool {
+        Self::EVENT_TYPES
+            .iter()
+            .any(|known| known.name == event_type)
+    }
 }
 
 /// Why a stored payload could not become a domain event.

@@ -16,6 +16,7 @@ pub mod snapshot;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod typed;
 
 pub use aggregate::{Aggregate, AggregateRoot, Dispatch, Handle};
 pub use checkpoint::CheckpointStore;
@@ -37,6 +38,7 @@ pub use snapshot::{NoSnapshots, Snapshot, SnapshotPolicy, SnapshotStore};
 pub use store::{
     Appended, EventStore, ExpectedVersion, LogFilter, StoreError, VersionRange, read_log,
 };
+pub use typed::{Typed, TypedError, TypedHandler, TypedProjection, TypedSaga};
 
 /// `#[derive(Aggregate)]`: see [`Aggregate`](trait@Aggregate).
 #[cfg(feature = "derive")]

@@ -20,9 +20,12 @@ pub struct EventType {
 /// the stored payload is the variant's fields as JSON, without the Rust enum tag, so renaming a
 /// variant never breaks stored data as long as its `name` stays.
 ///
-/// An older stored schema version is turned into the current one on read by the variant's
+/// An older stored schema version is turned into the current one on read, either by typed
+/// upcasters chained across versions, `#[event(version = 3, upcast_from(1 = V1, 2 = V2))]`
+/// (`V1` converts into `V2` and `V2` into the enum with `From`/`TryFrom`), or by one JSON
 /// upcaster, `#[event(version = 2, upcast = path::to_fn)]`, a
 /// `fn(from_version: u32, payload: serde_json::Value) -> Result<serde_json::Value, UpcastError>`.
+/// A renamed event keeps decoding under its former stored names with `#[event(alias = "...")]`.
 ///
 /// ```
 /// use eventsource_core::{DomainEvent, UpcastError};
@@ -61,6 +64,10 @@ pub trait DomainEvent:
     /// Every event type this enum can hold, with its current schema version.
     const EVENT_TYPES: &'static [EventType];
 
+    /// Former stored names that still decode, each with the current name it maps to
+    /// (`#[event(alias = "...")]`).
+    const EVENT_ALIASES: &'static [(&'static str, &'static str)] = &[];
+
     /// The stable type name of this event.
     fn event_type(&self) -> &'static str;
 
@@ -86,8 +93,8 @@ pub trait DomainEvent:
         payload: serde_json::Value,
     ) -> Result<Self, DecodeError>;
 
-    /// Whether `event_type` is a stored type name this enum decodes. Typed handlers skip other
-    /// events without decoding them.
+    /// Whether `event_type` is a stored type name this enum decodes, current or former (an
+    /// alias). Typed handlers skip other events without decoding them.
     ///
     /// ```
     /// # use eventsource_core::DomainEvent;
@@ -101,6 +108,9 @@ pub trait DomainEvent:
         Self::EVENT_TYPES
             .iter()
             .any(|known| known.name == event_type)
+            || Self::EVENT_ALIASES
+                .iter()
+                .any(|(alias, _)| *alias == event_type)
     }
 }
 
@@ -165,6 +175,31 @@ impl UpcastError {
             reason: reason.into(),
         }
     }
+}
+
+/// Deserializes a payload stored with an older schema version into its typed shape.
+#[doc(hidden)]
+pub fn stored_shape<T: DeserializeOwned>(
+    event_type: &str,
+    payload: serde_json::Value,
+) -> Result<T, DecodeError> {
+    serde_json::from_value(payload).map_err(|source| DecodeError::Payload {
+        event_type: event_type.to_owned(),
+        source,
+    })
+}
+
+/// One typed upcast step: the shape of `from_version` into the next one (or the event).
+#[doc(hidden)]
+pub fn upcast_step<S, T>(event_type: &str, from_version: u32, value: S) -> Result<T, DecodeError>
+where
+    T: TryFrom<S>,
+    T::Error: std::fmt::Display,
+{
+    T::try_from(value).map_err(|reason| DecodeError::Upcast {
+        event_type: event_type.to_owned(),
+        source: UpcastError::new(from_version, reason.to_string()),
+    })
 }
 
 /// Strips serde's external enum tag: `{"Variant": {...}}` becomes `{...}` and `"Variant"`

@@ -50,6 +50,6 @@ pub use eventsource_derive::DomainEvent;
 /// Support for the code the derives generate. Not public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::event::{strip_tag, with_tag};
+    pub use crate::event::{stored_shape, strip_tag, upcast_step, with_tag};
     pub use serde_json;
 }

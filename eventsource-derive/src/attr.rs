@@ -7,13 +7,13 @@
 
 use proc_macro2::TokenTree;
 use syn::meta::ParseNestedMeta;
-use syn::{Attribute, Expr, ExprLit, ExprPath, Lit, LitStr, Path, Token, Type};
+use syn::{Attribute, Expr, ExprLit, ExprPath, Lit, LitInt, LitStr, Path, Token, Type};
 
 use crate::check::Errors;
 use crate::symbol::{
-    self, AGGREGATE, AGGREGATE_KEYS, CRATE, DESERIALIZE, EVENT, EVENT_ENUM_KEYS, EVENT_KEYS,
+    self, AGGREGATE, AGGREGATE_KEYS, ALIAS, CRATE, DESERIALIZE, EVENT, EVENT_ENUM_KEYS, EVENT_KEYS,
     EVENT_TYPE, NAME, NO_STATE_CHANGE, RENAME, SERDE, SERDE_REPRESENTATION_KEYS, SNAPSHOT, Symbol,
-    UNTAGGED, UPCAST, VERSION,
+    UNTAGGED, UPCAST, UPCAST_FROM, VERSION,
 };
 
 /// A positive integer given to `version` or `snapshot`, with its key for spans.
@@ -41,6 +41,10 @@ pub(crate) struct EventAttrs {
     pub(crate) version: Option<Version>,
     /// `upcast = path`: the upcaster from older versions.
     pub(crate) upcast: Option<Keyed<ExprPath>>,
+    /// `upcast_from(1 = V1, ...)`: the stored shape of each older version, in the order given.
+    pub(crate) upcast_from: Option<Keyed<Vec<(LitInt, Type)>>>,
+    /// `alias = "..."`, repeatable: former stored names of this variant.
+    pub(crate) aliases: Vec<LitStr>,
     /// `no_state_change`: the key as written.
     pub(crate) no_state_change: Option<Path>,
 }
@@ -111,6 +115,28 @@ pub(crate) fn event_variant(errors: &mut Errors, attrs: &[Attribute]) -> EventAt
                          like `#[event(version = 2, upcast = upcast_deposited)]`",
                     );
                 }
+            } else if meta.path == ALIAS {
+                if let Some(alias) = string_value(errors, &meta, "#[event(alias = \"deposited\")]")?
+                {
+                    out.aliases.push(alias);
+                }
+            } else if meta.path == UPCAST_FROM {
+                let content;
+                syn::parenthesized!(content in meta.input);
+                let entries = content.parse_terminated(
+                    |input| {
+                        let version: LitInt = input.parse()?;
+                        input.parse::<Token![=]>()?;
+                        let ty: Type = input.parse()?;
+                        Ok((version, ty))
+                    },
+                    Token![,],
+                )?;
+                let keyed = Keyed {
+                    key: meta.path.clone(),
+                    value: entries.into_iter().collect(),
+                };
+                set(errors, &mut out.upcast_from, &meta.path, EVENT, keyed);
             } else if meta.path == CRATE {
                 skip_value(&meta)?;
                 errors.spanned(

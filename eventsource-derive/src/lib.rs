@@ -117,6 +117,16 @@ use syn::{DeriveInput, parse_macro_input};
 /// - `name = "funds-deposited"`: the stable type name stored with every event (default: the
 ///   variant's name). Keep it when renaming the variant.
 /// - `version = N`: the current schema version, at least 1 (default 1).
+/// - `alias = "deposited"` (repeatable): a former stored name of this variant, after a rename;
+///   events stored under it decode as this variant (and are written under `name` from then
+///   on). Listed in `DomainEvent::EVENT_ALIASES`.
+/// - `upcast_from(1 = DepositedV1, 2 = DepositedV2)`: typed upcasters. With `version = 3`, the
+///   payload of a stored version-1 event is deserialized as `DepositedV1`, converted with
+///   `TryFrom` (or `From`) into `DepositedV2`, and that into the enum (`impl From<DepositedV2>
+///   for AccountEvent`); a version-2 event takes the last step only. The listed versions are
+///   consecutive and end just below the current one; a failing `TryFrom` (its error `Display`)
+///   becomes `DecodeError::Upcast` naming the version it started from. Versions before the
+///   first listed one are unsupported. Not combined with `upcast`.
 /// - `upcast = path::to_fn`: with `version` above 1, a
 ///   `fn(u32, serde_json::Value) -> Result<serde_json::Value, UpcastError>` that turns a
 ///   payload stored with an older version (given as the first argument) into the current shape.

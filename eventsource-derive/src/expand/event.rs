@@ -9,7 +9,7 @@ use syn::ext::IdentExt as _;
 use syn::spanned::Spanned as _;
 use syn::{DeriveInput, Path, Visibility};
 
-use super::{local, with_fallback};
+use super::{local, respan, with_fallback};
 use crate::ast::{EventEnum, EventVariant, Style, default_crate};
 use crate::check::{self, Errors};
 
@@ -54,6 +54,14 @@ fn domain_event_impl(event: &EventEnum<'_>) -> TokenStream {
         .collect();
     let variants: Vec<&Ident> = event.variants.iter().map(|variant| variant.ident).collect();
 
+    let alias_pairs = event.variants.iter().flat_map(|variant| {
+        let name = variant.stored_name();
+        variant
+            .attrs
+            .aliases
+            .iter()
+            .map(move |alias| quote!((#alias, #name)))
+    });
     let event_type = local("event_type");
     let schema_version = local("schema_version");
     let payload = local("payload");
@@ -67,6 +75,10 @@ fn domain_event_impl(event: &EventEnum<'_>) -> TokenStream {
         impl #krate::DomainEvent for #ident {
             const EVENT_TYPES: &'static [#krate::EventType] = &[
                 #(#krate::EventType { name: #names, version: #versions },)*
+            ];
+
+            const EVENT_ALIASES: &'static [(&'static str, &'static str)] = &[
+                #(#alias_pairs,)*
             ];
 
             fn event_type(&self) -> &'static str {
@@ -148,10 +160,17 @@ fn decode_arm(
             }
         }
     });
+    let chain_arms = variant
+        .attrs
+        .upcast_from
+        .as_ref()
+        .map(|chain| typed_upcast_arms(krate, &chain.value, event_type, payload));
+    let aliases = &variant.attrs.aliases;
     quote! {
-        #name => match #schema_version {
+        #name #(| #aliases)* => match #schema_version {
             #current => #decode,
             #upcast_arm
+            #chain_arms
             #stored => ::core::result::Result::Err(
                 #krate::DecodeError::UnsupportedVersion {
                     event_type: ::std::string::String::from(#event_type),
@@ -161,6 +180,41 @@ fn decode_arm(
             ),
         },
     }
+}
+
+/// One arm per version listed in `upcast_from(k = Vk, ..)`: deserialize the payload as `Vk`,
+/// then convert it step by step (`TryFrom`) through every later listed type into `Self`.
+fn typed_upcast_arms(
+    krate: &Path,
+    chain: &[(syn::LitInt, syn::Type)],
+    event_type: &Ident,
+    payload: &Ident,
+) -> TokenStream {
+    let value = local("value");
+    let arms = chain.iter().enumerate().map(|(start, (version, ty))| {
+        let steps = chain[start..]
+            .iter()
+            .enumerate()
+            .map(|(offset, (from, source))| {
+                let target = chain
+                    .get(start + offset + 1)
+                    .map_or_else(|| quote!(Self), |(_, next)| quote!(#next));
+                // Spanned on the listed type, so a missing `From`/`TryFrom` points at it.
+                let span = source.span();
+                let step = respan(quote!(#krate::__private::upcast_step), span);
+                quote_spanned! {span=>
+                    let #value = #step::<#source, #target>(#event_type, #from, #value)?;
+                }
+            });
+        quote! {
+            #version => {
+                let #value = #krate::__private::stored_shape::<#ty>(#event_type, #payload)?;
+                #(#steps)*
+                ::core::result::Result::Ok(#value)
+            }
+        }
+    });
+    quote!(#(#arms)*)
 }
 
 /// The `<Enum>Handler` trait. In a fallback every method gets an empty default body (and

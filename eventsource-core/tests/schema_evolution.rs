@@ -128,3 +128,37 @@ async fn a_typed_projection_knows_former_names() {
     assert_eq!(runner.catch_up().await.expect("catch up"), 3);
     assert_eq!(runner.projection().get_ref().0, 375);
 }
+
+#[tokio::test]
+async fn temporal_reads_replay_old_versions_through_the_chain() {
+    let store = InMemoryEventStore::new();
+    let wallets = Repository::<Wallet, _>::new(store.clone());
+    let stream = wallets.stream_id("w-1");
+    store
+        .append(&stream, ExpectedVersion::NoStream, history())
+        .await
+        .expect("append");
+
+    let at = |v| wallets.load_at("w-1", eventsource_core::Version::new(v));
+    assert_eq!(at(0).await.expect("v0").state().cents, 0);
+    assert_eq!(at(1).await.expect("v1").state().cents, 200);
+    let v2 = at(2).await.expect("v2");
+    assert_eq!((v2.state().cents, v2.version().get()), (350, 2));
+    let beyond = at(9).await.expect("past the end");
+    assert_eq!((beyond.state().cents, beyond.version().get()), (375, 3));
+
+    let recorded = store
+        .read_stream(&stream, eventsource_core::VersionRange::all())
+        .await
+        .expect("read");
+    let as_of = |at| wallets.load_as_of("w-1", at);
+    let before = recorded[0].recorded_at - chrono::Duration::seconds(1);
+    assert_eq!(as_of(before).await.expect("before").version().get(), 0);
+    let second = as_of(recorded[1].recorded_at).await.expect("at the second");
+    assert!(
+        second.version().get() >= 2,
+        "events recorded by then are applied"
+    );
+    let now = as_of(chrono::Utc::now()).await.expect("now");
+    assert_eq!(now.state().cents, 375);
+}

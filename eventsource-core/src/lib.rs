@@ -38,7 +38,7 @@ pub use snapshot::{NoSnapshots, Snapshot, SnapshotPolicy, SnapshotStore};
 pub use store::{
     Appended, EventStore, ExpectedVersion, LogFilter, StoreError, VersionRange, read_log,
 };
-pub use typed::{Typed, TypedError, TypedHandler, TypedProjection, TypedSaga};
+pub use typed::{Either, EventSet, Typed, TypedError, TypedHandler, TypedProjection, TypedSaga};
 
 /// `#[derive(Aggregate)]`: see [`Aggregate`](trait@Aggregate).
 #[cfg(feature = "derive")]

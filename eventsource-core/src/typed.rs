@@ -1,12 +1,13 @@
 //! Typed handlers: projections, sagas and consumer handlers written against a
 //! [`DomainEvent`] enum instead of JSON payloads.
 //!
+//! Each declares the events it takes as an [`EventSet`]: one enum, or several with [`Either`].
 //! Implement [`TypedHandler`], [`TypedProjection`] or [`TypedSaga`] and wrap the value in
 //! [`Typed`], which implements the untyped trait a runner takes ([`EventHandler`],
 //! [`Projection`], [`Saga`]). For every stored event, `Typed`:
 //!
-//! - skips it without decoding when its type is not one of the enum's stored names
-//!   ([`DomainEvent::knows`]): one log carries every aggregate's events;
+//! - skips it without decoding when its type is not one of the set's stored names
+//!   ([`EventSet::knows`]): one log carries every aggregate's events;
 //! - otherwise decodes it (upcasting older schema versions) into an [`Envelope<E>`], which
 //!   keeps every envelope field (stream, version, position, tenant, correlation and causation
 //!   ids, actor, recorded-at), and calls the typed method;
@@ -86,6 +87,80 @@ use crate::handler::EventHandler;
 use crate::projection::Projection;
 use crate::saga::{DeadlineReached, Saga};
 
+/// The events a typed handler takes: one [`DomainEvent`] enum (every enum is an `EventSet`),
+/// or several combined with [`Either`].
+///
+/// ```
+/// # use eventsource_core::{DomainEvent, Either, Envelope, TypedHandler};
+/// # #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, DomainEvent)]
+/// # enum OrderEvent { #[event(name = "order-placed")] Placed { sku: String } }
+/// # #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, DomainEvent)]
+/// # enum StockEvent { #[event(name = "stock-reserved")] Reserved { sku: String } }
+/// struct Audit;
+///
+/// impl TypedHandler for Audit {
+///     // Orders and stock, from two aggregates' enums.
+///     type Event = Either<OrderEvent, StockEvent>;
+///     type Error = std::convert::Infallible;
+///
+///     async fn handle(&self, event: &Envelope<Self::Event>) -> Result<(), Self::Error> {
+///         match &event.payload {
+///             Either::Left(OrderEvent::Placed { sku }) => println!("placed {sku}"),
+///             Either::Right(StockEvent::Reserved { sku }) => println!("reserved {sku}"),
+///         }
+///         Ok(())
+///     }
+/// }
+/// # let _ = eventsource_core::Typed::new(Audit);
+/// # let _ = (OrderEvent::Placed { sku: "a".into() }, StockEvent::Reserved { sku: "a".into() });
+/// ```
+pub trait EventSet: Sized + Send + Sync + 'static {
+    /// Whether events stored under `event_type` belong to the set; others are skipped without
+    /// decoding.
+    fn knows(event_type: &str) -> bool;
+
+    /// Decodes a stored event of the set, upcasting older schema versions.
+    ///
+    /// # Errors
+    ///
+    /// As [`RecordedEvent::decode`].
+    fn decode(event: &RecordedEvent) -> Result<Envelope<Self>, EventDecodeError>;
+}
+
+impl<E: DomainEvent> EventSet for E {
+    fn knows(event_type: &str) -> bool {
+        <E as DomainEvent>::knows(event_type)
+    }
+
+    fn decode(event: &RecordedEvent) -> Result<Envelope<Self>, EventDecodeError> {
+        event.decode::<E>()
+    }
+}
+
+/// The events of two [`EventSet`]s: `Either<OrderEvent, StockEvent>`, or nested for more
+/// (`Either<A, Either<B, C>>`). An event whose stored type both sides know goes `Left`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Either<L, R> {
+    /// An event of the first set.
+    Left(L),
+    /// An event of the second set.
+    Right(R),
+}
+
+impl<L: EventSet, R: EventSet> EventSet for Either<L, R> {
+    fn knows(event_type: &str) -> bool {
+        L::knows(event_type) || R::knows(event_type)
+    }
+
+    fn decode(event: &RecordedEvent) -> Result<Envelope<Self>, EventDecodeError> {
+        if L::knows(&event.event_type) {
+            L::decode(event).map(|decoded| decoded.map(Either::Left))
+        } else {
+            R::decode(event).map(|decoded| decoded.map(Either::Right))
+        }
+    }
+}
+
 /// Wraps a typed handler, projection or saga so that runners taking the untyped trait accept
 /// it; see the [module documentation](self).
 #[derive(Debug, Clone, Default)]
@@ -140,8 +215,9 @@ impl<E: std::error::Error + 'static> TypedError<E> {
 /// Delivery is at least once, as for [`EventHandler`]: deduplicate on `event.position` or
 /// `event.event_id` in the same transaction as the effect.
 pub trait TypedHandler: Send + Sync {
-    /// The events handled; events of other types are skipped without decoding.
-    type Event: DomainEvent;
+    /// The events handled (one enum, or several with [`Either`]); events of other types are
+    /// skipped without decoding.
+    type Event: EventSet;
     /// Why handling failed; the runner retries, then dead-letters.
     type Error: std::error::Error + Send + Sync + 'static;
 
@@ -163,10 +239,10 @@ impl<H: TypedHandler> EventHandler for Typed<H> {
     type Error = TypedError<H::Error>;
 
     async fn handle(&self, event: &RecordedEvent) -> Result<(), Self::Error> {
-        if !H::Event::knows(&event.event_type) {
+        if !<H::Event as EventSet>::knows(&event.event_type) {
             return Ok(());
         }
-        let decoded = event.decode::<H::Event>().map_err(TypedError::Decode)?;
+        let decoded = H::Event::decode(event).map_err(TypedError::Decode)?;
         self.0.handle(&decoded).await.map_err(TypedError::Handler)
     }
 
@@ -186,8 +262,9 @@ impl<H: TypedHandler> EventHandler for Typed<H> {
 /// [`TypedError::Decode`] naming the event; the checkpoint stays before it, so an upcaster can be
 /// deployed and the projection resumed.
 pub trait TypedProjection: Send {
-    /// The events folded; events of other types are skipped without decoding.
-    type Event: DomainEvent;
+    /// The events folded (one enum, or several with [`Either`]); events of other types are
+    /// skipped without decoding.
+    type Event: EventSet;
     /// Why applying an event failed.
     type Error: std::error::Error + Send + Sync + 'static;
 
@@ -209,10 +286,10 @@ impl<P: TypedProjection> Projection for Typed<P> {
     }
 
     async fn apply(&mut self, event: &RecordedEvent) -> Result<(), Self::Error> {
-        if !P::Event::knows(&event.event_type) {
+        if !<P::Event as EventSet>::knows(&event.event_type) {
             return Ok(());
         }
-        let decoded = event.decode::<P::Event>().map_err(TypedError::Decode)?;
+        let decoded = P::Event::decode(event).map_err(TypedError::Decode)?;
         self.0.apply(&decoded).await.map_err(TypedError::Handler)
     }
 }
@@ -227,8 +304,9 @@ impl<P: TypedProjection> Projection for Typed<P> {
 pub trait TypedSaga: Send + Sync + 'static {
     /// Stable name; part of state keys and derived event ids.
     const NAME: &'static str;
-    /// The events reacted to; events of other types are skipped without decoding.
-    type Event: DomainEvent;
+    /// The events reacted to (one enum, or several with [`Either`]); events of other types are
+    /// skipped without decoding.
+    type Event: EventSet;
     /// Per-instance state.
     type State: Default + Serialize + DeserializeOwned + Send + Sync;
     /// What the saga asks others to do.
@@ -280,10 +358,10 @@ impl<G: TypedSaga> Saga for Typed<G> {
     type Error = TypedError<G::Error>;
 
     fn correlate(&self, event: &RecordedEvent) -> Option<String> {
-        if !G::Event::knows(&event.event_type) {
+        if !<G::Event as EventSet>::knows(&event.event_type) {
             return None;
         }
-        match event.decode::<G::Event>() {
+        match G::Event::decode(event) {
             Ok(decoded) => self.0.correlate(&decoded),
             // `correlate` cannot fail; route the event to an instance of its own so that `react`
             // reports the decoding failure (permanent, nothing saved) instead of dropping it.
@@ -302,7 +380,7 @@ impl<G: TypedSaga> Saga for Typed<G> {
                 .on_deadline(state, &deadline)
                 .map_err(TypedError::Handler);
         }
-        let decoded = event.decode::<G::Event>().map_err(TypedError::Decode)?;
+        let decoded = G::Event::decode(event).map_err(TypedError::Decode)?;
         self.0.react(state, &decoded).map_err(TypedError::Handler)
     }
 

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use eventsource_core::{
     CommandContext, CommandDispatcher, DEADLINE_REACHED, DeadlineReached, Dispatch, DomainEvent,
-    Envelope, EventHandler, EventStore, ExpectedVersion, InMemoryCheckpointStore,
+    Either, Envelope, EventHandler, EventStore, ExpectedVersion, InMemoryCheckpointStore,
     InMemoryEventStore, InMemorySagaStore, LogPosition, Metadata, NewEvent, ProjectionError,
     ProjectionRunner, RecordedEvent, SagaHandler, StreamId, TenantId, Typed, TypedError,
     TypedHandler, TypedProjection, TypedSaga, VersionRange,
@@ -288,4 +288,50 @@ async fn a_typed_saga_reacts_to_its_events_and_deadlines() {
         *commands.0.lock().expect("lock"),
         ["reserve 2 sku-1", "release 2"]
     );
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
+enum StockEvent {
+    #[event(name = "stock-reserved")]
+    Reserved { sku: String, qty: u32 },
+}
+
+/// Net quantity per sku across two aggregates' enums.
+#[derive(Debug, Default)]
+struct Net(i64);
+
+impl TypedProjection for Net {
+    type Event = Either<OrderEvent, StockEvent>;
+    type Error = std::convert::Infallible;
+
+    fn name(&self) -> &'static str {
+        "net"
+    }
+
+    async fn apply(&mut self, event: &Envelope<Self::Event>) -> Result<(), Self::Error> {
+        match &event.payload {
+            Either::Left(OrderEvent::Placed { qty, .. }) => self.0 += i64::from(*qty),
+            Either::Left(OrderEvent::Cancelled) => {}
+            Either::Right(StockEvent::Reserved { qty, .. }) => self.0 -= i64::from(*qty),
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_typed_projection_takes_the_events_of_two_enums() {
+    let store = InMemoryEventStore::new();
+    let reserved = NewEvent::from_event(&StockEvent::Reserved {
+        sku: "sku-1".into(),
+        qty: 3,
+    })
+    .expect("encodes");
+    append(&store, "o-1", vec![placed(5), foreign(), reserved]).await;
+    let mut runner = ProjectionRunner::new(
+        store,
+        InMemoryCheckpointStore::new(),
+        Typed::new(Net::default()),
+    );
+    assert_eq!(runner.catch_up().await.expect("catch up"), 3);
+    assert_eq!(runner.projection().get_ref().0, 2);
 }

@@ -8,6 +8,8 @@ use crate::event::DomainEvent;
 /// Usually derived: `#[derive(Aggregate)]` with `#[aggregate(name = "...", event = MyEvent)]`
 /// generates this impl, and `apply` dispatches each variant of `MyEvent` to one hand-written
 /// `when_<variant>` method of the `MyEventHandler` trait that `#[derive(DomainEvent)]` generated.
+/// A struct variant's method receives the variant's borrowed view (`my_event::Variant<'_>`,
+/// fields as references), so it reads only the fields it uses.
 /// The command side lives in [`Handle`], written by hand.
 ///
 /// `apply` is infallible and deterministic: no I/O, no clock, no randomness. Values such as
@@ -16,6 +18,12 @@ use crate::event::DomainEvent;
 /// Snapshots are opt-in: set [`SNAPSHOT_VERSION`](Aggregate::SNAPSHOT_VERSION) (the derive's
 /// `#[aggregate(snapshot = N)]`, which needs `Serialize`/`Deserialize` on the state) and
 /// [`Repository::with_snapshots`](crate::Repository::with_snapshots) stores and loads them.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an aggregate",
+    label = "`{Self}` needs `#[derive(Aggregate)]`",
+    note = "add `#[derive(Default, Aggregate)]` and `#[aggregate(event = YourEvent)]` to the \
+            state struct (`use eventsource_core::Aggregate;`)"
+)]
 pub trait Aggregate: Default + Send + Sync + 'static {
     /// Stable aggregate type name, part of every stream id.
     const TYPE: &'static str;
@@ -47,11 +55,22 @@ pub trait Aggregate: Default + Send + Sync + 'static {
 ///
 /// `handle` is pure: it reads `self` and returns events or a domain error. It is called again
 /// with fresh state when an append conflicts, so it must not have side effects.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not handle commands",
+    label = "`{Self}` needs `impl Handle for {Self}`",
+    note = "implement `Handle` by hand: `type Command`, `type Error` (a `std::error::Error`, \
+            e.g. with `#[derive(thiserror::Error)]`) and `fn handle(&self, command) -> \
+            Result<Vec<Self::Event>, Self::Error>`"
+)]
 pub trait Handle: Aggregate {
     /// The commands this aggregate accepts.
     type Command: Clone + Send + Sync + 'static;
 
-    /// Why a command is rejected.
+    /// Why a command is rejected: a `std::error::Error`, typically
+    /// `#[derive(Debug, thiserror::Error)]`.
+    // No custom diagnostic for a non-error type: rustc reports the unmet `std::error::Error`
+    // bound itself, even through a marker trait with `#[diagnostic::do_not_recommend]` on its
+    // blanket impl (tried for #14).
     type Error: std::error::Error + Send + Sync + 'static;
 
     /// Decides the events for `command` given the current state.
@@ -64,6 +83,12 @@ pub trait Handle: Aggregate {
 
 /// Routes an event to a handler's per-variant method. Implemented by `#[derive(DomainEvent)]`
 /// for every type implementing the generated `<Event>Handler` trait.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot dispatch its events to `{H}`",
+    label = "`{Self}` needs `#[derive(DomainEvent)]`",
+    note = "`#[derive(DomainEvent)]` on `{Self}` generates this impl together with the handler \
+            trait `{H}` must implement"
+)]
 pub trait Dispatch<H: ?Sized> {
     /// Calls the method of `handler` that belongs to this event's variant.
     fn dispatch(&self, handler: &mut H);

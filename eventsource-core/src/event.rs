@@ -20,9 +20,12 @@ pub struct EventType {
 /// the stored payload is the variant's fields as JSON, without the Rust enum tag, so renaming a
 /// variant never breaks stored data as long as its `name` stays.
 ///
-/// An older stored schema version is turned into the current one on read by the variant's
+/// An older stored schema version is turned into the current one on read, either by typed
+/// upcasters chained across versions, `#[event(version = 3, upcast_from(1 = V1, 2 = V2))]`
+/// (`V1` converts into `V2` and `V2` into the enum with `From`/`TryFrom`), or by one JSON
 /// upcaster, `#[event(version = 2, upcast = path::to_fn)]`, a
 /// `fn(from_version: u32, payload: serde_json::Value) -> Result<serde_json::Value, UpcastError>`.
+/// A renamed event keeps decoding under its former stored names with `#[event(alias = "...")]`.
 ///
 /// ```
 /// use eventsource_core::{DomainEvent, UpcastError};
@@ -48,11 +51,22 @@ pub struct EventType {
 /// assert_eq!(old.schema_version(), 2);
 /// # Ok::<(), eventsource_core::DecodeError>(())
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a domain event",
+    label = "`{Self}` needs `#[derive(DomainEvent)]`",
+    note = "add `#[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]` to the event enum \
+            (`use eventsource_core::DomainEvent;`): it implements `DomainEvent` and generates \
+            the `<Enum>Handler` trait the aggregate implements"
+)]
 pub trait DomainEvent:
     Serialize + DeserializeOwned + Clone + std::fmt::Debug + Send + Sync + 'static
 {
     /// Every event type this enum can hold, with its current schema version.
     const EVENT_TYPES: &'static [EventType];
+
+    /// Former stored names that still decode, each with the current name it maps to
+    /// (`#[event(alias = "...")]`).
+    const EVENT_ALIASES: &'static [(&'static str, &'static str)] = &[];
 
     /// The stable type name of this event.
     fn event_type(&self) -> &'static str;
@@ -78,6 +92,26 @@ pub trait DomainEvent:
         schema_version: u32,
         payload: serde_json::Value,
     ) -> Result<Self, DecodeError>;
+
+    /// Whether `event_type` is a stored type name this enum decodes, current or former (an
+    /// alias). Typed handlers skip other events without decoding them.
+    ///
+    /// ```
+    /// # use eventsource_core::DomainEvent;
+    /// # #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, DomainEvent)]
+    /// # enum AccountEvent { #[event(name = "account-opened")] Opened }
+    /// assert!(AccountEvent::knows("account-opened"));
+    /// assert!(!AccountEvent::knows("Opened"));
+    /// ```
+    #[must_use]
+    fn knows(event_type: &str) -> bool {
+        Self::EVENT_TYPES
+            .iter()
+            .any(|known| known.name == event_type)
+            || Self::EVENT_ALIASES
+                .iter()
+                .any(|(alias, _)| *alias == event_type)
+    }
 }
 
 /// Why a stored payload could not become a domain event.
@@ -141,6 +175,31 @@ impl UpcastError {
             reason: reason.into(),
         }
     }
+}
+
+/// Deserializes a payload stored with an older schema version into its typed shape.
+#[doc(hidden)]
+pub fn stored_shape<T: DeserializeOwned>(
+    event_type: &str,
+    payload: serde_json::Value,
+) -> Result<T, DecodeError> {
+    serde_json::from_value(payload).map_err(|source| DecodeError::Payload {
+        event_type: event_type.to_owned(),
+        source,
+    })
+}
+
+/// One typed upcast step: the shape of `from_version` into the next one (or the event).
+#[doc(hidden)]
+pub fn upcast_step<S, T>(event_type: &str, from_version: u32, value: S) -> Result<T, DecodeError>
+where
+    T: TryFrom<S>,
+    T::Error: std::fmt::Display,
+{
+    T::try_from(value).map_err(|reason| DecodeError::Upcast {
+        event_type: event_type.to_owned(),
+        source: UpcastError::new(from_version, reason.to_string()),
+    })
 }
 
 /// Strips serde's external enum tag: `{"Variant": {...}}` becomes `{...}` and `"Variant"`

@@ -16,6 +16,7 @@ pub mod snapshot;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod typed;
 
 pub use aggregate::{Aggregate, AggregateRoot, Dispatch, Handle};
 pub use checkpoint::CheckpointStore;
@@ -37,6 +38,7 @@ pub use snapshot::{NoSnapshots, Snapshot, SnapshotPolicy, SnapshotStore};
 pub use store::{
     Appended, EventStore, ExpectedVersion, LogFilter, StoreError, VersionRange, read_log,
 };
+pub use typed::{Either, EventSet, Typed, TypedError, TypedHandler, TypedProjection, TypedSaga};
 
 /// `#[derive(Aggregate)]`: see [`Aggregate`](trait@Aggregate).
 #[cfg(feature = "derive")]
@@ -48,6 +50,6 @@ pub use eventsource_derive::DomainEvent;
 /// Support for the code the derives generate. Not public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::event::{strip_tag, with_tag};
+    pub use crate::event::{stored_shape, strip_tag, upcast_step, with_tag};
     pub use serde_json;
 }

@@ -74,6 +74,14 @@ pub trait Saga: Send + Sync + 'static {
         let _ = state;
         None
     }
+
+    /// Whether `error`, returned by [`react`](Self::react), recurs on every delivery (an event
+    /// that does not decode, say); [`SagaHandler`] then reports it as permanent and runners
+    /// dead-letter the event at once. The default treats every error as transient.
+    fn is_permanent(&self, error: &Self::Error) -> bool {
+        let _ = error;
+        false
+    }
 }
 
 /// The payload of a [`DEADLINE_REACHED`] event.
@@ -356,9 +364,14 @@ where
             .map_err(SagaError::Store)
     }
 
-    /// Stored state that does not decode will not decode on a redelivery either.
+    /// Stored state that does not decode will not decode on a redelivery either; nor will an
+    /// error the saga itself calls permanent ([`Saga::is_permanent`]).
     fn is_permanent(&self, error: &Self::Error) -> bool {
-        matches!(error, SagaError::State(_))
+        match error {
+            SagaError::State(_) => true,
+            SagaError::React(error) => self.saga.is_permanent(error),
+            _ => false,
+        }
     }
 }
 

@@ -20,8 +20,8 @@ struct Stock {
 }
 
 impl StockEventHandler for Stock {
-    fn when_reserved(&mut self, _order: &String, qty: &u32) {
-        self.reserved += qty;
+    fn when_reserved(&mut self, e: stock_event::Reserved) {
+        self.reserved += e.qty;
     }
 }
 

@@ -2,13 +2,15 @@
 //! still point errors at the user's tokens.
 //!
 //! The naming rules live here: [`handler_method`] (variant `FundsDeposited` dispatches to
-//! `fn when_funds_deposited`), [`handler_trait`] (`AccountEvent` → `AccountEventHandler`) and
-//! [`snake_case`], which also gives an aggregate's default type name.
+//! `fn when_funds_deposited`), [`handler_trait`] (`AccountEvent` → `AccountEventHandler`),
+//! [`views_module`] (`AccountEvent` → `account_event`, home of the view
+//! `account_event::FundsDeposited<'_>` a struct variant's handler receives) and [`snake_case`],
+//! which also gives an aggregate's default type name.
 
 use proc_macro2::Ident;
 use quote::format_ident;
 use syn::ext::IdentExt as _;
-use syn::{Data, DeriveInput, Field, Fields, Type, Variant, Visibility};
+use syn::{Data, DeriveInput, Field, Fields, Path, Type, Variant, Visibility};
 
 use crate::attr::{self, AggregateAttrs, EventAttrs, SerdeVariant};
 use crate::check::Errors;
@@ -24,10 +26,15 @@ pub(crate) struct EventEnum<'a> {
     pub(crate) vis: &'a Visibility,
     /// The generated handler trait's name.
     pub(crate) handler_trait: Ident,
+    /// The generated module holding the borrowed views of the struct variants.
+    pub(crate) views: Ident,
     /// The variants, in declaration order.
     pub(crate) variants: Vec<EventVariant<'a>>,
     /// Enum-level `#[serde(...)]` keys that change the representation (rejected by `check`).
     pub(crate) serde_representation: Vec<syn::Path>,
+    /// The path generated code names `eventsource_core` by: `#[event(crate = "...")]`, else
+    /// `::eventsource_core`.
+    pub(crate) krate: Path,
 }
 
 /// How a variant holds its fields.
@@ -74,6 +81,9 @@ pub(crate) struct AggregateStruct<'a> {
     pub(crate) ident: &'a Ident,
     /// What `#[aggregate(...)]` says.
     pub(crate) attrs: AggregateAttrs,
+    /// The path generated code names `eventsource_core` by: `#[aggregate(crate = "...")]`, else
+    /// `::eventsource_core`.
+    pub(crate) krate: Path,
 }
 
 impl<'a> EventEnum<'a> {
@@ -98,12 +108,7 @@ impl<'a> EventEnum<'a> {
                 return None;
             }
         };
-        attr::reject(
-            errors,
-            &input.attrs,
-            EVENT,
-            "#[event(...)] goes on the variants of the enum, not on the enum itself",
-        );
+        let enum_attrs = attr::event_enum(errors, &input.attrs);
         let variants = data
             .variants
             .iter()
@@ -114,8 +119,10 @@ impl<'a> EventEnum<'a> {
             ident: &input.ident,
             vis: &input.vis,
             handler_trait: handler_trait(&input.ident),
+            views: views_module(&input.ident),
             variants,
             serde_representation: attr::serde_representation(&input.attrs),
+            krate: enum_attrs.krate.unwrap_or_else(default_crate),
         })
     }
 }
@@ -186,11 +193,6 @@ impl<'a> EventField<'a> {
             ty: &field.ty,
         }
     }
-
-    /// The binding prefixed with `_`, for a parameter a default body does not use.
-    pub(crate) fn unused_binding(&self) -> Ident {
-        format_ident!("_{}", self.binding.unraw())
-    }
 }
 
 impl<'a> AggregateStruct<'a> {
@@ -224,10 +226,12 @@ impl<'a> AggregateStruct<'a> {
                 return None;
             }
         }
+        let mut attrs = attr::aggregate(errors, &input.attrs);
         Some(Self {
             original: input,
             ident: &input.ident,
-            attrs: attr::aggregate(errors, &input.attrs),
+            krate: attrs.krate.take().unwrap_or_else(default_crate),
+            attrs,
         })
     }
 
@@ -241,9 +245,25 @@ impl<'a> AggregateStruct<'a> {
     }
 }
 
+/// `::eventsource_core`, the path generated code uses unless `crate = "..."` says otherwise.
+pub(crate) fn default_crate() -> Path {
+    syn::parse_quote!(::eventsource_core)
+}
+
 /// The handler trait of an event enum: `AccountEvent` → `AccountEventHandler`.
 pub(crate) fn handler_trait(event: &Ident) -> Ident {
     format_ident!("{}Handler", event.unraw(), span = event.span())
+}
+
+/// The module of an event enum's borrowed views: `AccountEvent` → `account_event`.
+pub(crate) fn views_module(event: &Ident) -> Ident {
+    let name = snake_case(&event.unraw().to_string());
+    match name.as_str() {
+        // Keywords that cannot be raw identifiers.
+        "crate" | "self" | "super" => format_ident!("{}_", name, span = event.span()),
+        _ if syn::parse_str::<Ident>(&name).is_err() => Ident::new_raw(&name, event.span()),
+        _ => Ident::new(&name, event.span()),
+    }
 }
 
 /// The handler method of a variant: `FundsDeposited` → `when_funds_deposited`.

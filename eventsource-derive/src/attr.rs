@@ -7,13 +7,13 @@
 
 use proc_macro2::TokenTree;
 use syn::meta::ParseNestedMeta;
-use syn::{Attribute, Expr, ExprLit, ExprPath, Lit, LitStr, Path, Token, Type};
+use syn::{Attribute, Expr, ExprLit, ExprPath, Lit, LitInt, LitStr, Path, Token, Type};
 
 use crate::check::Errors;
 use crate::symbol::{
-    self, AGGREGATE, AGGREGATE_KEYS, DESERIALIZE, EVENT, EVENT_KEYS, EVENT_TYPE, NAME,
-    NO_STATE_CHANGE, RENAME, SERDE, SERDE_REPRESENTATION_KEYS, SNAPSHOT, Symbol, UNTAGGED, UPCAST,
-    VERSION,
+    self, AGGREGATE, AGGREGATE_KEYS, ALIAS, CRATE, DESERIALIZE, EVENT, EVENT_ENUM_KEYS, EVENT_KEYS,
+    EVENT_TYPE, NAME, NO_STATE_CHANGE, RENAME, SERDE, SERDE_REPRESENTATION_KEYS, SNAPSHOT, Symbol,
+    UNTAGGED, UPCAST, UPCAST_FROM, VERSION,
 };
 
 /// A positive integer given to `version` or `snapshot`, with its key for spans.
@@ -41,13 +41,26 @@ pub(crate) struct EventAttrs {
     pub(crate) version: Option<Version>,
     /// `upcast = path`: the upcaster from older versions.
     pub(crate) upcast: Option<Keyed<ExprPath>>,
+    /// `upcast_from(1 = V1, ...)`: the stored shape of each older version, in the order given.
+    pub(crate) upcast_from: Option<Keyed<Vec<(LitInt, Type)>>>,
+    /// `alias = "..."`, repeatable: former stored names of this variant.
+    pub(crate) aliases: Vec<LitStr>,
     /// `no_state_change`: the key as written.
     pub(crate) no_state_change: Option<Path>,
+}
+
+/// Everything `#[event(...)]` on the enum itself says.
+#[derive(Default)]
+pub(crate) struct EventEnumAttrs {
+    /// `crate = "..."`: the path to `eventsource_core`.
+    pub(crate) krate: Option<Path>,
 }
 
 /// Everything `#[aggregate(...)]` says about the aggregate struct.
 #[derive(Default)]
 pub(crate) struct AggregateAttrs {
+    /// `crate = "..."`: the path to `eventsource_core`.
+    pub(crate) krate: Option<Path>,
     /// Whether any `#[aggregate]` attribute was present.
     pub(crate) present: bool,
     /// `name = "..."`: the aggregate type name.
@@ -102,6 +115,35 @@ pub(crate) fn event_variant(errors: &mut Errors, attrs: &[Attribute]) -> EventAt
                          like `#[event(version = 2, upcast = upcast_deposited)]`",
                     );
                 }
+            } else if meta.path == ALIAS {
+                if let Some(alias) = string_value(errors, &meta, "#[event(alias = \"deposited\")]")?
+                {
+                    out.aliases.push(alias);
+                }
+            } else if meta.path == UPCAST_FROM {
+                let content;
+                syn::parenthesized!(content in meta.input);
+                let entries = content.parse_terminated(
+                    |input| {
+                        let version: LitInt = input.parse()?;
+                        input.parse::<Token![=]>()?;
+                        let ty: Type = input.parse()?;
+                        Ok((version, ty))
+                    },
+                    Token![,],
+                )?;
+                let keyed = Keyed {
+                    key: meta.path.clone(),
+                    value: entries.into_iter().collect(),
+                };
+                set(errors, &mut out.upcast_from, &meta.path, EVENT, keyed);
+            } else if meta.path == CRATE {
+                skip_value(&meta)?;
+                errors.spanned(
+                    &meta.path,
+                    "`crate` goes on the enum, not on a variant: write \
+                     `#[event(crate = \"...\")]` above the enum",
+                );
             } else if meta.path == NO_STATE_CHANGE {
                 if has_value(&meta) {
                     skip_value(&meta)?;
@@ -119,6 +161,38 @@ pub(crate) fn event_variant(errors: &mut Errors, attrs: &[Attribute]) -> EventAt
                 }
             } else {
                 unknown_key(errors, &meta, EVENT, EVENT_KEYS)?;
+            }
+            Ok(())
+        });
+        if let Err(error) = parsed {
+            errors.push(error);
+        }
+    }
+    out
+}
+
+/// Reads every `#[event(...)]` attribute on the enum itself: only `crate` belongs there.
+pub(crate) fn event_enum(errors: &mut Errors, attrs: &[Attribute]) -> EventEnumAttrs {
+    let mut out = EventEnumAttrs::default();
+    for attr in attrs.iter().filter(|attr| attr.path() == EVENT) {
+        let parsed = attr.parse_nested_meta(|meta| {
+            if meta.path == CRATE {
+                if let Some(path) = crate_value(errors, &meta, EVENT)? {
+                    set(errors, &mut out.krate, &meta.path, EVENT, path);
+                }
+            } else if EVENT_KEYS.iter().any(|key| meta.path == *key) {
+                skip_value(&meta)?;
+                errors.spanned(
+                    &meta.path,
+                    format_args!(
+                        "`{}` goes on the variants of the enum, not on the enum itself; \
+                         on the enum, #[event(...)] takes only {}",
+                        display_path(&meta.path),
+                        symbol::list(EVENT_ENUM_KEYS)
+                    ),
+                );
+            } else {
+                unknown_key(errors, &meta, EVENT, EVENT_ENUM_KEYS)?;
             }
             Ok(())
         });
@@ -161,6 +235,10 @@ pub(crate) fn aggregate(errors: &mut Errors, attrs: &[Attribute]) -> AggregateAt
                              like `#[aggregate(event = AccountEvent)]`",
                         );
                     }
+                }
+            } else if meta.path == CRATE {
+                if let Some(path) = crate_value(errors, &meta, AGGREGATE)? {
+                    set(errors, &mut out.krate, &meta.path, AGGREGATE, path);
                 }
             } else if meta.path == SNAPSHOT {
                 if let Some(version) = version_value(
@@ -286,6 +364,30 @@ fn string_value(
             Ok(None)
         }
     }
+}
+
+/// Reads `= "path"` and parses the string as the path to `eventsource_core`, as serde's
+/// `#[serde(crate = "...")]` does.
+fn crate_value(
+    errors: &mut Errors,
+    meta: &ParseNestedMeta<'_>,
+    attr: Symbol,
+) -> syn::Result<Option<Path>> {
+    let example = format!("#[{attr}(crate = \"::my_app::eventsource_core\")]");
+    let Some(lit) = string_value(errors, meta, &example)? else {
+        return Ok(None);
+    };
+    if let Ok(path) = lit.parse::<Path>() {
+        return Ok(Some(path));
+    }
+    errors.spanned(
+        &lit,
+        format_args!(
+            "`crate` must be the path `eventsource_core` is reachable by, in a string, \
+             like `{example}`"
+        ),
+    );
+    Ok(None)
 }
 
 /// Reads `= N` and checks it is an integer literal in `1..=u32::MAX`.

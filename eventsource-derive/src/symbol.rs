@@ -17,11 +17,23 @@ pub(crate) const NAME: Symbol = Symbol("name");
 pub(crate) const VERSION: Symbol = Symbol("version");
 /// `#[event(upcast = path)]`: turns older stored versions into the current one.
 pub(crate) const UPCAST: Symbol = Symbol("upcast");
+/// `#[event(upcast_from(1 = V1, 2 = V2))]`: typed upcasters, one stored shape per version.
+pub(crate) const UPCAST_FROM: Symbol = Symbol("upcast_from");
+/// `#[event(alias = "...")]`: a former stored name that still decodes to this variant.
+pub(crate) const ALIAS: Symbol = Symbol("alias");
 /// `#[event(no_state_change)]`: the handler method gets an empty default body.
 pub(crate) const NO_STATE_CHANGE: Symbol = Symbol("no_state_change");
 
-/// Every key `#[event(...)]` accepts, in the order error messages list them.
-pub(crate) const EVENT_KEYS: &[Symbol] = &[NAME, VERSION, UPCAST, NO_STATE_CHANGE];
+/// `#[event(crate = "...")]`, `#[aggregate(crate = "...")]`: the path generated code names
+/// `eventsource_core` by.
+pub(crate) const CRATE: Symbol = Symbol("crate");
+
+/// Every key `#[event(...)]` accepts on a variant, in the order error messages list them.
+pub(crate) const EVENT_KEYS: &[Symbol] =
+    &[NAME, ALIAS, VERSION, UPCAST, UPCAST_FROM, NO_STATE_CHANGE];
+
+/// Every key `#[event(...)]` accepts on the enum itself.
+pub(crate) const EVENT_ENUM_KEYS: &[Symbol] = &[CRATE];
 
 /// `#[aggregate(...)]` on an aggregate struct.
 pub(crate) const AGGREGATE: Symbol = Symbol("aggregate");
@@ -31,7 +43,7 @@ pub(crate) const EVENT_TYPE: Symbol = Symbol("event");
 pub(crate) const SNAPSHOT: Symbol = Symbol("snapshot");
 
 /// Every key `#[aggregate(...)]` accepts, in the order error messages list them.
-pub(crate) const AGGREGATE_KEYS: &[Symbol] = &[NAME, EVENT_TYPE, SNAPSHOT];
+pub(crate) const AGGREGATE_KEYS: &[Symbol] = &[NAME, EVENT_TYPE, SNAPSHOT, CRATE];
 
 /// `#[serde(...)]`, read to find the enum representation and renamed variants.
 pub(crate) const SERDE: Symbol = Symbol("serde");

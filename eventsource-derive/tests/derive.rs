@@ -54,24 +54,24 @@ struct Account {
 }
 
 impl AccountEventHandler for Account {
-    fn when_opened(&mut self, owner: &String) {
-        self.owner.clone_from(owner);
+    fn when_opened(&mut self, e: account_event::Opened) {
+        self.owner.clone_from(e.owner);
     }
 
-    fn when_deposited(&mut self, cents: &u64) {
-        self.balance += cents;
+    fn when_deposited(&mut self, e: account_event::Deposited) {
+        self.balance += e.cents;
     }
 
-    fn when_withdrawn(&mut self, cents: &u64) {
-        self.balance -= cents;
+    fn when_withdrawn(&mut self, e: account_event::Withdrawn) {
+        self.balance -= e.cents;
     }
 
-    fn when_frozen(&mut self, field0: &String) {
-        self.frozen_by = Some(field0.clone());
+    fn when_frozen(&mut self, by: &String) {
+        self.frozen_by = Some(by.clone());
     }
 
-    fn when_moved(&mut self, field0: &u32, field1: &u32) {
-        self.position = (*field0, *field1);
+    fn when_moved(&mut self, (x, y): (&u32, &u32)) {
+        self.position = (*x, *y);
     }
 }
 
@@ -82,19 +82,19 @@ struct BalanceView {
 }
 
 impl AccountEventHandler for BalanceView {
-    fn when_opened(&mut self, _owner: &String) {}
+    fn when_opened(&mut self, _: account_event::Opened) {}
 
-    fn when_deposited(&mut self, cents: &u64) {
-        self.balance += cents;
+    fn when_deposited(&mut self, e: account_event::Deposited) {
+        self.balance += e.cents;
     }
 
-    fn when_withdrawn(&mut self, cents: &u64) {
-        self.balance -= cents;
+    fn when_withdrawn(&mut self, e: account_event::Withdrawn) {
+        self.balance -= e.cents;
     }
 
-    fn when_frozen(&mut self, _field0: &String) {}
+    fn when_frozen(&mut self, _: &String) {}
 
-    fn when_moved(&mut self, _field0: &u32, _field1: &u32) {}
+    fn when_moved(&mut self, _: (&u32, &u32)) {}
 }
 
 fn every_variant() -> Vec<AccountEvent> {

@@ -69,8 +69,8 @@ struct Counter {
 }
 
 impl CounterEventHandler for Counter {
-    fn when_incremented(&mut self, by: &u64) {
-        self.value += by;
+    fn when_incremented(&mut self, e: counter_event::Incremented) {
+        self.value += e.by;
     }
 }
 

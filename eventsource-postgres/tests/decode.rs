@@ -23,8 +23,8 @@ struct Wallet {
 }
 
 impl WalletEventHandler for Wallet {
-    fn when_funded(&mut self, cents: &u64) {
-        self.cents += cents;
+    fn when_funded(&mut self, e: wallet_event::Funded) {
+        self.cents += e.cents;
     }
 }
 

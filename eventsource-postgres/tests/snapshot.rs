@@ -27,9 +27,9 @@ struct Tally {
 }
 
 impl TallyEventHandler for Tally {
-    fn when_added(&mut self, amount: &u64) {
-        self.total += amount;
-        self.history.push(*amount);
+    fn when_added(&mut self, e: tally_event::Added) {
+        self.total += e.amount;
+        self.history.push(*e.amount);
     }
     fn when_reset(&mut self) {
         self.total = 0;

@@ -116,8 +116,8 @@ struct Counter {
 }
 
 impl CounterEventHandler for Counter {
-    fn when_added(&mut self, by: &u32) {
-        self.total += u64::from(*by);
+    fn when_added(&mut self, e: counter_event::Added) {
+        self.total += u64::from(*e.by);
     }
 }
 

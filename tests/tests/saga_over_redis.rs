@@ -28,7 +28,7 @@ struct Order {
 }
 
 impl OrderEventHandler for Order {
-    fn when_placed(&mut self, _sku: &String, _qty: &u32) {
+    fn when_placed(&mut self, _: order_event::Placed) {
         self.placed = true;
     }
 }
@@ -62,8 +62,8 @@ struct Stock {
 }
 
 impl StockEventHandler for Stock {
-    fn when_reserved(&mut self, _order: &String, qty: &u32) {
-        self.reserved += qty;
+    fn when_reserved(&mut self, e: stock_event::Reserved) {
+        self.reserved += e.qty;
     }
 }
 

@@ -6,7 +6,7 @@ use quote::{quote, quote_spanned};
 use syn::DeriveInput;
 use syn::spanned::Spanned as _;
 
-use super::{local, with_fallback};
+use super::{local, respan, with_fallback};
 use crate::ast::AggregateStruct;
 use crate::check::{self, Errors};
 
@@ -24,6 +24,7 @@ pub(crate) fn derive(input: &DeriveInput) -> TokenStream {
 }
 
 fn expand(aggregate: &AggregateStruct<'_>) -> TokenStream {
+    let krate = &aggregate.krate;
     let ident = aggregate.ident;
     let name = aggregate.type_name();
     let Some(event_ty) = &aggregate.attrs.event else {
@@ -33,30 +34,32 @@ fn expand(aggregate: &AggregateStruct<'_>) -> TokenStream {
     let event = local("event");
     // Spanned on the event type, so "`Account` does not handle the events of `AccountEvent`"
     // points at `event = AccountEvent`.
+    let dispatch_krate = respan(krate, event_ty.span());
     let dispatch = quote_spanned! {event_ty.span()=>
-        <#event_ty as ::eventsource_core::Dispatch<Self>>::dispatch
+        <#event_ty as #dispatch_krate::Dispatch<Self>>::dispatch
     };
     let snapshot = aggregate.attrs.snapshot.as_ref().map(|version| {
         let number = Literal::u32_unsuffixed(version.value);
         // Spanned on the `snapshot` key, so a missing `Serialize`/`Deserialize` points there.
         let span = version.key.span();
         let state = local("state");
+        let spanned_krate = respan(krate, span);
         let to_value = quote_spanned! {span=>
-            ::eventsource_core::__private::serde_json::to_value(self).ok()
+            #spanned_krate::__private::serde_json::to_value(self).ok()
         };
         let from_value = quote_spanned! {span=>
-            ::eventsource_core::__private::serde_json::from_value(#state).ok()
+            #spanned_krate::__private::serde_json::from_value(#state).ok()
         };
         quote! {
             const SNAPSHOT_VERSION: ::core::option::Option<u32> =
                 ::core::option::Option::Some(#number);
 
-            fn snapshot(&self) -> ::core::option::Option<::eventsource_core::__private::serde_json::Value> {
+            fn snapshot(&self) -> ::core::option::Option<#krate::__private::serde_json::Value> {
                 #to_value
             }
 
             fn restore(
-                #state: ::eventsource_core::__private::serde_json::Value,
+                #state: #krate::__private::serde_json::Value,
             ) -> ::core::option::Option<Self> {
                 #from_value
             }
@@ -64,7 +67,7 @@ fn expand(aggregate: &AggregateStruct<'_>) -> TokenStream {
     });
     quote! {
         #[automatically_derived]
-        impl ::eventsource_core::Aggregate for #ident {
+        impl #krate::Aggregate for #ident {
             const TYPE: &'static str = #name;
 
             type Event = #event_ty;
@@ -91,10 +94,11 @@ fn fallback(aggregate: Option<&AggregateStruct<'_>>) -> TokenStream {
         return TokenStream::new();
     };
     let ident = aggregate.ident;
+    let krate = &aggregate.krate;
     let name = aggregate.type_name();
     quote! {
         #[automatically_derived]
-        impl ::eventsource_core::Aggregate for #ident {
+        impl #krate::Aggregate for #ident {
             const TYPE: &'static str = #name;
 
             type Event = #event_ty;

@@ -1,15 +1,16 @@
-//! `#[derive(DomainEvent)]`: the `DomainEvent` impl, the `<Enum>Handler` trait and the
-//! blanket `Dispatch` impl.
+//! `#[derive(DomainEvent)]`: the `DomainEvent` impl, the `<Enum>Handler` trait, the module of
+//! borrowed views its methods receive, and the blanket `Dispatch` impl.
 
 use std::collections::HashSet;
 
 use proc_macro2::{Ident, Literal, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
-use syn::DeriveInput;
+use syn::ext::IdentExt as _;
 use syn::spanned::Spanned as _;
+use syn::{DeriveInput, Path, Visibility};
 
-use super::{local, with_fallback};
-use crate::ast::{EventEnum, EventVariant, Style};
+use super::{local, respan, with_fallback};
+use crate::ast::{EventEnum, EventVariant, Style, default_crate};
 use crate::check::{self, Errors};
 
 /// Expands `#[derive(DomainEvent)]`; errors become `compile_error!` plus a fallback.
@@ -28,15 +29,18 @@ pub(crate) fn derive(input: &DeriveInput) -> TokenStream {
 fn expand(event: &EventEnum<'_>) -> TokenStream {
     let domain_event = domain_event_impl(event);
     let handler_trait = handler_trait(event, false);
+    let views = views_module(event);
     let dispatch = dispatch_impl(event);
     quote! {
         #domain_event
         #handler_trait
+        #views
         #dispatch
     }
 }
 
 fn domain_event_impl(event: &EventEnum<'_>) -> TokenStream {
+    let krate = &event.krate;
     let ident = event.ident;
     let names: Vec<String> = event
         .variants
@@ -50,19 +54,31 @@ fn domain_event_impl(event: &EventEnum<'_>) -> TokenStream {
         .collect();
     let variants: Vec<&Ident> = event.variants.iter().map(|variant| variant.ident).collect();
 
+    let alias_pairs = event.variants.iter().flat_map(|variant| {
+        let name = variant.stored_name();
+        variant
+            .attrs
+            .aliases
+            .iter()
+            .map(move |alias| quote!((#alias, #name)))
+    });
     let event_type = local("event_type");
     let schema_version = local("schema_version");
     let payload = local("payload");
     let decode_arms = event
         .variants
         .iter()
-        .map(|variant| decode_arm(variant, &event_type, &schema_version, &payload));
+        .map(|variant| decode_arm(krate, variant, &event_type, &schema_version, &payload));
 
     quote! {
         #[automatically_derived]
-        impl ::eventsource_core::DomainEvent for #ident {
-            const EVENT_TYPES: &'static [::eventsource_core::EventType] = &[
-                #(::eventsource_core::EventType { name: #names, version: #versions },)*
+        impl #krate::DomainEvent for #ident {
+            const EVENT_TYPES: &'static [#krate::EventType] = &[
+                #(#krate::EventType { name: #names, version: #versions },)*
+            ];
+
+            const EVENT_ALIASES: &'static [(&'static str, &'static str)] = &[
+                #(#alias_pairs,)*
             ];
 
             fn event_type(&self) -> &'static str {
@@ -80,21 +96,21 @@ fn domain_event_impl(event: &EventEnum<'_>) -> TokenStream {
             fn encode(
                 &self,
             ) -> ::core::result::Result<
-                ::eventsource_core::__private::serde_json::Value,
-                ::eventsource_core::__private::serde_json::Error,
+                #krate::__private::serde_json::Value,
+                #krate::__private::serde_json::Error,
             > {
-                ::eventsource_core::__private::serde_json::to_value(self)
-                    .map(::eventsource_core::__private::strip_tag)
+                #krate::__private::serde_json::to_value(self)
+                    .map(#krate::__private::strip_tag)
             }
 
             fn decode(
                 #event_type: &str,
                 #schema_version: u32,
-                #payload: ::eventsource_core::__private::serde_json::Value,
-            ) -> ::core::result::Result<Self, ::eventsource_core::DecodeError> {
+                #payload: #krate::__private::serde_json::Value,
+            ) -> ::core::result::Result<Self, #krate::DecodeError> {
                 match #event_type {
                     #(#decode_arms)*
-                    _ => ::core::result::Result::Err(::eventsource_core::DecodeError::UnknownType {
+                    _ => ::core::result::Result::Err(#krate::DecodeError::UnknownType {
                         event_type: ::std::string::String::from(#event_type),
                     }),
                 }
@@ -105,6 +121,7 @@ fn domain_event_impl(event: &EventEnum<'_>) -> TokenStream {
 
 /// `"name" => match schema_version { current => decode, 1..current => upcast, other => error }`.
 fn decode_arm(
+    krate: &Path,
     variant: &EventVariant<'_>,
     event_type: &Ident,
     schema_version: &Ident,
@@ -116,7 +133,7 @@ fn decode_arm(
     let current = Literal::u32_unsuffixed(variant.version());
     let stored = local("stored");
     let decode = quote! {
-        ::eventsource_core::__private::with_tag::<Self>(#event_type, #serde_name, #unit, #payload)
+        #krate::__private::with_tag::<Self>(#event_type, #serde_name, #unit, #payload)
     };
     let upcast_arm = variant.attrs.upcast.as_ref().map(|upcast| {
         let path = &upcast.value;
@@ -126,15 +143,15 @@ fn decode_arm(
             #stored @ 1..#current => {
                 let #upcaster: fn(
                     u32,
-                    ::eventsource_core::__private::serde_json::Value,
+                    #krate::__private::serde_json::Value,
                 ) -> ::core::result::Result<
-                    ::eventsource_core::__private::serde_json::Value,
-                    ::eventsource_core::UpcastError,
+                    #krate::__private::serde_json::Value,
+                    #krate::UpcastError,
                 > = #path;
                 match #upcaster(#stored, #payload) {
                     ::core::result::Result::Ok(#payload) => #decode,
                     ::core::result::Result::Err(#source) => ::core::result::Result::Err(
-                        ::eventsource_core::DecodeError::Upcast {
+                        #krate::DecodeError::Upcast {
                             event_type: ::std::string::String::from(#event_type),
                             source: #source,
                         },
@@ -143,12 +160,19 @@ fn decode_arm(
             }
         }
     });
+    let chain_arms = variant
+        .attrs
+        .upcast_from
+        .as_ref()
+        .map(|chain| typed_upcast_arms(krate, &chain.value, event_type, payload));
+    let aliases = &variant.attrs.aliases;
     quote! {
-        #name => match #schema_version {
+        #name #(| #aliases)* => match #schema_version {
             #current => #decode,
             #upcast_arm
+            #chain_arms
             #stored => ::core::result::Result::Err(
-                ::eventsource_core::DecodeError::UnsupportedVersion {
+                #krate::DecodeError::UnsupportedVersion {
                     event_type: ::std::string::String::from(#event_type),
                     stored: #stored,
                     current: #current,
@@ -156,6 +180,41 @@ fn decode_arm(
             ),
         },
     }
+}
+
+/// One arm per version listed in `upcast_from(k = Vk, ..)`: deserialize the payload as `Vk`,
+/// then convert it step by step (`TryFrom`) through every later listed type into `Self`.
+fn typed_upcast_arms(
+    krate: &Path,
+    chain: &[(syn::LitInt, syn::Type)],
+    event_type: &Ident,
+    payload: &Ident,
+) -> TokenStream {
+    let value = local("value");
+    let arms = chain.iter().enumerate().map(|(start, (version, ty))| {
+        let steps = chain[start..]
+            .iter()
+            .enumerate()
+            .map(|(offset, (from, source))| {
+                let target = chain
+                    .get(start + offset + 1)
+                    .map_or_else(|| quote!(Self), |(_, next)| quote!(#next));
+                // Spanned on the listed type, so a missing `From`/`TryFrom` points at it.
+                let span = source.span();
+                let step = respan(quote!(#krate::__private::upcast_step), span);
+                quote_spanned! {span=>
+                    let #value = #step::<#source, #target>(#event_type, #from, #value)?;
+                }
+            });
+        quote! {
+            #version => {
+                let #value = #krate::__private::stored_shape::<#ty>(#event_type, #payload)?;
+                #(#steps)*
+                ::core::result::Result::Ok(#value)
+            }
+        }
+    });
+    quote!(#(#arms)*)
 }
 
 /// The `<Enum>Handler` trait. In a fallback every method gets an empty default body (and
@@ -176,7 +235,10 @@ fn handler_trait(event: &EventEnum<'_>, fallback: bool) -> TokenStream {
          ({method_list}).\n\n Generated by `#[derive(DomainEvent)]`. Implement it for the \
          aggregate whose `#[aggregate(event = {ident})]` names this enum: its `apply` \
          dispatches every variant to its method, so a missing handler is a compile error \
-         that names the variant."
+         that names the variant. A struct variant's method receives the variant's borrowed \
+         view from the module `{views}`, a one-field tuple variant's a reference to the \
+         field, a tuple variant's a tuple of references, a unit variant's nothing.",
+        views = event.views,
     );
     let message = format!("`{{Self}}` does not handle the events of `{ident}`");
     let label = format!("`{{Self}}` needs `impl {trait_ident} for {{Self}}`");
@@ -192,17 +254,12 @@ fn handler_trait(event: &EventEnum<'_>, fallback: bool) -> TokenStream {
         }
         let method = &variant.handler;
         let default_body = fallback || variant.attrs.no_state_change.is_some();
-        let params = variant.fields.iter().map(|field| {
-            let name = if default_body {
-                field.unused_binding()
-            } else {
-                field.binding.clone()
-            };
-            let ty = field.ty;
-            // Spanned on the field's type, so rustc's "type in trait" note points at it.
-            let reference = quote_spanned!(ty.span()=> &);
-            quote!(#name: #reference #ty)
-        });
+        let name = if default_body {
+            format_ident!("_event")
+        } else {
+            format_ident!("event")
+        };
+        let param = handler_param_type(event, variant).map(|ty| quote!(#name: #ty));
         let mut doc = format!(
             " Applies `{ident}::{}` (stored as `{}`, schema version {}).",
             variant.ident,
@@ -217,17 +274,136 @@ fn handler_trait(event: &EventEnum<'_>, fallback: bool) -> TokenStream {
         let body = if default_body { quote!({}) } else { quote!(;) };
         Some(quote! {
             #[doc = #doc]
-            fn #method(&mut self, #(#params),*) #body
+            fn #method(&mut self, #param) #body
         })
     });
 
     quote! {
         #[doc = #trait_doc]
         #[diagnostic::on_unimplemented(message = #message, label = #label, note = #note)]
-        // Handlers take each field as `&FieldType`, so a `String` field gives `&String`.
-        #[allow(clippy::ptr_arg)]
+        // A one-field tuple variant's handler takes `&Field`, so a `String` field gives
+        // `&String` and a `u64` field `&u64`; the user's impl cannot change the trait.
+        #[allow(clippy::ptr_arg, clippy::trivially_copy_pass_by_ref)]
         #vis trait #trait_ident {
             #(#methods)*
+        }
+    }
+}
+
+/// What a variant's handler receives: the view `views::Variant<'_>` for a struct variant,
+/// `&Field` for a one-field tuple variant, `(&A, &B, ..)` for a longer tuple variant, nothing
+/// for a unit variant. Spanned on the user's tokens, so a mismatch's "type in trait" note
+/// points at the variant or the field.
+fn handler_param_type(event: &EventEnum<'_>, variant: &EventVariant<'_>) -> Option<TokenStream> {
+    match variant.style {
+        Style::Unit => None,
+        Style::Named => {
+            let view = variant.ident;
+            let mut views = event.views.clone();
+            views.set_span(view.span());
+            Some(quote_spanned!(view.span()=> #views::#view<'_>))
+        }
+        Style::Tuple => {
+            let refs: Vec<TokenStream> = variant
+                .fields
+                .iter()
+                .map(|field| {
+                    let ty = field.ty;
+                    let reference = quote_spanned!(ty.span()=> &);
+                    quote!(#reference #ty)
+                })
+                .collect();
+            match refs.as_slice() {
+                [single] => Some(single.clone()),
+                _ => Some(quote!((#(#refs),*))),
+            }
+        }
+    }
+}
+
+/// The module of borrowed views, one struct per struct variant, each field a reference to the
+/// event's field. Nothing when the enum has no struct variant.
+///
+/// The module sees the enum's scope through `use super::*`, so field types named at module
+/// level resolve; types declared inside a function body do not (a limitation of Rust paths,
+/// documented on the derive).
+fn views_module(event: &EventEnum<'_>) -> TokenStream {
+    let named: Vec<&EventVariant<'_>> = event
+        .variants
+        .iter()
+        .filter(|variant| variant.style == Style::Named)
+        .collect();
+    if named.is_empty() {
+        return TokenStream::new();
+    }
+    let vis = event.vis;
+    let inner = inner_visibility(vis);
+    let ident = event.ident;
+    let views = &event.views;
+    let trait_ident = &event.handler_trait;
+    let module_doc = format!(
+        " Borrowed views of the struct variants of `{ident}`, generated by \
+         `#[derive(DomainEvent)]`: `{trait_ident}`'s method for a struct variant receives its \
+         view, whose fields borrow the event's, so a handler reads only what it uses."
+    );
+    let structs = named.iter().map(|variant| {
+        let view = variant.ident;
+        let doc = format!(
+            " The fields of `{ident}::{view}`, borrowed: what `{trait_ident}::{}` receives.",
+            variant.handler
+        );
+        let fields = variant.fields.iter().map(|field| {
+            let name = &field.binding;
+            let ty = field.ty;
+            let doc = format!(" `{ident}::{view}`'s `{}`.", name.unraw());
+            quote! {
+                #[doc = #doc]
+                #inner #name: &'event #ty
+            }
+        });
+        quote! {
+            #[doc = #doc]
+            #[derive(::core::fmt::Debug, ::core::clone::Clone, ::core::marker::Copy)]
+            // A handler reads the fields it needs; the others are never read.
+            #[allow(dead_code)]
+            #inner struct #view<'event> {
+                #(#fields,)*
+            }
+        }
+    });
+    quote! {
+        #[doc = #module_doc]
+        #vis mod #views {
+            // Field types are named as in the enum's module; prelude-only fields use nothing.
+            #[allow(unused_imports)]
+            use super::*;
+
+            #(#structs)*
+        }
+    }
+}
+
+/// The visibility, inside the views module, of what the enum's visibility reaches from outside
+/// it: a private enum's views are `pub(super)`, a `pub(crate)` enum's `pub(crate)`.
+fn inner_visibility(vis: &Visibility) -> TokenStream {
+    match vis {
+        Visibility::Public(token) => quote!(#token),
+        Visibility::Inherited => quote!(pub(super)),
+        Visibility::Restricted(restricted) => {
+            let path = &restricted.path;
+            if path.is_ident("crate") || path.leading_colon.is_some() {
+                quote!(#vis)
+            } else if path.is_ident("self") {
+                quote!(pub(super))
+            } else if path
+                .segments
+                .first()
+                .is_some_and(|segment| segment.ident == "crate")
+            {
+                quote!(#vis)
+            } else {
+                quote!(pub(in super::#path))
+            }
         }
     }
 }
@@ -235,25 +411,34 @@ fn handler_trait(event: &EventEnum<'_>, fallback: bool) -> TokenStream {
 /// `impl<H: <Enum>Handler + ?Sized> Dispatch<H> for Enum`: a `match` with one arm per variant
 /// and no wildcard.
 fn dispatch_impl(event: &EventEnum<'_>) -> TokenStream {
+    let krate = &event.krate;
     let ident = event.ident;
     let trait_ident = &event.handler_trait;
+    let views = &event.views;
     let handler_param = handler_param(ident);
     let handler = local("handler");
     let arms = event.variants.iter().map(|variant| {
         let variant_ident = variant.ident;
         let method = &variant.handler;
         let bindings: Vec<&Ident> = variant.fields.iter().map(|field| &field.binding).collect();
-        let pattern = match variant.style {
-            Style::Named => quote!(Self::#variant_ident { #(#bindings),* }),
-            Style::Tuple => quote!(Self::#variant_ident(#(#bindings),*)),
-            Style::Unit => quote!(Self::#variant_ident),
-        };
-        quote!(#pattern => #handler.#method(#(#bindings),*),)
+        match variant.style {
+            Style::Named => quote! {
+                Self::#variant_ident { #(#bindings),* } =>
+                    #handler.#method(#views::#variant_ident { #(#bindings),* }),
+            },
+            Style::Tuple if bindings.len() == 1 => quote! {
+                Self::#variant_ident(#(#bindings),*) => #handler.#method(#(#bindings),*),
+            },
+            Style::Tuple => quote! {
+                Self::#variant_ident(#(#bindings),*) => #handler.#method((#(#bindings),*)),
+            },
+            Style::Unit => quote!(Self::#variant_ident => #handler.#method(),),
+        }
     });
     quote! {
         #[automatically_derived]
         impl<#handler_param: #trait_ident + ?::core::marker::Sized>
-            ::eventsource_core::Dispatch<#handler_param> for #ident
+            #krate::Dispatch<#handler_param> for #ident
         {
             fn dispatch(&self, #handler: &mut #handler_param) {
                 match self {
@@ -281,16 +466,19 @@ fn fallback(input: &DeriveInput, event: Option<&EventEnum<'_>>) -> TokenStream {
         return TokenStream::new();
     }
     let ident = &input.ident;
+    let krate = event.map_or_else(default_crate, |event| event.krate.clone());
     let handler = event.map(|event| {
         let handler_trait = handler_trait(event, true);
+        let views = views_module(event);
         let trait_ident = &event.handler_trait;
         let handler_param = handler_param(ident);
         quote! {
             #handler_trait
+            #views
 
             #[automatically_derived]
             impl<#handler_param: #trait_ident + ?::core::marker::Sized>
-                ::eventsource_core::Dispatch<#handler_param> for #ident
+                #krate::Dispatch<#handler_param> for #ident
             {
                 fn dispatch(&self, _handler: &mut #handler_param) {
                     ::core::unreachable!()
@@ -300,8 +488,8 @@ fn fallback(input: &DeriveInput, event: Option<&EventEnum<'_>>) -> TokenStream {
     });
     quote! {
         #[automatically_derived]
-        impl ::eventsource_core::DomainEvent for #ident {
-            const EVENT_TYPES: &'static [::eventsource_core::EventType] = &[];
+        impl #krate::DomainEvent for #ident {
+            const EVENT_TYPES: &'static [#krate::EventType] = &[];
 
             fn event_type(&self) -> &'static str {
                 ::core::unreachable!()
@@ -314,8 +502,8 @@ fn fallback(input: &DeriveInput, event: Option<&EventEnum<'_>>) -> TokenStream {
             fn encode(
                 &self,
             ) -> ::core::result::Result<
-                ::eventsource_core::__private::serde_json::Value,
-                ::eventsource_core::__private::serde_json::Error,
+                #krate::__private::serde_json::Value,
+                #krate::__private::serde_json::Error,
             > {
                 ::core::unreachable!()
             }
@@ -323,8 +511,8 @@ fn fallback(input: &DeriveInput, event: Option<&EventEnum<'_>>) -> TokenStream {
             fn decode(
                 _event_type: &str,
                 _schema_version: u32,
-                _payload: ::eventsource_core::__private::serde_json::Value,
-            ) -> ::core::result::Result<Self, ::eventsource_core::DecodeError> {
+                _payload: #krate::__private::serde_json::Value,
+            ) -> ::core::result::Result<Self, #krate::DecodeError> {
                 ::core::unreachable!()
             }
         }

@@ -49,16 +49,16 @@ struct Account {
 }
 
 impl AccountEventHandler for Account {
-    fn when_opened(&mut self, owner: &String) {
-        self.owner = Some(owner.clone());
+    fn when_opened(&mut self, e: account_event::Opened) {
+        self.owner = Some(e.owner.clone());
     }
 
-    fn when_deposited(&mut self, cents: &u64) {
-        self.balance += cents;
+    fn when_deposited(&mut self, e: account_event::Deposited) {
+        self.balance += e.cents;
     }
 
-    fn when_withdrawn(&mut self, cents: &u64) {
-        self.balance -= cents;
+    fn when_withdrawn(&mut self, e: account_event::Withdrawn) {
+        self.balance -= e.cents;
     }
 }
 

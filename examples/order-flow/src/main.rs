@@ -42,11 +42,11 @@ struct Order {
 }
 
 impl OrderEventHandler for Order {
-    fn when_placed(&mut self, _customer: &String, _cents: &i64) {
+    fn when_placed(&mut self, _: order_event::Placed) {
         self.placed = true;
     }
 
-    fn when_flagged(&mut self, _reason: &String) {
+    fn when_flagged(&mut self, _: order_event::Flagged) {
         self.flagged = true;
     }
 }

@@ -13,7 +13,7 @@ struct Account {
 }
 
 impl AccountEventHandler for Account {
-    fn when_opened(&mut self, _owner: &String) {
+    fn when_opened(&mut self, _: account_event::Opened) {
         self.open = true;
     }
 }

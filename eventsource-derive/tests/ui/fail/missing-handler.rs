@@ -14,7 +14,7 @@ struct Account {
 }
 
 impl AccountEventHandler for Account {
-    fn when_opened(&mut self, _owner: &String) {}
+    fn when_opened(&mut self, _: account_event::Opened) {}
 }
 
 fn main() {}

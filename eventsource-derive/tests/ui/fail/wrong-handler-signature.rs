@@ -13,7 +13,8 @@ struct Account {
 }
 
 impl AccountEventHandler for Account {
-    fn when_funds_deposited(&mut self, cents: u64) {
+    // The handler of a struct variant takes its view, `account_event::FundsDeposited`.
+    fn when_funds_deposited(&mut self, cents: &u64) {
         self.balance += cents;
     }
 }

@@ -23,14 +23,14 @@ struct Thing {
 }
 
 impl HHandler for Thing {
-    fn when_renamed(&mut self, handler: &u32, r#type: &String, payload: &bool, event_type: &String) {
-        if *payload && r#type == event_type {
-            self.total += handler;
+    fn when_renamed(&mut self, e: h::Renamed) {
+        if *e.payload && e.r#type == e.event_type {
+            self.total += e.handler;
         }
     }
 
-    fn when_stored(&mut self, stored: &u32, schema_version: &u32, upcaster: &u32, source: &u32) {
-        self.total += stored + schema_version + upcaster + source;
+    fn when_stored(&mut self, e: h::Stored) {
+        self.total += e.stored + e.schema_version + e.upcaster + e.source;
     }
 }
 

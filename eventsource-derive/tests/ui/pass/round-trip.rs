@@ -34,16 +34,16 @@ struct Account {
 }
 
 impl AccountEventHandler for Account {
-    fn when_opened(&mut self, owner: &String) {
-        self.owner.clone_from(owner);
+    fn when_opened(&mut self, e: account_event::Opened) {
+        self.owner.clone_from(e.owner);
     }
 
-    fn when_funds_deposited(&mut self, cents: &u64) {
-        self.balance += cents;
+    fn when_funds_deposited(&mut self, e: account_event::FundsDeposited) {
+        self.balance += e.cents;
     }
 
-    fn when_funds_withdrawn(&mut self, cents: &u64) {
-        self.balance -= cents;
+    fn when_funds_withdrawn(&mut self, e: account_event::FundsWithdrawn) {
+        self.balance -= e.cents;
     }
 }
 
@@ -55,11 +55,11 @@ struct BankAccountView {
 }
 
 impl AccountEventHandler for BankAccountView {
-    fn when_opened(&mut self, _owner: &String) {}
-    fn when_funds_deposited(&mut self, _cents: &u64) {}
-    fn when_funds_withdrawn(&mut self, _cents: &u64) {}
+    fn when_opened(&mut self, _: account_event::Opened) {}
+    fn when_funds_deposited(&mut self, _: account_event::FundsDeposited) {}
+    fn when_funds_withdrawn(&mut self, _: account_event::FundsWithdrawn) {}
     // A no_state_change handler may still be overridden.
-    fn when_statement_viewed(&mut self, _by: &String) {
+    fn when_statement_viewed(&mut self, _: account_event::StatementViewed) {
         self.views += 1;
     }
 }

@@ -16,8 +16,8 @@ struct Counter {
 }
 
 impl CounterEventHandler for Counter {
-    fn when_incremented(&mut self, by: &u32) {
-        self.value += by;
+    fn when_incremented(&mut self, e: counter_event::Incremented) {
+        self.value += e.by;
     }
 }
 

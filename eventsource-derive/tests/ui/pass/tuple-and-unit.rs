@@ -20,6 +20,11 @@ pub mod events {
         Dimmed(u8, String),
         /// A one-field tuple.
         Labelled(String),
+        /// A struct variant: its handler receives `switch_event::Moved<'_>`.
+        Moved {
+            /// Where to.
+            room: String,
+        },
     }
 }
 
@@ -43,13 +48,17 @@ impl SwitchEventHandler for Switch {
         self.on = false;
     }
 
-    fn when_dimmed(&mut self, field0: &u8, field1: &String) {
-        self.level = *field0;
-        self.by.clone_from(field1);
+    fn when_dimmed(&mut self, (level, by): (&u8, &String)) {
+        self.level = *level;
+        self.by.clone_from(by);
     }
 
-    fn when_labelled(&mut self, field0: &String) {
-        self.label.clone_from(field0);
+    fn when_labelled(&mut self, label: &String) {
+        self.label.clone_from(label);
+    }
+
+    fn when_moved(&mut self, e: events::switch_event::Moved) {
+        self.label.clone_from(e.room);
     }
 }
 

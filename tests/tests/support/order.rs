@@ -24,7 +24,7 @@ pub struct Counter {
 }
 
 impl TickHandler for Counter {
-    fn when_ticked(&mut self, _label: &u64) {
+    fn when_ticked(&mut self, _tick: tick::Ticked) {
         self.ticks += 1;
     }
 }

@@ -75,7 +75,7 @@ impl From<PgStoreError> for StoreError {
 
 /// Whether the error is transient: connection loss, pool exhaustion, serialization failure,
 /// deadlock, cancellation or server shutdown.
-fn is_transient(err: &sqlx::Error) -> bool {
+pub(crate) fn is_transient(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)

@@ -6,6 +6,7 @@ pub mod diagnostics;
 mod error;
 mod group;
 mod kept;
+mod projection;
 mod rejection;
 mod row;
 mod snapshot;
@@ -17,6 +18,10 @@ mod xid;
 pub use checkpoint::PgCheckpointStore;
 pub use diagnostics::LogBlocker;
 pub use error::PgStoreError;
+pub use projection::{
+    LeaseError, PgLease, PgProjection, PgProjectionError, PgProjectionHandler, PgProjectionRunner,
+    ProjectionOptions,
+};
 pub use snapshot::PgSnapshotStore;
 pub use store::{DEFAULT_COMMIT_LANES, DEFAULT_GROUP_EVENTS, PgEventStore};
 pub use tenant::{begin_tenant, set_tenant};

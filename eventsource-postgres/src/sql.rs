@@ -390,6 +390,52 @@ WHERE name = $1 AND transaction_id = $4::text::xid8 AND global_position = $5
 RETURNING 1 AS moved
 ";
 
+/// Takes the lease `$1` for holder `$2` for `$3` milliseconds, when it is free, expired, or
+/// already the holder's (a restarted instance under the same id); every taking counts the
+/// token up, which fences whoever held it before. No row back: another holder has it.
+pub(crate) const ACQUIRE_LEASE: &str = r"
+INSERT INTO leases AS l (name, holder, token, acquired_at, expires_at)
+VALUES ($1, $2, 1, clock_timestamp(), clock_timestamp() + $3::float8 * interval '1 millisecond')
+ON CONFLICT (name) DO UPDATE
+SET holder = EXCLUDED.holder, token = l.token + 1, acquired_at = EXCLUDED.acquired_at,
+    expires_at = EXCLUDED.expires_at
+WHERE l.expires_at <= clock_timestamp() OR l.holder = EXCLUDED.holder
+RETURNING token
+";
+
+/// Who holds the lease `$1`, and until when.
+pub(crate) const LEASE_HOLDER: &str = r"
+SELECT holder, expires_at FROM leases WHERE name = $1
+";
+
+/// Extends the lease `$1` by `$3` milliseconds from now if it still carries token `$2`; no row
+/// back means it was taken over. In a transaction, the row stays locked until it ends, so a
+/// takeover waits for it and then finds the lease renewed.
+pub(crate) const RENEW_LEASE: &str = r"
+UPDATE leases SET expires_at = clock_timestamp() + $3::float8 * interval '1 millisecond'
+WHERE name = $1 AND token = $2
+RETURNING 1 AS renewed
+";
+
+/// Lets the lease `$1` go at once if it still carries token `$2`.
+pub(crate) const RELEASE_LEASE: &str = r"
+UPDATE leases SET expires_at = clock_timestamp() WHERE name = $1 AND token = $2
+";
+
+/// Records that projection `$1` applied the event at `($2, $3)`; no row back means it had.
+pub(crate) const RECORD_APPLIED: &str = r"
+INSERT INTO applied_positions (projection, transaction_id, global_position)
+VALUES ($1, $2::text::xid8, $3)
+ON CONFLICT DO NOTHING
+RETURNING 1 AS recorded
+";
+
+/// Forgets the positions projection `$1` applied below `($2, $3)`.
+pub(crate) const PRUNE_APPLIED: &str = r"
+DELETE FROM applied_positions
+WHERE projection = $1 AND (transaction_id, global_position) < ($2::text::xid8, $3)
+";
+
 /// The session holding the oldest open write transaction: it holds back every log reader.
 pub(crate) const LOG_BLOCKER: &str = r"
 SELECT pid, backend_xid::text AS transaction_id, age(backend_xid) AS age, xact_start,

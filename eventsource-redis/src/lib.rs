@@ -21,8 +21,6 @@ pub use error::{RedisStoreError, RunnerError};
 pub use keys::{Keys, PerAggregateType, PerEventType, PerTenant, Router};
 pub use options::{PublisherOptions, RunnerOptions};
 pub use publisher::{Published, RedisPublisher};
-#[cfg(feature = "postgres")]
-pub use runner::postgres::{PgProjection, PgProjectionError};
 pub use runner::projection::{
     Applied, InMemoryProjection, ProjectionHandler, TransactionalProjection,
 };

@@ -124,7 +124,8 @@ pub async fn app_role_pool_with(admin: &PgPool, max: u32) -> PgPool {
     .await
     .expect("create the app role");
     sqlx::query(
-        "GRANT SELECT, INSERT, UPDATE ON streams, events, snapshots, checkpoints TO eventsource_app",
+        "GRANT SELECT, INSERT, UPDATE ON streams, events, snapshots, checkpoints, leases, \
+         applied_positions TO eventsource_app",
     )
     .execute(&mut *tx)
     .await

@@ -1,7 +1,5 @@
 //! Consumer-group runners: deliver stream entries to an [`EventHandler`], at least once.
 
-#[cfg(feature = "postgres")]
-pub mod postgres;
 pub mod projection;
 
 use std::collections::{HashMap, HashSet};

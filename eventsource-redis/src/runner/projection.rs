@@ -3,11 +3,13 @@
 //! A consumer group delivers at least once, and after a crash or a reclaim entries may arrive
 //! out of order (an entry reclaimed from a dead consumer comes after later ones). A single
 //! "last position" checkpoint would then skip the reclaimed entry. So the read model records
-//! **each applied position** in the same transaction as its change — in PostgreSQL, a
-//! `(projection, transaction, position)` primary key inserted with the read-model update — and
-//! a delivery whose position is already recorded is skipped. Redelivery never double-applies,
-//! and no reordering loses an event. Recorded positions below the group's trim floor can be
-//! pruned.
+//! **each applied position** in the same transaction as its change, and a delivery whose
+//! position is already recorded is skipped. Redelivery never double-applies, and no reordering
+//! loses an event. Recorded positions below the group's trim floor can be pruned.
+//!
+//! A read model in PostgreSQL takes `eventsource-postgres`'s `PgProjectionHandler`, an
+//! [`EventHandler`] that records positions in its `applied_positions` table (a migration of
+//! that crate), so this crate needs no database driver (ADR 0016).
 
 use std::collections::HashSet;
 use std::future::Future;

@@ -17,11 +17,10 @@ use eventsource_core::{
     Aggregate, CommandContext, DomainEvent, EventHandler, Handle, RecordedEvent, Repository,
     TenantId,
 };
-use eventsource_postgres::{MIGRATOR, PgCheckpointStore, PgEventStore};
-use eventsource_redis::{
-    ConsumerRunner, Keys, PgProjection, ProjectionHandler, PublisherOptions, RedisPublisher,
-    RunnerOptions,
+use eventsource_postgres::{
+    MIGRATOR, PgCheckpointStore, PgEventStore, PgProjection, PgProjectionHandler,
 };
+use eventsource_redis::{ConsumerRunner, Keys, PublisherOptions, RedisPublisher, RunnerOptions};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
@@ -130,7 +129,6 @@ async fn main() -> anyhow::Result<()> {
         .connect(&std::env::var("DATABASE_URL")?)
         .await?;
     MIGRATOR.run(&pool).await?;
-    PgProjection::create_table(&pool).await?;
     sqlx::query(CREATE_TOTALS).execute(&pool).await?;
     let client = redis::Client::open(std::env::var("REDIS_URL")?)?;
     let conn = client.get_connection_manager().await?;
@@ -299,25 +297,41 @@ async fn report(
     })
 }
 
-/// Order totals per tenant in PostgreSQL, changed in the same transaction that records the
-/// event's position, so a redelivered event is skipped.
-fn totals_projection(pool: sqlx::PgPool, tenant: &TenantId) -> ProjectionHandler<PgProjection> {
-    let projection_tenant = tenant.to_string();
-    ProjectionHandler::new(PgProjection::new(
+/// Order totals per tenant in PostgreSQL.
+struct OrderTotals {
+    name: String,
+}
+
+impl PgProjection for OrderTotals {
+    type Error = sqlx::Error;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        event: &RecordedEvent,
+    ) -> Result<(), sqlx::Error> {
+        if event.event_type == "order-placed" {
+            sqlx::query(ADD_ORDER)
+                .bind(event.tenant().as_str())
+                .bind(event.payload["cents"].as_i64().unwrap_or(0))
+                .execute(conn)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The totals, changed in the same transaction that records the event's position, so a
+/// redelivered event is skipped.
+fn totals_projection(pool: sqlx::PgPool, tenant: &TenantId) -> PgProjectionHandler<OrderTotals> {
+    PgProjectionHandler::new(
         pool,
-        format!("order-totals-{tenant}"),
-        move |conn, event| {
-            let tenant = projection_tenant.clone();
-            Box::pin(async move {
-                if event.event_type == "order-placed" {
-                    sqlx::query(ADD_ORDER)
-                        .bind(tenant)
-                        .bind(event.payload["cents"].as_i64().unwrap_or(0))
-                        .execute(conn)
-                        .await?;
-                }
-                Ok(())
-            })
+        OrderTotals {
+            name: format!("order-totals-{tenant}"),
         },
-    ))
+    )
 }

@@ -1,0 +1,88 @@
+//! Projections whose read model lives in PostgreSQL, with exactly-once effects.
+//!
+//! - [`PgProjection`]: the read model's side, applying one event inside a transaction the
+//!   caller owns.
+//! - [`PgProjectionRunner`] (`runner.rs`): feeds it from the global log, one transaction per
+//!   batch with the checkpoint moved by compare-and-set, one live instance under a lease.
+//! - [`PgLease`] (`lease.rs`): the lease, shared with rebuilds.
+//! - [`PgProjectionHandler`] (`handler.rs`): feeds it from at-least-once delivery (a Redis
+//!   consumer group), recording each applied position in the same transaction.
+//! - [`ProjectionOptions`] (`options.rs`), [`PgProjectionError`] and [`LeaseError`]
+//!   (`error.rs`).
+
+mod error;
+mod handler;
+mod lease;
+mod options;
+mod runner;
+
+use std::future::Future;
+
+use eventsource_core::RecordedEvent;
+use sqlx::PgConnection;
+
+pub use error::{LeaseError, PgProjectionError};
+pub use handler::PgProjectionHandler;
+pub use lease::PgLease;
+pub use options::ProjectionOptions;
+pub use runner::PgProjectionRunner;
+
+/// A read model in PostgreSQL: applies one event with statements on the connection it is
+/// given, inside a transaction the caller owns.
+///
+/// The caller ([`PgProjectionRunner`], [`PgProjectionHandler`]) commits the transaction with
+/// its own bookkeeping (the checkpoint, or the applied position) or rolls it all back, so
+/// `apply` must make every effect through `conn` and nowhere else (no other pool, no HTTP
+/// call): that is what makes the effects exactly-once. It must not commit or roll back the
+/// transaction itself. Events come in log order (from the runner) or in any order (from a
+/// consumer group).
+///
+/// # Examples
+///
+/// ```
+/// use eventsource_core::RecordedEvent;
+/// use eventsource_postgres::PgProjection;
+/// use sqlx::PgConnection;
+///
+/// /// Order totals per tenant.
+/// struct OrderTotals;
+///
+/// impl PgProjection for OrderTotals {
+///     type Error = sqlx::Error;
+///
+///     fn name(&self) -> &str {
+///         "order-totals"
+///     }
+///
+///     async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> Result<(), sqlx::Error> {
+///         if event.event_type == "order-placed" {
+///             sqlx::query(
+///                 "INSERT INTO order_totals (tenant, cents) VALUES ($1, $2) \
+///                  ON CONFLICT (tenant) DO UPDATE SET cents = order_totals.cents + EXCLUDED.cents",
+///             )
+///             .bind(event.tenant().as_str())
+///             .bind(event.payload["cents"].as_i64().unwrap_or(0))
+///             .execute(conn)
+///             .await?;
+///         }
+///         Ok(())
+///     }
+/// }
+/// # let _ = OrderTotals;
+/// ```
+pub trait PgProjection: Send + Sync {
+    /// Why applying an event failed.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// The projection's name: its checkpoint, its lease and its applied positions are kept
+    /// under it. Stable across restarts; shares the `checkpoints` table's names with other
+    /// readers (the relay).
+    fn name(&self) -> &str;
+
+    /// Applies `event` to the read model through `conn`.
+    fn apply(
+        &self,
+        conn: &mut PgConnection,
+        event: &RecordedEvent,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}

@@ -1,0 +1,371 @@
+//! [`PgProjectionRunner`]: the live projection, exactly once, under a lease.
+
+use std::time::{Duration, Instant};
+
+use eventsource_core::{EventStore, LogPosition, RecordedEvent, StoreError};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use super::PgProjection;
+use super::error::PgProjectionError;
+use super::lease::PgLease;
+use super::options::ProjectionOptions;
+use crate::checkpoint::PgCheckpointStore;
+use crate::store::PgEventStore;
+use crate::tenant::begin_tenant;
+
+/// Feeds a [`PgProjection`] from the global log with exactly-once effects, one live instance
+/// per projection.
+///
+/// - **One transaction per batch.** The runner reads a batch of the gap-free log after its
+///   checkpoint, then in one read-model transaction applies every event of it, renews the
+///   projection's [`PgLease`] (checking it was not taken over) and moves the checkpoint by
+///   compare-and-set from where it left it ([`PgCheckpointStore::save_in_tx`]), and commits.
+///   A crash anywhere before the commit changes nothing; after it, the checkpoint says
+///   exactly which events the read model holds. Each event's effects are applied exactly
+///   once, in log order.
+/// - **One live instance.** Before it applies anything the runner takes the lease named after
+///   the projection ([`run`](Self::run) stands by while another instance holds it). An
+///   instance that lost its lease (it did not renew it in time and another took it) is fenced:
+///   its next batch finds the lease's token changed, rolls back and the runner stops with
+///   [`PgProjectionError::LeaseLost`]. A second instance racing on the checkpoint alone gets
+///   zero rows from the compare-and-set and stops with
+///   [`PgProjectionError::CheckpointMoved`].
+/// - **A failing event halts the runner** with [`PgProjectionError::Apply`], which names the
+///   event: the events of its batch before it are committed with the checkpoint just before
+///   it, nothing after it is applied, and a runner started again begins with it.
+/// - **Polling** is adaptive: at once after a non-empty batch, otherwise after a wait that
+///   doubles from 1 ms to [`ProjectionOptions::with_max_idle_poll`]; an append through a
+///   clone of the store in this process wakes the runner at once.
+///
+/// The checkpoint and the lease are named after [`PgProjection::name`], in the `checkpoints`
+/// and `leases` tables of the read model's database (by default the store's; see
+/// [`with_read_model`](Self::with_read_model)), which must have the crate's migrations.
+///
+/// # Roles
+///
+/// Over every tenant ([`LogFilter::all`](eventsource_core::LogFilter::all), the default) the
+/// runner reads the whole log and needs a role that bypasses row level security, like the
+/// relay; with [`LogFilter::tenant`](eventsource_core::LogFilter::tenant) it reads that
+/// tenant's log, scopes each read-model transaction to the tenant and works for the
+/// application's role. Either needs `SELECT, INSERT, UPDATE` on `checkpoints` and `leases`,
+/// and what the projection writes.
+///
+/// # Examples
+///
+/// ```no_run
+/// use eventsource_core::RecordedEvent;
+/// use eventsource_postgres::{PgEventStore, PgProjection, PgProjectionRunner, ProjectionOptions};
+/// use sqlx::PgConnection;
+/// use tokio_util::sync::CancellationToken;
+///
+/// /// Counts events per stream.
+/// struct EventCounts;
+///
+/// impl PgProjection for EventCounts {
+///     type Error = sqlx::Error;
+///
+///     fn name(&self) -> &str {
+///         "event-counts"
+///     }
+///
+///     async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> Result<(), sqlx::Error> {
+///         sqlx::query(
+///             "INSERT INTO event_counts (stream, n) VALUES ($1, 1) \
+///              ON CONFLICT (stream) DO UPDATE SET n = event_counts.n + 1",
+///         )
+///         .bind(event.stream.to_string())
+///         .execute(conn)
+///         .await?;
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let pool = sqlx::PgPool::connect("postgres://localhost/app").await?;
+/// # let store = PgEventStore::new(pool);
+/// let shutdown = CancellationToken::new();
+/// let runner = PgProjectionRunner::new(store, EventCounts, ProjectionOptions::default());
+/// let task = tokio::spawn(runner.run(shutdown.clone()));
+/// // ... later:
+/// shutdown.cancel();
+/// task.await??;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct PgProjectionRunner<P> {
+    store: PgEventStore,
+    pool: PgPool,
+    projection: P,
+    options: ProjectionOptions,
+}
+
+/// Why a batch was not committed.
+enum Failure<E: std::error::Error + 'static> {
+    /// The projection failed on the event at this index of the batch.
+    Apply(usize, E),
+    Other(PgProjectionError<E>),
+}
+
+impl<E: std::error::Error + 'static> From<sqlx::Error> for Failure<E> {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Other(PgProjectionError::Database(err))
+    }
+}
+
+impl<P: PgProjection> PgProjectionRunner<P> {
+    /// A runner applying `projection` to the log of `store`, its read model (with the
+    /// checkpoint and the lease) in the store's database.
+    pub fn new(store: PgEventStore, projection: P, options: ProjectionOptions) -> Self {
+        Self {
+            pool: store.pool().clone(),
+            store,
+            projection,
+            options,
+        }
+    }
+
+    /// Writes the read model, the checkpoint and the lease through `pool` (another database,
+    /// or a pool of another role) instead of the store's pool.
+    #[must_use]
+    pub fn with_read_model(mut self, pool: PgPool) -> Self {
+        self.pool = pool;
+        self
+    }
+
+    /// The projection.
+    pub fn projection(&self) -> &P {
+        &self.projection
+    }
+
+    /// Takes the lease (waiting while another instance holds it), then tails the log until
+    /// `shutdown` is cancelled, and releases the lease.
+    ///
+    /// # Errors
+    ///
+    /// See [`PgProjectionError`]: the runner stops at the first error, with its checkpoint
+    /// on the last committed batch. [`PgProjectionError::is_retryable`] tells whether running
+    /// it again may get past the error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel through `shutdown`: it is checked between batches, so the batch in flight is
+    /// committed first. Dropping the future instead rolls back the batch in flight (nothing
+    /// is lost) but leaves the lease to run out, so a standby waits up to its time to live.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), PgProjectionError<P::Error>> {
+        let name = self.projection.name();
+        let Some(lease) = PgLease::acquire(
+            &self.pool,
+            name,
+            self.options.instance_id.clone(),
+            self.options.lease_ttl,
+            &shutdown,
+        )
+        .await
+        .map_err(PgProjectionError::from_lease)?
+        else {
+            return Ok(());
+        };
+        let outcome = self.tail(&lease, &shutdown).await;
+        self.let_go(lease, &outcome).await;
+        outcome
+    }
+
+    /// Takes the lease, or fails at once with [`PgProjectionError::LeaseHeld`] when another
+    /// instance holds it; applies everything up to the current end of the log; releases the
+    /// lease. Returns how many events it applied.
+    ///
+    /// # Errors
+    ///
+    /// [`PgProjectionError::LeaseHeld`], or as [`run`](Self::run).
+    pub async fn catch_up(&self) -> Result<u64, PgProjectionError<P::Error>> {
+        let lease = PgLease::try_acquire(
+            &self.pool,
+            self.projection.name(),
+            self.options.instance_id.clone(),
+            self.options.lease_ttl,
+        )
+        .await
+        .map_err(PgProjectionError::from_lease)?;
+        let outcome = async {
+            let mut checkpoint = self.load_checkpoint().await?;
+            let mut applied = 0;
+            loop {
+                let n = self.step(&lease, &mut checkpoint).await?;
+                applied += n as u64;
+                if n < self.options.batch_size {
+                    return Ok(applied);
+                }
+            }
+        }
+        .await;
+        self.let_go(lease, &outcome).await;
+        outcome
+    }
+
+    /// Releases the lease unless it was lost.
+    async fn let_go<T>(&self, lease: PgLease, outcome: &Result<T, PgProjectionError<P::Error>>) {
+        if matches!(outcome, Err(PgProjectionError::LeaseLost { .. })) {
+            return;
+        }
+        if let Err(e) = lease.release().await {
+            tracing::warn!(projection = self.projection.name(), error = %e,
+                "projection lease not released; it will run out");
+        }
+    }
+
+    async fn tail(
+        &self,
+        lease: &PgLease,
+        shutdown: &CancellationToken,
+    ) -> Result<(), PgProjectionError<P::Error>> {
+        let notify = self.store.append_notify();
+        let mut checkpoint = self.load_checkpoint().await?;
+        tracing::info!(projection = self.projection.name(), holder = lease.holder(),
+            checkpoint = ?checkpoint, "projection leased; tailing the log");
+        let renew_every = self.options.lease_ttl / 3;
+        let mut renewed = Instant::now();
+        let mut idle = Duration::ZERO;
+        while !shutdown.is_cancelled() {
+            if renewed.elapsed() >= renew_every {
+                let at = Instant::now();
+                lease.renew().await.map_err(PgProjectionError::from_lease)?;
+                renewed = at;
+            }
+            // Register for the wake-up before reading, so an append that lands between the
+            // read and the wait is not missed.
+            let notified = notify.as_ref().map(|n| n.notified());
+            let mut notified = std::pin::pin!(notified);
+            if let Some(n) = notified.as_mut().as_pin_mut() {
+                n.enable();
+            }
+            let started = Instant::now();
+            if self.step(lease, &mut checkpoint).await? > 0 {
+                // The batch's transaction renewed the lease.
+                renewed = started;
+                idle = Duration::ZERO;
+                continue;
+            }
+            idle = (idle * 2)
+                .max(Duration::from_millis(1))
+                .min(self.options.max_idle_poll);
+            let wait = idle.min(renew_every.saturating_sub(renewed.elapsed()));
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep(wait) => {}
+                () = async {
+                    match notified.as_mut().as_pin_mut() {
+                        Some(n) => n.await,
+                        None => std::future::pending().await,
+                    }
+                } => { idle = Duration::ZERO; }
+            }
+        }
+        Ok(())
+    }
+
+    async fn load_checkpoint(&self) -> Result<Option<LogPosition>, PgProjectionError<P::Error>> {
+        let mut conn = self.pool.acquire().await?;
+        PgCheckpointStore::load_in_tx(&mut conn, self.projection.name())
+            .await
+            .map_err(PgProjectionError::Store)
+    }
+
+    /// Reads and commits one batch after `checkpoint`, moving it; returns the batch's size.
+    async fn step(
+        &self,
+        lease: &PgLease,
+        checkpoint: &mut Option<LogPosition>,
+    ) -> Result<usize, PgProjectionError<P::Error>> {
+        let after = checkpoint.unwrap_or(LogPosition::START);
+        let batch = self
+            .store
+            .read_all(after, self.options.batch_size, &self.options.filter)
+            .await
+            .map_err(PgProjectionError::Store)?;
+        let Some(last) = batch.last() else {
+            return Ok(0);
+        };
+        match self.commit(lease, *checkpoint, &batch).await {
+            Ok(()) => {
+                *checkpoint = Some(last.position);
+                Ok(batch.len())
+            }
+            Err(Failure::Other(e)) => Err(e),
+            Err(Failure::Apply(failed, source)) => {
+                // Commit what came before the failing event, so the checkpoint stands just
+                // before it. The first attempt's transaction rolled back: nothing is applied
+                // twice.
+                if failed > 0 {
+                    match self.commit(lease, *checkpoint, &batch[..failed]).await {
+                        Ok(()) => *checkpoint = Some(batch[failed - 1].position),
+                        Err(Failure::Other(e)) => return Err(e),
+                        Err(Failure::Apply(earlier, source)) => {
+                            return Err(self.failed(&batch[earlier], source));
+                        }
+                    }
+                }
+                Err(self.failed(&batch[failed], source))
+            }
+        }
+    }
+
+    fn failed(&self, event: &RecordedEvent, source: P::Error) -> PgProjectionError<P::Error> {
+        let error = PgProjectionError::apply(self.projection.name(), event, source);
+        tracing::error!(error = %error, "projection halted");
+        error
+    }
+
+    /// Applies `events` after `expected` in one transaction, with the lease renewed and the
+    /// checkpoint moved to the last event.
+    #[tracing::instrument(name = "eventsource.projection.batch", skip_all,
+        fields(projection = self.projection.name(), events = events.len()))]
+    async fn commit(
+        &self,
+        lease: &PgLease,
+        expected: Option<LogPosition>,
+        events: &[RecordedEvent],
+    ) -> Result<(), Failure<P::Error>> {
+        let name = self.projection.name();
+        let mut tx = match &self.options.filter.tenant {
+            Some(tenant) => begin_tenant(&self.pool, tenant).await?,
+            None => self.pool.begin().await?,
+        };
+        for (i, event) in events.iter().enumerate() {
+            if let Err(source) = self.projection.apply(&mut tx, event).await {
+                // Dropping the transaction would roll it back too, later.
+                let _ = tx.rollback().await;
+                return Err(Failure::Apply(i, source));
+            }
+        }
+        // Last before the commit: a takeover waits for this transaction from here on only.
+        if let Err(e) = lease.renew_in_tx(&mut tx).await {
+            let _ = tx.rollback().await;
+            return Err(Failure::Other(PgProjectionError::from_lease(e)));
+        }
+        let last = events.last().map_or(LogPosition::START, |e| e.position);
+        match PgCheckpointStore::save_in_tx(&mut tx, name, expected, last).await {
+            Ok(()) => {}
+            Err(StoreError::CheckpointConflict {
+                expected, actual, ..
+            }) => {
+                let _ = tx.rollback().await;
+                tracing::warn!(
+                    projection = name,
+                    ?expected,
+                    ?actual,
+                    "projection checkpoint moved"
+                );
+                return Err(Failure::Other(PgProjectionError::CheckpointMoved {
+                    projection: name.to_owned(),
+                    expected,
+                    actual,
+                }));
+            }
+            Err(e) => return Err(Failure::Other(PgProjectionError::Store(e))),
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

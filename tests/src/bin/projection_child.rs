@@ -1,0 +1,67 @@
+//! A PostgreSQL projection runner as a process of its own, for `tests/pg_projection_crash.rs`
+//! to kill with SIGKILL or stop with SIGSTOP.
+//!
+//! Runs [`CrashModel`] over one tenant's log with [`PgProjectionRunner::run`] until killed.
+//! Configured by environment: `DATABASE_URL`, `PROJ_NAME` (the projection), `PROJ_TENANT`,
+//! `PROJ_INSTANCE` (its lease holder id), `PROJ_BATCH` (events per batch) and `PROJ_TTL_MS`
+//! (the lease's time to live). Rows it writes are marked `<instance>/<pid>`. It prints `ready`
+//! once connected; if the runner stops it prints `stopped: <error>` and exits with 3 when the
+//! lease was lost, 1 otherwise.
+#![allow(clippy::print_stdout)] // the parent reads these lines
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use eventsource_core::{LogFilter, TenantId};
+use eventsource_postgres::{
+    PgEventStore, PgProjectionError, PgProjectionRunner, ProjectionOptions,
+};
+use eventsource_tests::projection_model::CrashModel;
+use sqlx::postgres::PgPoolOptions;
+use tokio_util::sync::CancellationToken;
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    // The parent waits for the line; if it is gone there is no one to tell.
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn var(name: &str) -> Result<String, String> {
+    std::env::var(name).map_err(|e| format!("{name}: {e}"))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .test_before_acquire(false)
+        .connect(&var("DATABASE_URL")?)
+        .await?;
+    let instance = var("PROJ_INSTANCE")?;
+    let holder = format!("{instance}/{}", std::process::id());
+    let options = ProjectionOptions::default()
+        .with_batch_size(var("PROJ_BATCH")?.parse()?)
+        .with_lease_ttl(Duration::from_millis(var("PROJ_TTL_MS")?.parse()?))
+        .with_max_idle_poll(Duration::from_millis(10))
+        .with_instance_id(instance)
+        .with_filter(LogFilter::tenant(TenantId::new(var("PROJ_TENANT")?)));
+    let runner = PgProjectionRunner::new(
+        PgEventStore::new(pool),
+        CrashModel::new(&var("PROJ_NAME")?, &holder),
+        options,
+    );
+    say("ready");
+    match runner.run(CancellationToken::new()).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            say(&format!("stopped: {e}"));
+            let code = if matches!(e, PgProjectionError::LeaseLost { .. }) {
+                3
+            } else {
+                1
+            };
+            std::process::exit(code);
+        }
+    }
+}

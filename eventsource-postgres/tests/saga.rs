@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use eventsource_core::{
     Aggregate, CommandContext, CommandDecider, DEADLINE_REACHED, Decided, DomainEvent, DueDeadline,
-    EventHandler, EventId, EventStore, Handle, HandledEvent, LogFilter, LogPosition, Metadata,
-    RecordedEvent, Repository, Saga, SagaKey, SagaState, SagaStore, StreamId, TenantId, Version,
-    VersionRange,
+    EventHandler, EventId, EventStore, ExpectedVersion, Handle, HandledEvent, LogFilter,
+    LogPosition, Metadata, RecordedEvent, Repository, Saga, SagaKey, SagaState, SagaStore,
+    StreamId, TenantId, Version, VersionRange,
 };
 use eventsource_postgres::{PgDeadlineRunner, PgEventStore, PgSagaHandler, PgSagaStore};
 use serde::{Deserialize, Serialize};
@@ -404,4 +404,108 @@ async fn saga_rows_are_tenant_isolated() {
         .await;
     assert!(wrong.is_err(), "tenant b cannot move tenant a's instance");
     app.close().await;
+}
+
+/// A deadline runner's connection dies mid-batch (terminated by the server, as when its
+/// process is killed), after appending some deadline events in its transaction: none of them
+/// exists and every deadline is still due; the next runner fires each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_runner_killed_mid_batch_fires_nothing_and_leaves_it_pending() {
+    let Some(admin) = support::pool().await else {
+        return;
+    };
+    let name = format!("deadline-crash-{}", uuid::Uuid::now_v7().simple());
+    let runner_pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(
+            support::server()
+                .expect("server")
+                .database(&support::test_database())
+                .application_name(&name),
+        )
+        .await
+        .expect("connect");
+    let tenant = support::tenant("deadline-crash");
+    let sagas = PgSagaStore::new(admin.clone());
+    let due_at = chrono::Utc::now() - chrono::Duration::minutes(1);
+    for i in 0..6u64 {
+        let key = SagaKey::new(tenant.clone(), "payment-timeout", format!("o-{i}"));
+        let at = due_at + chrono::Duration::seconds(i64::try_from(i).unwrap());
+        let state = SagaState::new(serde_json::json!({}), 1, 1, LogPosition::new(1, 1))
+            .with_deadline(Some(at));
+        sagas
+            .save(
+                &key,
+                0,
+                state,
+                HandledEvent::new(EventId::new(), LogPosition::new(1, 1)),
+            )
+            .await
+            .expect("save");
+    }
+    // Hold o-3's deadline stream: the runner appends o-0..o-2 in its transaction, then waits.
+    let blocker_stream = StreamId::new(tenant.clone(), "saga-deadline", "payment-timeout/o-3");
+    let mut blocker = eventsource_postgres::begin_tenant(&admin, &tenant)
+        .await
+        .expect("begin");
+    PgEventStore::append_in_tx(
+        &mut blocker,
+        &blocker_stream,
+        ExpectedVersion::Any,
+        vec![eventsource_core::NewEvent::new(
+            "blocker",
+            1,
+            serde_json::json!({}),
+        )],
+    )
+    .await
+    .expect("hold the stream");
+    let runner = PgDeadlineRunner::new(runner_pool.clone()).for_tenant(tenant.clone());
+    let firing = tokio::spawn(async move { runner.fire_batch(chrono::Utc::now()).await });
+    // Wait until the runner's transaction waits on the held stream, having written before.
+    let mut killed: Vec<bool> = Vec::new();
+    for _ in 0..200 {
+        killed = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = $1 AND backend_xid IS NOT NULL AND wait_event_type = 'Lock'",
+        )
+        .bind(&name)
+        .fetch_all(&admin)
+        .await
+        .expect("terminate");
+        if !killed.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(killed, [true], "the runner was killed mid-batch");
+    assert!(firing.await.expect("task").is_err(), "its batch failed");
+    blocker.rollback().await.expect("release");
+
+    let events = PgEventStore::new(admin.clone());
+    let deadline_events = || async {
+        let log = eventsource_core::read_log(
+            &events,
+            LogPosition::START,
+            100,
+            LogFilter::tenant(tenant.clone()),
+        );
+        let log: Vec<RecordedEvent> = futures::TryStreamExt::try_collect(log).await.expect("log");
+        log.into_iter()
+            .filter(|e| e.event_type == DEADLINE_REACHED)
+            .count()
+    };
+    assert_eq!(
+        deadline_events().await,
+        0,
+        "the killed batch appended nothing"
+    );
+    let again = PgDeadlineRunner::new(admin.clone()).for_tenant(tenant.clone());
+    assert_eq!(
+        again.fire_due(chrono::Utc::now()).await.expect("fire"),
+        6,
+        "all still due"
+    );
+    assert_eq!(deadline_events().await, 6, "each fired once");
+    runner_pool.close().await;
 }

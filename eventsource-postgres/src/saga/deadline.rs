@@ -40,6 +40,7 @@ use crate::tenant::begin_tenant;
 /// // ... on shutdown:
 /// shutdown.cancel();
 /// # Ok(()) }
+/// # fn main() { let _ = run; }
 /// ```
 #[derive(Debug, Clone)]
 pub struct PgDeadlineRunner {

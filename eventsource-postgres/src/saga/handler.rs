@@ -72,6 +72,7 @@ const ATTEMPTS: u32 = 16;
 /// let saga = PgSagaHandler::new(pool, Fulfilment, stock);
 /// saga.handle(&event).await?; // state and the reservation commit together
 /// # Ok(()) }
+/// # fn main() { let _ = (run, Stock, Never, StockEvent::Reserved { qty: 1 }); }
 /// ```
 #[derive(Debug, Clone)]
 pub struct PgSagaHandler<G, D> {

@@ -40,6 +40,7 @@ use crate::tenant::begin_tenant;
 ///     println!("{key} handled {} events", state.version);
 /// }
 /// # Ok(()) }
+/// # fn main() { let _ = run; }
 /// ```
 #[derive(Debug, Clone)]
 pub struct PgSagaStore {

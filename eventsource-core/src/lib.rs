@@ -31,8 +31,9 @@ pub use projection::{Projection, ProjectionError, ProjectionRunner, RebuildProgr
 pub use repository::{CommandContext, CommandError, Executed, LoadError, Repository};
 pub use retry::RetryPolicy;
 pub use saga::{
-    CommandDispatcher, DEADLINE_REACHED, DeadlineReached, DeadlineRunner, DueDeadline,
-    InMemorySagaStore, Saga, SagaError, SagaHandler, SagaState, SagaStore,
+    CommandDecider, CommandDispatcher, DEADLINE_REACHED, DEADLINE_STREAM_TYPE, DeadlineReached,
+    DeadlineRunner, Decided, DueDeadline, HandledEvent, InMemorySagaStore, Loaded, Plan, Saga,
+    SagaError, SagaHandler, SagaKey, SagaState, SagaStore, StateError,
 };
 pub use snapshot::{NoSnapshots, Snapshot, SnapshotPolicy, SnapshotStore};
 pub use store::{

@@ -726,3 +726,36 @@ where
         self.execute_with(&id, command, ctx).await.map(|_| ())
     }
 }
+
+/// A repository decides saga commands addressed as `(aggregate id, command)`: it loads the
+/// aggregate, handles the command and encodes the events with `ctx`'s metadata and ids, at the
+/// version it loaded; appending is the caller's (in its own transaction).
+impl<A, S, P> crate::saga::CommandDecider<(String, A::Command)> for Repository<A, S, P>
+where
+    A: Handle,
+    S: EventStore,
+    P: SnapshotStore,
+{
+    type Error = CommandError<A::Error>;
+
+    async fn decide(
+        &self,
+        (id, command): (String, A::Command),
+        ctx: &CommandContext,
+    ) -> Result<Option<crate::saga::Decided>, Self::Error> {
+        let root = self.load(&id).await?;
+        let events = root
+            .state()
+            .handle(command)
+            .map_err(CommandError::Rejected)?;
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let events = encode(&events, ctx, &ctx_metadata(ctx))?;
+        Ok(Some(crate::saga::Decided::new(
+            self.stream_id(&id),
+            ExpectedVersion::Exact(root.version()),
+            events,
+        )))
+    }
+}

@@ -313,6 +313,8 @@ pub trait TypedSaga: Send + Sync + 'static {
     type Command: Send + Sync;
     /// Why reacting failed (the event is retried, then dead-lettered, by the runner).
     type Error: std::error::Error + Send + Sync + 'static;
+    /// Schema version of the stored state (see [`Saga::STATE_VERSION`]).
+    const STATE_VERSION: u32 = 1;
 
     /// The instance an event belongs to, or `None` if the saga ignores it.
     fn correlate(&self, event: &Envelope<Self::Event>) -> Option<String>;
@@ -353,6 +355,7 @@ pub trait TypedSaga: Send + Sync + 'static {
 
 impl<G: TypedSaga> Saga for Typed<G> {
     const NAME: &'static str = G::NAME;
+    const STATE_VERSION: u32 = G::STATE_VERSION;
     type State = G::State;
     type Command = G::Command;
     type Error = TypedError<G::Error>;

@@ -4,7 +4,7 @@
 use eventsource_core::{
     Aggregate, DomainEvent, EventHandler, EventStore, ExpectedVersion, Handle, InMemoryEventStore,
     InMemorySagaStore, LogFilter, LogPosition, NewEvent, RecordedEvent, Repository, Saga,
-    SagaHandler, SagaState, SagaStore, StreamId, TenantId, VersionRange,
+    SagaHandler, SagaKey, SagaState, SagaStore, StreamId, TenantId, VersionRange,
 };
 use serde::{Deserialize, Serialize};
 
@@ -85,6 +85,10 @@ impl Saga for Fulfilment {
     }
 }
 
+fn key(saga: &str, instance: &str) -> SagaKey {
+    SagaKey::new(TenantId::default(), saga, instance)
+}
+
 async fn place_order(store: &InMemoryEventStore, id: &str) -> RecordedEvent {
     let stream = StreamId::new(TenantId::default(), "order", id);
     store
@@ -122,7 +126,7 @@ async fn saga_issues_correlated_commands_once() {
     assert_eq!(meta.causation_id, Some(*placed.event_id.as_uuid()));
     assert_eq!(meta.correlation_id, Some(*placed.event_id.as_uuid()));
     let state = states
-        .load("fulfilment", "o-1")
+        .load(&key("fulfilment", "o-1"))
         .await
         .expect("load")
         .expect("state");
@@ -180,7 +184,10 @@ async fn crash_between_dispatch_and_state_save_appends_nothing_twice() {
     }
     assert_eq!(stock.load("sku-1").await.expect("load").state().reserved, 2);
     assert!(matches!(
-        fresh_state.load("fulfilment", "o-2").await.expect("load"),
+        fresh_state
+            .load(&key("fulfilment", "o-2"))
+            .await
+            .expect("load"),
         Some(SagaState { version: 1, .. })
     ));
 }
@@ -319,16 +326,110 @@ async fn an_unpaid_order_times_out_durably_and_compensates_once() {
         "one compensation, for the unpaid order only"
     );
     let unpaid = states
-        .load("payment-timeout", "unpaid")
+        .load(&key("payment-timeout", "unpaid"))
         .await
         .expect("load")
         .expect("state");
     assert_eq!(unpaid.deadline, None, "the deadline was consumed");
     let paid = states
-        .load("payment-timeout", "paid")
+        .load(&key("payment-timeout", "paid"))
         .await
         .expect("load")
         .expect("state");
     assert_eq!(paid.deadline, None, "payment cancelled the deadline");
     assert!(states.due(later, 10).await.expect("due").is_empty());
+}
+
+/// Fails its first call, then records every command it is given.
+#[derive(Clone, Default)]
+struct FlakyOnce {
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    issued: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("dispatch failed")]
+struct DispatchFailed;
+
+impl eventsource_core::CommandDispatcher<String> for FlakyOnce {
+    type Error = DispatchFailed;
+
+    async fn dispatch(
+        &self,
+        command: String,
+        _: &eventsource_core::CommandContext,
+    ) -> Result<(), DispatchFailed> {
+        if !self.failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(DispatchFailed);
+        }
+        self.issued.lock().expect("lock").push(command);
+        Ok(())
+    }
+}
+
+/// One instance per order, fed by the order's stream and the payment's stream.
+struct Checkout;
+
+impl Saga for Checkout {
+    const NAME: &'static str = "checkout";
+    type State = Vec<String>;
+    type Command = String;
+    type Error = Never;
+
+    fn correlate(&self, event: &RecordedEvent) -> Option<String> {
+        event.payload["order"].as_str().map(str::to_owned)
+    }
+
+    fn react(&self, state: &mut Vec<String>, event: &RecordedEvent) -> Result<Vec<String>, Never> {
+        state.push(event.event_type.clone());
+        Ok(vec![format!("after {}", event.event_type)])
+    }
+}
+
+/// The consumer runner keeps order within a stream only: the order's event fails its first
+/// delivery, the payment's (later in the log, another stream) is handled, then the order's is
+/// redelivered. It must be handled, not skipped as "older than the last one handled".
+#[tokio::test]
+async fn a_redelivered_event_from_another_stream_is_not_dropped() {
+    let store = InMemoryEventStore::new();
+    let order = StreamId::new(TenantId::default(), "order", "o-9");
+    let payment = StreamId::new(TenantId::default(), "payment", "p-9");
+    for (stream, event_type) in [(&order, "order-placed"), (&payment, "payment-received")] {
+        store
+            .append(
+                stream,
+                ExpectedVersion::Any,
+                vec![NewEvent::new(
+                    event_type,
+                    1,
+                    serde_json::json!({ "order": "o-9" }),
+                )],
+            )
+            .await
+            .expect("append");
+    }
+    let log = store
+        .read_all(LogPosition::START, 10, &LogFilter::all())
+        .await
+        .expect("read");
+    let (placed, paid) = (&log[0], &log[1]);
+    let dispatcher = FlakyOnce::default();
+    let saga = SagaHandler::new(Checkout, dispatcher.clone(), InMemorySagaStore::new());
+
+    assert!(saga.handle(placed).await.is_err(), "first delivery fails");
+    saga.handle(paid)
+        .await
+        .expect("the payment stream moves on");
+    saga.handle(placed)
+        .await
+        .expect("redelivery of the order's event");
+    saga.handle(paid)
+        .await
+        .expect("redelivery of the payment's event");
+
+    assert_eq!(
+        *dispatcher.issued.lock().expect("lock"),
+        ["after payment-received", "after order-placed"],
+        "the redelivered order event was handled once, the payment's not twice"
+    );
 }

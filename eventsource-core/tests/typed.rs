@@ -268,19 +268,25 @@ async fn a_typed_saga_reacts_to_its_events_and_deadlines() {
     // The deadline event reaches `on_deadline` on its instance (no deadline pending is needed
     // for a saga with none set, so store one first).
     let due_at = chrono::Utc::now();
-    let mut state = eventsource_core::SagaStore::load(&states, "reservations", "o-1")
+    let key = eventsource_core::SagaKey::new(events[0].tenant().clone(), "reservations", "o-1");
+    let mut state = eventsource_core::SagaStore::load(&states, &key)
         .await
         .expect("load")
         .expect("state");
     let version = state.version;
     state.deadline = Some(due_at);
-    eventsource_core::SagaStore::save(&states, "reservations", "o-1", version, state)
+    let other = eventsource_core::HandledEvent::new(
+        eventsource_core::EventId::new(),
+        LogPosition::new(u64::MAX - 1, u64::MAX - 1),
+    );
+    eventsource_core::SagaStore::save(&states, &key, version, state, other)
         .await
         .expect("save");
     let deadline = RecordedEvent {
         event_type: DEADLINE_REACHED.to_owned(),
         payload: serde_json::json!({ "saga": "reservations", "instance": "o-1", "due_at": due_at }),
         position: LogPosition::new(u64::MAX, u64::MAX),
+        event_id: eventsource_core::EventId::new(),
         ..events[1].clone()
     };
     saga.handle(&deadline).await.expect("deadline");

@@ -9,6 +9,7 @@ mod kept;
 mod projection;
 mod rejection;
 mod row;
+mod saga;
 mod snapshot;
 mod sql;
 mod store;
@@ -22,6 +23,7 @@ pub use projection::{
     LeaseError, PgLease, PgProjection, PgProjectionError, PgProjectionHandler, PgProjectionRunner,
     ProjectionOptions,
 };
+pub use saga::{PgDeadlineRunner, PgSagaHandler, PgSagaStore};
 pub use snapshot::PgSnapshotStore;
 pub use store::{DEFAULT_COMMIT_LANES, DEFAULT_GROUP_EVENTS, PgEventStore};
 pub use tenant::{begin_tenant, set_tenant};

@@ -252,3 +252,59 @@ pub(crate) fn position_to_db(position: LogPosition) -> (String, i64) {
         i64::try_from(position.position()).unwrap_or(i64::MAX),
     )
 }
+
+/// A saga instance as the saga loads read it.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct SagaRow {
+    pub(crate) state: serde_json::Value,
+    pub(crate) state_version: i32,
+    pub(crate) version: i64,
+    pub(crate) last_transaction_id: String,
+    pub(crate) last_position: i64,
+    pub(crate) deadline_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub(crate) handled: bool,
+}
+
+impl SagaRow {
+    /// The stored state and whether the event asked about is handled.
+    pub(crate) fn into_state(self) -> Result<(eventsource_core::SagaState, bool), StoreError> {
+        let schema_version = u32::try_from(self.state_version).map_err(|_| {
+            StoreError::Corrupt(format!(
+                "negative saga state version {}",
+                self.state_version
+            ))
+        })?;
+        let version = u64::try_from(self.version)
+            .map_err(|_| StoreError::Corrupt(format!("negative saga version {}", self.version)))?;
+        let state = eventsource_core::SagaState::new(
+            self.state,
+            schema_version,
+            version,
+            position_from_db(&self.last_transaction_id, self.last_position)?,
+        )
+        .with_deadline(self.deadline_at);
+        Ok((state, self.handled))
+    }
+}
+
+/// A due deadline as the deadline queries list it.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct DeadlineRow {
+    pub(crate) tenant_id: String,
+    pub(crate) saga: String,
+    pub(crate) instance: String,
+    pub(crate) deadline_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<DeadlineRow> for eventsource_core::DueDeadline {
+    fn from(row: DeadlineRow) -> Self {
+        eventsource_core::DueDeadline::new(
+            eventsource_core::SagaKey::new(
+                eventsource_core::TenantId::new(row.tenant_id),
+                row.saga,
+                row.instance,
+            ),
+            row.deadline_at,
+        )
+    }
+}

@@ -454,3 +454,118 @@ SELECT (SELECT transaction_id FROM events ORDER BY transaction_id DESC LIMIT 1):
 
 /// A round trip that proves the database answers.
 pub(crate) const HEALTH_CHECK: &str = "SELECT 1";
+
+// ---- Sagas (migration 0009) -------------------------------------------------------------------
+
+/// The body of the saga loads: the instance's state, and whether it handled the event `$4` at
+/// log position `($5, $6)` (recorded, or at or below the floor its record was pruned to).
+macro_rules! load_saga {
+    () => {
+        r"
+SELECT s.state, s.state_version, s.version,
+       s.last_transaction_id::text AS last_transaction_id, s.last_position, s.deadline_at,
+       (EXISTS (SELECT 1 FROM saga_handled h
+                WHERE h.tenant_id = $1 AND h.saga = $2 AND h.instance = $3 AND h.event_id = $4)
+        OR (s.floor_position IS NOT NULL
+            AND ($5::text::xid8, $6::int8) <= (s.floor_transaction_id, s.floor_position)))
+           AS handled
+FROM saga_instances s
+WHERE s.tenant_id = $1 AND s.saga = $2 AND s.instance = $3
+"
+    };
+}
+
+/// A saga instance's state and whether it handled an event.
+pub(crate) const LOAD_SAGA: &str = load_saga!();
+
+/// As [`LOAD_SAGA`], locking the instance's row until the transaction ends.
+pub(crate) const LOAD_SAGA_LOCKED: &str = concat!(load_saga!(), "FOR UPDATE OF s");
+
+/// Creates an instance and records its first event; `0` when the instance exists.
+pub(crate) const CREATE_SAGA: &str = r"
+WITH created AS (
+    INSERT INTO saga_instances (tenant_id, saga, instance, state, state_version, version,
+                                last_transaction_id, last_position, deadline_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7::text::xid8, $8, $9)
+    ON CONFLICT (tenant_id, saga, instance) DO NOTHING
+    RETURNING 1
+), recorded AS (
+    INSERT INTO saga_handled (tenant_id, saga, instance, event_id, transaction_id, global_position)
+    SELECT $1, $2, $3, $10, $11::text::xid8, $12 FROM created
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT count(*) FROM recorded
+";
+
+/// Moves an instance from version `$13` and records the event `$10`, unless the version moved
+/// or the event counts as handled already; `0` then, and nothing written. The fired mark of
+/// the deadline survives only if the deadline stays the same.
+pub(crate) const MOVE_SAGA: &str = r"
+WITH moved AS (
+    UPDATE saga_instances s
+    SET state = $4, state_version = $5, version = $6,
+        last_transaction_id = $7::text::xid8, last_position = $8,
+        deadline_fired = s.deadline_fired AND s.deadline_at IS NOT DISTINCT FROM $9,
+        deadline_at = $9, updated_at = now()
+    WHERE s.tenant_id = $1 AND s.saga = $2 AND s.instance = $3 AND s.version = $13
+      AND NOT EXISTS (SELECT 1 FROM saga_handled h
+                      WHERE h.tenant_id = $1 AND h.saga = $2 AND h.instance = $3
+                        AND h.event_id = $10)
+      AND (s.floor_position IS NULL
+           OR ($11::text::xid8, $12::int8) > (s.floor_transaction_id, s.floor_position))
+    RETURNING 1
+), recorded AS (
+    INSERT INTO saga_handled (tenant_id, saga, instance, event_id, transaction_id, global_position)
+    SELECT $1, $2, $3, $10, $11::text::xid8, $12 FROM moved
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT count(*) FROM recorded
+";
+
+/// The body of the due-deadline queries: deadlines due at `$1` not fired yet, earliest first,
+/// at most `$2`, of the tenant `$3` (every tenant when NULL).
+macro_rules! due_deadlines {
+    () => {
+        r"
+SELECT tenant_id, saga, instance, deadline_at
+FROM saga_instances
+WHERE deadline_at IS NOT NULL AND NOT deadline_fired AND deadline_at <= $1
+  AND ($3::text IS NULL OR tenant_id = $3)
+ORDER BY deadline_at
+LIMIT $2
+"
+    };
+}
+
+/// Due deadlines, as listed by `SagaStore::due`.
+pub(crate) const DUE_DEADLINES: &str = due_deadlines!();
+
+/// Due deadlines, locked for firing; rows another runner holds are skipped.
+pub(crate) const CLAIM_DEADLINES: &str = concat!(due_deadlines!(), "FOR UPDATE SKIP LOCKED");
+
+/// Marks a deadline fired if it is still the instance's pending one.
+pub(crate) const MARK_FIRED: &str = r"
+UPDATE saga_instances SET deadline_fired = true, updated_at = now()
+WHERE tenant_id = $1 AND saga = $2 AND instance = $3 AND deadline_at = $4 AND NOT deadline_fired
+RETURNING 1
+";
+
+/// Deletes a saga's records at or below a log position and raises its instances' floors to it.
+pub(crate) const PRUNE_HANDLED: &str = r"
+WITH pruned AS (
+    DELETE FROM saga_handled
+    WHERE tenant_id = $1 AND saga = $2
+      AND (transaction_id, global_position) <= ($3::text::xid8, $4::int8)
+    RETURNING 1
+), floored AS (
+    UPDATE saga_instances
+    SET floor_transaction_id = $3::text::xid8, floor_position = $4
+    WHERE tenant_id = $1 AND saga = $2
+      AND (floor_position IS NULL
+           OR (floor_transaction_id, floor_position) < ($3::text::xid8, $4::int8))
+    RETURNING 1
+)
+SELECT count(*) FROM pruned
+";

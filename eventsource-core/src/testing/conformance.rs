@@ -30,8 +30,15 @@ use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::store::{EventStore, ExpectedVersion, LogFilter, StoreError, VersionRange, read_log};
 
 mod order;
+mod saga;
 
 pub use order::streams_stay_in_version_order_along_the_log;
+pub use saga::{
+    a_recorded_event_is_never_saved_twice, a_redelivered_event_from_another_stream_is_handled_once,
+    a_state_of_another_schema_version_is_a_typed_error, deadlines_are_due_until_marked_fired,
+    deduplication_is_per_event_not_a_high_water_mark, pruning_never_lets_a_duplicate_through,
+    saga_instances_are_per_tenant, saga_state_round_trips_under_its_version,
+};
 
 /// Expands to one `#[tokio::test]` per conformance case for the store built by the expression.
 ///

@@ -1,0 +1,278 @@
+//! [`PgSagaStore`]: saga instances, their records of handled events and their deadlines.
+
+use chrono::{DateTime, Utc};
+use eventsource_core::{
+    DueDeadline, HandledEvent, Loaded, LogPosition, SagaKey, SagaState, SagaStore, StoreError,
+    TenantId,
+};
+use sqlx::{PgConnection, PgPool};
+
+use crate::error::{out_of_range, store_error};
+use crate::row::{DeadlineRow, SagaRow, position_to_db};
+use crate::sql;
+use crate::tenant::begin_tenant;
+
+/// A [`SagaStore`] on PostgreSQL (tables `saga_instances` and `saga_handled`, migration 0009).
+///
+/// Per instance, keyed by tenant, saga and instance: the state (JSONB) with its schema version,
+/// an optimistic version, the pending deadline and whether it fired, and in `saga_handled` one
+/// row per event handled. An event counts as handled exactly when its id is recorded for that
+/// instance (or it lies at or below the floor the record was pruned to, see
+/// [`SagaStore::prune_handled`]); saving the state and recording the event are one statement.
+/// Both tables have forced row level security, like `events`: every operation runs in a
+/// transaction scoped to the key's tenant, except [`SagaStore::due`], which lists every
+/// tenant's deadlines and needs a role that bypasses row level security (as the relay does).
+///
+/// Where the saga's commands append to a [`PgEventStore`](crate::PgEventStore) in the same
+/// database, run the saga with [`PgSagaHandler`](crate::PgSagaHandler) and fire deadlines with
+/// [`PgDeadlineRunner`](crate::PgDeadlineRunner): state, events and deadline marks then commit
+/// together. Cloning is cheap.
+///
+/// ```no_run
+/// use eventsource_core::{SagaKey, SagaStore, TenantId};
+/// use eventsource_postgres::{MIGRATOR, PgSagaStore};
+///
+/// # async fn run(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+/// MIGRATOR.run(&pool).await?;
+/// let sagas = PgSagaStore::new(pool);
+/// let key = SagaKey::new(TenantId::new("acme"), "checkout", "order-1");
+/// if let Some(state) = sagas.load(&key).await? {
+///     println!("{key} handled {} events", state.version);
+/// }
+/// # Ok(()) }
+/// # fn main() { let _ = run; }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PgSagaStore {
+    pool: PgPool,
+}
+
+impl PgSagaStore {
+    /// A saga store on `pool` (the schema comes with [`MIGRATOR`](crate::MIGRATOR)).
+    #[must_use]
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// The pool the store uses.
+    #[must_use]
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Loads the instance and whether it handled `event`, inside the caller's transaction
+    /// (scoped to the key's tenant), **locking the instance's row** until the transaction ends:
+    /// a concurrent delivery to the same instance waits, then sees what this one saved.
+    ///
+    /// # Errors
+    ///
+    /// A database failure, or a stored row that violates the schema's invariants.
+    pub async fn load_in_tx(
+        conn: &mut PgConnection,
+        key: &SagaKey,
+        event: &HandledEvent,
+    ) -> Result<Loaded, StoreError> {
+        load(conn, sql::LOAD_SAGA_LOCKED, key, event).await
+    }
+
+    /// Saves the instance's state at `expected` and records `handled`, inside the caller's
+    /// transaction (scoped to the key's tenant), in one statement.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::CheckpointConflict`] named after the key when the version moved or the
+    /// event counts as handled already; nothing is written and no database error is raised,
+    /// so the transaction stays usable (the caller normally rolls it back).
+    #[tracing::instrument(name = "eventsource.saga.save", skip_all, fields(saga = key.saga(), instance = key.instance(), expected))]
+    pub async fn save_in_tx(
+        conn: &mut PgConnection,
+        key: &SagaKey,
+        expected: u64,
+        state: SagaState,
+        handled: HandledEvent,
+    ) -> Result<(), StoreError> {
+        let (last_transaction, last_position) = position_to_db(state.last_position);
+        let (transaction, position) = position_to_db(handled.position());
+        let version = i64::try_from(state.version).map_err(|_| out_of_range("saga version"))?;
+        let schema_version =
+            i32::try_from(state.schema_version).map_err(|_| out_of_range("saga state version"))?;
+        let query = if expected == 0 {
+            sqlx::query_scalar(sql::CREATE_SAGA)
+        } else {
+            sqlx::query_scalar(sql::MOVE_SAGA)
+        };
+        let query = query
+            .bind(key.tenant().as_str())
+            .bind(key.saga())
+            .bind(key.instance())
+            .bind(state.state)
+            .bind(schema_version)
+            .bind(version)
+            .bind(last_transaction)
+            .bind(last_position)
+            .bind(state.deadline)
+            .bind(*handled.event_id().as_uuid())
+            .bind(transaction)
+            .bind(position);
+        let query = if expected == 0 {
+            query
+        } else {
+            query.bind(i64::try_from(expected).map_err(|_| out_of_range("saga version"))?)
+        };
+        let recorded: i64 = query.fetch_one(conn).await.map_err(store_error)?;
+        if recorded == 1 {
+            return Ok(());
+        }
+        tracing::debug!(%key, expected, "saga state conflict");
+        Err(StoreError::CheckpointConflict {
+            name: key.to_string(),
+            expected: None,
+            actual: None,
+        })
+    }
+
+    /// Up to `limit` due deadlines of `tenant` (every tenant when `None`), locked in the
+    /// caller's transaction; deadlines another transaction holds are skipped.
+    pub(crate) async fn claim_due_in_tx(
+        conn: &mut PgConnection,
+        tenant: Option<&TenantId>,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<DueDeadline>, StoreError> {
+        due(conn, sql::CLAIM_DEADLINES, tenant, now, limit).await
+    }
+
+    /// Marks `deadline` fired inside the caller's transaction.
+    pub(crate) async fn mark_fired_in_tx(
+        conn: &mut PgConnection,
+        deadline: &DueDeadline,
+    ) -> Result<bool, StoreError> {
+        let key = &deadline.key;
+        let marked: Option<i32> = sqlx::query_scalar(sql::MARK_FIRED)
+            .bind(key.tenant().as_str())
+            .bind(key.saga())
+            .bind(key.instance())
+            .bind(deadline.due_at)
+            .fetch_optional(conn)
+            .await
+            .map_err(store_error)?;
+        Ok(marked.is_some())
+    }
+}
+
+async fn load(
+    conn: &mut PgConnection,
+    statement: &'static str,
+    key: &SagaKey,
+    event: &HandledEvent,
+) -> Result<Loaded, StoreError> {
+    let (transaction, position) = position_to_db(event.position());
+    let row: Option<SagaRow> = sqlx::query_as(statement)
+        .bind(key.tenant().as_str())
+        .bind(key.saga())
+        .bind(key.instance())
+        .bind(*event.event_id().as_uuid())
+        .bind(transaction)
+        .bind(position)
+        .fetch_optional(conn)
+        .await
+        .map_err(store_error)?;
+    match row {
+        None => Ok(Loaded::new(None, false)),
+        Some(row) => {
+            let (state, handled) = row.into_state()?;
+            Ok(Loaded::new(Some(state), handled))
+        }
+    }
+}
+
+async fn due(
+    conn: &mut PgConnection,
+    statement: &'static str,
+    tenant: Option<&TenantId>,
+    now: DateTime<Utc>,
+    limit: usize,
+) -> Result<Vec<DueDeadline>, StoreError> {
+    let rows: Vec<DeadlineRow> = sqlx::query_as(statement)
+        .bind(now)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(tenant.map(TenantId::as_str))
+        .fetch_all(conn)
+        .await
+        .map_err(store_error)?;
+    Ok(rows.into_iter().map(DueDeadline::from).collect())
+}
+
+impl SagaStore for PgSagaStore {
+    async fn load(&self, key: &SagaKey) -> Result<Option<SagaState>, StoreError> {
+        let nothing = HandledEvent::new(
+            eventsource_core::EventId::from_uuid(uuid::Uuid::nil()),
+            LogPosition::START,
+        );
+        self.load_for(key, &nothing)
+            .await
+            .map(|loaded| loaded.state)
+    }
+
+    #[tracing::instrument(name = "eventsource.saga.load", skip_all, fields(saga = key.saga(), instance = key.instance()))]
+    async fn load_for(&self, key: &SagaKey, event: &HandledEvent) -> Result<Loaded, StoreError> {
+        let mut tx = begin_tenant(&self.pool, key.tenant())
+            .await
+            .map_err(store_error)?;
+        let loaded = load(&mut tx, sql::LOAD_SAGA, key, event).await?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(loaded)
+    }
+
+    async fn save(
+        &self,
+        key: &SagaKey,
+        expected: u64,
+        state: SagaState,
+        handled: HandledEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = begin_tenant(&self.pool, key.tenant())
+            .await
+            .map_err(store_error)?;
+        Self::save_in_tx(&mut tx, key, expected, state, handled).await?;
+        tx.commit().await.map_err(store_error)
+    }
+
+    /// Lists every tenant's deadlines: needs a role that bypasses row level security.
+    async fn due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueDeadline>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(store_error)?;
+        due(&mut conn, sql::DUE_DEADLINES, None, now, limit).await
+    }
+
+    async fn mark_fired(&self, deadline: &DueDeadline) -> Result<bool, StoreError> {
+        let mut tx = begin_tenant(&self.pool, deadline.key.tenant())
+            .await
+            .map_err(store_error)?;
+        let marked = Self::mark_fired_in_tx(&mut tx, deadline).await?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(marked)
+    }
+
+    #[tracing::instrument(name = "eventsource.saga.prune", skip_all, fields(tenant = %tenant, saga, %floor))]
+    async fn prune_handled(
+        &self,
+        tenant: &TenantId,
+        saga: &str,
+        floor: LogPosition,
+    ) -> Result<u64, StoreError> {
+        let (transaction, position) = position_to_db(floor);
+        let mut tx = begin_tenant(&self.pool, tenant)
+            .await
+            .map_err(store_error)?;
+        let removed: i64 = sqlx::query_scalar(sql::PRUNE_HANDLED)
+            .bind(tenant.as_str())
+            .bind(saga)
+            .bind(transaction)
+            .bind(position)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        u64::try_from(removed).map_err(|_| StoreError::Corrupt(format!("negative count {removed}")))
+    }
+}

@@ -1,0 +1,511 @@
+//! Durable sagas on PostgreSQL (issue 15): the `SagaStore` conformance suite on
+//! `PgSagaStore`; one transaction for a saga's state and its commands' events, even when the
+//! connection dies between the append and the commit; deadlines shared by concurrent runners,
+//! each fired once; row level security on the saga tables.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use eventsource_core::{
+    Aggregate, CommandContext, CommandDecider, DEADLINE_REACHED, Decided, DomainEvent, DueDeadline,
+    EventHandler, EventId, EventStore, ExpectedVersion, Handle, HandledEvent, LogFilter,
+    LogPosition, Metadata, RecordedEvent, Repository, Saga, SagaKey, SagaState, SagaStore,
+    StreamId, TenantId, Version, VersionRange,
+};
+use eventsource_postgres::{PgDeadlineRunner, PgEventStore, PgSagaHandler, PgSagaStore};
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgPoolOptions;
+use tokio::sync::Notify;
+
+mod conformance {
+    use super::*;
+
+    eventsource_core::saga_store_conformance_tests!(optional async async {
+        support::pool().await.map(PgSagaStore::new)
+    });
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
+enum StockEvent {
+    #[event(name = "stock-reserved")]
+    Reserved { order: String, qty: u32 },
+}
+
+#[derive(Debug, Default, Aggregate)]
+#[aggregate(name = "stock", event = StockEvent)]
+struct Stock {
+    reserved: u32,
+}
+
+impl StockEventHandler for Stock {
+    fn when_reserved(&mut self, e: stock_event::Reserved) {
+        self.reserved += e.qty;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("never")]
+struct Never;
+
+impl Handle for Stock {
+    type Command = (String, u32);
+    type Error = Never;
+
+    fn handle(&self, (order, qty): (String, u32)) -> Result<Vec<StockEvent>, Never> {
+        Ok(vec![StockEvent::Reserved { order, qty }])
+    }
+}
+
+/// Reserves one unit of `sku-a` and one of `sku-b` per placed order; counts orders.
+#[derive(Clone, Copy)]
+struct Fulfilment;
+
+impl Saga for Fulfilment {
+    const NAME: &'static str = "fulfilment";
+    type State = u32;
+    type Command = (String, (String, u32));
+    type Error = Never;
+
+    fn correlate(&self, event: &RecordedEvent) -> Option<String> {
+        (event.event_type == "order-placed")
+            .then(|| event.payload["saga"].as_str().map(str::to_owned))?
+    }
+
+    fn react(&self, orders: &mut u32, event: &RecordedEvent) -> Result<Vec<Self::Command>, Never> {
+        *orders += 1;
+        let order = event.stream.aggregate_id().to_owned();
+        Ok(vec![
+            ("sku-a".into(), (order.clone(), 1)),
+            ("sku-b".into(), (order, 1)),
+        ])
+    }
+}
+
+/// Decides through a repository; told to, it stops for good at its second command (after the
+/// first command's events were appended in the saga's transaction) and says so.
+#[derive(Clone)]
+struct Stalling {
+    stock: Repository<Stock, PgEventStore>,
+    stall: Arc<AtomicBool>,
+    calls: Arc<AtomicUsize>,
+    stalled: Arc<Notify>,
+}
+
+impl CommandDecider<(String, (String, u32))> for Stalling {
+    type Error = eventsource_core::CommandError<Never>;
+
+    async fn decide(
+        &self,
+        command: (String, (String, u32)),
+        ctx: &CommandContext,
+    ) -> Result<Option<Decided>, Self::Error> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 1 && self.stall.load(Ordering::SeqCst) {
+            self.stalled.notify_one();
+            std::future::pending::<()>().await;
+        }
+        self.stock.decide(command, ctx).await
+    }
+}
+
+fn order_placed(tenant: &TenantId, saga: &str, order: &str, position: u64) -> RecordedEvent {
+    RecordedEvent {
+        event_id: EventId::new(),
+        stream: StreamId::new(tenant.clone(), "order", order),
+        version: Version::new(1),
+        position: LogPosition::new(position, position),
+        event_type: "order-placed".into(),
+        schema_version: 1,
+        recorded_at: chrono::Utc::now(),
+        metadata: Metadata::default(),
+        payload: serde_json::json!({ "saga": saga }),
+    }
+}
+
+async fn reservations(store: &PgEventStore, tenant: &TenantId, sku: &str) -> Vec<RecordedEvent> {
+    store
+        .read_stream(
+            &StreamId::new(tenant.clone(), "stock", sku),
+            VersionRange::all(),
+        )
+        .await
+        .expect("read")
+}
+
+/// The saga's connection dies (terminated by the server, as when its process is killed) after
+/// the first command's events were appended in its transaction and before the commit: neither
+/// those events nor the state exist. Redelivered, the event commits both commands' events and
+/// the state once; a further redelivery changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_killed_before_commit_leaves_neither_state_nor_events() {
+    let Some(admin) = support::pool().await else {
+        return;
+    };
+    let name = format!("saga-crash-{}", uuid::Uuid::now_v7().simple());
+    let options = support::server()
+        .expect("server")
+        .database(&support::test_database())
+        .application_name(&name);
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .expect("connect");
+    let tenant = support::tenant("saga-crash");
+    let events = PgEventStore::new(admin.clone());
+    let stock = Repository::<Stock, _>::new(events.clone()).with_tenant(tenant.clone());
+    let decider = Stalling {
+        stock,
+        stall: Arc::new(AtomicBool::new(true)),
+        calls: Arc::new(AtomicUsize::new(0)),
+        stalled: Arc::new(Notify::new()),
+    };
+    let handler = PgSagaHandler::new(pool.clone(), Fulfilment, decider.clone());
+    let placed = order_placed(&tenant, "o-1", "o-1", 10);
+
+    let delivery = tokio::spawn({
+        let (handler, placed) = (handler.clone(), placed.clone());
+        async move { handler.handle(&placed).await }
+    });
+    decider.stalled.notified().await;
+    // The saga's transaction holds sku-a's new event, uncommitted: kill its backend.
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = $1 AND backend_xid IS NOT NULL",
+    )
+    .bind(&name)
+    .fetch_all(&admin)
+    .await
+    .expect("terminate");
+    assert_eq!(killed, [true], "one saga transaction in flight");
+    delivery.abort();
+    let _ = delivery.await;
+
+    let sagas = PgSagaStore::new(admin.clone());
+    let key = SagaKey::new(tenant.clone(), "fulfilment", "o-1");
+    assert!(
+        reservations(&events, &tenant, "sku-a").await.is_empty(),
+        "no events without state"
+    );
+    assert_eq!(
+        sagas.load(&key).await.expect("load"),
+        None,
+        "no state without events"
+    );
+
+    decider.stall.store(false, Ordering::SeqCst);
+    handler.handle(&placed).await.expect("redelivery");
+    handler
+        .handle(&placed)
+        .await
+        .expect("a further redelivery is a no-op");
+    for sku in ["sku-a", "sku-b"] {
+        let reserved = reservations(&events, &tenant, sku).await;
+        assert_eq!(reserved.len(), 1, "{sku}: reserved once");
+        assert_eq!(
+            reserved[0].metadata.causation_id,
+            Some(*placed.event_id.as_uuid())
+        );
+    }
+    let state = sagas.load(&key).await.expect("load").expect("state");
+    assert_eq!(
+        (state.version, state.state.clone()),
+        (1, serde_json::json!(1))
+    );
+    pool.close().await;
+}
+
+/// Many deliveries at once, every order reserving the same two hot stock items: appends
+/// conflict and are refused by the stream-order guard, and the handler reruns its whole
+/// transaction. Each order reserves once per item, each instance saves once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_deliveries_retry_the_transaction_and_commit_once() {
+    let Some(pool) = support::pool().await else {
+        return;
+    };
+    let tenant = support::tenant("saga-race");
+    let events = PgEventStore::new(pool.clone());
+    let stock = Repository::<Stock, _>::new(events.clone()).with_tenant(tenant.clone());
+    let handler = PgSagaHandler::new(pool.clone(), Fulfilment, stock);
+    let orders: Vec<RecordedEvent> = (0..24)
+        .map(|i| order_placed(&tenant, &format!("s-{}", i % 6), &format!("o-{i}"), 100 + i))
+        .collect();
+    let tasks: Vec<_> = (0..8)
+        .map(|task| {
+            let (handler, orders) = (handler.clone(), orders.clone());
+            tokio::spawn(async move {
+                // Each task delivers every order, in its own rotation: each event 8 times.
+                for i in 0..orders.len() {
+                    let event = &orders[(i + task * 3) % orders.len()];
+                    let mut tries = 0;
+                    while let Err(e) = handler.handle(event).await {
+                        tries += 1;
+                        assert!(tries < 20, "{e:?}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    for sku in ["sku-a", "sku-b"] {
+        let reserved = reservations(&events, &tenant, sku).await;
+        assert_eq!(reserved.len(), 24, "{sku}: one reservation per order");
+    }
+    let sagas = PgSagaStore::new(pool);
+    for s in 0..6 {
+        let key = SagaKey::new(tenant.clone(), "fulfilment", format!("s-{s}"));
+        let state = sagas.load(&key).await.expect("load").expect("state");
+        assert_eq!(
+            (state.version, state.state),
+            (4, serde_json::json!(4)),
+            "{key}"
+        );
+    }
+}
+
+/// Four runners fire 200 due deadlines concurrently: the log holds each deadline's event
+/// exactly once, and none is left due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_runners_fire_each_deadline_once() {
+    let Some(pool) = support::pool().await else {
+        return;
+    };
+    let tenant = support::tenant("saga-deadlines");
+    let sagas = PgSagaStore::new(pool.clone());
+    let due_at = chrono::Utc::now() - chrono::Duration::minutes(1);
+    for i in 0..200u64 {
+        let key = SagaKey::new(tenant.clone(), "payment-timeout", format!("o-{i}"));
+        let state = SagaState::new(serde_json::json!({}), 1, 1, LogPosition::new(i + 1, i + 1))
+            .with_deadline(Some(
+                due_at + chrono::Duration::milliseconds(i64::try_from(i).unwrap()),
+            ));
+        sagas
+            .save(
+                &key,
+                0,
+                state,
+                HandledEvent::new(EventId::new(), LogPosition::new(i + 1, i + 1)),
+            )
+            .await
+            .expect("save");
+    }
+    let runners: Vec<_> = (0..4)
+        .map(|_| {
+            let runner = PgDeadlineRunner::new(pool.clone())
+                .for_tenant(tenant.clone())
+                .with_batch_size(8);
+            tokio::spawn(async move { runner.fire_due(chrono::Utc::now()).await.expect("fire") })
+        })
+        .collect();
+    let mut fired = 0;
+    for runner in runners {
+        fired += runner.await.expect("runner");
+    }
+    assert_eq!(
+        fired, 200,
+        "between them the runners fired every deadline once"
+    );
+
+    let events = PgEventStore::new(pool.clone());
+    let log = eventsource_core::read_log(
+        &events,
+        LogPosition::START,
+        100,
+        LogFilter::tenant(tenant.clone()),
+    );
+    let log: Vec<RecordedEvent> = futures::TryStreamExt::try_collect(log).await.expect("log");
+    let mut instances: Vec<String> = log
+        .iter()
+        .filter(|e| e.event_type == DEADLINE_REACHED)
+        .map(|e| e.payload["instance"].as_str().expect("instance").to_owned())
+        .collect();
+    assert_eq!(instances.len(), 200);
+    instances.sort();
+    instances.dedup();
+    assert_eq!(instances.len(), 200, "each deadline once");
+    let again = PgDeadlineRunner::new(pool.clone()).for_tenant(tenant.clone());
+    assert_eq!(
+        again.fire_due(chrono::Utc::now()).await.expect("fire"),
+        0,
+        "none left due"
+    );
+    // The saga consumes a fired deadline like any event; a stale mark is refused.
+    let key = SagaKey::new(tenant.clone(), "payment-timeout", "o-0");
+    assert!(
+        !sagas
+            .mark_fired(&DueDeadline::new(key, due_at))
+            .await
+            .expect("mark")
+    );
+}
+
+/// The saga tables have forced row level security: the application role sees only the
+/// transaction's tenant and fails without one.
+#[tokio::test]
+async fn saga_rows_are_tenant_isolated() {
+    let Some(admin) = support::pool().await else {
+        return;
+    };
+    let app = support::app_role_pool(&admin).await;
+    sqlx::query(
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON saga_instances, saga_handled TO eventsource_app",
+    )
+    .execute(&admin)
+    .await
+    .expect("grant");
+    let (a, b) = (support::tenant("saga-rls-a"), support::tenant("saga-rls-b"));
+    let sagas = PgSagaStore::new(app.clone());
+    let key = SagaKey::new(a.clone(), "fulfilment", "o-1");
+    let event = HandledEvent::new(EventId::new(), LogPosition::new(5, 5));
+    sagas
+        .save(
+            &key,
+            0,
+            SagaState::new(serde_json::json!(1), 1, 1, LogPosition::new(5, 5)),
+            event,
+        )
+        .await
+        .expect("save as the app role");
+    assert!(sagas.load_for(&key, &event).await.expect("load").handled);
+
+    let mut tx = eventsource_postgres::begin_tenant(&app, &b)
+        .await
+        .expect("begin");
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM saga_instances WHERE tenant_id = $1")
+        .bind(a.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .expect("count");
+    let records: i64 = sqlx::query_scalar("SELECT count(*) FROM saga_handled")
+        .fetch_one(&mut *tx)
+        .await
+        .expect("count");
+    assert_eq!(
+        (seen, records),
+        (0, 0),
+        "tenant b sees none of tenant a's saga rows"
+    );
+    tx.rollback().await.expect("rollback");
+
+    let unset = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM saga_instances")
+        .fetch_one(&app)
+        .await;
+    assert!(unset.is_err(), "no tenant, no rows: an error");
+    let wrong = sagas
+        .save(
+            &SagaKey::new(b.clone(), "fulfilment", "o-1"),
+            1,
+            SagaState::new(serde_json::json!(2), 1, 2, LogPosition::new(6, 6)),
+            HandledEvent::new(EventId::new(), LogPosition::new(6, 6)),
+        )
+        .await;
+    assert!(wrong.is_err(), "tenant b cannot move tenant a's instance");
+    app.close().await;
+}
+
+/// A deadline runner's connection dies mid-batch (terminated by the server, as when its
+/// process is killed), after appending some deadline events in its transaction: none of them
+/// exists and every deadline is still due; the next runner fires each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_runner_killed_mid_batch_fires_nothing_and_leaves_it_pending() {
+    let Some(admin) = support::pool().await else {
+        return;
+    };
+    let name = format!("deadline-crash-{}", uuid::Uuid::now_v7().simple());
+    let runner_pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(
+            support::server()
+                .expect("server")
+                .database(&support::test_database())
+                .application_name(&name),
+        )
+        .await
+        .expect("connect");
+    let tenant = support::tenant("deadline-crash");
+    let sagas = PgSagaStore::new(admin.clone());
+    let due_at = chrono::Utc::now() - chrono::Duration::minutes(1);
+    for i in 0..6u64 {
+        let key = SagaKey::new(tenant.clone(), "payment-timeout", format!("o-{i}"));
+        let at = due_at + chrono::Duration::seconds(i64::try_from(i).unwrap());
+        let state = SagaState::new(serde_json::json!({}), 1, 1, LogPosition::new(1, 1))
+            .with_deadline(Some(at));
+        sagas
+            .save(
+                &key,
+                0,
+                state,
+                HandledEvent::new(EventId::new(), LogPosition::new(1, 1)),
+            )
+            .await
+            .expect("save");
+    }
+    // Hold o-3's deadline stream: the runner appends o-0..o-2 in its transaction, then waits.
+    let blocker_stream = StreamId::new(tenant.clone(), "saga-deadline", "payment-timeout/o-3");
+    let mut blocker = eventsource_postgres::begin_tenant(&admin, &tenant)
+        .await
+        .expect("begin");
+    PgEventStore::append_in_tx(
+        &mut blocker,
+        &blocker_stream,
+        ExpectedVersion::Any,
+        vec![eventsource_core::NewEvent::new(
+            "blocker",
+            1,
+            serde_json::json!({}),
+        )],
+    )
+    .await
+    .expect("hold the stream");
+    let runner = PgDeadlineRunner::new(runner_pool.clone()).for_tenant(tenant.clone());
+    let firing = tokio::spawn(async move { runner.fire_batch(chrono::Utc::now()).await });
+    // Wait until the runner's transaction waits on the held stream, having written before.
+    let mut killed: Vec<bool> = Vec::new();
+    for _ in 0..200 {
+        killed = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = $1 AND backend_xid IS NOT NULL AND wait_event_type = 'Lock'",
+        )
+        .bind(&name)
+        .fetch_all(&admin)
+        .await
+        .expect("terminate");
+        if !killed.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(killed, [true], "the runner was killed mid-batch");
+    assert!(firing.await.expect("task").is_err(), "its batch failed");
+    blocker.rollback().await.expect("release");
+
+    let events = PgEventStore::new(admin.clone());
+    let deadline_events = || async {
+        let log = eventsource_core::read_log(
+            &events,
+            LogPosition::START,
+            100,
+            LogFilter::tenant(tenant.clone()),
+        );
+        let log: Vec<RecordedEvent> = futures::TryStreamExt::try_collect(log).await.expect("log");
+        log.into_iter()
+            .filter(|e| e.event_type == DEADLINE_REACHED)
+            .count()
+    };
+    assert_eq!(
+        deadline_events().await,
+        0,
+        "the killed batch appended nothing"
+    );
+    let again = PgDeadlineRunner::new(admin.clone()).for_tenant(tenant.clone());
+    assert_eq!(
+        again.fire_due(chrono::Utc::now()).await.expect("fire"),
+        6,
+        "all still due"
+    );
+    assert_eq!(deadline_events().await, 6, "each fired once");
+    runner_pool.close().await;
+}

@@ -27,7 +27,9 @@ pub use event::{DecodeError, DomainEvent, EventType, UpcastError};
 pub use handler::EventHandler;
 pub use memory::{InMemoryCheckpointStore, InMemoryEventStore, InMemorySnapshotStore};
 pub use projection::{Projection, ProjectionError, ProjectionRunner, RebuildProgress};
-pub use repository::{CommandContext, CommandError, Executed, LoadError, Repository};
+pub use repository::{
+    CommandContext, CommandError, DEFAULT_CACHE_CAPACITY, Executed, LoadError, Repository,
+};
 pub use retry::RetryPolicy;
 pub use saga::{
     CommandDispatcher, DEADLINE_REACHED, DeadlineReached, DeadlineRunner, DueDeadline,

@@ -93,9 +93,11 @@ pub(crate) async fn commands(
             let mut repo = Repository::<Counter, _>::new(store)
                 .with_tenant(tenant.clone())
                 .with_retry(retry);
-            if cached {
-                repo = repo.with_cache(10_000);
-            }
+            repo = if cached {
+                repo.with_cache(10_000)
+            } else {
+                repo.without_cache()
+            };
             let conflicts = Arc::new(AtomicU64::new(0));
             let (p, c) = (prefix.clone(), conflicts.clone());
             let fw = move |task, i| {

@@ -22,6 +22,7 @@ mod loads;
 mod log;
 mod model;
 mod raw;
+mod shape;
 
 use eventsource_core::TenantId;
 use eventsource_postgres::PgEventStore;
@@ -47,6 +48,9 @@ async fn main() {
         appends::appends(&pool, &with_group(store.clone()), &tenant, &mut table, "").await;
         let alone = store.clone().without_group_commit();
         appends::appends(&pool, &alone, &tenant, &mut table, ", no group commit").await;
+    }
+    if wanted("shape") {
+        shape::commands_on_new_aggregates(&pool, &store, &tenant, &mut table).await;
     }
     if wanted("commands") {
         commands::commands(&pool, &store, &tenant, &mut table).await;

@@ -37,7 +37,8 @@ pub use saga::{
 };
 pub use snapshot::{NoSnapshots, Snapshot, SnapshotPolicy, SnapshotStore};
 pub use store::{
-    Appended, EventStore, ExpectedVersion, LogFilter, StoreError, VersionRange, read_log,
+    Appended, EventStore, ExpectedVersion, LogFilter, StoreError, StreamEvent, StreamPayload,
+    VersionRange, read_log,
 };
 
 /// `#[derive(Aggregate)]`: see [`Aggregate`](trait@Aggregate).

@@ -467,17 +467,17 @@ impl<A: Aggregate, S: EventStore, P: SnapshotStore> Repository<A, S, P> {
     ) -> Result<AggregateRoot<A>, LoadError> {
         let tail = self
             .store
-            .read_stream(stream, VersionRange::from(root.version().next()))
+            .read_stream_events(stream, VersionRange::from(root.version().next()))
             .await?;
-        for recorded in tail {
-            if recorded.version != root.version().next() {
+        for stored in tail {
+            if stored.version != root.version().next() {
                 return Err(LoadError::Store(StoreError::Corrupt(format!(
                     "stream {stream} skips from version {} to {}",
                     root.version(),
-                    recorded.version
+                    stored.version
                 ))));
             }
-            root.replay(&recorded.into_decoded::<A::Event>()?.payload);
+            root.replay(&stored.decode::<A::Event>(stream)?);
         }
         Ok(root)
     }

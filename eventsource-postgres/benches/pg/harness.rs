@@ -134,17 +134,35 @@ where
     (f as f64 / time, r as f64 / time)
 }
 
-pub(crate) async fn mean_latency<F, Fut>(runs: u32, mut op: F) -> Duration
+/// Median latencies of `framework` and `raw`, run alternately `runs` times each after a
+/// warm-up of each: on a shared machine a burst of other work then hits both sides alike, and
+/// the median ignores the runs it hit hardest.
+pub(crate) async fn median_latencies<F, Fut, R, RFut>(
+    runs: u32,
+    mut framework: F,
+    mut raw: R,
+) -> (Duration, Duration)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = ()>,
+    R: FnMut() -> RFut,
+    RFut: Future<Output = ()>,
 {
-    op().await; // warm-up: prepared statements, caches
-    let started = Instant::now();
+    // Warm-up: prepared statements, caches.
+    framework().await;
+    raw().await;
+    let (mut f, mut r) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        op().await;
+        let started = Instant::now();
+        framework().await;
+        f.push(started.elapsed());
+        let started = Instant::now();
+        raw().await;
+        r.push(started.elapsed());
     }
-    started.elapsed() / runs
+    f.sort();
+    r.sort();
+    (f[f.len() / 2], r[r.len() / 2])
 }
 
 pub(crate) async fn setup() -> PgPool {

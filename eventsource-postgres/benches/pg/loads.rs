@@ -11,7 +11,7 @@ use eventsource_postgres::{PgEventStore, PgSnapshotStore};
 use sqlx::{PgPool, Row as _};
 use uuid::Uuid;
 
-use crate::harness::{Table, mean_latency};
+use crate::harness::{Table, median_latencies};
 use crate::model::{Account, AccountEvent, account_command, account_payload, raw_account_fold};
 use crate::raw::{RAW_INSERT_TYPED_BATCH, RAW_LOAD_AFTER, RAW_LOAD_TYPED, RAW_SNAPSHOT};
 
@@ -69,26 +69,28 @@ pub(crate) async fn loads(
         let raw_stream = format!("raw-{id}");
         fill(pool, store, &stream, &raw_stream, n).await;
         let plain = Repository::<Account, _>::new(store.clone()).with_tenant(tenant.clone());
-        let runs = if n >= 10_000 { 20 } else { 100 };
-        let framework = mean_latency(runs, || async {
-            let root = plain.load(&id).await.expect("load");
-            assert_eq!(root.version(), Version::new(n));
-            assert_eq!(std::hint::black_box(root.state()).deposits, n - 1);
-        })
-        .await;
-        let raw = mean_latency(runs, || async {
-            let rows = sqlx::query(RAW_LOAD_TYPED)
-                .bind(&raw_stream)
-                .fetch_all(pool)
-                .await
-                .expect("raw load");
-            let account = raw_account_fold(
-                rows.iter()
-                    .map(|row| (row.get::<&str, _>(1), row.get::<serde_json::Value, _>(2))),
-            );
-            assert_eq!(std::hint::black_box(account).deposits, n - 1);
-            assert_eq!(rows.len() as u64, n);
-        })
+        let runs = if n >= 10_000 { 41 } else { 201 };
+        let (framework, raw) = median_latencies(
+            runs,
+            || async {
+                let root = plain.load(&id).await.expect("load");
+                assert_eq!(root.version(), Version::new(n));
+                assert_eq!(std::hint::black_box(root.state()).deposits, n - 1);
+            },
+            || async {
+                let rows = sqlx::query(RAW_LOAD_TYPED)
+                    .bind(&raw_stream)
+                    .fetch_all(pool)
+                    .await
+                    .expect("raw load");
+                let account = raw_account_fold(
+                    rows.iter()
+                        .map(|row| (row.get::<&str, _>(1), row.get::<serde_json::Value, _>(2))),
+                );
+                assert_eq!(std::hint::black_box(account).deposits, n - 1);
+                assert_eq!(rows.len() as u64, n);
+            },
+        )
         .await;
         table.latency(&format!("load {n} events, no snapshot"), framework, raw);
 
@@ -118,29 +120,29 @@ pub(crate) async fn loads(
         let snapped = Repository::<Account, _>::new(store.clone())
             .with_tenant(tenant.clone())
             .with_snapshots(snapshots.clone(), SnapshotPolicy::Never);
-        let framework = mean_latency(runs, || async {
-            assert_eq!(
-                snapped.load(&id).await.expect("load").state().deposits,
-                n - 1
-            );
-        })
-        .await;
-        let raw = mean_latency(runs, || async {
-            let snap = sqlx::query(RAW_SNAPSHOT)
-                .bind(&raw_stream)
-                .fetch_one(pool)
-                .await
-                .expect("raw snapshot");
-            let version: i64 = snap.get(0);
-            let state: Account = serde_json::from_value(snap.get(1)).expect("state");
-            let tail = sqlx::query(RAW_LOAD_AFTER)
-                .bind(&raw_stream)
-                .bind(version)
-                .fetch_all(pool)
-                .await
-                .expect("tail");
-            assert!(tail.is_empty() && state.deposits == n - 1);
-        })
+        let (framework, raw) = median_latencies(
+            runs,
+            || async {
+                let root = snapped.load(&id).await.expect("load");
+                assert_eq!(root.state().deposits, n - 1);
+            },
+            || async {
+                let snap = sqlx::query(RAW_SNAPSHOT)
+                    .bind(&raw_stream)
+                    .fetch_one(pool)
+                    .await
+                    .expect("raw snapshot");
+                let version: i64 = snap.get(0);
+                let state: Account = serde_json::from_value(snap.get(1)).expect("state");
+                let tail = sqlx::query(RAW_LOAD_AFTER)
+                    .bind(&raw_stream)
+                    .bind(version)
+                    .fetch_all(pool)
+                    .await
+                    .expect("tail");
+                assert!(tail.is_empty() && state.deposits == n - 1);
+            },
+        )
         .await;
         table.latency(&format!("load {n} events, from snapshot"), framework, raw);
     }

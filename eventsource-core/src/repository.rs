@@ -371,6 +371,11 @@ impl<A: Aggregate, S: EventStore, P: SnapshotStore> Repository<A, S, P> {
     /// is appended as the stream's first events without a load, while most such misses
     /// turned out to be new streams; if the stream exists, the append conflicts and the
     /// aggregate is loaded. Replaces the cache, emptying it.
+    ///
+    /// A command holds its aggregate's slot until its append returns: a command on the same
+    /// aggregate issued from inside that append (a store wrapper or test hook calling this
+    /// repository or a clone of it) waits for itself. Give such a writer a repository of its
+    /// own.
     #[must_use]
     pub fn with_cache(mut self, capacity: usize) -> Self {
         self.cache = Some(Arc::new(AggregateCache::new(capacity)));

@@ -265,3 +265,14 @@ async fn processes_taking_turns_conflict_once_each_then_read_the_tail_first() {
     assert_eq!((after.0 - before.0, after.1 - before.1), (0, 1));
     assert_eq!(a.load("t").await.unwrap().state().count, 23);
 }
+
+#[tokio::test]
+async fn load_reads_the_store_not_the_cache() {
+    let store = Counting::default();
+    let repo = Repository::<Door, _>::new(store.clone());
+    repo.execute("d", DoorCommand::Open).await.unwrap();
+    let before = store.calls().0;
+    let loaded = repo.load("d").await.unwrap();
+    assert_eq!(loaded.version(), Version::new(1));
+    assert_eq!(store.calls().0, before + 1, "a load is a read");
+}

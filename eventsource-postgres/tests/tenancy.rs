@@ -4,8 +4,8 @@
 mod support;
 
 use eventsource_core::{
-    EventStore, ExpectedVersion, LogFilter, LogPosition, NewEvent, StoreError, StreamId, TenantId,
-    Version, VersionRange,
+    EventStore, ExpectedVersion, LogFilter, LogPosition, NewEvent, StoreError, StreamId,
+    StreamPayload, TenantId, Version, VersionRange,
 };
 use eventsource_postgres::{PgEventStore, begin_tenant};
 use serde_json::json;
@@ -76,6 +76,13 @@ async fn tenants_apart_through_the_store(app: &PgPool) -> (TenantId, TenantId) {
                 .read_stream_events(stream, VersionRange::all())
                 .await
                 .unwrap();
+            // Payloads come as JSON text, parsed only when the event is applied.
+            assert!(
+                loaded
+                    .iter()
+                    .all(|e| matches!(e.payload, StreamPayload::Text(_))),
+                "{loaded:?}"
+            );
             let numbers: Vec<u64> = loaded
                 .into_iter()
                 .map(|e| e.payload.into_value().unwrap()["n"].as_u64().unwrap())

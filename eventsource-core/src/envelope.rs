@@ -540,6 +540,23 @@ impl EventDecodeError {
         }))
     }
 
+    /// Builds the error from the parts an aggregate load reads.
+    pub(crate) fn from_parts(
+        event_id: EventId,
+        stream: &StreamId,
+        version: Version,
+        event_type: String,
+        source: DecodeError,
+    ) -> Self {
+        Self(Box::new(DecodeFailure {
+            event_id,
+            stream: stream.clone(),
+            version,
+            event_type,
+            source,
+        }))
+    }
+
     /// The event's id.
     #[must_use]
     pub fn event_id(&self) -> EventId {

@@ -218,6 +218,10 @@ pub fn strip_tag(value: serde_json::Value) -> serde_json::Value {
 }
 
 /// Puts serde's external enum tag back and deserializes.
+///
+/// The tag is presented to `E`'s `Deserialize` directly ([`Tagged`]) rather than by wrapping
+/// the payload in a one-entry JSON object: decoding an aggregate's events on load allocates
+/// nothing for the tag.
 #[doc(hidden)]
 pub fn with_tag<E: DeserializeOwned>(
     event_type: &str,
@@ -225,15 +229,90 @@ pub fn with_tag<E: DeserializeOwned>(
     unit: bool,
     payload: serde_json::Value,
 ) -> Result<E, DecodeError> {
-    let tagged = if unit {
-        serde_json::Value::String(serde_variant.to_owned())
+    let payload = if unit {
+        serde_json::Value::Null
     } else {
-        let mut map = serde_json::Map::with_capacity(1);
-        map.insert(serde_variant.to_owned(), payload);
-        serde_json::Value::Object(map)
+        payload
     };
-    serde_json::from_value(tagged).map_err(|source| DecodeError::Payload {
+    E::deserialize(Tagged {
+        variant: serde_variant,
+        payload,
+    })
+    .map_err(|source| DecodeError::Payload {
         event_type: event_type.to_owned(),
         source,
     })
+}
+
+/// An externally tagged enum value: the variant's name beside its content, as serde_json
+/// would read `{"<variant>": <content>}`.
+struct Tagged<'a> {
+    variant: &'a str,
+    payload: serde_json::Value,
+}
+
+impl<'de> serde::Deserializer<'de> for Tagged<'_> {
+    type Error = serde_json::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(
+        self,
+        visitor: V,
+    ) -> Result<V::Value, serde_json::Error> {
+        visitor.visit_enum(self)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map struct enum
+        identifier ignored_any
+    }
+}
+
+impl<'de> serde::de::EnumAccess<'de> for Tagged<'_> {
+    type Error = serde_json::Error;
+    type Variant = TaggedContent;
+
+    fn variant_seed<V: serde::de::DeserializeSeed<'de>>(
+        self,
+        seed: V,
+    ) -> Result<(V::Value, TaggedContent), serde_json::Error> {
+        let variant = seed.deserialize(
+            serde::de::value::StrDeserializer::<serde_json::Error>::new(self.variant),
+        )?;
+        Ok((variant, TaggedContent(self.payload)))
+    }
+}
+
+/// The content of a [`Tagged`] value.
+struct TaggedContent(serde_json::Value);
+
+impl<'de> serde::de::VariantAccess<'de> for TaggedContent {
+    type Error = serde_json::Error;
+
+    fn unit_variant(self) -> Result<(), serde_json::Error> {
+        Ok(())
+    }
+
+    fn newtype_variant_seed<T: serde::de::DeserializeSeed<'de>>(
+        self,
+        seed: T,
+    ) -> Result<T::Value, serde_json::Error> {
+        seed.deserialize(self.0)
+    }
+
+    fn tuple_variant<V: serde::de::Visitor<'de>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, serde_json::Error> {
+        serde::Deserializer::deserialize_seq(self.0, visitor)
+    }
+
+    fn struct_variant<V: serde::de::Visitor<'de>>(
+        self,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, serde_json::Error> {
+        serde::Deserializer::deserialize_struct(self.0, "", fields, visitor)
+    }
 }

@@ -28,7 +28,9 @@ pub use event::{DecodeError, DomainEvent, EventType, UpcastError};
 pub use handler::EventHandler;
 pub use memory::{InMemoryCheckpointStore, InMemoryEventStore, InMemorySnapshotStore};
 pub use projection::{Projection, ProjectionError, ProjectionRunner, RebuildProgress};
-pub use repository::{CommandContext, CommandError, Executed, LoadError, Repository};
+pub use repository::{
+    CommandContext, CommandError, DEFAULT_CACHE_CAPACITY, Executed, LoadError, Repository,
+};
 pub use retry::RetryPolicy;
 pub use saga::{
     CommandDecider, CommandDispatcher, DEADLINE_REACHED, DEADLINE_STREAM_TYPE, DeadlineReached,
@@ -37,7 +39,8 @@ pub use saga::{
 };
 pub use snapshot::{NoSnapshots, Snapshot, SnapshotPolicy, SnapshotStore};
 pub use store::{
-    Appended, EventStore, ExpectedVersion, LogFilter, StoreError, VersionRange, read_log,
+    Appended, EventStore, ExpectedVersion, LogFilter, StoreError, StreamEvent, StreamPayload,
+    VersionRange, read_log,
 };
 pub use typed::{Either, EventSet, Typed, TypedError, TypedHandler, TypedProjection, TypedSaga};
 

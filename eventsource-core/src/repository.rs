@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tracing::Instrument as _;
@@ -187,9 +188,10 @@ pub struct Executed<A: Aggregate> {
 /// command again against the fresh state, and retries with bounded, jittered backoff
 /// ([`RetryPolicy`]).
 ///
-/// With [`with_cache`](Repository::with_cache), commands on one aggregate run one at a time in
-/// this process and the aggregate stays in memory between commands: a command then costs one
-/// append and no load. A write from elsewhere shows up as a conflict, which reloads the tail.
+/// By default the repository keeps aggregates in memory ([`with_cache`](Repository::with_cache)):
+/// commands on one aggregate run one at a time in this process and a command costs one append
+/// and no load. A write from another process shows up as a conflict, which reloads the tail.
+/// [`without_cache`](Repository::without_cache) loads before every command instead.
 ///
 /// Cloning is as cheap as cloning the store; clones share the cache.
 #[derive(Debug)]
@@ -217,17 +219,86 @@ impl<A: Aggregate, S: Clone, P: Clone> Clone for Repository<A, S, P> {
     }
 }
 
+/// Aggregates a new [`Repository`] keeps in memory.
+pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
+
 /// One slot per aggregate: the lock serializes commands on it, the content is the loaded root
 /// (`None` until loaded, or after a failure made it unreliable).
-type Slot<A> = Arc<tokio::sync::Mutex<Option<AggregateRoot<A>>>>;
+type Slot<A> = Arc<tokio::sync::Mutex<Option<Cached<A>>>>;
+
+/// A cached aggregate.
+#[derive(Debug)]
+struct Cached<A: Aggregate> {
+    root: AggregateRoot<A>,
+    /// Another writer moved the stream since the cache last knew it (a command on it met a
+    /// conflict): the next command reads the tail before it runs, until a tail read finds
+    /// nothing new. Two processes taking turns on one aggregate then cost a tail read and an
+    /// append per command, as without the cache, instead of a failed append as well.
+    contended: bool,
+}
+
+/// What a command learned about its aggregate's stream, for the cache.
+#[derive(Debug, Default)]
+struct Notes {
+    /// A cached state was behind its stream.
+    stale: bool,
+    /// A guess that the stream was new was tried: whether it was right.
+    guess: Option<bool>,
+}
+
+/// How far the state a command runs on is known to be current.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Known {
+    /// Loaded (or caught up) for this command.
+    Loaded,
+    /// From the cache: current unless another process wrote since.
+    Cached,
+    /// Not loaded at all: the default state of an aggregate the cache does not know, tried in
+    /// case the stream is new.
+    Guessed,
+}
 
 #[derive(Debug)]
 struct AggregateCache<A: Aggregate> {
     capacity: usize,
     slots: Mutex<HashMap<StreamId, Slot<A>>>,
+    /// How often a miss was a new stream: a right guess (or a load that found an empty
+    /// stream) adds [`GUESS_RIGHT`], a wrong one takes [`GUESS_WRONG`]; misses guess while
+    /// the score is not negative, that is while at least four in five guesses are right. A
+    /// wrong guess costs a failed append before the load; a right one saves the load. Only a
+    /// command that the default state accepts is ever guessed (creating commands, as a rule).
+    guess_score: AtomicI32,
 }
 
+const GUESS_RIGHT: i32 = 1;
+const GUESS_WRONG: i32 = 4;
+const GUESS_SCORE_BOUND: i32 = 16;
+
 impl<A: Aggregate> AggregateCache<A> {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            slots: Mutex::new(HashMap::new()),
+            // A new cache guesses after its first miss found an empty stream: a repository
+            // made for one request and dropped never pays for a wrong guess.
+            guess_score: AtomicI32::new(-GUESS_RIGHT),
+        }
+    }
+
+    fn guessing(&self) -> bool {
+        self.guess_score.load(Ordering::Relaxed) >= 0
+    }
+
+    fn learn(&self, right: bool) {
+        let step = if right { GUESS_RIGHT } else { -GUESS_WRONG };
+        // Racing updates may lose a step; the score is a hint.
+        let score = self.guess_score.load(Ordering::Relaxed);
+        self.guess_score.store(
+            (score + step).clamp(-GUESS_SCORE_BOUND, GUESS_SCORE_BOUND),
+            Ordering::Relaxed,
+        );
+    }
+
     fn slot(&self, stream: &StreamId) -> Slot<A> {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(slot) = slots.get(stream) {
@@ -246,7 +317,12 @@ impl<A: Aggregate> AggregateCache<A> {
 }
 
 impl<A: Aggregate, S: EventStore> Repository<A, S> {
-    /// A repository for the default tenant, without snapshots.
+    /// A repository for the default tenant, without snapshots, with an aggregate cache of
+    /// [`DEFAULT_CACHE_CAPACITY`] aggregates (see [`with_cache`](Self::with_cache) and
+    /// [`without_cache`](Self::without_cache)).
+    ///
+    /// Make one repository per aggregate type and clone it where it is needed: clones share the
+    /// cache.
     pub fn new(store: S) -> Self {
         Self {
             store,
@@ -254,7 +330,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             policy: SnapshotPolicy::Never,
             retry: RetryPolicy::default(),
             tenant: TenantId::default(),
-            cache: None,
+            cache: Some(Arc::new(AggregateCache::new(DEFAULT_CACHE_CAPACITY))),
             aggregate: PhantomData,
         }
     }
@@ -279,16 +355,38 @@ impl<A: Aggregate, S: EventStore, P: SnapshotStore> Repository<A, S, P> {
         }
     }
 
-    /// Keeps up to `capacity` aggregates in memory and runs commands on one aggregate one at a
-    /// time in this process (no retry storms on a hot aggregate). A cached aggregate is not
-    /// reloaded before a command: the append's version check detects a write from elsewhere,
-    /// and the conflict reloads only the new tail.
+    /// Keeps up to `capacity` aggregates in memory (a new repository keeps
+    /// [`DEFAULT_CACHE_CAPACITY`]) and runs commands on one aggregate one at a time in this
+    /// process (no retry storms on a hot aggregate).
+    ///
+    /// A cached aggregate is not reloaded before a command: the append's version check
+    /// detects a write from another process, and the conflict reloads only the new tail,
+    /// without the retry policy's wait. An aggregate that met such a conflict reads its tail
+    /// before each later command until a read finds nothing new, so processes taking turns
+    /// on one aggregate pay a read and an append per command, as without the cache. A
+    /// command the cached state rejects, or that changes nothing, is decided again on the
+    /// stored state: a stale cache never rejects a command.
+    ///
+    /// On a miss, a command that the aggregate's default state accepts (a creating command)
+    /// is appended as the stream's first events without a load, while most such misses
+    /// turned out to be new streams; if the stream exists, the append conflicts and the
+    /// aggregate is loaded. Replaces the cache, emptying it.
+    ///
+    /// A command holds its aggregate's slot until its append returns: a command on the same
+    /// aggregate issued from inside that append (a store wrapper or test hook calling this
+    /// repository or a clone of it) waits for itself. Give such a writer a repository of its
+    /// own.
     #[must_use]
     pub fn with_cache(mut self, capacity: usize) -> Self {
-        self.cache = Some(Arc::new(AggregateCache {
-            capacity: capacity.max(1),
-            slots: Mutex::new(HashMap::new()),
-        }));
+        self.cache = Some(Arc::new(AggregateCache::new(capacity)));
+        self
+    }
+
+    /// Loads the aggregate before every command, keeping nothing in memory. Commands on one
+    /// aggregate then run concurrently and retry their conflicts.
+    #[must_use]
+    pub fn without_cache(mut self) -> Self {
+        self.cache = None;
         self
     }
 
@@ -374,17 +472,17 @@ impl<A: Aggregate, S: EventStore, P: SnapshotStore> Repository<A, S, P> {
     ) -> Result<AggregateRoot<A>, LoadError> {
         let tail = self
             .store
-            .read_stream(stream, VersionRange::from(root.version().next()))
+            .read_stream_events(stream, VersionRange::from(root.version().next()))
             .await?;
-        for recorded in tail {
-            if recorded.version != root.version().next() {
+        for stored in tail {
+            if stored.version != root.version().next() {
                 return Err(LoadError::Store(StoreError::Corrupt(format!(
                     "stream {stream} skips from version {} to {}",
                     root.version(),
-                    recorded.version
+                    stored.version
                 ))));
             }
-            root.replay(&recorded.into_decoded::<A::Event>()?.payload);
+            root.replay(&stored.decode::<A::Event>(stream)?);
         }
         Ok(root)
     }
@@ -453,21 +551,62 @@ impl<A: Aggregate, S: EventStore, P: SnapshotStore> Repository<A, S, P> {
         let result = async {
             let Some(cache) = &self.cache else {
                 let mut root = self.load(id).await?;
-                return self.run(&stream, &mut root, command, ctx).await;
+                return self
+                    .run(
+                        &stream,
+                        &mut root,
+                        command,
+                        ctx,
+                        Known::Loaded,
+                        &mut Notes::default(),
+                    )
+                    .await;
             };
             let slot = cache.slot(&stream);
             let mut guard = slot.lock().await;
-            let mut root = match guard.take() {
-                Some(root) => root,
-                None => self.load(id).await?,
+            // Whether the stream moved under the cache before this command.
+            let mut caught_up = false;
+            let (mut root, known) = match guard.take() {
+                Some(Cached {
+                    root,
+                    contended: false,
+                }) => (root, Known::Cached),
+                Some(Cached {
+                    root,
+                    contended: true,
+                }) => {
+                    let version = root.version();
+                    let root = self.catch_up(&stream, root).await?;
+                    // A tail read that found nothing: this process is alone on it again.
+                    caught_up = root.version() != version;
+                    (root, Known::Loaded)
+                }
+                // A miss: the aggregate may well be new (the first command of its life). Try
+                // the command on the default state; `run` loads the stream when that state
+                // rejects it or the append finds the stream already there.
+                None if cache.guessing() => (AggregateRoot::new(id), Known::Guessed),
+                None => {
+                    let root = self.load(id).await?;
+                    // Would a guess have been right? Only a command the default state accepts
+                    // would have been tried.
+                    if matches!(A::default().handle(command.clone()), Ok(e) if !e.is_empty()) {
+                        cache.learn(root.version() == Version::ZERO);
+                    }
+                    (root, Known::Loaded)
+                }
             };
-            let result = self.run(&stream, &mut root, command, ctx).await;
+            let mut notes = Notes::default();
+            let result = self
+                .run(&stream, &mut root, command, ctx, known, &mut notes)
+                .await;
+            if let Some(right) = notes.guess {
+                cache.learn(right);
+            }
+            let contended = caught_up || notes.stale;
             // After a store failure the outcome of the append is unknown: reload next time.
-            if !matches!(
-                result,
-                Err(CommandError::Store(_) | CommandError::Decode(_))
-            ) {
-                *guard = Some(root);
+            match &result {
+                Err(CommandError::Store(_) | CommandError::Decode(_)) => {}
+                _ => *guard = Some(Cached { root, contended }),
             }
             result
         }
@@ -485,12 +624,20 @@ impl<A: Aggregate, S: EventStore, P: SnapshotStore> Repository<A, S, P> {
 
     /// Handles `command` against `root` and appends, retrying conflicts; on success `root`
     /// holds the new state and version.
+    ///
+    /// `known` says whether `root` was read for this command. A state that was not (cached or
+    /// guessed) is trusted only for an append, whose version check proves it current: a
+    /// rejection or a command that changes nothing is decided again on the stored state, and a
+    /// conflict reloads without waiting (nobody raced this command; the state was old). `notes`
+    /// tells the cache what the command found.
     async fn run(
         &self,
         stream: &StreamId,
         root: &mut AggregateRoot<A>,
         command: A::Command,
         ctx: &CommandContext,
+        mut known: Known,
+        notes: &mut Notes,
     ) -> Result<Executed<A>, CommandError<A::Error>>
     where
         A: Handle,
@@ -498,18 +645,23 @@ impl<A: Aggregate, S: EventStore, P: SnapshotStore> Repository<A, S, P> {
         let metadata = ctx_metadata(ctx);
         let mut attempt = 1;
         loop {
-            let events = root
-                .state()
-                .handle(command.clone())
-                .map_err(CommandError::Rejected)?;
-            if events.is_empty() {
-                return Ok(Executed {
-                    events,
-                    version: root.version(),
-                    appended: None,
-                    attempts: attempt,
-                });
-            }
+            let events = match root.state().handle(command.clone()) {
+                Ok(events) if !events.is_empty() => events,
+                Ok(_) | Err(_) if known != Known::Loaded => {
+                    self.refresh(stream, root, known).await?;
+                    known = Known::Loaded;
+                    continue;
+                }
+                Ok(events) => {
+                    return Ok(Executed {
+                        events,
+                        version: root.version(),
+                        appended: None,
+                        attempts: attempt,
+                    });
+                }
+                Err(e) => return Err(CommandError::Rejected(e)),
+            };
             let new_events = encode(&events, ctx, &metadata)?;
             let before = root.version();
             match self
@@ -519,6 +671,9 @@ impl<A: Aggregate, S: EventStore, P: SnapshotStore> Repository<A, S, P> {
             {
                 Ok(appended) => {
                     tracing::Span::current().record("attempts", attempt);
+                    if known == Known::Guessed {
+                        notes.guess = Some(true);
+                    }
                     for event in events.iter().cloned() {
                         root.apply_event(event);
                     }
@@ -537,6 +692,14 @@ impl<A: Aggregate, S: EventStore, P: SnapshotStore> Repository<A, S, P> {
                         attempts: attempt,
                     });
                 }
+                Err(e) if e.is_conflict() && known == Known::Guessed => {
+                    // The stream was not new: load it and decide again. Not a retry, since no
+                    // other writer raced this command.
+                    tracing::debug!(%stream, "not a new stream; loading it");
+                    notes.guess = Some(false);
+                    self.refresh(stream, root, known).await?;
+                    known = Known::Loaded;
+                }
                 Err(StoreError::Conflict { actual, .. })
                     if actual < before && attempt < self.retry.max_attempts() =>
                 {
@@ -551,20 +714,44 @@ impl<A: Aggregate, S: EventStore, P: SnapshotStore> Repository<A, S, P> {
                         "the loaded state is ahead of its stream; replaying the stream"
                     );
                     attempt += 1;
+                    known = Known::Loaded;
                     let id = root.id().to_owned();
                     *root = self.catch_up(stream, AggregateRoot::new(id)).await?;
                 }
                 Err(e) if e.is_conflict() && attempt < self.retry.max_attempts() => {
-                    tracing::debug!(%stream, attempt, "conflict; reloading the tail");
-                    tokio::time::sleep(self.retry.delay(attempt)).await;
+                    if known == Known::Cached {
+                        // Another process wrote since the cache last knew the stream: read the
+                        // tail now, and before the next command too.
+                        tracing::debug!(%stream, attempt, "cached state is stale; reading the tail");
+                        notes.stale = true;
+                    } else {
+                        tracing::debug!(%stream, attempt, "conflict; reloading the tail");
+                        tokio::time::sleep(self.retry.delay(attempt)).await;
+                    }
                     attempt += 1;
-                    let id = root.id().to_owned();
-                    let current = std::mem::replace(root, AggregateRoot::new(id));
-                    *root = self.catch_up(stream, current).await?;
+                    self.refresh(stream, root, Known::Cached).await?;
+                    known = Known::Loaded;
                 }
                 Err(e) => return Err(CommandError::Store(e)),
             }
         }
+    }
+
+    /// Brings `root` up to its stream: the tail after a cached state, a full load (snapshot
+    /// and tail) after a guess.
+    async fn refresh(
+        &self,
+        stream: &StreamId,
+        root: &mut AggregateRoot<A>,
+        known: Known,
+    ) -> Result<(), LoadError> {
+        let id = root.id().to_owned();
+        let current = std::mem::replace(root, AggregateRoot::new(id));
+        *root = match known {
+            Known::Guessed => self.load(current.id()).await?,
+            Known::Cached | Known::Loaded => self.catch_up(stream, current).await?,
+        };
+        Ok(())
     }
 
     async fn maybe_snapshot(&self, stream: &StreamId, before: Version, root: &AggregateRoot<A>) {

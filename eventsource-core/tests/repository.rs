@@ -57,7 +57,9 @@ fn fast_retry() -> RetryPolicy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_commands_without_cache_retry_until_all_land() {
-    let repo = Repository::<Counter, _>::new(InMemoryEventStore::new()).with_retry(fast_retry());
+    let repo = Repository::<Counter, _>::new(InMemoryEventStore::new())
+        .without_cache()
+        .with_retry(fast_retry());
     let tasks: Vec<_> = (0..16)
         .map(|_| {
             let repo = repo.clone();

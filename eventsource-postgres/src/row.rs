@@ -1,10 +1,13 @@
 //! Rows as the database returns them, and their conversion into core types.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use eventsource_core::{
-    EventId, LogPosition, Metadata, RecordedEvent, StoreError, StreamId, TenantId, Version,
+    EventId, LogPosition, Metadata, RecordedEvent, StoreError, StreamEvent, StreamId,
+    StreamPayload, TenantId, Version,
 };
-use sqlx::postgres::PgRow;
+use sqlx::postgres::{PgRow, PgTypeInfo, PgValueFormat, PgValueRef, Postgres};
 use sqlx::types::Json;
 use sqlx::{FromRow, Row as _};
 use uuid::Uuid;
@@ -125,6 +128,58 @@ impl StreamEventRow {
             metadata: self.metadata.0,
             payload: self.payload,
         })
+    }
+}
+
+/// An event as an aggregate load reads it (`sql::READ_STREAM_EVENTS`), by column position.
+/// `last_type` is the type name of the row before: an event of the same type shares it
+/// instead of allocating its own.
+pub(crate) fn load_row(
+    row: &PgRow,
+    last_type: &mut Option<Arc<str>>,
+) -> Result<StreamEvent, sqlx::Error> {
+    let corrupt = |e: StoreError| sqlx::Error::Decode(Box::new(e));
+    let event_id: Uuid = row.try_get(0)?;
+    let schema_version: i32 = row.try_get(3)?;
+    let name: &str = row.try_get(2)?;
+    let event_type = match last_type {
+        Some(last) if **last == *name => last.clone(),
+        _ => last_type.insert(Arc::from(name)).clone(),
+    };
+    Ok(StreamEvent::new(
+        EventId::from_uuid(event_id),
+        version_from_db(row.try_get(1)?).map_err(corrupt)?,
+        event_type,
+        u32::try_from(schema_version).map_err(|_| {
+            corrupt(StoreError::Corrupt(format!(
+                "negative schema version at event {event_id}"
+            )))
+        })?,
+        StreamPayload::Text(row.try_get::<JsonText, _>(4)?.0),
+    ))
+}
+
+/// A `jsonb` column as its JSON text, unparsed (the core decodes it when it applies the event).
+struct JsonText(Box<str>);
+
+impl sqlx::Type<Postgres> for JsonText {
+    fn type_info() -> PgTypeInfo {
+        PgTypeInfo::with_name("jsonb")
+    }
+}
+
+impl<'r> sqlx::Decode<'r, Postgres> for JsonText {
+    fn decode(value: PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let binary = value.format() == PgValueFormat::Binary;
+        let mut bytes = value.as_bytes()?;
+        if binary {
+            // Binary `jsonb` is a format version (1) and the text.
+            match bytes.split_first() {
+                Some((1, text)) => bytes = text,
+                _ => return Err("unsupported jsonb format version".into()),
+            }
+        }
+        Ok(Self(std::str::from_utf8(bytes)?.into()))
     }
 }
 

@@ -289,6 +289,46 @@ pub(crate) const READ_STREAM: &str = concat!(
     " FROM eventsource_read_stream($1, $2, $3, $4, $5)"
 );
 
+/// One stream between two versions with only what an aggregate load needs, as
+/// [`crate::row::load_row`] reads it: a plain statement, one round trip, no function.
+///
+/// `eventsource_read_stream` is PL/pgSQL, whose `RETURN QUERY` copies every row into a
+/// tuplestore before the first one is sent; with nine columns that cost a 10,000-event load
+/// more than the index scan itself. This statement streams its rows and scopes itself to the
+/// tenant as the appends do: the first CTE sets the tenant, and the stream's key is looked up
+/// by a subquery that depends on that CTE's row, so the `streams` scan (whose row level
+/// security policy reads the setting and, being an equality on the key's first column, is an
+/// index key computed when the scan starts) cannot start before the setting is made. The
+/// `events` scan is a lateral subquery on that key, so it runs after the `stream` CTE (a plain
+/// join let the planner start with `events`, whose policy then found no tenant; an
+/// uncorrelated init plan setting the tenant was not enough either, as the policy's own init
+/// plan ran first: `tests/tenancy.rs` caught both). `OFFSET 0` keeps the subquery from being
+/// pulled up into a join the planner could reorder. Its rows come out in its `ORDER BY`
+/// (one `stream` row, a nested loop); an outer `ORDER BY` would add a sort of every row, and
+/// the repository checks that versions follow each other anyway.
+pub(crate) const READ_STREAM_EVENTS: &str = r"
+WITH tenant AS MATERIALIZED (
+    SELECT set_config('eventsource.tenant', $1, true) AS tenant_id
+),
+stream AS MATERIALIZED (
+    SELECT (SELECT s.stream_key FROM streams s
+            WHERE s.tenant_id = tenant.tenant_id
+              AND s.aggregate_type = $2
+              AND s.aggregate_id = $3) AS stream_key
+    FROM tenant
+)
+SELECT l.event_id, l.version, l.event_type, l.schema_version, l.payload
+FROM stream
+CROSS JOIN LATERAL (
+    SELECT e.event_id, e.version, e.event_type, e.schema_version, e.payload
+    FROM events e
+    WHERE e.stream_key = stream.stream_key
+      AND e.version BETWEEN $4 AND $5
+    ORDER BY e.version
+    OFFSET 0
+) l
+";
+
 /// The version of one stream, in one round trip that scopes itself to the tenant.
 pub(crate) const STREAM_VERSION_SCOPED: &str =
     "SELECT eventsource_stream_version($1, $2, $3) AS version";

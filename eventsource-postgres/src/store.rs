@@ -6,8 +6,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use eventsource_core::{
     Appended, EventStore, ExpectedVersion, LogFilter, LogPosition, NewEvent, RecordedEvent,
-    StoreError, StreamId, TenantId, Version, VersionRange,
+    StoreError, StreamEvent, StreamId, TenantId, Version, VersionRange,
 };
+use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -19,7 +20,7 @@ use crate::group::GroupCommit;
 use crate::kept::{Kept, Lent};
 use crate::rejection::{ORDER_ATTEMPTS, Rejection, replayed, resolve_rejection, stream_version_on};
 use crate::row::{
-    AppendRow, EventRow, StreamEventRow, position_from_db, version_from_db, version_to_db,
+    AppendRow, EventRow, StreamEventRow, load_row, position_from_db, version_from_db, version_to_db,
 };
 use crate::sql;
 use crate::tenant::{begin_tenant, begin_tenant_on};
@@ -502,6 +503,34 @@ impl EventStore for PgEventStore {
         self.keep(lent);
         tracing::trace!(events = rows.len(), "stream read");
         rows.into_iter().map(|row| row.into_event(stream)).collect()
+    }
+
+    /// Reads five columns (id, version, type, schema version, payload) with a plain statement
+    /// that streams its rows ([`sql::READ_STREAM_EVENTS`]), decoding each as it arrives.
+    #[tracing::instrument(name = "eventsource.read_stream_events", skip_all, fields(stream = %stream, from = %range.start()))]
+    async fn read_stream_events(
+        &self,
+        stream: &StreamId,
+        range: VersionRange,
+    ) -> Result<Vec<StreamEvent>, StoreError> {
+        // One round trip: autocommit, the statement scopes itself to the tenant.
+        let mut lent = self.lend().await?;
+        let events = sqlx::query(sql::READ_STREAM_EVENTS)
+            .bind(stream.tenant().as_str())
+            .bind(stream.aggregate_type())
+            .bind(stream.aggregate_id())
+            .bind(version_to_db(range.start()))
+            .bind(version_to_db(range.end()))
+            .try_map({
+                let mut last_type = None;
+                move |row: PgRow| load_row(&row, &mut last_type)
+            })
+            .fetch_all(&mut *lent.conn)
+            .await
+            .map_err(store_error)?;
+        self.keep(lent);
+        tracing::trace!(events = events.len(), "stream read for a load");
+        Ok(events)
     }
 
     #[tracing::instrument(name = "eventsource.stream_version", skip_all, fields(stream = %stream))]

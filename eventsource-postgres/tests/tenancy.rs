@@ -4,8 +4,8 @@
 mod support;
 
 use eventsource_core::{
-    EventStore, ExpectedVersion, LogFilter, LogPosition, NewEvent, StoreError, StreamId, TenantId,
-    Version, VersionRange,
+    EventStore, ExpectedVersion, LogFilter, LogPosition, NewEvent, StoreError, StreamId,
+    StreamPayload, TenantId, Version, VersionRange,
 };
 use eventsource_postgres::{PgEventStore, begin_tenant};
 use serde_json::json;
@@ -70,6 +70,25 @@ async fn tenants_apart_through_the_store(app: &PgPool) -> (TenantId, TenantId) {
             .unwrap();
         assert!(read_a.iter().all(|e| e.tenant() == &a));
         assert_eq!(read_a.len(), 2);
+        // The aggregate load's statement scopes itself as well, without a function.
+        for (stream, expected) in [(&stream_a, vec![1, 2]), (&stream_b, vec![10])] {
+            let loaded = store
+                .read_stream_events(stream, VersionRange::all())
+                .await
+                .unwrap();
+            // Payloads come as JSON text, parsed only when the event is applied.
+            assert!(
+                loaded
+                    .iter()
+                    .all(|e| matches!(e.payload, StreamPayload::Text(_))),
+                "{loaded:?}"
+            );
+            let numbers: Vec<u64> = loaded
+                .into_iter()
+                .map(|e| e.payload.into_value().unwrap()["n"].as_u64().unwrap())
+                .collect();
+            assert_eq!(numbers, expected, "{stream}");
+        }
         // The log shows an event once every older transaction has ended; tests running
         // beside this one may hold one open for a moment.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -281,7 +281,9 @@ async fn run_writers(
                 cached: Repository::new(grouped.clone())
                     .with_tenant(tenant.clone())
                     .with_cache(64),
-                uncached: Repository::new(plain.clone()).with_tenant(tenant.clone()),
+                uncached: Repository::new(plain.clone())
+                    .with_tenant(tenant.clone())
+                    .without_cache(),
                 tenant,
                 retried: retried.clone(),
             };

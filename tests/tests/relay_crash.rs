@@ -211,7 +211,9 @@ fn spawn_writers(
             let cached = Repository::<Counter, _>::new(grouped.clone())
                 .with_tenant(tenant.clone())
                 .with_cache(16);
-            let uncached = Repository::<Counter, _>::new(plain.clone()).with_tenant(tenant.clone());
+            let uncached = Repository::<Counter, _>::new(plain.clone())
+                .with_tenant(tenant.clone())
+                .without_cache();
             let mut committed = Vec::new();
             let mut next = w * 10_000_000;
             while !done.is_cancelled() {

@@ -170,10 +170,12 @@ where
         other => return Err(format!("expected a rejection, got {other:?}").into()),
     }
 
-    // Two writers: the payroll deposit loads the account, then a card payment commits before
-    // the payroll deposit appends. The payroll append conflicts; the repository reloads the tail,
-    // handles the command again and succeeds.
-    let card = accounts.clone();
+    // Two writers: the payroll deposit runs on the account as this process knows it, then a
+    // card payment from another process commits before the payroll deposit appends. The
+    // payroll append conflicts; the repository reloads the tail, handles the command again and
+    // succeeds. (A clone of `accounts` would share its cache, whose per-aggregate lock makes
+    // commands on one account in one process take turns instead of conflicting.)
+    let card = Repository::<Account, _>::new(store.clone()).with_tenant(tenant.clone());
     store.before_next_append(async move {
         let done = card
             .execute("acc-1", AccountCommand::Withdraw { cents: 2_500 })

@@ -31,9 +31,10 @@ pub use projection::{Projection, ProjectionError, ProjectionRunner, RebuildProgr
 pub use repository::{CommandContext, CommandError, Executed, LoadError, Repository};
 pub use retry::RetryPolicy;
 pub use saga::{
-    CommandDecider, CommandDispatcher, DEADLINE_REACHED, DEADLINE_STREAM_TYPE, DeadlineReached,
-    DeadlineRunner, Decided, DueDeadline, HandledEvent, InMemorySagaStore, Loaded, Plan, Saga,
-    SagaError, SagaHandler, SagaKey, SagaState, SagaStore, StateError,
+    CommandDecider, CommandDispatcher, Compensations, DEADLINE_REACHED, DEADLINE_STREAM_TYPE,
+    DeadlineReached, DeadlineRunner, Decided, DueDeadline, HandledEvent, InMemorySagaStore, Loaded,
+    Plan, Reaction, Rejection, Saga, SagaError, SagaHandler, SagaKey, SagaState, SagaStore,
+    StateError,
 };
 pub use snapshot::{NoSnapshots, Snapshot, SnapshotPolicy, SnapshotStore};
 pub use store::{

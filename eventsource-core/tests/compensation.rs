@@ -457,3 +457,124 @@ async fn a_saga_without_compensations_fails_on_a_rejection() {
     );
     assert!(!saga.is_permanent(&err));
 }
+
+mod kit {
+    //! The saga test kit runs the same scenarios without a store.
+
+    use eventsource_core::testing::{SagaDeliveryError, SagaScenario, recorded};
+
+    use super::*;
+
+    fn step(booking: &str, resource: &str, timeout_minutes: Option<i64>) -> RecordedEvent {
+        let stream = StreamId::new(TenantId::default(), "booking-request", booking);
+        let mut payload = serde_json::json!({ "booking": booking, "resource": resource });
+        if let Some(minutes) = timeout_minutes {
+            payload["timeout_minutes"] = minutes.into();
+        }
+        recorded(stream, NewEvent::new("step", 1, payload))
+    }
+
+    fn take(resource: &str, order: &str) -> Command {
+        let broken = resource.starts_with("broken");
+        let order = order.to_owned();
+        (
+            resource.to_owned(),
+            (broken, ResourceCommand::Take { order }),
+        )
+    }
+
+    fn release(resource: &str, order: &str) -> Command {
+        let broken = resource.starts_with("broken");
+        let order = order.to_owned();
+        (
+            resource.to_owned(),
+            (broken, ResourceCommand::Release { order }),
+        )
+    }
+
+    fn broken_resources(command: &Command) -> Option<Unavailable> {
+        let (_, (broken, command)) = command;
+        (*broken && matches!(command, ResourceCommand::Take { .. })).then_some(Unavailable)
+    }
+
+    #[test]
+    fn a_rejected_third_step_compensates_the_second_then_the_first() {
+        let third = step("b-1", "broken-flight", None);
+        SagaScenario::new(Booking)
+            .rejecting(broken_resources)
+            .given([step("b-1", "room", None), step("b-1", "car", None)])
+            .when(third.clone())
+            .then_commands([take("broken-flight", "b-1")])
+            .then_compensations([release("car", "b-1"), release("room", "b-1")])
+            .then_deadline(None)
+            .then_state(|state| {
+                assert_eq!(state.failed.as_deref(), Some("step 3 rejected"));
+                assert_eq!(
+                    state.compensations.ran(),
+                    [release("car", "b-1"), release("room", "b-1")]
+                );
+                assert!(state.compensations.pending().is_empty());
+            })
+            .and()
+            .when(third)
+            .then_skipped()
+            .then_compensations([]);
+    }
+
+    #[test]
+    fn completed_steps_record_their_compensations() {
+        SagaScenario::new(Booking)
+            .given([step("b-2", "room", None)])
+            .when(step("b-2", "car", None))
+            .then_commands([take("car", "b-2")])
+            .then_compensations([])
+            .then_state(|state| {
+                assert_eq!(
+                    state.compensations.pending(),
+                    [release("room", "b-2"), release("car", "b-2")]
+                );
+            });
+    }
+
+    #[test]
+    fn a_deadline_passing_compensates_once() {
+        let first = step("b-3", "room", Some(10));
+        let due = first.recorded_at + chrono::Duration::minutes(10);
+        SagaScenario::new(Booking)
+            .given([first])
+            .when(step("b-3", "car", None))
+            .then_deadline(due)
+            .and()
+            .when_deadline()
+            .then_commands([])
+            .then_compensations([release("car", "b-3"), release("room", "b-3")])
+            .then_deadline(None)
+            .then_state(|state| assert_eq!(state.failed.as_deref(), Some("timed out")));
+    }
+
+    #[test]
+    fn a_rejection_the_saga_does_not_hear_fails_the_delivery() {
+        struct Plain;
+        impl Saga for Plain {
+            const NAME: &'static str = "plain";
+            type State = u32;
+            type Command = Command;
+            type Error = std::convert::Infallible;
+            fn correlate(&self, event: &RecordedEvent) -> Option<String> {
+                Booking.correlate(event)
+            }
+            fn react(&self, _: &mut u32, e: &RecordedEvent) -> Result<Vec<Command>, Self::Error> {
+                Ok(vec![take(
+                    e.payload["resource"].as_str().expect("resource"),
+                    "p",
+                )])
+            }
+        }
+        SagaScenario::new(Plain)
+            .rejecting(broken_resources)
+            .when(step("p-1", "broken-x", None))
+            .then_error(|e| {
+                assert!(matches!(e, SagaDeliveryError::Rejected(_)), "{e}");
+            });
+    }
+}

@@ -232,6 +232,13 @@ impl<'a, G: Saga> Reaction<'a, G> {
         Some((command, self.context(origin)))
     }
 
+    /// Whether the command [`next_command`](Self::next_command) handed out last is a
+    /// compensation.
+    #[must_use]
+    pub fn is_compensation(&self) -> bool {
+        matches!(self.issued, Some((Origin::Compensation(_), _)))
+    }
+
     /// The command from [`next_command`](Self::next_command) succeeded: its compensation, if
     /// the saga declares one, is recorded in the state.
     pub fn succeeded(&mut self) {

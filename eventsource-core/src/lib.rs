@@ -17,6 +17,7 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod typed;
+pub mod wait;
 
 pub use aggregate::{Aggregate, AggregateRoot, Dispatch, Handle};
 pub use checkpoint::CheckpointStore;
@@ -41,6 +42,7 @@ pub use store::{
     Appended, EventStore, ExpectedVersion, LogFilter, StoreError, VersionRange, read_log,
 };
 pub use typed::{Either, EventSet, Typed, TypedError, TypedHandler, TypedProjection, TypedSaga};
+pub use wait::{EventWaiter, WaitError};
 
 /// `#[derive(Aggregate)]`: see [`Aggregate`](trait@Aggregate).
 #[cfg(feature = "derive")]

@@ -17,6 +17,7 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod typed;
+pub mod wait;
 
 pub use aggregate::{Aggregate, AggregateRoot, Dispatch, Handle};
 pub use checkpoint::CheckpointStore;
@@ -33,9 +34,10 @@ pub use repository::{
 };
 pub use retry::RetryPolicy;
 pub use saga::{
-    CommandDecider, CommandDispatcher, DEADLINE_REACHED, DEADLINE_STREAM_TYPE, DeadlineReached,
-    DeadlineRunner, Decided, DueDeadline, HandledEvent, InMemorySagaStore, Loaded, Plan, Saga,
-    SagaError, SagaHandler, SagaKey, SagaState, SagaStore, StateError,
+    CommandDecider, CommandDispatcher, Compensations, DEADLINE_REACHED, DEADLINE_STREAM_TYPE,
+    DeadlineReached, DeadlineRunner, Decided, DueDeadline, HandledEvent, InMemorySagaStore, Loaded,
+    Plan, Reaction, Rejection, Saga, SagaError, SagaHandler, SagaKey, SagaState, SagaStore,
+    StateError,
 };
 pub use snapshot::{NoSnapshots, Snapshot, SnapshotPolicy, SnapshotStore};
 pub use store::{
@@ -43,6 +45,7 @@ pub use store::{
     VersionRange, read_log,
 };
 pub use typed::{Either, EventSet, Typed, TypedError, TypedHandler, TypedProjection, TypedSaga};
+pub use wait::{EventWaiter, WaitError};
 
 /// `#[derive(Aggregate)]`: see [`Aggregate`](trait@Aggregate).
 #[cfg(feature = "derive")]

@@ -912,6 +912,13 @@ where
     ) -> Result<(), Self::Error> {
         self.execute_with(&id, command, ctx).await.map(|_| ())
     }
+
+    fn rejection<'e>(
+        &self,
+        error: &'e Self::Error,
+    ) -> Option<&'e (dyn std::error::Error + Send + Sync + 'static)> {
+        error.rejection().map(|e| e as _)
+    }
 }
 
 /// A repository decides saga commands addressed as `(aggregate id, command)`: it loads the
@@ -944,5 +951,12 @@ where
             ExpectedVersion::Exact(root.version()),
             events,
         )))
+    }
+
+    fn rejection<'e>(
+        &self,
+        error: &'e Self::Error,
+    ) -> Option<&'e (dyn std::error::Error + Send + Sync + 'static)> {
+        error.rejection().map(|e| e as _)
     }
 }

@@ -85,7 +85,7 @@ use crate::envelope::{Envelope, EventDecodeError, RecordedEvent};
 use crate::event::DomainEvent;
 use crate::handler::EventHandler;
 use crate::projection::Projection;
-use crate::saga::{DeadlineReached, Saga};
+use crate::saga::{Compensations, DeadlineReached, Rejection, Saga};
 
 /// The events a typed handler takes: one [`DomainEvent`] enum (every enum is an `EventSet`),
 /// or several combined with [`Either`].
@@ -309,8 +309,8 @@ pub trait TypedSaga: Send + Sync + 'static {
     type Event: EventSet;
     /// Per-instance state.
     type State: Default + Serialize + DeserializeOwned + Send + Sync;
-    /// What the saga asks others to do.
-    type Command: Send + Sync;
+    /// What the saga asks others to do (see [`Saga::Command`]).
+    type Command: Clone + Send + Sync;
     /// Why reacting failed (the event is retried, then dead-lettered, by the runner).
     type Error: std::error::Error + Send + Sync + 'static;
     /// Schema version of the stored state (see [`Saga::STATE_VERSION`]).
@@ -351,6 +351,40 @@ pub trait TypedSaga: Send + Sync + 'static {
         let _ = state;
         None
     }
+
+    /// The command that undoes `command` (see [`Saga::compensation`]); `None` by default.
+    fn compensation(&self, command: &Self::Command) -> Option<Self::Command> {
+        let _ = command;
+        None
+    }
+
+    /// Where `state` records compensations (see [`Saga::compensations`]); `None` by default.
+    fn compensations<'s>(
+        &self,
+        state: &'s mut Self::State,
+    ) -> Option<&'s mut Compensations<Self::Command>> {
+        let _ = state;
+        None
+    }
+
+    /// Reacts to a rejected command (see [`Saga::on_rejected`]); by default compensates when
+    /// the saga keeps [`compensations`](Self::compensations), else leaves the rejection a
+    /// failure.
+    ///
+    /// # Errors
+    ///
+    /// As [`react`](Self::react).
+    fn on_rejected(
+        &self,
+        state: &mut Self::State,
+        rejection: &Rejection<'_>,
+    ) -> Result<Option<Vec<Self::Command>>, Self::Error> {
+        let _ = rejection;
+        Ok(self.compensations(state).map(|record| {
+            record.compensate();
+            Vec::new()
+        }))
+    }
 }
 
 impl<G: TypedSaga> Saga for Typed<G> {
@@ -389,6 +423,27 @@ impl<G: TypedSaga> Saga for Typed<G> {
 
     fn deadline(&self, state: &G::State) -> Option<DateTime<Utc>> {
         self.0.deadline(state)
+    }
+
+    fn compensation(&self, command: &G::Command) -> Option<G::Command> {
+        self.0.compensation(command)
+    }
+
+    fn compensations<'s>(
+        &self,
+        state: &'s mut G::State,
+    ) -> Option<&'s mut Compensations<G::Command>> {
+        self.0.compensations(state)
+    }
+
+    fn on_rejected(
+        &self,
+        state: &mut G::State,
+        rejection: &Rejection<'_>,
+    ) -> Result<Option<Vec<G::Command>>, Self::Error> {
+        self.0
+            .on_rejected(state, rejection)
+            .map_err(TypedError::Handler)
     }
 
     fn is_permanent(&self, error: &Self::Error) -> bool {

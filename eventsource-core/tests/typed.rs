@@ -341,3 +341,71 @@ async fn a_typed_projection_takes_the_events_of_two_enums() {
     assert_eq!(runner.catch_up().await.expect("catch up"), 3);
     assert_eq!(runner.projection().get_ref().0, 2);
 }
+
+/// Reserves each placed order's stock and keeps compensations; a typed saga declares them
+/// as an untyped one does.
+struct CompensatingReservations;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Reserved {
+    steps: eventsource_core::Compensations<String>,
+}
+
+impl TypedSaga for CompensatingReservations {
+    const NAME: &'static str = "compensating-reservations";
+    type Event = OrderEvent;
+    type State = Reserved;
+    type Command = String;
+    type Error = std::convert::Infallible;
+
+    fn correlate(&self, _: &Envelope<OrderEvent>) -> Option<String> {
+        Some("all".to_owned())
+    }
+
+    fn react(
+        &self,
+        _: &mut Reserved,
+        event: &Envelope<OrderEvent>,
+    ) -> Result<Vec<String>, Self::Error> {
+        Ok(match &event.payload {
+            OrderEvent::Placed { sku, qty } => vec![format!("reserve {qty} {sku}")],
+            OrderEvent::Cancelled => vec![],
+        })
+    }
+
+    fn compensation(&self, command: &String) -> Option<String> {
+        command
+            .strip_prefix("reserve ")
+            .map(|rest| format!("release {rest}"))
+    }
+
+    fn compensations<'s>(
+        &self,
+        state: &'s mut Reserved,
+    ) -> Option<&'s mut eventsource_core::Compensations<String>> {
+        Some(&mut state.steps)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("out of stock")]
+struct OutOfStock;
+
+#[test]
+fn a_typed_saga_compensates_a_rejected_step() {
+    use eventsource_core::testing::{SagaScenario, recorded};
+
+    let order = |qty| {
+        recorded(
+            StreamId::new(TenantId::default(), "order", "o-1"),
+            placed(qty),
+        )
+    };
+    SagaScenario::new(Typed::new(CompensatingReservations))
+        .rejecting(|command: &String| command.starts_with("reserve 99").then_some(OutOfStock))
+        .given([order(1), order(2)])
+        .when(order(99))
+        .then_commands(["reserve 99 sku-1".to_owned()])
+        .then_compensations(["release 2 sku-1".to_owned(), "release 1 sku-1".to_owned()])
+        .then_state(|state| assert_eq!(state.steps.ran().len(), 2));
+}

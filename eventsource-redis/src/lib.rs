@@ -10,6 +10,7 @@ pub mod options;
 mod order;
 pub mod publisher;
 pub mod runner;
+mod wait;
 
 pub use admin::{
     DeadLetter, GroupStats, Health, StreamStats, Trimmed, dead_letter_count, dead_letters,
@@ -25,3 +26,4 @@ pub use runner::projection::{
     Applied, InMemoryProjection, ProjectionHandler, TransactionalProjection,
 };
 pub use runner::{ConsumerRunner, RunnerCounters};
+pub use wait::RedisEventWaiter;

@@ -24,7 +24,18 @@
 //! firing twice appends once) and marks it fired; the saga receives it like any other event, on
 //! the instance it belongs to, and reacts — typically with compensating commands. A deadline the
 //! saga moved or cleared before it fired is not delivered.
+//!
+//! **Compensation**: a saga declares, for each command it issues, the command that undoes it
+//! ([`Saga::compensation`]) and keeps a [`Compensations`] record in its state
+//! ([`Saga::compensations`]). Each command that succeeds has its compensation recorded. A
+//! command the aggregate rejects is an outcome the saga hears ([`Saga::on_rejected`]; the
+//! dispatcher tells a rejection from a failure, [`CommandDispatcher::rejection`]): the
+//! reaction's later commands are dropped and, by default, the completed steps' compensations
+//! are issued, last first, each once, and recorded in the state. A reaction (to a deadline,
+//! say) asks for the same with [`Compensations::compensate`]. Compensations carry
+//! deterministic event ids like every command, and once stored they never run again.
 
+mod compensation;
 mod deadline;
 mod store;
 
@@ -35,6 +46,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
+pub use compensation::{Compensations, Reaction, Rejection};
 pub use deadline::{
     DEADLINE_REACHED, DEADLINE_STREAM_TYPE, DeadlineReached, DeadlineRunner, deadline_event,
 };
@@ -53,8 +65,9 @@ pub trait Saga: Send + Sync + 'static {
     const NAME: &'static str;
     /// Per-instance state.
     type State: Default + Serialize + DeserializeOwned + Send + Sync;
-    /// What the saga asks others to do.
-    type Command: Send + Sync;
+    /// What the saga asks others to do. `Clone` (as aggregate commands are) so that a
+    /// compensation can be issued and recorded in the state as issued.
+    type Command: Clone + Send + Sync;
     /// Why reacting failed (the event is retried, then dead-lettered, by the runner).
     type Error: std::error::Error + Send + Sync + 'static;
     /// Schema version of [`State`](Self::State) as stored. Raise it when the state's shape
@@ -85,6 +98,50 @@ pub trait Saga: Send + Sync + 'static {
         None
     }
 
+    /// The command that undoes `command` once it succeeded, if it is a step to compensate when
+    /// a later one fails; `None` (the default) when nothing needs undoing. Handlers record it
+    /// in [`compensations`](Self::compensations) when `command` succeeds. Called once per
+    /// issued command; keep it pure.
+    fn compensation(&self, command: &Self::Command) -> Option<Self::Command> {
+        let _ = command;
+        None
+    }
+
+    /// Where `state` keeps the record of completed steps' compensations, if the saga
+    /// compensates; `None` (the default) otherwise. See [`Compensations`].
+    fn compensations<'s>(
+        &self,
+        state: &'s mut Self::State,
+    ) -> Option<&'s mut Compensations<Self::Command>> {
+        let _ = state;
+        None
+    }
+
+    /// Reacts to the aggregate rejecting a command of this saga (the dispatcher or decider
+    /// recognises the rejection, see [`CommandDispatcher::rejection`]). Commands the reaction
+    /// had not issued yet are dropped; the commands returned here are issued next, then the
+    /// compensations asked for with [`Compensations::compensate`]. `Ok(None)` keeps the
+    /// rejection a failure of the delivery ([`SagaError::Dispatch`]), as for a saga that
+    /// does not handle rejections.
+    ///
+    /// The default compensates when the saga keeps [`compensations`](Self::compensations)
+    /// and otherwise returns `Ok(None)`.
+    ///
+    /// # Errors
+    ///
+    /// As [`react`](Self::react).
+    fn on_rejected(
+        &self,
+        state: &mut Self::State,
+        rejection: &Rejection<'_>,
+    ) -> Result<Option<Vec<Self::Command>>, Self::Error> {
+        let _ = rejection;
+        Ok(self.compensations(state).map(|record| {
+            record.compensate();
+            Vec::new()
+        }))
+    }
+
     /// Whether `error`, returned by [`react`](Self::react), recurs on every delivery (an event
     /// that does not decode, say); [`SagaHandler`] then reports it as permanent and runners
     /// dead-letter the event at once. The default treats every error as transient.
@@ -106,6 +163,18 @@ pub trait CommandDispatcher<C>: Send + Sync {
         command: C,
         ctx: &CommandContext,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// The aggregate's rejection `error` carries, if it is one: the saga then hears it as an
+    /// outcome ([`Saga::on_rejected`]) instead of failing the delivery. `None` by default; a
+    /// [`Repository`](crate::Repository) returns its aggregate's error from
+    /// [`CommandError::Rejected`](crate::CommandError::Rejected).
+    fn rejection<'e>(
+        &self,
+        error: &'e Self::Error,
+    ) -> Option<&'e (dyn std::error::Error + Send + Sync + 'static)> {
+        let _ = error;
+        None
+    }
 }
 
 /// Decides the events a saga command appends, without appending them: for handlers that
@@ -123,6 +192,16 @@ pub trait CommandDecider<C>: Send + Sync {
         command: C,
         ctx: &CommandContext,
     ) -> impl Future<Output = Result<Option<Decided>, Self::Error>> + Send;
+
+    /// The aggregate's rejection `error` carries, if it is one (see
+    /// [`CommandDispatcher::rejection`]).
+    fn rejection<'e>(
+        &self,
+        error: &'e Self::Error,
+    ) -> Option<&'e (dyn std::error::Error + Send + Sync + 'static)> {
+        let _ = error;
+        None
+    }
 }
 
 /// The events a command appends, as [`CommandDecider::decide`] returns them.
@@ -210,37 +289,31 @@ pub fn route<G: Saga>(saga: &G, event: &RecordedEvent) -> Option<SagaKey> {
 /// What a saga instance does with one event, as [`plan`] decides it.
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum Plan<C> {
+pub enum Plan<'a, G: Saga> {
     /// Nothing: the instance handled this event already, or the deadline it announces is no
     /// longer pending.
     Skip,
-    /// Issue `commands` (each with its context: correlation, causation, deterministic event
-    /// ids), then store `state` over version `expected` and record the event as handled.
-    React {
-        /// The commands and their contexts, in order.
-        commands: Vec<(C, CommandContext)>,
-        /// The stored version the new state replaces (0: none).
-        expected: u64,
-        /// The new state, its deadline included.
-        state: SagaState,
-    },
+    /// Issue the reaction's commands one by one, reporting each outcome, then store its state
+    /// over [`Reaction::expected`] and record the event as handled.
+    React(Reaction<'a, G>),
 }
 
 /// The pure step of a saga handler, given what the store loaded for `key` and `event`: skips a
-/// handled event or a stale deadline, decodes the state (refusing another schema version), lets
-/// the saga react and computes the new state and deadline. [`SagaHandler`] is this plus a
-/// [`SagaStore`] and a [`CommandDispatcher`].
+/// handled event or a stale deadline, decodes the state (refusing another schema version) and
+/// lets the saga react. The [`Reaction`] then hands out the commands one at a time, hears
+/// their outcomes (a rejection may make the saga compensate) and computes the new state and
+/// deadline. [`SagaHandler`] is this plus a [`SagaStore`] and a [`CommandDispatcher`].
 ///
 /// # Errors
 ///
 /// [`SagaError::State`] when the stored state does not decode, [`SagaError::React`] when the
-/// saga fails, [`SagaError::Encode`] when the new state does not serialize.
-pub fn plan<G: Saga, D: std::error::Error + 'static>(
-    saga: &G,
-    key: &SagaKey,
+/// saga fails.
+pub fn plan<'a, G: Saga, D: std::error::Error + 'static>(
+    saga: &'a G,
+    key: &'a SagaKey,
     loaded: Loaded,
-    event: &RecordedEvent,
-) -> Result<Plan<G::Command>, SagaError<G::Error, D>> {
+    event: &'a RecordedEvent,
+) -> Result<Plan<'a, G>, SagaError<G::Error, D>> {
     if loaded.handled {
         tracing::debug!(saga = G::NAME, instance = key.instance(), event = %event.event_id, "already handled");
         return Ok(Plan::Skip);
@@ -262,29 +335,9 @@ pub fn plan<G: Saga, D: std::error::Error + 'static>(
         None => (G::State::default(), 0),
     };
     let commands = saga.react(&mut state, event).map_err(SagaError::React)?;
-    let ns = id_namespace(G::NAME, key.instance(), event);
-    let commands = commands
-        .into_iter()
-        .enumerate()
-        .map(|(i, command)| {
-            let ns = Uuid::new_v5(&ns, &(i as u64).to_be_bytes());
-            (
-                command,
-                CommandContext::caused_by(event).with_deterministic_ids(ns),
-            )
-        })
-        .collect();
-    // A deadline that just fired is consumed even if the saga names it again.
-    let deadline = saga
-        .deadline(&state)
-        .filter(|d| fired.as_ref().is_none_or(|f| f.due_at != *d));
-    let state = serde_json::to_value(&state).map_err(SagaError::Encode)?;
-    Ok(Plan::React {
-        commands,
-        expected,
-        state: SagaState::new(state, G::STATE_VERSION, expected + 1, event.position)
-            .with_deadline(deadline),
-    })
+    Ok(Plan::React(Reaction::new(
+        saga, key, event, fired, state, expected, commands,
+    )))
 }
 
 fn decode_state<G: Saga>(
@@ -341,6 +394,11 @@ impl<S: std::error::Error + 'static, D: std::error::Error + 'static> SagaError<S
 /// event, which re-dispatches the same commands with the same event ids (appending nothing
 /// twice) and saves the state. Two deliveries of one event racing each other: one saves, the
 /// other gets [`SagaError::Store`] (a conflict, retryable) and then finds the event handled.
+///
+/// A command the aggregate rejects (as the dispatcher's [`CommandDispatcher::rejection`] tells)
+/// is an outcome the saga hears ([`Saga::on_rejected`]): by default a saga that keeps
+/// [`Compensations`] drops the reaction's remaining commands and issues the compensations of
+/// its completed steps, last first, each once; any other dispatch error fails the delivery.
 #[derive(Debug, Clone)]
 pub struct SagaHandler<G, D, T> {
     saga: G,
@@ -377,20 +435,20 @@ where
             .load_for(&key, &handled)
             .await
             .map_err(SagaError::Store)?;
-        let Plan::React {
-            commands,
-            expected,
-            state,
-        } = plan(&self.saga, &key, loaded, event)?
-        else {
+        let Plan::React(mut reaction) = plan(&self.saga, &key, loaded, event)? else {
             return Ok(());
         };
-        for (command, ctx) in commands {
-            self.dispatcher
-                .dispatch(command, &ctx)
-                .await
-                .map_err(SagaError::Dispatch)?;
+        while let Some((command, ctx)) = reaction.next_command() {
+            match self.dispatcher.dispatch(command, &ctx).await {
+                Ok(()) => reaction.succeeded(),
+                Err(e) => match self.dispatcher.rejection(&e) {
+                    Some(rejection) if reaction.rejected(rejection)? => {}
+                    _ => return Err(SagaError::Dispatch(e)),
+                },
+            }
         }
+        let expected = reaction.expected();
+        let state = reaction.finish()?;
         self.store
             .save(&key, expected, state, handled)
             .await

@@ -33,6 +33,12 @@ const ATTEMPTS: u32 = 16;
 /// Command event ids are still derived from the saga instance and the event, as with
 /// [`SagaHandler`](eventsource_core::SagaHandler).
 ///
+/// A command the aggregate rejects (as [`CommandDecider::rejection`] tells) appends nothing and
+/// is heard by the saga ([`Saga::on_rejected`]); the compensations it then issues
+/// ([`Compensations`](eventsource_core::Compensations)) append in the same transaction and are
+/// recorded in the state it commits, so each runs once, however often the event is redelivered
+/// or the transaction rerun.
+///
 /// ```no_run
 /// use eventsource_core::{EventHandler, Repository, Saga, RecordedEvent};
 /// use eventsource_postgres::{PgEventStore, PgSagaHandler};
@@ -123,24 +129,27 @@ impl<G: Saga, D: CommandDecider<G::Command>> PgSagaHandler<G, D> {
         let loaded = PgSagaStore::load_in_tx(&mut tx, key, &handled)
             .await
             .map_err(store)?;
-        let Plan::React {
-            commands,
-            expected,
-            state,
-        } = plan(&self.saga, key, loaded, event).map_err(Attempt::Fail)?
+        let Plan::React(mut reaction) =
+            plan(&self.saga, key, loaded, event).map_err(Attempt::Fail)?
         else {
             return Ok(()); // dropping `tx` rolls it back: it wrote nothing
         };
-        for (command, ctx) in commands {
-            let decided = self
-                .decider
-                .decide(command, &ctx)
-                .await
-                .map_err(|e| Attempt::Fail(SagaError::Dispatch(e)))?;
-            if let Some(decided) = decided {
-                append(&mut tx, key, decided).await.map_err(store)?;
+        while let Some((command, ctx)) = reaction.next_command() {
+            match self.decider.decide(command, &ctx).await {
+                Ok(decided) => {
+                    if let Some(decided) = decided {
+                        append(&mut tx, key, decided).await.map_err(store)?;
+                    }
+                    reaction.succeeded();
+                }
+                Err(e) => match self.decider.rejection(&e) {
+                    Some(rejection) if reaction.rejected(rejection).map_err(Attempt::Fail)? => {}
+                    _ => return Err(Attempt::Fail(SagaError::Dispatch(e))),
+                },
             }
         }
+        let expected = reaction.expected();
+        let state = reaction.finish().map_err(Attempt::Fail)?;
         PgSagaStore::save_in_tx(&mut tx, key, expected, state, handled)
             .await
             .map_err(store)?;

@@ -506,7 +506,7 @@ impl EventStore for PgEventStore {
     }
 
     /// Reads five columns (id, version, type, schema version, payload) with a plain statement
-    /// that streams its rows ([`sql::READ_STREAM_EVENTS`]), decoding each as it arrives.
+    /// that streams its rows (`READ_STREAM_EVENTS` in `sql.rs`), decoding each as it arrives.
     #[tracing::instrument(name = "eventsource.read_stream_events", skip_all, fields(stream = %stream, from = %range.start()))]
     async fn read_stream_events(
         &self,

@@ -3,7 +3,9 @@
 //! ever see a complete prefix of the log; a rebuild stopped half-way resumes and is never cut
 //! over half-built; two rebuilds never run at once; a failing event halts a rebuild with the old
 //! generation serving; side effects run only live; retired generations are dropped after their
-//! grace period; progress is reported. The child-process proofs are in the workspace's
+//! grace period; progress is reported; partial rebuilds from a position or a date. The readers
+//! of the first test keep their prepared statements across the cutover. The child-process
+//! proof (a rebuild process killed with SIGKILL) is in the workspace's
 //! `tests/tests/pg_projection_crash.rs`.
 
 mod support;
@@ -724,6 +726,30 @@ async fn a_partial_rebuild_from_a_position_holds_only_the_later_events() {
     .unwrap()
     .unwrap();
     assert_eq!(t.view().await, clean_build(&log[20..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_rebuild_from_a_date_holds_only_the_events_recorded_since() {
+    let Some(t) = setup().await else {
+        return;
+    };
+    t.append(0, 30, 10).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    t.append(30, 30, 10).await;
+    let log = t.log().await;
+    let since = log[30].recorded_at;
+    assert!(log[29].recorded_at < since);
+    PgRebuild::new(
+        t.store.clone(),
+        Ledger::new(&t.name),
+        t.rebuild_options("r")
+            .with_filter(LogFilter::tenant(t.tenant.clone()).with_since(since)),
+    )
+    .run(CancellationToken::new())
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(t.view().await, clean_build(&log[30..]));
 }
 
 async fn schema_exists(pool: &PgPool, schema: &str) -> bool {

@@ -5,7 +5,7 @@
 //! - [`PgProjectionRunner`] (`runner.rs`): feeds it from the global log, one transaction per
 //!   batch with the checkpoint moved by compare-and-set, one live instance under a lease.
 //! - [`PgLease`] (`lease.rs`): the lease, shared with rebuilds.
-//! - [`PgRebuild`] (`rebuild.rs`): a blue/green rebuild of a [`PgRebuildable`] projection into
+//! - [`PgRebuild`] (`rebuild/`): a blue/green rebuild of a [`PgRebuildable`] projection into
 //!   a generation of its own, cut over automatically, with [`RebuildProgress`] reports.
 //! - [`PgProjectionHandler`] (`handler.rs`): feeds it from at-least-once delivery (a Redis
 //!   consumer group), recording each applied position in the same transaction.

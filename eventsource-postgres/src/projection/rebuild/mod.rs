@@ -1,12 +1,23 @@
 //! [`PgRebuild`]: a blue/green rebuild of a projection while its live generation serves.
+//!
+//! - [`PgRebuildable`] and [`PgRebuild`] (here): the projection's side, and the rebuild with
+//!   its cutover (ADR 0018).
+//! - [`RebuildOptions`] (`options.rs`); [`RebuildProgress`], [`RebuildPhase`] and
+//!   [`RebuildReport`] (`progress.rs`).
+
+mod options;
+mod progress;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use eventsource_core::{EventStore, LogFilter, LogPosition, RecordedEvent, StoreError};
+use eventsource_core::{EventStore, LogPosition, RecordedEvent, StoreError};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+pub use options::RebuildOptions;
+pub use progress::{RebuildPhase, RebuildProgress, RebuildReport};
 
 use super::PgProjection;
 use super::error::PgProjectionError;
@@ -80,217 +91,6 @@ pub trait PgRebuildable: PgProjection {
         &self,
         conn: &mut PgConnection,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
-}
-
-/// Tuning of a [`PgRebuild`].
-///
-/// ```
-/// # use std::time::Duration;
-/// # use eventsource_postgres::RebuildOptions;
-/// let options = RebuildOptions::default()
-///     .with_batch_size(10_000)
-///     .with_cutover_lag(500)
-///     .with_grace_period(Duration::from_secs(300))
-///     .with_instance_id("rebuilder-1");
-/// assert_eq!(options.batch_size(), 10_000);
-/// ```
-#[derive(Debug, Clone)]
-pub struct RebuildOptions {
-    batch_size: usize,
-    cutover_lag: usize,
-    grace_period: Duration,
-    reader_schema: String,
-    schema_prefix: Option<String>,
-    lease_ttl: Duration,
-    instance_id: String,
-    filter: LogFilter,
-    start: LogPosition,
-}
-
-impl Default for RebuildOptions {
-    fn default() -> Self {
-        Self {
-            batch_size: 5_000,
-            cutover_lag: 1_000,
-            grace_period: Duration::from_mins(1),
-            reader_schema: "public".to_owned(),
-            schema_prefix: None,
-            lease_ttl: Duration::from_secs(30),
-            instance_id: uuid::Uuid::new_v4().to_string(),
-            filter: LogFilter::all(),
-            start: LogPosition::START,
-        }
-    }
-}
-
-impl RebuildOptions {
-    /// Events read and applied per transaction while filling (default 5,000).
-    #[must_use]
-    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
-        self.batch_size = batch_size.max(1);
-        self
-    }
-
-    /// Cut over once a read from the log returns at most this many events (default 1,000):
-    /// the new generation is then that close to the head. The cutover's transaction applies
-    /// the rest, while the live runner waits for it, so this bounds the pause.
-    #[must_use]
-    pub fn with_cutover_lag(mut self, cutover_lag: usize) -> Self {
-        self.cutover_lag = cutover_lag;
-        self
-    }
-
-    /// How long a generation replaced by a cutover is kept before its schema may be dropped
-    /// (default 60 s): readers inside a transaction begun before the cutover finish on it.
-    #[must_use]
-    pub fn with_grace_period(mut self, grace_period: Duration) -> Self {
-        self.grace_period = grace_period;
-        self
-    }
-
-    /// The schema holding the readers' views (default `public`).
-    #[must_use]
-    pub fn with_reader_schema(mut self, reader_schema: impl Into<String>) -> Self {
-        self.reader_schema = reader_schema.into();
-        self
-    }
-
-    /// The generations' schemas are named `<prefix>_g<n>` (default: the projection's name,
-    /// lowercased, with characters other than letters, digits and `_` replaced by `_`).
-    #[must_use]
-    pub fn with_schema_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.schema_prefix = Some(prefix.into());
-        self
-    }
-
-    /// The rebuild lease's time to live (default 30 s); it is renewed with every batch.
-    #[must_use]
-    pub fn with_lease_ttl(mut self, lease_ttl: Duration) -> Self {
-        self.lease_ttl = lease_ttl.max(Duration::from_millis(30));
-        self
-    }
-
-    /// This rebuilder's id, the rebuild lease's holder (default: random).
-    #[must_use]
-    pub fn with_instance_id(mut self, instance_id: impl Into<String>) -> Self {
-        self.instance_id = instance_id.into();
-        self
-    }
-
-    /// Which events of the log the new generation is built from (default: every tenant's).
-    /// A partial rebuild: [`LogFilter::tenant`] for a projection of one tenant (its live
-    /// runner uses the same filter; each transaction is scoped to the tenant), or
-    /// [`LogFilter::with_since`] for one that only holds events from a date on. The new
-    /// generation replaces the whole read model at the cutover: it holds what the filter let
-    /// through, nothing else.
-    #[must_use]
-    pub fn with_filter(mut self, filter: LogFilter) -> Self {
-        self.filter = filter;
-        self
-    }
-
-    /// Build the new generation from the events after `start` only (default: the whole log),
-    /// for a projection that only holds recent events. As with
-    /// [`with_filter`](Self::with_filter), the new generation holds those, nothing else.
-    #[must_use]
-    pub fn with_start(mut self, start: LogPosition) -> Self {
-        self.start = start;
-        self
-    }
-
-    /// Events per batch.
-    #[must_use]
-    pub fn batch_size(&self) -> usize {
-        self.batch_size
-    }
-
-    /// The lag under which the rebuild cuts over.
-    #[must_use]
-    pub fn cutover_lag(&self) -> usize {
-        self.cutover_lag
-    }
-
-    /// The grace period before a replaced generation is dropped.
-    #[must_use]
-    pub fn grace_period(&self) -> Duration {
-        self.grace_period
-    }
-}
-
-/// What a rebuild is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RebuildPhase {
-    /// Taking the lease and preparing the new generation.
-    Starting,
-    /// Applying the log in batches.
-    Filling,
-    /// In the cutover's transaction.
-    CuttingOver,
-    /// Cut over: the new generation serves.
-    Done,
-}
-
-/// A rebuild's progress, for the caller to render (a progress bar, a log line).
-///
-/// `processed` counts the events applied since this run started (a resumed rebuild does not
-/// count what an earlier run applied); `total` is `processed` plus the events of the log after
-/// the rebuild's checkpoint when last counted (at the start, and again when the fill reaches
-/// the head), so it grows while writers append.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct RebuildProgress {
-    /// What the rebuild is doing.
-    pub phase: RebuildPhase,
-    /// The generation being built (0 while starting).
-    pub generation: u64,
-    /// Events applied by this run.
-    pub processed: u64,
-    /// Events this run has to apply, as last counted.
-    pub total: u64,
-    /// Events applied per second since this run started.
-    pub events_per_second: f64,
-    /// Time left at that rate, when known.
-    pub eta: Option<Duration>,
-}
-
-impl RebuildProgress {
-    fn starting() -> Self {
-        Self {
-            phase: RebuildPhase::Starting,
-            generation: 0,
-            processed: 0,
-            total: 0,
-            events_per_second: 0.0,
-            eta: None,
-        }
-    }
-
-    /// `processed` over `total`, from 0 to 1 (1 when there is nothing to do).
-    #[must_use]
-    pub fn fraction(&self) -> f64 {
-        if self.total == 0 {
-            return 1.0;
-        }
-        #[allow(clippy::cast_precision_loss, reason = "a ratio for display")]
-        let fraction = self.processed as f64 / self.total as f64;
-        fraction.min(1.0)
-    }
-}
-
-/// What a completed rebuild did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RebuildReport {
-    /// The generation that now serves.
-    pub generation: u64,
-    /// The log position it was complete up to at the cutover (`None`: an empty log); the live
-    /// runner continues after it.
-    pub cutover_position: Option<LogPosition>,
-    /// Events applied by this run.
-    pub processed: u64,
-    /// How long this run took.
-    pub elapsed: Duration,
 }
 
 /// A blue/green rebuild of a [`PgRebuildable`] projection while its live generation serves.

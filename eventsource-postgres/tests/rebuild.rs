@@ -45,6 +45,8 @@ struct Ledger {
     stalled: Arc<Notify>,
     /// Events whose side effect ran.
     side_effects: Arc<Mutex<Vec<Uuid>>>,
+    /// On applying the event numbered `.0`, appends a poison event and a normal one to `.2`.
+    poison_on: Option<(i64, PgEventStore, StreamId)>,
 }
 
 impl Ledger {
@@ -55,6 +57,7 @@ impl Ledger {
             applied: AtomicU64::new(0),
             stalled: Arc::new(Notify::new()),
             side_effects: Arc::default(),
+            poison_on: None,
         }
     }
 
@@ -85,6 +88,20 @@ impl PgProjection for Ledger {
         {
             self.stalled.notify_one();
             std::future::pending::<()>().await;
+        }
+        if let Some((n, store, stream)) = &self.poison_on
+            && event.payload["n"].as_i64() == Some(*n)
+        {
+            for (event_type, n) in [("Poison", -1), ("Numbered", 999_999)] {
+                store
+                    .append(
+                        stream,
+                        ExpectedVersion::Any,
+                        vec![NewEvent::new(event_type, 1, json!({ "n": n }))],
+                    )
+                    .await
+                    .unwrap();
+            }
         }
         sqlx::query(
             "INSERT INTO ledger (event_id, transaction_id, global_position, n) \
@@ -585,6 +602,48 @@ async fn a_failing_event_halts_the_rebuild_naming_it_and_the_old_generation_serv
             "everything before the event applied, nothing after it"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_event_met_in_the_cutover_halts_it_and_nothing_is_cut_over() {
+    let Some(t) = setup().await else {
+        return;
+    };
+    t.append(0, 40, 10).await;
+    PgRebuild::new(
+        t.store.clone(),
+        Ledger::new(&t.name),
+        t.rebuild_options("r"),
+    )
+    .run(CancellationToken::new())
+    .await
+    .unwrap()
+    .unwrap();
+    let generation_one = t.view().await;
+    // The last event of the fill appends a poison event and one after it: the fill's read
+    // came back short, so the cutover's catch-up is the first to meet them.
+    let mut ledger = Ledger::new(&t.name);
+    let stream = StreamId::new(t.tenant.clone(), "counter", "poisoned");
+    ledger.poison_on = Some((39, t.store.clone(), stream));
+    let err = PgRebuild::new(t.store.clone(), ledger, t.rebuild_options("r"))
+        .run(CancellationToken::new())
+        .await
+        .unwrap_err();
+    let log = t.settled(42).await;
+    assert_eq!(log.len(), 42);
+    assert!(
+        matches!(&err, PgProjectionError::Apply { event_id, .. } if *event_id == log[40].event_id),
+        "{err}"
+    );
+    let generations = t.generations().await;
+    assert_eq!(generations[0].1, "serving");
+    assert_eq!(generations[1].1, "building");
+    assert_eq!(t.view().await, generation_one, "generation 1 keeps serving");
+    assert_eq!(
+        t.rows_in(&generations[1].2).await,
+        clean_build(&log[..40]),
+        "nothing from the failing event on"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@ pub mod diagnostics;
 mod error;
 mod group;
 mod kept;
+pub mod metrics;
 mod projection;
 mod rejection;
 mod row;

@@ -206,7 +206,8 @@ impl<P: PgRebuildable> PgRebuild<P> {
         &self.projection
     }
 
-    /// Progress reports, updated after every batch and at each phase.
+    /// Progress reports, updated after every batch and at each phase (and, with the `metrics`
+    /// feature, the gauges of [`metrics`](crate::metrics)).
     #[must_use]
     pub fn progress(&self) -> watch::Receiver<RebuildProgress> {
         self.progress.subscribe()
@@ -314,14 +315,16 @@ impl<P: PgRebuildable> PgRebuild<P> {
         #[allow(clippy::cast_precision_loss, reason = "an estimate for display")]
         let eta = (events_per_second > 0.0)
             .then(|| Duration::from_secs_f64((total - meter.processed) as f64 / events_per_second));
-        self.progress.send_replace(RebuildProgress {
+        let progress = RebuildProgress {
             phase,
             generation,
             processed: meter.processed,
             total,
             events_per_second,
             eta,
-        });
+        };
+        crate::metrics::rebuild_progress(self.projection.name(), &progress);
+        self.progress.send_replace(progress);
     }
 
     /// Finds the generation being built, or creates the next one with its schema and tables

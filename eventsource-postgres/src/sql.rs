@@ -666,3 +666,8 @@ WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
   AND ($3::text IS NULL OR tenant_id = $3)
   AND ($4::timestamptz IS NULL OR recorded_at >= $4)
 ";
+
+/// Sets the transaction's `lock_timeout` to `$1` (such as `2000ms`).
+pub(crate) const SET_LOCK_TIMEOUT: &str = r"
+SELECT set_config('lock_timeout', $1, true)
+";

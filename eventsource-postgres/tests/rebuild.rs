@@ -663,6 +663,58 @@ async fn poisoned_cutover(t: &Setup) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_holding_the_views_delays_the_cutover_which_retries() {
+    let Some(t) = setup().await else {
+        return;
+    };
+    t.append(0, 30, 10).await;
+    PgRebuild::new(
+        t.store.clone(),
+        Ledger::new(&t.name),
+        t.rebuild_options("r"),
+    )
+    .run(CancellationToken::new())
+    .await
+    .unwrap()
+    .unwrap();
+    // A reader's transaction on the views, open for 600 ms.
+    let mut reader = t.pool.begin().await.unwrap();
+    sqlx::query("SELECT set_config('search_path', quote_ident($1), true)")
+        .bind(&t.readers)
+        .execute(&mut *reader)
+        .await
+        .unwrap();
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger")
+        .fetch_one(&mut *reader)
+        .await
+        .unwrap();
+    assert_eq!(seen, 30);
+    let holding = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        reader.commit().await.unwrap();
+    });
+    let started = Instant::now();
+    let report = PgRebuild::new(
+        t.store.clone(),
+        Ledger::new(&t.name),
+        t.rebuild_options("r")
+            .with_cutover_lock_timeout(Duration::from_millis(100)),
+    )
+    .run(CancellationToken::new())
+    .await
+    .unwrap()
+    .unwrap();
+    holding.await.unwrap();
+    assert_eq!(report.generation, 2);
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "the cutover waited for the reader: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(t.view().await, clean_build(&t.log().await));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn side_effects_run_only_for_live_events_never_for_replayed_ones() {
     let Some(t) = setup().await else {
         return;

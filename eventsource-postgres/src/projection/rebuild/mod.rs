@@ -23,6 +23,7 @@ use super::PgProjection;
 use super::error::PgProjectionError;
 use super::lease::PgLease;
 use crate::checkpoint::PgCheckpointStore;
+use crate::error::is_lock_timeout;
 use crate::row::position_to_db;
 use crate::sql;
 use crate::store::PgEventStore;
@@ -286,7 +287,21 @@ impl<P: PgRebuildable> PgRebuild<P> {
             }
         }
         self.report(generation, RebuildPhase::CuttingOver, &meter);
-        let applied = self.cut_over(lease, &mut building).await?;
+        let mut attempt = 1;
+        let applied = loop {
+            match self.cut_over(lease, &mut building).await {
+                Err(PgProjectionError::Database(e)) if is_lock_timeout(&e) && attempt < 10 => {
+                    tracing::warn!(
+                        projection = self.projection.name(),
+                        attempt,
+                        "readers held the views past the cutover's lock timeout; trying again"
+                    );
+                    tokio::time::sleep(self.options.cutover_lock_timeout).await;
+                    attempt += 1;
+                }
+                outcome => break outcome?,
+            }
+        };
         meter.processed += applied;
         meter.remaining_at_count = 0;
         meter.processed_at_count = meter.processed;
@@ -552,6 +567,14 @@ impl<P: PgRebuildable> PgRebuild<P> {
             .bind(building.generation)
             .bind(transaction)
             .bind(global)
+            .execute(&mut *tx)
+            .await?;
+        // Readers in flight on the views delay this, and new ones queue behind it: bounded.
+        sqlx::query(sql::SET_LOCK_TIMEOUT)
+            .bind(format!(
+                "{}ms",
+                self.options.cutover_lock_timeout.as_millis()
+            ))
             .execute(&mut *tx)
             .await?;
         sqlx::query(sql::POINT_GENERATION_VIEWS)

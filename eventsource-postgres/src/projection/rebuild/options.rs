@@ -27,6 +27,7 @@ pub struct RebuildOptions {
     pub(super) instance_id: String,
     pub(super) filter: LogFilter,
     pub(super) start: LogPosition,
+    pub(super) cutover_lock_timeout: Duration,
 }
 
 impl Default for RebuildOptions {
@@ -41,6 +42,7 @@ impl Default for RebuildOptions {
             instance_id: uuid::Uuid::new_v4().to_string(),
             filter: LogFilter::all(),
             start: LogPosition::START,
+            cutover_lock_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -117,6 +119,16 @@ impl RebuildOptions {
     #[must_use]
     pub fn with_start(mut self, start: LogPosition) -> Self {
         self.start = start;
+        self
+    }
+
+    /// How long the cutover waits for the readers' views (default 2 s): repointing them takes
+    /// a lock that waits for readers' transactions in flight on them, and that new readers
+    /// queue behind. Past this the cutover rolls back (readers go on with the old generation
+    /// at once) and is tried again after as long, up to 10 times.
+    #[must_use]
+    pub fn with_cutover_lock_timeout(mut self, timeout: Duration) -> Self {
+        self.cutover_lock_timeout = timeout.max(Duration::from_millis(1));
         self
     }
 

@@ -18,6 +18,8 @@ mod sqlstate {
     pub(super) const OPERATOR_INTERVENTION_PREFIX: &str = "57P";
     /// Class 08: connection exception.
     pub(super) const CONNECTION_EXCEPTION_PREFIX: &str = "08";
+    /// `lock_not_available`: `lock_timeout` ran out.
+    pub(super) const LOCK_NOT_AVAILABLE: &str = "55P03";
 }
 
 /// Unique constraint on `events (event_id)`.
@@ -91,6 +93,12 @@ pub(crate) fn is_transient(err: &sqlx::Error) -> bool {
         }),
         _ => false,
     }
+}
+
+/// Whether a lock was not granted within `lock_timeout`.
+pub(crate) fn is_lock_timeout(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db)
+        if db.code().is_some_and(|code| code == sqlstate::LOCK_NOT_AVAILABLE))
 }
 
 /// Whether the error is a tenant-isolation refusal (row level security, or no tenant set).

@@ -6,6 +6,7 @@ pub mod diagnostics;
 mod error;
 mod group;
 mod kept;
+pub mod metrics;
 mod projection;
 mod rejection;
 mod row;
@@ -21,7 +22,8 @@ pub use diagnostics::LogBlocker;
 pub use error::PgStoreError;
 pub use projection::{
     LeaseError, PgLease, PgProjection, PgProjectionError, PgProjectionHandler, PgProjectionRunner,
-    ProjectionOptions,
+    PgRebuild, PgRebuildable, ProjectionOptions, RebuildOptions, RebuildPhase, RebuildProgress,
+    RebuildReport,
 };
 pub use saga::{PgDeadlineRunner, PgSagaHandler, PgSagaStore};
 pub use snapshot::PgSnapshotStore;

@@ -609,3 +609,105 @@ WITH pruned AS (
 )
 SELECT count(*) FROM pruned
 ";
+
+/// The serving generation of projection `$1`, locked FOR SHARE until the transaction ends (a
+/// cutover waits for it), with the transaction's `search_path` set to its schema first (then
+/// `public`), so the projection's unqualified statements write to it. No row: the projection
+/// has no generations (its tables are wherever its statements name them).
+pub(crate) const ENTER_SERVING_GENERATION: &str = r"
+SELECT generation, set_config('search_path', quote_ident(schema_name) || ', public', true) AS path
+FROM projection_generations WHERE projection = $1 AND state = 'serving'
+FOR SHARE
+";
+
+/// The serving generation of projection `$1`, if any.
+pub(crate) const SERVING_GENERATION: &str = r"
+SELECT generation FROM projection_generations WHERE projection = $1 AND state = 'serving'
+";
+
+/// Sets the transaction's `search_path` to the schema `$1`, then `public`.
+pub(crate) const SET_GENERATION_PATH: &str = r"
+SELECT set_config('search_path', quote_ident($1) || ', public', true)
+";
+
+/// Locks every generation row of projection `$1` until the transaction ends (a cutover).
+pub(crate) const LOCK_GENERATIONS: &str = r"
+SELECT generation, state FROM projection_generations WHERE projection = $1 FOR UPDATE
+";
+
+/// The generation of projection `$1` being built, if any.
+pub(crate) const BUILDING_GENERATION: &str = r"
+SELECT generation, schema_name FROM projection_generations
+WHERE projection = $1 AND state = 'building'
+";
+
+/// Creates the next generation of projection `$1`, building, in the schema `$2_g<n>`.
+pub(crate) const CREATE_GENERATION: &str = r"
+INSERT INTO projection_generations (projection, generation, schema_name, state)
+SELECT $1, n, $2 || '_g' || n, 'building'
+FROM (SELECT coalesce(max(generation), 0) + 1 AS n FROM projection_generations WHERE projection = $1) g
+RETURNING generation, schema_name
+";
+
+/// Creates the schema `$1` unless it exists.
+pub(crate) const CREATE_GENERATION_SCHEMA: &str = r"
+SELECT eventsource_create_generation_schema($1)
+";
+
+/// Retires the serving generation of projection `$1`; its schema may be dropped after `$2`
+/// milliseconds.
+pub(crate) const RETIRE_GENERATION: &str = r"
+UPDATE projection_generations
+SET state = 'retired', retired_at = now(), drop_after = now() + $2::float8 * interval '1 millisecond'
+WHERE projection = $1 AND state = 'serving'
+";
+
+/// Makes generation `$2` of projection `$1` serve, complete up to `($3, $4)`.
+pub(crate) const SERVE_GENERATION: &str = r"
+UPDATE projection_generations
+SET state = 'serving', served_at = now(), cutover_transaction_id = $3::text::xid8,
+    cutover_position = $4
+WHERE projection = $1 AND generation = $2 AND state = 'building'
+";
+
+/// Points the views `$1.t` at `$2.t` for each table `t` of `$3`.
+pub(crate) const POINT_GENERATION_VIEWS: &str = r"
+SELECT eventsource_point_generation_views($1, $2, $3)
+";
+
+/// Retired generations of projection `$1` whose grace period is over.
+pub(crate) const DUE_GENERATIONS: &str = r"
+SELECT generation, schema_name FROM projection_generations
+WHERE projection = $1 AND state = 'retired' AND drop_after <= now()
+ORDER BY generation
+FOR UPDATE SKIP LOCKED
+";
+
+/// Drops the schema `$1` and what it holds.
+pub(crate) const DROP_GENERATION_SCHEMA: &str = r"
+SELECT eventsource_drop_generation_schema($1)
+";
+
+/// Records that generation `$2` of projection `$1` was dropped.
+pub(crate) const MARK_GENERATION_DROPPED: &str = r"
+UPDATE projection_generations SET state = 'dropped' WHERE projection = $1 AND generation = $2
+";
+
+/// Forgets the checkpoint `$1`.
+pub(crate) const DELETE_CHECKPOINT: &str = r"
+DELETE FROM checkpoints WHERE name = $1
+";
+
+/// How many events of the log come after `($1, $2)`, of tenant `$3` (any if null), recorded at
+/// or after `$4` (any if null).
+pub(crate) const COUNT_LOG_AFTER: &str = r"
+SELECT count(*) FROM events
+WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
+  AND ($3::text IS NULL OR tenant_id = $3)
+  AND ($4::timestamptz IS NULL OR recorded_at >= $4)
+";
+
+/// Sets the transaction's `lock_timeout` to `$1` (such as `2000ms`).
+pub(crate) const SET_LOCK_TIMEOUT: &str = r"
+SELECT set_config('lock_timeout', $1, true)
+";

@@ -118,8 +118,16 @@ async fn setup() -> Option<(PgPool, PgEventStore, TenantId, String)> {
 
 /// Appends events numbered `from..to`, one per append, to a few streams of `tenant`.
 async fn append(store: &PgEventStore, tenant: &TenantId, from: i64, to: i64) {
+    let before = log(store, tenant).await.len();
     for n in from..to {
         append_typed(store, tenant, n, "Numbered").await;
+    }
+    // The log shows an event once every older transaction on the server has ended; another
+    // test's open transaction may hide these for a moment, and the assertions count them.
+    let expected = before + usize::try_from(to - from).unwrap_or(0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while log(store, tenant).await.len() < expected && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
 

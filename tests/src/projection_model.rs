@@ -7,7 +7,7 @@
 //! must reproduce.
 
 use eventsource_core::RecordedEvent;
-use eventsource_postgres::PgProjection;
+use eventsource_postgres::{PgProjection, PgRebuildable};
 use sqlx::{PgConnection, PgPool};
 
 /// Creates the model's tables, one caller at a time.
@@ -87,6 +87,56 @@ impl PgProjection for CrashModel {
         .bind(event.payload["label"].as_u64().unwrap_or(0).to_string())
         .execute(&mut *conn)
         .await?;
+        Ok(())
+    }
+}
+
+/// The read model of the rebuild crash test: one row per application of an event in the
+/// generation's table `crash_ledger` (no unique key: a double shows as two rows).
+#[derive(Debug)]
+pub struct LedgerModel {
+    name: String,
+}
+
+impl LedgerModel {
+    /// The projection `name`.
+    #[must_use]
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl PgProjection for LedgerModel {
+    type Error = sqlx::Error;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        event: &RecordedEvent,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO crash_ledger (event_id) VALUES ($1)")
+            .bind(event.event_id.as_uuid())
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+}
+
+impl PgRebuildable for LedgerModel {
+    fn tables(&self) -> &[&str] {
+        &["crash_ledger"]
+    }
+
+    async fn create_tables(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        sqlx::query("CREATE TABLE crash_ledger (event_id uuid NOT NULL)")
+            .execute(&mut *conn)
+            .await?;
         Ok(())
     }
 }

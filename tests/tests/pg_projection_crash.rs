@@ -6,7 +6,10 @@
 //! - two processes started on the same projection: one applies, the other stands by; the
 //!   applying one frozen with SIGSTOP past its lease: the other takes over; woken with SIGCONT,
 //!   the old one (a zombie) commits nothing more and stops with a lost lease. Never do both
-//!   apply.
+//!   apply;
+//! - a rebuild process (issue 16 item 3, ADR 0018) killed with SIGKILL at random points while
+//!   writers append: never cut over half-built (generation 1 serves, complete, until the end),
+//!   and once resumed in this process the new generation equals a clean build.
 
 mod support;
 
@@ -20,9 +23,10 @@ use eventsource_core::{
     TenantId,
 };
 use eventsource_postgres::{
-    MIGRATOR, PgCheckpointStore, PgEventStore, PgProjectionRunner, ProjectionOptions,
+    MIGRATOR, PgCheckpointStore, PgEventStore, PgProjectionRunner, PgRebuild, ProjectionOptions,
+    RebuildOptions,
 };
-use eventsource_tests::projection_model::{CrashModel, create_tables};
+use eventsource_tests::projection_model::{CrashModel, LedgerModel, create_tables};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use support::order::tick;
@@ -31,6 +35,7 @@ use tokio::process::{Child, ChildStdout, Command};
 use tokio_util::sync::CancellationToken;
 
 const KILLS: usize = 60;
+const REBUILD_KILLS: usize = 12;
 
 /// One projector process.
 struct Projector {
@@ -40,7 +45,20 @@ struct Projector {
 
 impl Projector {
     fn spawn(db_url: &str, name: &str, tenant: &TenantId, instance: &str, ttl_ms: u64) -> Self {
+        Self::spawn_with(db_url, name, tenant, instance, ttl_ms, &[])
+    }
+
+    /// As [`spawn`](Self::spawn), with more environment (`PROJ_MODE=rebuild` ...).
+    fn spawn_with(
+        db_url: &str,
+        name: &str,
+        tenant: &TenantId,
+        instance: &str,
+        ttl_ms: u64,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_projection_child"))
+            .envs(env.iter().copied())
             .env("DATABASE_URL", db_url)
             .env("PROJ_NAME", name)
             .env("PROJ_TENANT", tenant.as_str())
@@ -432,4 +450,163 @@ async fn two_projector_processes_never_apply_together_and_a_woken_zombie_stops()
     let clean = format!("{name}-clean");
     clean_build(&store, &tenant, &clean).await;
     assert_eq!(totals(&pool, &name).await, totals(&pool, &clean).await);
+}
+
+/// `(event id)` rows of the view `crash_ledger` in `schema`, sorted.
+async fn ledger(pool: &PgPool, schema: &str) -> Vec<uuid::Uuid> {
+    let mut tx = pool.begin().await.expect("begin");
+    sqlx::query("SELECT set_config('search_path', quote_ident($1), true)")
+        .bind(schema)
+        .execute(&mut *tx)
+        .await
+        .expect("search path");
+    let rows = sqlx::query_scalar("SELECT event_id FROM crash_ledger ORDER BY event_id")
+        .fetch_all(&mut *tx)
+        .await
+        .expect("ledger");
+    tx.commit().await.expect("commit");
+    rows
+}
+
+/// The state of each generation of projection `name`, in order.
+async fn generation_states(pool: &PgPool, name: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT state FROM projection_generations WHERE projection = $1 ORDER BY generation",
+    )
+    .bind(name)
+    .fetch_all(pool)
+    .await
+    .expect("generations")
+}
+
+/// A rebuild process of projection `name` (instance `rebuilder`, batches of 2 to 29 events).
+fn spawn_rebuilder(db_url: &str, name: &str, tenant: &TenantId, readers: &str) -> Projector {
+    let batch = rand::random_range(2..30u32).to_string();
+    Projector::spawn_with(
+        db_url,
+        name,
+        tenant,
+        "rebuilder",
+        2_000,
+        &[
+            ("PROJ_MODE", "rebuild"),
+            ("PROJ_READERS", readers),
+            ("PROJ_BATCH", &batch),
+        ],
+    )
+}
+
+/// Where generation 2 of projection `name` is built up to (0 before its first batch).
+async fn rebuild_checkpoint(pool: &PgPool, name: &str) -> i64 {
+    sqlx::query_scalar("SELECT global_position FROM checkpoints WHERE name = $1 || '/g2'")
+        .bind(name)
+        .fetch_optional(pool)
+        .await
+        .expect("the rebuild's checkpoint")
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebuild_process_killed_at_random_points_is_never_cut_over_half_built() {
+    let Some(db_url) = support::service_url("DATABASE_URL") else {
+        return;
+    };
+    let pool = connect(&db_url).await;
+    let store = PgEventStore::new(pool.clone());
+    let tenant = TenantId::new(support::unique("rebuild-crash"));
+    let name = support::unique("rebuild-crash");
+    let readers = format!("readers_{}", name.replace('-', "_"));
+    sqlx::query("SELECT eventsource_create_generation_schema($1)")
+        .bind(&readers)
+        .execute(&pool)
+        .await
+        .expect("reader schema");
+    let options = || {
+        RebuildOptions::default()
+            .with_filter(LogFilter::tenant(tenant.clone()))
+            .with_reader_schema(&readers)
+            .with_instance_id("rebuilder")
+    };
+    // Generation 1 over a first stretch of the log, then writers while generation 2 is built.
+    let done = CancellationToken::new();
+    let writers = spawn_writers(&store, &tenant, &done);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    PgRebuild::new(store.clone(), LedgerModel::new(&name), options())
+        .run(CancellationToken::new())
+        .await
+        .expect("generation 1")
+        .expect("cut over");
+    let generation_one = ledger(&pool, &readers).await;
+    assert!(!generation_one.is_empty());
+    let started = Instant::now();
+    let (mut kills, mut finished, mut killed_at) = (0, false, Vec::new());
+    for _ in 0..REBUILD_KILLS {
+        let mut rebuilder = spawn_rebuilder(&db_url, &name, &tenant, &readers);
+        assert!(
+            rebuilder
+                .said("ready", Duration::from_secs(20))
+                .await
+                .is_some(),
+            "the rebuild child never got ready"
+        );
+        tokio::time::sleep(Duration::from_millis(rand::random_range(0..120))).await;
+        if rebuilder
+            .child
+            .try_wait()
+            .expect("look at the child")
+            .is_some()
+        {
+            // It finished (cut over, complete) before the kill: the next rebuild checks the
+            // rest.
+            finished = true;
+            break;
+        }
+        rebuilder.kill().await;
+        kills += 1;
+        assert_eq!(
+            generation_states(&pool, &name).await,
+            ["serving", "building"],
+            "a killed rebuild was cut over"
+        );
+        assert_eq!(
+            ledger(&pool, &readers).await,
+            generation_one,
+            "readers see generation 1, unchanged"
+        );
+        killed_at.push(rebuild_checkpoint(&pool, &name).await);
+    }
+    let log = stop_writers(writers, &done, &store, &tenant).await;
+    let report = PgRebuild::new(store.clone(), LedgerModel::new(&name), options())
+        .run(CancellationToken::new())
+        .await
+        .expect("the resumed rebuild")
+        .expect("cut over");
+    let generation = if finished { 3 } else { 2 };
+    killed_at.dedup();
+    assert!(
+        finished || killed_at.len() > 2,
+        "the kills hit the rebuild at several points: {killed_at:?}"
+    );
+    assert_eq!(
+        report.generation, generation,
+        "the killed generation was resumed"
+    );
+    let mut want: Vec<uuid::Uuid> = log.iter().map(|e| *e.event_id.as_uuid()).collect();
+    want.sort();
+    assert_eq!(
+        ledger(&pool, &readers).await,
+        want,
+        "a clean build, each event once"
+    );
+    let states = generation_states(&pool, &name).await;
+    assert_eq!(states.last().map(String::as_str), Some("serving"));
+    assert!(
+        states[..states.len() - 1].iter().all(|s| s == "retired"),
+        "{states:?}"
+    );
+    eprintln!(
+        "{kills} kills of the rebuild (then finished by itself: {finished}), {} events, in {:?}",
+        log.len(),
+        started.elapsed()
+    );
 }

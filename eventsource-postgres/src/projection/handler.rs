@@ -122,6 +122,7 @@ impl<P: PgProjection> EventHandler for PgProjectionHandler<P> {
             return Err(PgProjectionError::apply(name, event, source));
         }
         tx.commit().await?;
+        self.projection.side_effect(event).await;
         Ok(())
     }
 }

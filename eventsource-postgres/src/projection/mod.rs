@@ -5,6 +5,8 @@
 //! - [`PgProjectionRunner`] (`runner.rs`): feeds it from the global log, one transaction per
 //!   batch with the checkpoint moved by compare-and-set, one live instance under a lease.
 //! - [`PgLease`] (`lease.rs`): the lease, shared with rebuilds.
+//! - [`PgRebuild`] (`rebuild/`): a blue/green rebuild of a [`PgRebuildable`] projection into
+//!   a generation of its own, cut over automatically, with [`RebuildProgress`] reports.
 //! - [`PgProjectionHandler`] (`handler.rs`): feeds it from at-least-once delivery (a Redis
 //!   consumer group), recording each applied position in the same transaction.
 //! - [`ProjectionOptions`] (`options.rs`), [`PgProjectionError`] and [`LeaseError`]
@@ -14,6 +16,7 @@ mod error;
 mod handler;
 mod lease;
 mod options;
+mod rebuild;
 mod runner;
 
 use std::future::Future;
@@ -25,6 +28,9 @@ pub use error::{LeaseError, PgProjectionError};
 pub use handler::PgProjectionHandler;
 pub use lease::PgLease;
 pub use options::ProjectionOptions;
+pub use rebuild::{
+    PgRebuild, PgRebuildable, RebuildOptions, RebuildPhase, RebuildProgress, RebuildReport,
+};
 pub use runner::PgProjectionRunner;
 
 /// A read model in PostgreSQL: applies one event with statements on the connection it is
@@ -85,4 +91,18 @@ pub trait PgProjection: Send + Sync {
         conn: &mut PgConnection,
         event: &RecordedEvent,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// A side effect of `event` outside the read model (an e-mail, a call to another
+    /// service): nothing by default.
+    ///
+    /// Called only for events processed live, after the transaction that applied them
+    /// committed: by [`PgProjectionRunner`] after each batch, by [`PgProjectionHandler`] after
+    /// each new delivery. A rebuild ([`PgRebuild`]) never calls it, so replayed events (every
+    /// event up to the cutover position) do not repeat their effects. It is at most once: a
+    /// crash between the commit and the call skips it; for at-least-once, have `apply` write
+    /// an outbox row in its transaction instead.
+    fn side_effect(&self, event: &RecordedEvent) -> impl Future<Output = ()> + Send {
+        let _ = event;
+        async {}
+    }
 }

@@ -11,6 +11,7 @@ use super::error::PgProjectionError;
 use super::lease::PgLease;
 use super::options::ProjectionOptions;
 use crate::checkpoint::PgCheckpointStore;
+use crate::sql;
 use crate::store::PgEventStore;
 use crate::tenant::begin_tenant;
 
@@ -105,7 +106,16 @@ pub struct PgProjectionRunner<P> {
 enum Failure<E: std::error::Error + 'static> {
     /// The projection failed on the event at this index of the batch.
     Apply(usize, E),
+    /// A rebuild cut over to another generation since the cursor was loaded.
+    Generation,
     Other(PgProjectionError<E>),
+}
+
+/// Where the runner stands: its checkpoint, and the generation it writes to.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cursor {
+    checkpoint: Option<LogPosition>,
+    generation: Option<i64>,
 }
 
 impl<E: std::error::Error + 'static> From<sqlx::Error> for Failure<E> {
@@ -189,10 +199,10 @@ impl<P: PgProjection> PgProjectionRunner<P> {
         .await
         .map_err(PgProjectionError::from_lease)?;
         let outcome = async {
-            let mut checkpoint = self.load_checkpoint().await?;
+            let mut cursor = self.load_cursor().await?;
             let mut applied = 0;
             loop {
-                let n = self.step(&lease, &mut checkpoint).await?;
+                let n = self.step(&lease, &mut cursor).await?;
                 applied += n as u64;
                 if n < self.options.batch_size {
                     return Ok(applied);
@@ -221,9 +231,10 @@ impl<P: PgProjection> PgProjectionRunner<P> {
         shutdown: &CancellationToken,
     ) -> Result<(), PgProjectionError<P::Error>> {
         let notify = self.store.append_notify();
-        let mut checkpoint = self.load_checkpoint().await?;
+        let mut cursor = self.load_cursor().await?;
         tracing::info!(projection = self.projection.name(), holder = lease.holder(),
-            checkpoint = ?checkpoint, "projection leased; tailing the log");
+            checkpoint = ?cursor.checkpoint, generation = ?cursor.generation,
+            "projection leased; tailing the log");
         let renew_every = self.options.lease_ttl / 3;
         let mut renewed = Instant::now();
         let mut idle = Duration::ZERO;
@@ -241,7 +252,7 @@ impl<P: PgProjection> PgProjectionRunner<P> {
                 n.enable();
             }
             let started = Instant::now();
-            if self.step(lease, &mut checkpoint).await? > 0 {
+            if self.step(lease, &mut cursor).await? > 0 {
                 // The batch's transaction renewed the lease.
                 renewed = started;
                 idle = Duration::ZERO;
@@ -265,48 +276,72 @@ impl<P: PgProjection> PgProjectionRunner<P> {
         Ok(())
     }
 
-    async fn load_checkpoint(&self) -> Result<Option<LogPosition>, PgProjectionError<P::Error>> {
-        let mut conn = self.pool.acquire().await?;
-        PgCheckpointStore::load_in_tx(&mut conn, self.projection.name())
+    /// Loads the checkpoint and the serving generation (a cutover moves both at once).
+    async fn load_cursor(&self) -> Result<Cursor, PgProjectionError<P::Error>> {
+        let mut tx = self.pool.begin().await?;
+        let generation = sqlx::query_scalar(sql::SERVING_GENERATION)
+            .bind(self.projection.name())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let checkpoint = PgCheckpointStore::load_in_tx(&mut tx, self.projection.name())
             .await
-            .map_err(PgProjectionError::Store)
+            .map_err(PgProjectionError::Store)?;
+        tx.commit().await?;
+        Ok(Cursor {
+            checkpoint,
+            generation,
+        })
     }
 
     /// Reads and commits one batch after `checkpoint`, moving it; returns the batch's size.
     async fn step(
         &self,
         lease: &PgLease,
-        checkpoint: &mut Option<LogPosition>,
+        cursor: &mut Cursor,
     ) -> Result<usize, PgProjectionError<P::Error>> {
-        let after = checkpoint.unwrap_or(LogPosition::START);
-        let batch = self
-            .store
-            .read_all(after, self.options.batch_size, &self.options.filter)
-            .await
-            .map_err(PgProjectionError::Store)?;
-        let Some(last) = batch.last() else {
-            return Ok(0);
-        };
-        match self.commit(lease, *checkpoint, &batch).await {
-            Ok(()) => {
-                *checkpoint = Some(last.position);
-                Ok(batch.len())
-            }
-            Err(Failure::Other(e)) => Err(e),
-            Err(Failure::Apply(failed, source)) => {
-                // Commit what came before the failing event, so the checkpoint stands just
-                // before it. The first attempt's transaction rolled back: nothing is applied
-                // twice.
-                if failed > 0 {
-                    match self.commit(lease, *checkpoint, &batch[..failed]).await {
-                        Ok(()) => *checkpoint = Some(batch[failed - 1].position),
-                        Err(Failure::Other(e)) => return Err(e),
-                        Err(Failure::Apply(earlier, source)) => {
-                            return Err(self.failed(&batch[earlier], source));
+        loop {
+            let after = cursor.checkpoint.unwrap_or(LogPosition::START);
+            let batch = self
+                .store
+                .read_all(after, self.options.batch_size, &self.options.filter)
+                .await
+                .map_err(PgProjectionError::Store)?;
+            let Some(last) = batch.last() else {
+                return Ok(0);
+            };
+            match self.commit(lease, *cursor, &batch).await {
+                Ok(()) => {
+                    cursor.checkpoint = Some(last.position);
+                    return Ok(batch.len());
+                }
+                Err(Failure::Generation) => {
+                    // A rebuild cut over: it moved the checkpoint to where the new generation
+                    // is complete. Continue on the new generation from there.
+                    *cursor = self.load_cursor().await?;
+                    tracing::info!(projection = self.projection.name(),
+                        generation = ?cursor.generation, checkpoint = ?cursor.checkpoint,
+                        "projection cut over to a new generation; continuing on it");
+                }
+                Err(Failure::Other(e)) => return Err(e),
+                Err(Failure::Apply(failed, source)) => {
+                    // Commit what came before the failing event, so the checkpoint stands
+                    // just before it. The first attempt's transaction rolled back: nothing is
+                    // applied twice.
+                    if failed > 0 {
+                        match self.commit(lease, *cursor, &batch[..failed]).await {
+                            Ok(()) => cursor.checkpoint = Some(batch[failed - 1].position),
+                            Err(Failure::Generation) => {
+                                *cursor = self.load_cursor().await?;
+                                continue;
+                            }
+                            Err(Failure::Other(e)) => return Err(e),
+                            Err(Failure::Apply(earlier, source)) => {
+                                return Err(self.failed(&batch[earlier], source));
+                            }
                         }
                     }
+                    return Err(self.failed(&batch[failed], source));
                 }
-                Err(self.failed(&batch[failed], source))
             }
         }
     }
@@ -324,14 +359,25 @@ impl<P: PgProjection> PgProjectionRunner<P> {
     async fn commit(
         &self,
         lease: &PgLease,
-        expected: Option<LogPosition>,
+        cursor: Cursor,
         events: &[RecordedEvent],
     ) -> Result<(), Failure<P::Error>> {
         let name = self.projection.name();
+        let expected = cursor.checkpoint;
         let mut tx = match &self.options.filter.tenant {
             Some(tenant) => begin_tenant(&self.pool, tenant).await?,
             None => self.pool.begin().await?,
         };
+        // The serving generation, locked FOR SHARE until the commit (a cutover waits for this
+        // batch, and this batch for a cutover), with the search path set to its schema.
+        let generation: Option<(i64, String)> = sqlx::query_as(sql::ENTER_SERVING_GENERATION)
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if generation.map(|(g, _)| g) != cursor.generation {
+            let _ = tx.rollback().await;
+            return Err(Failure::Generation);
+        }
         for (i, event) in events.iter().enumerate() {
             if let Err(source) = self.projection.apply(&mut tx, event).await {
                 // Dropping the transaction would roll it back too, later.
@@ -366,6 +412,9 @@ impl<P: PgProjection> PgProjectionRunner<P> {
             Err(e) => return Err(Failure::Other(PgProjectionError::Store(e))),
         }
         tx.commit().await?;
+        for event in events {
+            self.projection.side_effect(event).await;
+        }
         Ok(())
     }
 }

@@ -125,6 +125,7 @@ pub async fn app_role_pool_with(admin: &PgPool, max: u32) -> PgPool {
     .expect("create the app role");
     sqlx::query(
         "GRANT SELECT, INSERT, UPDATE ON streams, events, snapshots, checkpoints, leases, \
+         projection_generations, \
          applied_positions TO eventsource_app",
     )
     .execute(&mut *tx)

@@ -7,6 +7,9 @@
 //! (the lease's time to live). Rows it writes are marked `<instance>/<pid>`. It prints `ready`
 //! once connected; if the runner stops it prints `stopped: <error>` and exits with 3 when the
 //! lease was lost, 1 otherwise.
+//!
+//! With `PROJ_MODE=rebuild` it runs a [`PgRebuild`] of [`LedgerModel`] instead (views in the
+//! schema `PROJ_READERS`), prints `done` after the cutover and exits.
 #![allow(clippy::print_stdout)] // the parent reads these lines
 
 use std::io::Write as _;
@@ -14,9 +17,10 @@ use std::time::Duration;
 
 use eventsource_core::{LogFilter, TenantId};
 use eventsource_postgres::{
-    PgEventStore, PgProjectionError, PgProjectionRunner, ProjectionOptions,
+    PgEventStore, PgProjectionError, PgProjectionRunner, PgRebuild, ProjectionOptions,
+    RebuildOptions,
 };
-use eventsource_tests::projection_model::CrashModel;
+use eventsource_tests::projection_model::{CrashModel, LedgerModel};
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +43,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .connect(&var("DATABASE_URL")?)
         .await?;
     let instance = var("PROJ_INSTANCE")?;
+    if std::env::var("PROJ_MODE").is_ok_and(|m| m == "rebuild") {
+        let options = RebuildOptions::default()
+            .with_batch_size(var("PROJ_BATCH")?.parse()?)
+            .with_cutover_lag(20)
+            .with_lease_ttl(Duration::from_millis(var("PROJ_TTL_MS")?.parse()?))
+            .with_instance_id(instance)
+            .with_reader_schema(var("PROJ_READERS")?)
+            .with_filter(LogFilter::tenant(TenantId::new(var("PROJ_TENANT")?)));
+        let rebuild = PgRebuild::new(
+            PgEventStore::new(pool),
+            LedgerModel::new(&var("PROJ_NAME")?),
+            options,
+        );
+        say("ready");
+        rebuild.run(CancellationToken::new()).await?;
+        say("done");
+        return Ok(());
+    }
     let holder = format!("{instance}/{}", std::process::id());
     let options = ProjectionOptions::default()
         .with_batch_size(var("PROJ_BATCH")?.parse()?)

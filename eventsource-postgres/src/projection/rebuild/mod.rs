@@ -1,0 +1,674 @@
+//! [`PgRebuild`]: a blue/green rebuild of a projection while its live generation serves.
+//!
+//! - [`PgRebuildable`] and [`PgRebuild`] (here): the projection's side, and the rebuild with
+//!   its cutover (ADR 0018).
+//! - [`RebuildOptions`] (`options.rs`); [`RebuildProgress`], [`RebuildPhase`] and
+//!   [`RebuildReport`] (`progress.rs`).
+
+mod options;
+mod progress;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use eventsource_core::{EventStore, LogPosition, RecordedEvent, StoreError};
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use options::RebuildOptions;
+pub use progress::{RebuildPhase, RebuildProgress, RebuildReport};
+
+use super::PgProjection;
+use super::error::PgProjectionError;
+use super::lease::PgLease;
+use crate::checkpoint::PgCheckpointStore;
+use crate::error::is_lock_timeout;
+use crate::row::position_to_db;
+use crate::sql;
+use crate::store::PgEventStore;
+use crate::tenant::begin_tenant;
+
+/// A [`PgProjection`] whose read model can be rebuilt into a generation of its own.
+///
+/// Its statements name its tables unqualified (`INSERT INTO order_totals ...`), and
+/// [`tables`](Self::tables) lists the tables readers query. A rebuild ([`PgRebuild`]) creates
+/// them in the new generation's schema with [`create_tables`](Self::create_tables); readers
+/// query views of the same names in the reader schema (`public` by default), which point at the
+/// serving generation. Both [`PgRebuild`] and [`PgProjectionRunner`](crate::PgProjectionRunner)
+/// set each transaction's `search_path` to the generation's schema (then `public`), so `apply`
+/// writes to the right generation without knowing it.
+///
+/// # Examples
+///
+/// ```
+/// use eventsource_core::RecordedEvent;
+/// use eventsource_postgres::{PgProjection, PgRebuildable};
+/// use sqlx::PgConnection;
+///
+/// /// Events per stream.
+/// struct EventCounts;
+///
+/// impl PgProjection for EventCounts {
+///     type Error = sqlx::Error;
+///
+///     fn name(&self) -> &str {
+///         "event-counts"
+///     }
+///
+///     async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> Result<(), sqlx::Error> {
+///         sqlx::query(
+///             "INSERT INTO event_counts (stream, n) VALUES ($1, 1) \
+///              ON CONFLICT (stream) DO UPDATE SET n = event_counts.n + 1",
+///         )
+///         .bind(event.stream.to_string())
+///         .execute(conn)
+///         .await?;
+///         Ok(())
+///     }
+/// }
+///
+/// impl PgRebuildable for EventCounts {
+///     fn tables(&self) -> &[&str] {
+///         &["event_counts"]
+///     }
+///
+///     async fn create_tables(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+///         sqlx::query("CREATE TABLE event_counts (stream text PRIMARY KEY, n bigint NOT NULL)")
+///             .execute(conn)
+///             .await?;
+///         Ok(())
+///     }
+/// }
+/// # let _ = EventCounts;
+/// ```
+pub trait PgRebuildable: PgProjection {
+    /// The tables readers query: each gets a view of its name in the reader schema.
+    fn tables(&self) -> &[&str];
+
+    /// Creates the projection's tables (and their indexes), unqualified, through `conn`: the
+    /// transaction's `search_path` starts with the new generation's schema.
+    fn create_tables(
+        &self,
+        conn: &mut PgConnection,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+}
+
+/// A blue/green rebuild of a [`PgRebuildable`] projection while its live generation serves.
+///
+/// `run` takes the rebuild lease (`<projection>/rebuild`, a [`PgLease`]: two rebuilds of a
+/// projection never run at once, the second is refused), creates generation N+1 in a schema of
+/// its own (or resumes the one an earlier run left half-built), fills it from the log in large
+/// batches (each one transaction, its checkpoint moved by compare-and-set and the lease renewed
+/// in it), and once a read returns at most [`cutover_lag`](RebuildOptions::with_cutover_lag)
+/// events it cuts over in one transaction:
+///
+/// 1. it locks the projection's generation rows: a [`PgProjectionRunner`](crate::PgProjectionRunner)
+///    batch in flight finishes first, and the next waits;
+/// 2. it applies the rest of the log to N+1, at least up to the live checkpoint (so readers
+///    never see the read model go back);
+/// 3. it moves the live checkpoint there, marks N+1 serving and N retired, and points the
+///    reader views at N+1; commits.
+///
+/// The live runner's next batch finds the generation changed, reloads its checkpoint and
+/// continues on N+1. Readers see N until the commit, then N+1, complete up to the cutover
+/// position. N's schema is dropped after the grace period, by the next rebuild's start or end
+/// or by [`drop_retired`](Self::drop_retired).
+///
+/// [`PgProjection::side_effect`] is never called by a rebuild.
+///
+/// A rebuild stopped at any point (cancelled, killed, failed) leaves N+1 building and N
+/// serving; the next `run` resumes N+1 from its checkpoint. A failing event stops it with
+/// [`PgProjectionError::Apply`] naming the event, the checkpoint just before it.
+///
+/// # Examples
+///
+/// ```no_run
+/// # use eventsource_core::RecordedEvent;
+/// # use eventsource_postgres::{PgEventStore, PgProjection, PgRebuild, PgRebuildable, RebuildOptions};
+/// # use sqlx::PgConnection;
+/// # use tokio_util::sync::CancellationToken;
+/// # struct EventCounts;
+/// # impl PgProjection for EventCounts {
+/// #     type Error = sqlx::Error;
+/// #     fn name(&self) -> &str { "event-counts" }
+/// #     async fn apply(&self, _: &mut PgConnection, _: &RecordedEvent) -> Result<(), sqlx::Error> {
+/// #         Ok(())
+/// #     }
+/// # }
+/// # impl PgRebuildable for EventCounts {
+/// #     fn tables(&self) -> &[&str] { &["event_counts"] }
+/// #     async fn create_tables(&self, _: &mut PgConnection) -> Result<(), sqlx::Error> { Ok(()) }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let store = PgEventStore::new(sqlx::PgPool::connect("postgres://localhost/app").await?);
+/// let rebuild = PgRebuild::new(store, EventCounts, RebuildOptions::default());
+/// let mut progress = rebuild.progress();
+/// tokio::spawn(async move {
+///     while progress.changed().await.is_ok() {
+///         let p = progress.borrow().clone();
+///         println!("{}/{} events, {:.0}/s, eta {:?}", p.processed, p.total, p.events_per_second, p.eta);
+///     }
+/// });
+/// if let Some(report) = rebuild.run(CancellationToken::new()).await? {
+///     println!("generation {} serves", report.generation);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct PgRebuild<P> {
+    store: PgEventStore,
+    pool: PgPool,
+    projection: P,
+    options: RebuildOptions,
+    progress: watch::Sender<RebuildProgress>,
+}
+
+/// The generation being built.
+struct Building {
+    generation: i64,
+    schema: String,
+    checkpoint_name: String,
+    checkpoint: Option<LogPosition>,
+}
+
+/// Counters of this run.
+struct Meter {
+    started: Instant,
+    processed: u64,
+    remaining_at_count: u64,
+    processed_at_count: u64,
+}
+
+impl<P: PgRebuildable> PgRebuild<P> {
+    /// A rebuild of `projection` from the log of `store`, its generations (with the checkpoints
+    /// and the leases) in the store's database.
+    pub fn new(store: PgEventStore, projection: P, options: RebuildOptions) -> Self {
+        Self {
+            pool: store.pool().clone(),
+            store,
+            projection,
+            options,
+            progress: watch::Sender::new(RebuildProgress::starting()),
+        }
+    }
+
+    /// Writes the generations, the checkpoints and the leases through `pool` instead of the
+    /// store's pool (as [`PgProjectionRunner::with_read_model`](crate::PgProjectionRunner::with_read_model)).
+    #[must_use]
+    pub fn with_read_model(mut self, pool: PgPool) -> Self {
+        self.pool = pool;
+        self
+    }
+
+    /// The projection.
+    pub fn projection(&self) -> &P {
+        &self.projection
+    }
+
+    /// Progress reports, updated after every batch and at each phase (and, with the `metrics`
+    /// feature, the gauges of [`metrics`](crate::metrics)).
+    #[must_use]
+    pub fn progress(&self) -> watch::Receiver<RebuildProgress> {
+        self.progress.subscribe()
+    }
+
+    /// Builds the next generation and cuts over to it; `None` when `shutdown` was cancelled
+    /// first (the generation stays building, and the next `run` resumes it).
+    ///
+    /// # Errors
+    ///
+    /// [`PgProjectionError::LeaseHeld`] when another rebuild of the projection runs (its
+    /// `projection` is the lease's name, `<projection>/rebuild`); [`PgProjectionError::Apply`]
+    /// when the projection fails on an event (the generation stays building, its checkpoint
+    /// just before the event; N keeps serving); [`PgProjectionError::LeaseLost`] when another
+    /// rebuild took the lease over; otherwise a database or log error. N keeps serving in every
+    /// case.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel through `shutdown` (checked between batches). Dropping the future rolls back
+    /// the transaction in flight and leaves the lease to run out: nothing half-done is
+    /// committed, and the next `run` under the same instance id resumes at once.
+    pub async fn run(
+        self,
+        shutdown: CancellationToken,
+    ) -> Result<Option<RebuildReport>, PgProjectionError<P::Error>> {
+        let name = self.projection.name();
+        let lease = PgLease::try_acquire(
+            &self.pool,
+            format!("{name}/rebuild"),
+            self.options.instance_id.clone(),
+            self.options.lease_ttl,
+        )
+        .await
+        .map_err(PgProjectionError::from_lease)?;
+        let outcome = self.build(&lease, &shutdown).await;
+        if !matches!(outcome, Err(PgProjectionError::LeaseLost { .. }))
+            && let Err(e) = lease.release().await
+        {
+            tracing::warn!(projection = name, error = %e, "rebuild lease not released; it will run out");
+        }
+        outcome
+    }
+
+    async fn build(
+        &self,
+        lease: &PgLease,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<RebuildReport>, PgProjectionError<P::Error>> {
+        self.drop_retired().await?;
+        let mut building = self.prepare().await?;
+        let generation = u64::try_from(building.generation).unwrap_or(0);
+        tracing::info!(projection = self.projection.name(), generation,
+            schema = %building.schema, checkpoint = ?building.checkpoint, "rebuilding");
+        let mut meter = Meter {
+            started: Instant::now(),
+            processed: 0,
+            remaining_at_count: self.count_after(building.checkpoint).await?,
+            processed_at_count: 0,
+        };
+        self.report(generation, RebuildPhase::Filling, &meter);
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(None);
+            }
+            let n = self.step(lease, &mut building).await?;
+            meter.processed += n as u64;
+            if n < self.options.batch_size {
+                // At the head: count again what is left, writers appended meanwhile.
+                meter.remaining_at_count = self.count_after(building.checkpoint).await?;
+                meter.processed_at_count = meter.processed;
+            }
+            self.report(generation, RebuildPhase::Filling, &meter);
+            if n < self.options.batch_size && n <= self.options.cutover_lag {
+                break;
+            }
+        }
+        self.report(generation, RebuildPhase::CuttingOver, &meter);
+        let mut attempt = 1;
+        let applied = loop {
+            match self.cut_over(lease, &mut building).await {
+                Err(PgProjectionError::Database(e)) if is_lock_timeout(&e) && attempt < 10 => {
+                    tracing::warn!(
+                        projection = self.projection.name(),
+                        attempt,
+                        "readers held the views past the cutover's lock timeout; trying again"
+                    );
+                    tokio::time::sleep(self.options.cutover_lock_timeout).await;
+                    attempt += 1;
+                }
+                outcome => break outcome?,
+            }
+        };
+        meter.processed += applied;
+        meter.remaining_at_count = 0;
+        meter.processed_at_count = meter.processed;
+        self.report(generation, RebuildPhase::Done, &meter);
+        tracing::info!(projection = self.projection.name(), generation,
+            position = ?building.checkpoint, "rebuild cut over");
+        self.drop_retired().await?;
+        Ok(Some(RebuildReport {
+            generation,
+            cutover_position: building.checkpoint,
+            processed: meter.processed,
+            elapsed: meter.started.elapsed(),
+        }))
+    }
+
+    fn report(&self, generation: u64, phase: RebuildPhase, meter: &Meter) {
+        let total = meter.processed_at_count + meter.remaining_at_count;
+        let total = total.max(meter.processed);
+        let seconds = meter.started.elapsed().as_secs_f64();
+        #[allow(clippy::cast_precision_loss, reason = "a rate for display")]
+        let events_per_second = if seconds > 0.0 {
+            meter.processed as f64 / seconds
+        } else {
+            0.0
+        };
+        #[allow(clippy::cast_precision_loss, reason = "an estimate for display")]
+        let eta = (events_per_second > 0.0)
+            .then(|| Duration::from_secs_f64((total - meter.processed) as f64 / events_per_second));
+        let progress = RebuildProgress {
+            phase,
+            generation,
+            processed: meter.processed,
+            total,
+            events_per_second,
+            eta,
+        };
+        crate::metrics::rebuild_progress(self.projection.name(), &progress);
+        self.progress.send_replace(progress);
+    }
+
+    /// Finds the generation being built, or creates the next one with its schema and tables
+    /// (in one transaction: a crash leaves either nothing or a generation ready to fill).
+    async fn prepare(&self) -> Result<Building, PgProjectionError<P::Error>> {
+        let name = self.projection.name();
+        let mut tx = self.pool.begin().await?;
+        let found: Option<(i64, String)> = sqlx::query_as(sql::BUILDING_GENERATION)
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let (generation, schema) = if let Some(found) = found {
+            found
+        } else {
+            let prefix = self
+                .options
+                .schema_prefix
+                .clone()
+                .unwrap_or_else(|| schema_prefix(name));
+            let (generation, schema): (i64, String) = sqlx::query_as(sql::CREATE_GENERATION)
+                .bind(name)
+                .bind(prefix)
+                .fetch_one(&mut *tx)
+                .await?;
+            sqlx::query(sql::CREATE_GENERATION_SCHEMA)
+                .bind(&schema)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(sql::SET_GENERATION_PATH)
+                .bind(&schema)
+                .execute(&mut *tx)
+                .await?;
+            self.projection.create_tables(&mut tx).await?;
+            (generation, schema)
+        };
+        let checkpoint_name = format!("{name}/g{generation}");
+        let checkpoint = PgCheckpointStore::load_in_tx(&mut tx, &checkpoint_name)
+            .await
+            .map_err(PgProjectionError::Store)?;
+        tx.commit().await?;
+        Ok(Building {
+            generation,
+            schema,
+            checkpoint_name,
+            checkpoint,
+        })
+    }
+
+    /// Events of the log (through the filter) after `checkpoint`.
+    async fn count_after(
+        &self,
+        checkpoint: Option<LogPosition>,
+    ) -> Result<u64, PgProjectionError<P::Error>> {
+        let (transaction, position) = position_to_db(checkpoint.unwrap_or(self.options.start));
+        let n: i64 = sqlx::query_scalar(sql::COUNT_LOG_AFTER)
+            .bind(transaction)
+            .bind(position)
+            .bind(
+                self.options
+                    .filter
+                    .tenant
+                    .as_ref()
+                    .map(eventsource_core::TenantId::as_str),
+            )
+            .bind(self.options.filter.since)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn read_after(
+        &self,
+        checkpoint: Option<LogPosition>,
+    ) -> Result<Vec<RecordedEvent>, PgProjectionError<P::Error>> {
+        self.store
+            .read_all(
+                checkpoint.unwrap_or(self.options.start),
+                self.options.batch_size,
+                &self.options.filter,
+            )
+            .await
+            .map_err(PgProjectionError::Store)
+    }
+
+    async fn begin(
+        &self,
+        schema: &str,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        let mut tx = match &self.options.filter.tenant {
+            Some(tenant) => begin_tenant(&self.pool, tenant).await?,
+            None => self.pool.begin().await?,
+        };
+        sqlx::query(sql::SET_GENERATION_PATH)
+            .bind(schema)
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+
+    /// Reads and commits one batch; returns its size.
+    async fn step(
+        &self,
+        lease: &PgLease,
+        building: &mut Building,
+    ) -> Result<usize, PgProjectionError<P::Error>> {
+        let batch = self.read_after(building.checkpoint).await?;
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        self.commit(lease, building, &batch).await?;
+        Ok(batch.len())
+    }
+
+    /// Applies `events` to the generation in one transaction with its checkpoint moved and the
+    /// lease renewed; on a failing event, commits those before it and names it.
+    async fn commit(
+        &self,
+        lease: &PgLease,
+        building: &mut Building,
+        events: &[RecordedEvent],
+    ) -> Result<(), PgProjectionError<P::Error>> {
+        let mut tx = self.begin(&building.schema).await?;
+        for (i, event) in events.iter().enumerate() {
+            if let Err(source) = self.projection.apply(&mut tx, event).await {
+                let _ = tx.rollback().await;
+                if i > 0 {
+                    Box::pin(self.commit(lease, building, &events[..i])).await?;
+                }
+                let error = PgProjectionError::apply(self.projection.name(), event, source);
+                tracing::error!(error = %error, "rebuild halted");
+                return Err(error);
+            }
+        }
+        let last = events.last().map_or(LogPosition::START, |e| e.position);
+        self.fence(lease, &mut tx, building, last).await?;
+        tx.commit().await?;
+        building.checkpoint = Some(last);
+        Ok(())
+    }
+
+    /// Renews the lease and moves the generation's checkpoint to `to`, in `tx`.
+    async fn fence(
+        &self,
+        lease: &PgLease,
+        tx: &mut PgConnection,
+        building: &Building,
+        to: LogPosition,
+    ) -> Result<(), PgProjectionError<P::Error>> {
+        lease
+            .renew_in_tx(tx)
+            .await
+            .map_err(PgProjectionError::from_lease)?;
+        save_checkpoint(tx, &building.checkpoint_name, building.checkpoint, to).await
+    }
+
+    /// The cutover, in one transaction; returns how many events it applied.
+    async fn cut_over(
+        &self,
+        lease: &PgLease,
+        building: &mut Building,
+    ) -> Result<u64, PgProjectionError<P::Error>> {
+        let name = self.projection.name();
+        let mut tx = self.begin(&building.schema).await?;
+        // Waits for a live batch in flight; the live runner's next batch waits for this.
+        let rows: Vec<(i64, String)> = sqlx::query_as(sql::LOCK_GENERATIONS)
+            .bind(name)
+            .fetch_all(&mut *tx)
+            .await?;
+        if !rows
+            .iter()
+            .any(|(g, state)| *g == building.generation && state == "building")
+        {
+            // Not ours to cut over any more (discarded by hand): the lease is the only other
+            // writer, so treat it as lost.
+            return Err(PgProjectionError::LeaseLost {
+                projection: lease.name().to_owned(),
+                holder: None,
+            });
+        }
+        let live = PgCheckpointStore::load_in_tx(&mut tx, name)
+            .await
+            .map_err(PgProjectionError::Store)?;
+        // The rest of the log: events up to the live checkpoint are visible (the live runner
+        // read them), so reading until a short batch passes it.
+        let mut position = building.checkpoint;
+        let mut applied = 0u64;
+        loop {
+            let batch = self.read_after(position).await?;
+            for event in &batch {
+                if let Err(source) = self.projection.apply(&mut tx, event).await {
+                    let _ = tx.rollback().await;
+                    // Commit what came before it in ordinary batches: they stop at it and
+                    // name it (this loop ends there, or at the head if it passes this time).
+                    while self.step(lease, building).await? > 0 {}
+                    let error = PgProjectionError::apply(name, event, source);
+                    tracing::error!(error = %error, "rebuild halted in its cutover");
+                    return Err(error);
+                }
+            }
+            applied += batch.len() as u64;
+            if let Some(last) = batch.last() {
+                position = Some(last.position);
+            }
+            if batch.len() < self.options.batch_size {
+                break;
+            }
+        }
+        if let Some(to) = position {
+            self.fence(lease, &mut tx, building, to).await?;
+            save_checkpoint(&mut tx, name, live, to).await?;
+        } else {
+            lease
+                .renew_in_tx(&mut tx)
+                .await
+                .map_err(PgProjectionError::from_lease)?;
+        }
+        sqlx::query(sql::RETIRE_GENERATION)
+            .bind(name)
+            .bind(self.options.grace_period.as_secs_f64() * 1_000.0)
+            .execute(&mut *tx)
+            .await?;
+        let (transaction, global) = position.map(position_to_db).unzip();
+        sqlx::query(sql::SERVE_GENERATION)
+            .bind(name)
+            .bind(building.generation)
+            .bind(transaction)
+            .bind(global)
+            .execute(&mut *tx)
+            .await?;
+        // Readers in flight on the views delay this, and new ones queue behind it: bounded.
+        sqlx::query(sql::SET_LOCK_TIMEOUT)
+            .bind(format!(
+                "{}ms",
+                self.options.cutover_lock_timeout.as_millis()
+            ))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(sql::POINT_GENERATION_VIEWS)
+            .bind(&self.options.reader_schema)
+            .bind(&building.schema)
+            .bind(self.projection.tables())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(sql::DELETE_CHECKPOINT)
+            .bind(&building.checkpoint_name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        building.checkpoint = position;
+        Ok(applied)
+    }
+
+    /// Drops the schemas of the projection's retired generations whose grace period is over;
+    /// returns their generation numbers. [`run`](Self::run) does it at its start and after its
+    /// cutover; call it to drop a generation once its grace period is over without waiting
+    /// for the next rebuild.
+    ///
+    /// # Errors
+    ///
+    /// When a statement fails.
+    pub async fn drop_retired(&self) -> Result<Vec<u64>, sqlx::Error> {
+        let name = self.projection.name();
+        let mut tx = self.pool.begin().await?;
+        let due: Vec<(i64, String)> = sqlx::query_as(sql::DUE_GENERATIONS)
+            .bind(name)
+            .fetch_all(&mut *tx)
+            .await?;
+        for (generation, schema) in &due {
+            sqlx::query(sql::DROP_GENERATION_SCHEMA)
+                .bind(schema)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(sql::MARK_GENERATION_DROPPED)
+                .bind(name)
+                .bind(generation)
+                .execute(&mut *tx)
+                .await?;
+            tracing::info!(projection = name, generation, %schema, "retired generation dropped");
+        }
+        tx.commit().await?;
+        Ok(due
+            .into_iter()
+            .map(|(g, _)| u64::try_from(g).unwrap_or(0))
+            .collect())
+    }
+}
+
+/// Moves the checkpoint `name` from `expected` to `to` by compare-and-set.
+async fn save_checkpoint<E: std::error::Error + 'static>(
+    tx: &mut PgConnection,
+    name: &str,
+    expected: Option<LogPosition>,
+    to: LogPosition,
+) -> Result<(), PgProjectionError<E>> {
+    match PgCheckpointStore::save_in_tx(tx, name, expected, to).await {
+        Ok(()) => Ok(()),
+        Err(StoreError::CheckpointConflict {
+            expected, actual, ..
+        }) => Err(PgProjectionError::CheckpointMoved {
+            projection: name.to_owned(),
+            expected,
+            actual,
+        }),
+        Err(e) => Err(PgProjectionError::Store(e)),
+    }
+}
+
+/// The default schema prefix of a projection: its name, lowercased, other characters than
+/// letters, digits and `_` replaced by `_`, at most 40 characters.
+fn schema_prefix(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::schema_prefix;
+
+    #[test]
+    fn schema_prefixes_are_plain_identifiers() {
+        assert_eq!(schema_prefix("Order-Totals.v2"), "order_totals_v2");
+        assert_eq!(schema_prefix(&"x".repeat(80)).len(), 40);
+    }
+}

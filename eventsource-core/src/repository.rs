@@ -584,7 +584,12 @@ impl<A: Aggregate, S: EventStore, P: SnapshotStore> Repository<A, S, P> {
                 // A miss: the aggregate may well be new (the first command of its life). Try
                 // the command on the default state; `run` loads the stream when that state
                 // rejects it or the append finds the stream already there.
-                None if cache.guessing() => (AggregateRoot::new(id), Known::Guessed),
+                // Not with deterministic event ids (a saga's command, perhaps redelivered): an
+                // append whose ids are stored replays the stored outcome whatever the
+                // expectation, so a guess could cache a state decided on the default one.
+                None if cache.guessing() && ctx.id_namespace.is_none() => {
+                    (AggregateRoot::new(id), Known::Guessed)
+                }
                 None => {
                     let root = self.load(id).await?;
                     // Would a guess have been right? Only a command the default state accepts

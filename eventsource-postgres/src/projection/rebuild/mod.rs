@@ -357,8 +357,8 @@ impl<P: PgRebuildable> PgRebuild<P> {
             let prefix = self
                 .options
                 .schema_prefix
-                .clone()
-                .unwrap_or_else(|| schema_prefix(name));
+                .as_deref()
+                .map_or_else(|| schema_prefix(name), clip_prefix);
             let (generation, schema): (i64, String) = sqlx::query_as(sql::CREATE_GENERATION)
                 .bind(name)
                 .bind(prefix)
@@ -662,6 +662,19 @@ fn schema_prefix(name: &str) -> String {
         .collect()
 }
 
+/// A custom prefix cut to [`PREFIX_BYTES`] bytes (on a character boundary): PostgreSQL cuts
+/// identifiers at 63 bytes without a word, and two generations' schemas must never meet.
+fn clip_prefix(prefix: &str) -> String {
+    let mut end = prefix.len().min(PREFIX_BYTES);
+    while !prefix.is_char_boundary(end) {
+        end -= 1;
+    }
+    prefix[..end].to_owned()
+}
+
+/// The longest prefix used: `_g<n>` then still fits PostgreSQL's 63-byte identifiers.
+const PREFIX_BYTES: usize = 40;
+
 #[cfg(test)]
 mod tests {
     use super::schema_prefix;
@@ -670,5 +683,8 @@ mod tests {
     fn schema_prefixes_are_plain_identifiers() {
         assert_eq!(schema_prefix("Order-Totals.v2"), "order_totals_v2");
         assert_eq!(schema_prefix(&"x".repeat(80)).len(), 40);
+        assert_eq!(super::clip_prefix(&"y".repeat(80)).len(), 40);
+        assert_eq!(super::clip_prefix(&"é".repeat(30)).len(), 40);
+        assert_eq!(super::clip_prefix("short"), "short");
     }
 }

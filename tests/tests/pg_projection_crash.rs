@@ -562,11 +562,18 @@ async fn a_rebuild_process_killed_at_random_points_is_never_cut_over_half_built(
             break;
         }
         rebuilder.kill().await;
+        let states = generation_states(&pool, &name).await;
+        if states == ["retired", "serving"] {
+            // Its cutover committed between the look above and the kill: it finished, as
+            // above, and the next rebuild checks the rest.
+            finished = true;
+            break;
+        }
         kills += 1;
-        assert_eq!(
-            generation_states(&pool, &name).await,
-            ["serving", "building"],
-            "a killed rebuild was cut over"
+        // Killed before its first transaction created generation 2, or while it built it.
+        assert!(
+            states == ["serving"] || states == ["serving", "building"],
+            "a killed rebuild was cut over: {states:?}"
         );
         assert_eq!(
             ledger(&pool, &readers).await,

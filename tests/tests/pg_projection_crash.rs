@@ -507,7 +507,10 @@ async fn rebuild_checkpoint(pool: &PgPool, name: &str) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[expect(clippy::too_many_lines, reason = "one crash scenario, read top to bottom")]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one crash scenario, read top to bottom"
+)]
 async fn a_rebuild_process_killed_at_random_points_is_never_cut_over_half_built() {
     let Some(db_url) = support::service_url("DATABASE_URL") else {
         return;

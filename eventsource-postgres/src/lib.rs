@@ -25,7 +25,7 @@ pub use projection::{
     PgRebuild, PgRebuildable, ProjectionOptions, RebuildOptions, RebuildPhase, RebuildProgress,
     RebuildReport,
 };
-pub use saga::{PgDeadlineRunner, PgSagaHandler, PgSagaStore};
+pub use saga::{PgDeadlineRunner, PgSagaHandler, PgSagaRunner, PgSagaStore};
 pub use snapshot::PgSnapshotStore;
 pub use store::{DEFAULT_COMMIT_LANES, DEFAULT_GROUP_EVENTS, PgEventStore};
 pub use tenant::{begin_tenant, set_tenant};

@@ -5,6 +5,8 @@
 //! - [`PgProjectionRunner`] (`runner.rs`): feeds it from the global log, one transaction per
 //!   batch with the checkpoint moved by compare-and-set, one live instance under a lease.
 //! - [`PgLease`] (`lease.rs`): the lease, shared with rebuilds.
+//! - `tail.rs`: the leased, checkpointed reading of the log, shared with
+//!   [`PgSagaRunner`](crate::PgSagaRunner).
 //! - [`PgRebuild`] (`rebuild/`): a blue/green rebuild of a [`PgRebuildable`] projection into
 //!   a generation of its own, cut over automatically, with [`RebuildProgress`] reports.
 //! - [`PgProjectionHandler`] (`handler.rs`): feeds it from at-least-once delivery (a Redis
@@ -18,6 +20,7 @@ mod lease;
 mod options;
 mod rebuild;
 mod runner;
+pub(crate) mod tail;
 
 use std::future::Future;
 

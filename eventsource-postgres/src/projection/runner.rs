@@ -1,8 +1,6 @@
 //! [`PgProjectionRunner`]: the live projection, exactly once, under a lease.
 
-use std::time::{Duration, Instant};
-
-use eventsource_core::{EventStore, LogPosition, RecordedEvent, StoreError};
+use eventsource_core::{EventStore, LogPosition, RecordedEvent};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -10,6 +8,7 @@ use super::PgProjection;
 use super::error::PgProjectionError;
 use super::lease::PgLease;
 use super::options::ProjectionOptions;
+use super::tail::{self, LogReader};
 use crate::checkpoint::PgCheckpointStore;
 use crate::sql;
 use crate::store::PgEventStore;
@@ -113,7 +112,7 @@ enum Failure<E: std::error::Error + 'static> {
 
 /// Where the runner stands: its checkpoint, and the generation it writes to.
 #[derive(Debug, Clone, Copy, Default)]
-struct Cursor {
+pub(crate) struct Cursor {
     checkpoint: Option<LogPosition>,
     generation: Option<i64>,
 }
@@ -164,22 +163,7 @@ impl<P: PgProjection> PgProjectionRunner<P> {
     /// committed first. Dropping the future instead rolls back the batch in flight (nothing
     /// is lost) but leaves the lease to run out, so a standby waits up to its time to live.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), PgProjectionError<P::Error>> {
-        let name = self.projection.name();
-        let Some(lease) = PgLease::acquire(
-            &self.pool,
-            name,
-            self.options.instance_id.clone(),
-            self.options.lease_ttl,
-            &shutdown,
-        )
-        .await
-        .map_err(PgProjectionError::from_lease)?
-        else {
-            return Ok(());
-        };
-        let outcome = self.tail(&lease, &shutdown).await;
-        self.let_go(lease, &outcome).await;
-        outcome
+        tail::run(&self, &shutdown).await
     }
 
     /// Takes the lease, or fails at once with [`PgProjectionError::LeaseHeld`] when another
@@ -190,90 +174,28 @@ impl<P: PgProjection> PgProjectionRunner<P> {
     ///
     /// [`PgProjectionError::LeaseHeld`], or as [`run`](Self::run).
     pub async fn catch_up(&self) -> Result<u64, PgProjectionError<P::Error>> {
-        let lease = PgLease::try_acquire(
-            &self.pool,
-            self.projection.name(),
-            self.options.instance_id.clone(),
-            self.options.lease_ttl,
-        )
-        .await
-        .map_err(PgProjectionError::from_lease)?;
-        let outcome = async {
-            let mut cursor = self.load_cursor().await?;
-            let mut applied = 0;
-            loop {
-                let n = self.step(&lease, &mut cursor).await?;
-                applied += n as u64;
-                if n < self.options.batch_size {
-                    return Ok(applied);
-                }
-            }
-        }
-        .await;
-        self.let_go(lease, &outcome).await;
-        outcome
+        tail::catch_up(self).await
+    }
+}
+
+impl<P: PgProjection> LogReader for PgProjectionRunner<P> {
+    type Error = P::Error;
+    type Cursor = Cursor;
+
+    fn name(&self) -> &str {
+        self.projection.name()
     }
 
-    /// Releases the lease unless it was lost.
-    async fn let_go<T>(&self, lease: PgLease, outcome: &Result<T, PgProjectionError<P::Error>>) {
-        if matches!(outcome, Err(PgProjectionError::LeaseLost { .. })) {
-            return;
-        }
-        if let Err(e) = lease.release().await {
-            tracing::warn!(projection = self.projection.name(), error = %e,
-                "projection lease not released; it will run out");
-        }
+    fn store(&self) -> &PgEventStore {
+        &self.store
     }
 
-    async fn tail(
-        &self,
-        lease: &PgLease,
-        shutdown: &CancellationToken,
-    ) -> Result<(), PgProjectionError<P::Error>> {
-        let notify = self.store.append_notify();
-        let mut cursor = self.load_cursor().await?;
-        tracing::info!(projection = self.projection.name(), holder = lease.holder(),
-            checkpoint = ?cursor.checkpoint, generation = ?cursor.generation,
-            "projection leased; tailing the log");
-        let renew_every = self.options.lease_ttl / 3;
-        let mut renewed = Instant::now();
-        let mut idle = Duration::ZERO;
-        while !shutdown.is_cancelled() {
-            if renewed.elapsed() >= renew_every {
-                let at = Instant::now();
-                lease.renew().await.map_err(PgProjectionError::from_lease)?;
-                renewed = at;
-            }
-            // Register for the wake-up before reading, so an append that lands between the
-            // read and the wait is not missed.
-            let notified = notify.as_ref().map(|n| n.notified());
-            let mut notified = std::pin::pin!(notified);
-            if let Some(n) = notified.as_mut().as_pin_mut() {
-                n.enable();
-            }
-            let started = Instant::now();
-            if self.step(lease, &mut cursor).await? > 0 {
-                // The batch's transaction renewed the lease.
-                renewed = started;
-                idle = Duration::ZERO;
-                continue;
-            }
-            idle = (idle * 2)
-                .max(Duration::from_millis(1))
-                .min(self.options.max_idle_poll);
-            let wait = idle.min(renew_every.saturating_sub(renewed.elapsed()));
-            tokio::select! {
-                () = shutdown.cancelled() => {}
-                () = tokio::time::sleep(wait) => {}
-                () = async {
-                    match notified.as_mut().as_pin_mut() {
-                        Some(n) => n.await,
-                        None => std::future::pending().await,
-                    }
-                } => { idle = Duration::ZERO; }
-            }
-        }
-        Ok(())
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn options(&self) -> &ProjectionOptions {
+        &self.options
     }
 
     /// Loads the checkpoint and the serving generation (a cutover moves both at once).
@@ -345,7 +267,9 @@ impl<P: PgProjection> PgProjectionRunner<P> {
             }
         }
     }
+}
 
+impl<P: PgProjection> PgProjectionRunner<P> {
     fn failed(&self, event: &RecordedEvent, source: P::Error) -> PgProjectionError<P::Error> {
         let error = PgProjectionError::apply(self.projection.name(), event, source);
         tracing::error!(error = %error, "projection halted");
@@ -385,31 +309,10 @@ impl<P: PgProjection> PgProjectionRunner<P> {
                 return Err(Failure::Apply(i, source));
             }
         }
-        // Last before the commit: a takeover waits for this transaction from here on only.
-        if let Err(e) = lease.renew_in_tx(&mut tx).await {
-            let _ = tx.rollback().await;
-            return Err(Failure::Other(PgProjectionError::from_lease(e)));
-        }
         let last = events.last().map_or(LogPosition::START, |e| e.position);
-        match PgCheckpointStore::save_in_tx(&mut tx, name, expected, last).await {
-            Ok(()) => {}
-            Err(StoreError::CheckpointConflict {
-                expected, actual, ..
-            }) => {
-                let _ = tx.rollback().await;
-                tracing::warn!(
-                    projection = name,
-                    ?expected,
-                    ?actual,
-                    "projection checkpoint moved"
-                );
-                return Err(Failure::Other(PgProjectionError::CheckpointMoved {
-                    projection: name.to_owned(),
-                    expected,
-                    actual,
-                }));
-            }
-            Err(e) => return Err(Failure::Other(PgProjectionError::Store(e))),
+        if let Err(e) = tail::seal(&mut tx, lease, name, expected, last).await {
+            let _ = tx.rollback().await;
+            return Err(Failure::Other(e));
         }
         tx.commit().await?;
         for event in events {

@@ -109,6 +109,11 @@ impl<G: Saga, D: CommandDecider<G::Command>> PgSagaHandler<G, D> {
         &self.saga
     }
 
+    /// The pool holding the saga's state.
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// One transaction: load, plan, append, save, commit.
     async fn attempt(
         &self,

@@ -5,11 +5,14 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use eventsource_core::{
-    Aggregate, DomainEvent, EventHandler, EventStore, Handle, LogFilter, LogPosition,
-    RecordedEvent, Rejection, Repository, Saga, SagaKey, SagaStore, TenantId, VersionRange,
+    Aggregate, CommandContext, CommandDecider, Decided, DomainEvent, EventHandler, EventStore,
+    Handle, LogFilter, LogPosition, RecordedEvent, Rejection, Repository, Saga, SagaError, SagaKey,
+    SagaStore, TenantId, VersionRange,
 };
 use eventsource_postgres::{
     PgEventStore, PgProjectionError, PgSagaHandler, PgSagaRunner, PgSagaStore, ProjectionOptions,
@@ -88,15 +91,26 @@ enum Outcome {
     OutOfStock,
 }
 
-/// Reserves each placed order's stock; hears a refusal as the order's outcome.
-#[derive(Clone, Copy)]
-struct Reservation;
+/// Reserves each placed order's stock; hears a refusal as the order's outcome. An order of no
+/// quantity fails the saga, on every delivery.
+#[derive(Clone, Default)]
+struct Reservation {
+    reacts: Arc<AtomicU32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ReservationError {
+    #[error(transparent)]
+    Decode(#[from] eventsource_core::EventDecodeError),
+    #[error("an order of nothing")]
+    NoQuantity,
+}
 
 impl Saga for Reservation {
     const NAME: &'static str = "reservation";
     type State = Outcome;
     type Command = (String, (String, u32));
-    type Error = eventsource_core::EventDecodeError;
+    type Error = ReservationError;
 
     fn correlate(&self, event: &RecordedEvent) -> Option<String> {
         (event.event_type == "order-placed").then(|| event.stream.aggregate_id().to_owned())
@@ -107,7 +121,11 @@ impl Saga for Reservation {
         outcome: &mut Outcome,
         event: &RecordedEvent,
     ) -> Result<Vec<Self::Command>, Self::Error> {
+        self.reacts.fetch_add(1, Ordering::SeqCst);
         let OrderEvent::Placed { sku, qty } = event.decode::<OrderEvent>()?.payload;
+        if qty == 0 {
+            return Err(ReservationError::NoQuantity);
+        }
         *outcome = Outcome::Reserved;
         Ok(vec![(sku, (event.stream.aggregate_id().to_owned(), qty))])
     }
@@ -124,12 +142,26 @@ impl Saga for Reservation {
 
 type Handler = PgSagaHandler<Reservation, Repository<Stock, PgEventStore>>;
 
+/// Decides after a pause: a batch of a few events outlasts a short lease.
+#[derive(Clone)]
+struct Slow<D>(D);
+
+impl<C: Send + 'static, D: CommandDecider<C>> CommandDecider<C> for Slow<D> {
+    type Error = D::Error;
+
+    async fn decide(&self, command: C, ctx: &CommandContext) -> Result<Option<Decided>, D::Error> {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.0.decide(command, ctx).await
+    }
+}
+
 struct World {
     pool: PgPool,
     store: PgEventStore,
     tenant: TenantId,
     orders: Repository<Order, PgEventStore>,
     stock: Repository<Stock, PgEventStore>,
+    saga: Reservation,
 }
 
 impl World {
@@ -143,21 +175,50 @@ impl World {
             pool,
             store,
             tenant,
+            saga: Reservation::default(),
         })
     }
 
     fn handler(&self) -> Handler {
-        PgSagaHandler::new(self.pool.clone(), Reservation, self.stock.clone())
+        PgSagaHandler::new(self.pool.clone(), self.saga.clone(), self.stock.clone())
     }
 
     fn runner(&self, instance: &str) -> PgSagaRunner<Reservation, Repository<Stock, PgEventStore>> {
+        self.runner_with(instance, self.stock.clone(), Duration::from_secs(2))
+    }
+
+    fn runner_with<D: CommandDecider<(String, (String, u32))>>(
+        &self,
+        instance: &str,
+        decider: D,
+        lease_ttl: Duration,
+    ) -> PgSagaRunner<Reservation, D> {
         let options = ProjectionOptions::default()
             .with_batch_size(7)
-            .with_lease_ttl(Duration::from_secs(2))
+            .with_lease_ttl(lease_ttl)
             .with_max_idle_poll(Duration::from_millis(20))
             .with_instance_id(instance)
             .with_filter(LogFilter::tenant(self.tenant.clone()));
-        PgSagaRunner::new(self.store.clone(), self.handler(), options)
+        let handler = PgSagaHandler::new(self.pool.clone(), self.saga.clone(), decider);
+        PgSagaRunner::new(self.store.clone(), handler, options)
+    }
+
+    /// The tenant's log once it shows `len` events (a commit shows once every older
+    /// transaction ended, other tests' too).
+    async fn log(&self, len: usize) -> Vec<RecordedEvent> {
+        let filter = LogFilter::tenant(self.tenant.clone());
+        for _ in 0..250 {
+            let log = self
+                .store
+                .read_all(LogPosition::START, 100, &filter)
+                .await
+                .unwrap();
+            if log.len() >= len {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the log did not show {len} events");
     }
 
     /// Places `o-{from}..o-{to}`: 3 units each of `sku-{i % 3}`, so the fourth order of a
@@ -172,7 +233,11 @@ impl World {
     }
 
     async fn outcome(&self, order: u32) -> Option<Outcome> {
-        let key = SagaKey::new(self.tenant.clone(), Reservation::NAME, format!("o-{order}"));
+        let key = SagaKey::new(
+            self.tenant.clone(),
+            <Reservation as Saga>::NAME,
+            format!("o-{order}"),
+        );
         let state = PgSagaStore::new(self.pool.clone())
             .load(&key)
             .await
@@ -272,19 +337,7 @@ async fn the_log_and_at_least_once_delivery_reach_the_same_outcomes() {
 
     // A consumer group delivers in any order, and again: every event twice, the second
     // round backwards.
-    let filter = LogFilter::tenant(delivered.tenant.clone());
-    let mut log = Vec::new();
-    for _ in 0..250 {
-        log = delivered
-            .store
-            .read_all(LogPosition::START, 100, &filter)
-            .await
-            .unwrap();
-        if log.len() == 12 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let log = delivered.log(12).await;
     assert_eq!(log.len(), 12);
     let handler = delivered.handler();
     for event in log.iter().chain(log.iter().rev()) {
@@ -305,7 +358,9 @@ async fn a_restart_resumes_from_the_checkpoint_and_a_replay_duplicates_nothing()
     world.place(0, 6).await;
     let runner = world.runner("resume-1");
     world.catch_up_to(&runner, 6).await;
-    // Read through the reservations the saga appended after the orders too.
+    // Read through the reservations the saga appended after the orders too, once the log
+    // shows them.
+    world.log(12).await;
     while runner.catch_up().await.unwrap() > 0 {}
     let checkpoint = world.checkpoint(runner.name()).await.expect("a checkpoint");
 
@@ -373,4 +428,88 @@ async fn a_second_runner_waits_for_the_first() {
     second.await.unwrap().unwrap();
     assert_eq!(world.outcomes(12).await, expected(12));
     assert_eq!(world.reservations().await, 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_event_halts_the_runner_with_the_checkpoint_before_it() {
+    let Some(world) = World::new("halt").await else {
+        return;
+    };
+    world.place(0, 1).await;
+    world
+        .orders
+        .execute("o-1", ("sku-1".to_owned(), 0))
+        .await
+        .unwrap();
+    world.place(2, 3).await;
+    let log = world.log(3).await;
+    let runner = world.runner("halt-1");
+    let error = runner.catch_up().await.expect_err("o-1 fails");
+    let PgProjectionError::Apply {
+        event_id,
+        position,
+        source,
+        ..
+    } = error
+    else {
+        panic!("expected the event named, got {error:?}");
+    };
+    assert_eq!((event_id, position), (log[1].event_id, log[1].position));
+    assert!(matches!(
+        source,
+        SagaError::React(ReservationError::NoQuantity)
+    ));
+    // o-0 once, o-1 once and three retries, o-2 never.
+    assert_eq!(world.saga.reacts.load(Ordering::SeqCst), 5);
+    assert_eq!(world.checkpoint(runner.name()).await, Some(log[0].position));
+    assert_eq!(
+        world.outcomes(3).await,
+        [Some(Outcome::Reserved), None, None]
+    );
+
+    // Started again, it begins with the failing event.
+    let again = runner.catch_up().await.expect_err("o-1 fails again");
+    assert!(
+        matches!(again, PgProjectionError::Apply { event_id, .. } if event_id == log[1].event_id)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_batch_keeps_its_lease() {
+    let Some(world) = World::new("long").await else {
+        return;
+    };
+    world.place(0, 6).await;
+    world.log(6).await;
+    // Six events of 100 ms each in one batch, under a lease of 300 ms.
+    let runner = world.runner_with(
+        "long-1",
+        Slow(world.stock.clone()),
+        Duration::from_millis(300),
+    );
+    let first = tokio::spawn(async move { runner.catch_up().await });
+    let name = format!("saga:reservation:{}", world.tenant);
+    for _ in 0..250 {
+        let holder: Option<String> =
+            sqlx::query_scalar("SELECT holder FROM leases WHERE name = $1")
+                .bind(&name)
+                .fetch_optional(&world.pool)
+                .await
+                .unwrap();
+        if holder.as_deref() == Some("long-1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    while !first.is_finished() {
+        let standby = world.runner_with("long-2", world.stock.clone(), Duration::from_millis(300));
+        match standby.catch_up().await {
+            Err(PgProjectionError::LeaseHeld { holder, .. }) => assert_eq!(holder, "long-1"),
+            Ok(_) => assert!(first.is_finished(), "the standby took the lease mid-batch"),
+            Err(e) => panic!("{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(first.await.unwrap().unwrap() >= 6, "the batch committed");
+    assert_eq!(world.outcomes(6).await, expected(6));
 }

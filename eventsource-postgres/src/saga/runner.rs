@@ -46,6 +46,11 @@ const RETRIES: u32 = 3;
 /// handler instead; it should not run both ways at once on one database, though doing so
 /// only costs work: the per-event records keep the effects once.
 ///
+/// Over every tenant (the default filter) the runner reads the whole log and needs a role that
+/// bypasses row level security, like the relay; with a tenant filter it works for the
+/// application's role. Either needs `SELECT, INSERT, UPDATE` on `checkpoints` and `leases`, and
+/// what [`PgSagaHandler`] needs.
+///
 /// See the crate documentation, *Durable sagas*, for an example.
 #[derive(Debug)]
 pub struct PgSagaRunner<G, D> {

@@ -41,7 +41,7 @@ use crate::domain::{DECLINED_CARD, OrderCommand, Status};
 use crate::saga::{Checkout, CheckoutState, DECLINED, Phase, Shop, TIMED_OUT};
 
 /// How long a customer has to pay.
-const PAYMENT_WINDOW: Duration = Duration::from_secs(2);
+const PAYMENT_WINDOW: Duration = Duration::from_secs(3);
 
 /// How the program's run time is bounded.
 const TIME_LIMIT: Duration = Duration::from_secs(25);

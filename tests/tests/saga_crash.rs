@@ -6,7 +6,8 @@
 //!
 //! - with 1,000 orders in flight, the saga runners and the relay are killed with SIGKILL at
 //!   random points, 60 times (every fourth relay kill between its publish and its checkpoint),
-//!   each respawned at once;
+//!   each respawned at once (every fifth saga runner under a new consumer name, leaving its
+//!   predecessor's pending entries to be reclaimed by the others);
 //! - with 200 orders in flight, PostgreSQL itself is restarted twice (fast stop, start) under
 //!   the running processes, which must ride it out without a restart of their own.
 //!
@@ -58,7 +59,7 @@ impl Fleet {
         };
         fleet.relay = Some(fleet.spawn_relay(false).await);
         for slot in 0..2 {
-            fleet.sagas[slot] = Some(fleet.spawn_saga(slot).await);
+            fleet.sagas[slot] = Some(fleet.spawn_saga(&format!("saga-{slot}")).await);
         }
         fleet
     }
@@ -80,16 +81,15 @@ impl Fleet {
         relay
     }
 
-    /// Saga runner `slot`, as consumer `saga-<slot>`: a respawned one finds its predecessor's
-    /// pending entries at once.
-    async fn spawn_saga(&self, slot: usize) -> ChildProcess {
+    /// A saga runner, as `consumer` of the group.
+    async fn spawn_saga(&self, consumer: &str) -> ChildProcess {
         let mut command = Command::new(env!("CARGO_BIN_EXE_saga_child"));
         command
             .env("DATABASE_URL", &self.db_url)
             .env("REDIS_URL", &self.redis_url)
             .env("SAGA_PREFIX", &self.prefix)
             .env("SAGA_TENANT", self.tenant.as_str())
-            .env("SAGA_CONSUMER", format!("saga-{slot}"));
+            .env("SAGA_CONSUMER", consumer);
         let mut saga = ChildProcess::spawn("saga runner", command);
         saga.ready().await;
         saga
@@ -113,9 +113,12 @@ impl Fleet {
         stalled
     }
 
-    async fn kill_saga(&mut self, slot: usize) {
+    /// Kills saga runner `slot` and starts another as `consumer`: under the same name it
+    /// finds its predecessor's pending entries at once; under a new one it leaves them to be
+    /// reclaimed once idle (3 s) by any runner.
+    async fn kill_saga(&mut self, slot: usize, consumer: &str) {
         self.sagas[slot].take().expect("a saga runner").kill().await;
-        self.sagas[slot] = Some(self.spawn_saga(slot).await);
+        self.sagas[slot] = Some(self.spawn_saga(consumer).await);
     }
 
     /// Kills every process, after checking none stopped on its own.
@@ -379,7 +382,13 @@ async fn saga_runners_and_the_relay_killed_at_random_points_finish_every_order_o
             }
         } else {
             saga_kills += 1;
-            fleet.kill_saga(rand::random_range(0..2)).await;
+            let slot = rand::random_range(0..2);
+            let consumer = if saga_kills % 5 == 0 {
+                format!("saga-{slot}-{round}")
+            } else {
+                format!("saga-{slot}")
+            };
+            fleet.kill_saga(slot, &consumer).await;
         }
     }
     let killing = started.elapsed();
@@ -414,19 +423,29 @@ async fn saga_runners_and_the_relay_ride_out_a_postgres_restart() {
     let mut fleet = Fleet::start(&db_url, &redis_url, &tenant).await;
     place_orders(&pool, &tenant, ORDERS, Duration::ZERO).await;
 
-    // Twice: while the first steps are handled, and while the deadlines of orders paid by
-    // hand are pending (they fall due 1.5 s after their order was placed).
+    // Twice: once the first orders ended, and once most did, while the deadlines of orders
+    // paid by hand (due 1.5 s after their order was placed) are pending.
     let mut restarts = Vec::new();
-    for pause in [200, 800] {
-        tokio::time::sleep(Duration::from_millis(pause)).await;
-        // A connection of its own: the pool's died with the server.
-        let probe = PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&db_url)
-            .await
-            .expect("connect");
-        let (ended, _) = progress(&probe, &tenant).await;
-        probe.close().await;
+    for threshold in [20, 120] {
+        let started = Instant::now();
+        let ended = loop {
+            // A connection of its own: the pool's died with the server.
+            let probe = PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&db_url)
+                .await
+                .expect("connect");
+            let (ended, _) = progress(&probe, &tenant).await;
+            probe.close().await;
+            if ended >= threshold {
+                break ended;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "only {ended} orders ended in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         let started = Instant::now();
         cluster.restart();
         restarts.push((ended, started.elapsed()));

@@ -10,28 +10,16 @@
 //! Both runners keep running through database outages: the consumer retries and redelivers
 //! (it never dead-letters an entry for a transient failure, `max_deliveries` is high), and the
 //! deadline runner, which returns a failure that outlasted its retries, is started again.
-#![allow(clippy::print_stdout)] // the parent reads these lines
 
-use std::io::Write as _;
 use std::time::Duration;
 
 use eventsource_core::TenantId;
 use eventsource_postgres::{PgDeadlineRunner, PgEventStore, PgSagaHandler};
 use eventsource_redis::{ConsumerRunner, Keys, RunnerOptions};
+use eventsource_tests::child::{say, var};
 use eventsource_tests::order_saga::{Aggregates, OrderSaga, SAGA};
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
-
-fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    // The parent waits for the line; if it is gone there is no one to tell.
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-}
-
-fn var(name: &str) -> Result<String, String> {
-    std::env::var(name).map_err(|e| format!("{name}: {e}"))
-}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -144,11 +144,11 @@ async fn connect(db_url: &str) -> PgPool {
     pool
 }
 
-/// Places orders `0..count` of `tenant`, `o-<i>` of [`Kind::of`]`(i)` on one of 40 stock
-/// items, pausing `pause` between them.
-async fn place_orders(pool: &PgPool, tenant: &TenantId, count: usize, pause: Duration) {
+/// Places the orders `orders` of `tenant`: `o-<i>` of [`Kind::of`]`(i)` on one of 40 stock
+/// items.
+async fn place_orders(pool: &PgPool, tenant: &TenantId, orders: std::ops::Range<usize>) {
     let aggregates = Aggregates::new(&PgEventStore::new(pool.clone()), tenant);
-    for i in 0..count {
+    for i in orders {
         let order = format!("o-{i}");
         let placed = OrderEvent::Placed {
             order: order.clone(),
@@ -160,7 +160,6 @@ async fn place_orders(pool: &PgPool, tenant: &TenantId, count: usize, pause: Dur
             .execute(&order, placed)
             .await
             .unwrap_or_else(|e| panic!("place {order}: {e:?}"));
-        tokio::time::sleep(pause).await;
     }
 }
 
@@ -367,14 +366,16 @@ async fn saga_runners_and_the_relay_killed_at_random_points_finish_every_order_o
     let tenant = TenantId::new(support::unique("saga-crash"));
     let started = Instant::now();
     let mut fleet = Fleet::start(&db_url, &redis_url, &tenant).await;
-    let placing = tokio::spawn({
-        let (pool, tenant) = (pool.clone(), tenant.clone());
-        async move { place_orders(&pool, &tenant, ORDERS, Duration::from_millis(8)).await }
-    });
 
+    // Each round places the next slice of the orders, lets the processes work on them for up to
+    // 0.4 s and kills one: every kill finds orders in flight.
     let (mut relay_kills, mut stalled, mut saga_kills) = (0, 0, 0);
+    let mut in_flight = Vec::new();
     for round in 0..KILLS {
+        let placed = (round + 1) * ORDERS / KILLS;
+        place_orders(&pool, &tenant, round * ORDERS / KILLS..placed).await;
         tokio::time::sleep(Duration::from_millis(rand::random_range(20..400))).await;
+        in_flight.push(placed - progress(&pool, &tenant).await.0);
         if round % 3 == 0 {
             relay_kills += 1;
             if fleet.kill_relay(relay_kills % 4 == 0).await {
@@ -392,7 +393,6 @@ async fn saga_runners_and_the_relay_killed_at_random_points_finish_every_order_o
         }
     }
     let killing = started.elapsed();
-    placing.await.expect("placing orders");
     let settling =
         wait_until_settled(&pool, &mut conn, &fleet, ORDERS, Duration::from_mins(1)).await;
     // Give a duplicate, if any, the time to land before looking for one.
@@ -401,8 +401,14 @@ async fn saga_runners_and_the_relay_killed_at_random_points_finish_every_order_o
     fleet.stop().await;
     eprintln!(
         "{ORDERS} orders; {KILLS} kills ({relay_kills} of the relay, {stalled} of them between \
-         publish and checkpoint; {saga_kills} of saga runners) in {killing:?}; settled \
-         {settling:?} later"
+         publish and checkpoint; {saga_kills} of saga runners) in {killing:?}, orders in flight \
+         at each kill {}..={}; settled {settling:?} later",
+        in_flight.iter().min().expect("kills"),
+        in_flight.iter().max().expect("kills")
+    );
+    assert!(
+        in_flight.iter().all(|n| *n > 0),
+        "a kill found no order in flight: {in_flight:?}"
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -421,7 +427,7 @@ async fn saga_runners_and_the_relay_ride_out_a_postgres_restart() {
     let mut conn = redis(&redis_url).await;
     let tenant = TenantId::new(support::unique("saga-restart"));
     let mut fleet = Fleet::start(&db_url, &redis_url, &tenant).await;
-    place_orders(&pool, &tenant, ORDERS, Duration::ZERO).await;
+    place_orders(&pool, &tenant, 0..ORDERS).await;
 
     // Twice: once the first orders ended, and once most did, while the deadlines of orders
     // paid by hand (due 1.5 s after their order was placed) are pending.

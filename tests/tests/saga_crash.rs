@@ -4,10 +4,12 @@
 //! Redis consumer group → [`PgSagaHandler`] and [`PgDeadlineRunner`] — in child processes
 //! (`src/bin/relay_child.rs`, `src/bin/saga_child.rs`), and
 //!
-//! - with 1,000 orders in flight, the saga runners and the relay are killed with SIGKILL at
-//!   random points, 60 times (every fourth relay kill between its publish and its checkpoint),
-//!   each respawned at once (every fifth saga runner under a new consumer name, leaving its
-//!   predecessor's pending entries to be reclaimed by the others);
+//! - 1,000 orders are placed in 60 slices, and after each slice a saga runner or the relay is
+//!   killed with SIGKILL at a random point (each kill finds orders in flight), 60 times, each
+//!   respawned at once: every fifth saga runner under a new consumer name, leaving its
+//!   predecessor's pending entries to be reclaimed by the others; every fourth relay kill is
+//!   followed by a relay that stalls in its first checkpoint save, after Redis answered, and
+//!   is killed there;
 //! - with 200 orders in flight, PostgreSQL itself is restarted twice (fast stop, start) under
 //!   the running processes, which must ride it out without a restart of their own.
 //!

@@ -10,8 +10,9 @@
 //!   predecessor's pending entries to be reclaimed by the others; every fourth relay kill is
 //!   followed by a relay that stalls in its first checkpoint save, after Redis answered, and
 //!   is killed there;
-//! - with 200 orders in flight, PostgreSQL itself is restarted twice (fast stop, start) under
-//!   the running processes, which must ride it out without a restart of their own.
+//! - with 200 orders in flight, PostgreSQL itself is restarted twice (fast stop, start; the
+//!   second time after 3 s down) under the running processes, which must ride it out without
+//!   a restart of their own.
 //!
 //! In both, at the end: every order ends in exactly one terminal state, the one its kind
 //! decides (completed, or cancelled as declined or timed out); each command's events were
@@ -431,10 +432,11 @@ async fn saga_runners_and_the_relay_ride_out_a_postgres_restart() {
     let mut fleet = Fleet::start(&db_url, &redis_url, &tenant).await;
     place_orders(&pool, &tenant, 0..ORDERS).await;
 
-    // Twice: once the first orders ended, and once most did, while the deadlines of orders
-    // paid by hand (due 1.5 s after their order was placed) are pending.
+    // Twice: once the first orders ended, at once; and once most did, while the deadlines of
+    // orders paid by hand (due 1.5 s after their order was placed) are pending, down for 3 s
+    // (longer than a deadline runner's retries last).
     let mut restarts = Vec::new();
-    for threshold in [20, 120] {
+    for (threshold, down) in [(20, 0), (120, 3_000)] {
         let started = Instant::now();
         let ended = loop {
             // A connection of its own: the pool's died with the server.
@@ -455,7 +457,7 @@ async fn saga_runners_and_the_relay_ride_out_a_postgres_restart() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         let started = Instant::now();
-        cluster.restart();
+        cluster.restart(Duration::from_millis(down));
         restarts.push((ended, started.elapsed()));
     }
     assert!(

@@ -65,10 +65,11 @@ impl Cluster {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
-    /// Stops the server with `-m fast` (sessions are ended, their transactions rolled back)
-    /// and starts it again on the same port.
-    pub fn restart(&self) {
+    /// Stops the server with `-m fast` (sessions are ended, their transactions rolled back),
+    /// leaves it down for `down` and starts it again on the same port.
+    pub fn restart(&self, down: std::time::Duration) {
         self.stop("fast");
+        std::thread::sleep(down);
         self.start_server();
     }
 

@@ -14,13 +14,11 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::str::FromStr as _;
 use std::time::{Duration, Instant};
 
 use eventsource_core::{
-    EventStore, ExpectedVersion, LogFilter, LogPosition, RecordedEvent, StoreError, StreamId,
-    TenantId,
+    EventStore, ExpectedVersion, LogFilter, RecordedEvent, StoreError, StreamId, TenantId,
 };
 use eventsource_postgres::{
     MIGRATOR, PgCheckpointStore, PgEventStore, PgProjectionRunner, PgRebuild, ProjectionOptions,
@@ -29,91 +27,34 @@ use eventsource_postgres::{
 use eventsource_tests::projection_model::{CrashModel, LedgerModel, create_tables};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use support::child::ChildProcess;
 use support::order::tick;
-use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 const KILLS: usize = 60;
 const REBUILD_KILLS: usize = 12;
 
-/// One projector process.
-struct Projector {
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-}
-
-impl Projector {
-    fn spawn(db_url: &str, name: &str, tenant: &TenantId, instance: &str, ttl_ms: u64) -> Self {
-        Self::spawn_with(db_url, name, tenant, instance, ttl_ms, &[])
-    }
-
-    /// As [`spawn`](Self::spawn), with more environment (`PROJ_MODE=rebuild` ...).
-    fn spawn_with(
-        db_url: &str,
-        name: &str,
-        tenant: &TenantId,
-        instance: &str,
-        ttl_ms: u64,
-        env: &[(&str, &str)],
-    ) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_projection_child"))
-            .envs(env.iter().copied())
-            .env("DATABASE_URL", db_url)
-            .env("PROJ_NAME", name)
-            .env("PROJ_TENANT", tenant.as_str())
-            .env("PROJ_INSTANCE", instance)
-            .env("PROJ_BATCH", rand::random_range(1..40u32).to_string())
-            .env("PROJ_TTL_MS", ttl_ms.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            // A failing test must not leave a projector running.
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn the projector child");
-        let stdout = child.stdout.take().expect("piped stdout");
-        Self {
-            child,
-            lines: BufReader::new(stdout).lines(),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id().expect("a running child")
-    }
-
-    /// Waits up to `limit` for a line starting with `prefix`.
-    async fn said(&mut self, prefix: &str, limit: Duration) -> Option<String> {
-        let wait = async {
-            while let Ok(Some(said)) = self.lines.next_line().await {
-                if said.starts_with(prefix) {
-                    return Some(said);
-                }
-            }
-            None
-        };
-        tokio::time::timeout(limit, wait).await.ok().flatten()
-    }
-
-    /// SIGKILL, by the child's pid, after checking it did not stop on its own.
-    async fn kill(mut self) {
-        if let Some(status) = self.child.try_wait().expect("look at the child") {
-            panic!("the projector exited by itself ({status}) before it was killed");
-        }
-        self.child.start_kill().expect("SIGKILL the projector");
-        self.child.wait().await.expect("reap the projector");
-    }
-
-    /// Sends `signal` (`STOP`, `CONT`) to the child, by pid.
-    fn signal(&self, signal: &str) {
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{signal} failed");
-    }
+/// A projector process of projection `name` over `tenant`'s log, as `instance`, with more
+/// environment in `env` (`PROJ_MODE=rebuild` ...).
+fn spawn_projector(
+    db_url: &str,
+    name: &str,
+    tenant: &TenantId,
+    instance: &str,
+    ttl_ms: u64,
+    env: &[(&str, &str)],
+) -> ChildProcess {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_projection_child"));
+    command
+        .envs(env.iter().copied())
+        .env("DATABASE_URL", db_url)
+        .env("PROJ_NAME", name)
+        .env("PROJ_TENANT", tenant.as_str())
+        .env("PROJ_INSTANCE", instance)
+        .env("PROJ_BATCH", rand::random_range(1..40u32).to_string())
+        .env("PROJ_TTL_MS", ttl_ms.to_string());
+    ChildProcess::spawn("projector", command)
 }
 
 async fn connect(db_url: &str) -> PgPool {
@@ -184,28 +125,7 @@ async fn stop_writers(
     for writer in writers {
         committed += writer.await.expect("a writer panicked");
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut log = Vec::new();
-        let mut after = LogPosition::START;
-        loop {
-            let page = store
-                .read_all(after, 1_000, &LogFilter::tenant(tenant.clone()))
-                .await
-                .expect("read_all");
-            let Some(last) = page.last() else { break };
-            after = last.position;
-            log.extend(page);
-        }
-        if log.len() >= committed {
-            return log;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the log never showed every commit"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::tenant_log(store, tenant, committed).await
 }
 
 /// Runs projection `name` in this process as `instance` to the end of the log, waiting while
@@ -307,14 +227,8 @@ async fn a_projector_killed_at_random_points_applies_each_event_once_in_log_orde
         } else {
             "projector".to_owned()
         };
-        let mut projector = Projector::spawn(&db_url, &name, &tenant, &instance, 300);
-        assert!(
-            projector
-                .said("ready", Duration::from_secs(20))
-                .await
-                .is_some(),
-            "the projector child never got ready"
-        );
+        let mut projector = spawn_projector(&db_url, &name, &tenant, &instance, 300, &[]);
+        projector.ready().await;
         let life = if round % 10 == 4 { 300..700 } else { 0..200 };
         tokio::time::sleep(Duration::from_millis(rand::random_range(life))).await;
         projector.kill().await;
@@ -367,10 +281,10 @@ async fn two_projector_processes_never_apply_together_and_a_woken_zombie_stops()
     let writers = spawn_writers(&store, &tenant, &done);
 
     let ttl_ms = 400;
-    let mut a = Projector::spawn(&db_url, &name, &tenant, "a", ttl_ms);
-    let mut b = Projector::spawn(&db_url, &name, &tenant, "b", ttl_ms);
-    assert!(a.said("ready", Duration::from_secs(20)).await.is_some());
-    assert!(b.said("ready", Duration::from_secs(20)).await.is_some());
+    let mut a = spawn_projector(&db_url, &name, &tenant, "a", ttl_ms, &[]);
+    let mut b = spawn_projector(&db_url, &name, &tenant, "b", ttl_ms, &[]);
+    a.ready().await;
+    b.ready().await;
     let holders = || async {
         let mut holders: Vec<String> = rows(&pool, &name)
             .await
@@ -480,9 +394,9 @@ async fn generation_states(pool: &PgPool, name: &str) -> Vec<String> {
 }
 
 /// A rebuild process of projection `name` (instance `rebuilder`, batches of 2 to 29 events).
-fn spawn_rebuilder(db_url: &str, name: &str, tenant: &TenantId, readers: &str) -> Projector {
+fn spawn_rebuilder(db_url: &str, name: &str, tenant: &TenantId, readers: &str) -> ChildProcess {
     let batch = rand::random_range(2..30u32).to_string();
-    Projector::spawn_with(
+    spawn_projector(
         db_url,
         name,
         tenant,
@@ -507,10 +421,6 @@ async fn rebuild_checkpoint(pool: &PgPool, name: &str) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[expect(
-    clippy::too_many_lines,
-    reason = "one crash scenario, read top to bottom"
-)]
 async fn a_rebuild_process_killed_at_random_points_is_never_cut_over_half_built() {
     let Some(db_url) = support::service_url("DATABASE_URL") else {
         return;
@@ -546,20 +456,9 @@ async fn a_rebuild_process_killed_at_random_points_is_never_cut_over_half_built(
     let (mut kills, mut finished, mut killed_at) = (0, false, Vec::new());
     for _ in 0..REBUILD_KILLS {
         let mut rebuilder = spawn_rebuilder(&db_url, &name, &tenant, &readers);
-        assert!(
-            rebuilder
-                .said("ready", Duration::from_secs(20))
-                .await
-                .is_some(),
-            "the rebuild child never got ready"
-        );
+        rebuilder.ready().await;
         tokio::time::sleep(Duration::from_millis(rand::random_range(0..120))).await;
-        if rebuilder
-            .child
-            .try_wait()
-            .expect("look at the child")
-            .is_some()
-        {
+        if rebuilder.exited().is_some() {
             // It finished (cut over, complete) before the kill: the next rebuild checks the
             // rest.
             finished = true;

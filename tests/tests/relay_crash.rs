@@ -10,20 +10,17 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Stdio;
 use std::str::FromStr as _;
 use std::time::{Duration, Instant};
 
 use eventsource_core::{
-    EventStore, ExpectedVersion, LogFilter, LogPosition, RecordedEvent, Repository, StoreError,
-    StreamId, TenantId,
+    EventStore, ExpectedVersion, LogFilter, RecordedEvent, Repository, StoreError, StreamId,
+    TenantId,
 };
 use eventsource_postgres::{MIGRATOR, PgCheckpointStore, PgEventStore};
 use eventsource_redis::{Keys, PublisherOptions, RedisPublisher, Router};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use support::order::{Counter, exactly_once_error, tick, version_order_error};
-use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
 use tokio_util::sync::CancellationToken;
 
 const KILLS: usize = 120;
@@ -38,70 +35,6 @@ impl Router for TenantAndType {
             self.0
                 .aggregate_type_stream(event.tenant(), event.stream.aggregate_type()),
         );
-    }
-}
-
-/// One incarnation of the relay process.
-struct Relay {
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-}
-
-impl Relay {
-    fn spawn(
-        db_url: &str,
-        redis_url: &str,
-        name: &str,
-        prefix: &str,
-        tenant: &TenantId,
-        stall: bool,
-    ) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_relay_child"));
-        command
-            .env("DATABASE_URL", db_url)
-            .env("REDIS_URL", redis_url)
-            .env("RELAY_NAME", name)
-            .env("RELAY_PREFIX", prefix)
-            .env("RELAY_TENANT", tenant.as_str())
-            .env("RELAY_BATCH", rand::random_range(1..50u32).to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            // A failing test must not leave a relay running.
-            .kill_on_drop(true);
-        if stall {
-            command.env("RELAY_STALL", "1");
-        } else {
-            command.env_remove("RELAY_STALL");
-        }
-        let mut child = command.spawn().expect("spawn the relay child");
-        let stdout = child.stdout.take().expect("piped stdout");
-        Self {
-            child,
-            lines: BufReader::new(stdout).lines(),
-        }
-    }
-
-    /// Waits up to `limit` for the child to print `line`; false if it did not.
-    async fn said(&mut self, line: &str, limit: Duration) -> bool {
-        let wait = async {
-            while let Ok(Some(said)) = self.lines.next_line().await {
-                if said == line {
-                    return true;
-                }
-            }
-            false
-        };
-        tokio::time::timeout(limit, wait).await.unwrap_or(false)
-    }
-
-    /// SIGKILL, by the child's pid, after checking it did not die on its own.
-    async fn kill(mut self) {
-        if let Some(status) = self.child.try_wait().expect("look at the child") {
-            panic!("the relay exited by itself ({status}) before it was killed");
-        }
-        self.child.start_kill().expect("SIGKILL the relay");
-        self.child.wait().await.expect("reap the relay");
     }
 }
 
@@ -138,14 +71,15 @@ async fn a_relay_killed_at_random_points_publishes_the_postgres_log_once_in_orde
     let mut stalled_kills = 0;
     for round in 0..KILLS {
         let stall = round % 4 == 3;
-        let mut relay = Relay::spawn(&db_url, &redis_url, &name, &prefix, &tenant, stall);
-        assert!(
-            relay.said("ready", Duration::from_secs(20)).await,
-            "the relay child never got ready"
-        );
+        let mut relay = support::child::relay(&db_url, &redis_url, &name, &prefix, &tenant, stall);
+        relay.ready().await;
         if stall {
             // Killed after Redis answered, before the checkpoint moved.
-            if relay.said("stalled", Duration::from_secs(5)).await {
+            if relay
+                .said("stalled", Duration::from_secs(5))
+                .await
+                .is_some()
+            {
                 stalled_kills += 1;
             }
         } else {
@@ -166,7 +100,7 @@ async fn a_relay_killed_at_random_points_publishes_the_postgres_log_once_in_orde
     }
 
     // The last incarnation runs to the end of the log, once the log shows every commit.
-    let log = log_of(&grouped, &tenant, committed.len()).await;
+    let log = support::tenant_log(&grouped, &tenant, committed.len()).await;
     let mut last = RedisPublisher::new(
         grouped.clone(),
         PgCheckpointStore::new(pool.clone()),
@@ -374,31 +308,4 @@ async fn transaction_until_known(
         return;
     }
     panic!("a transaction never got through");
-}
-
-/// The tenant's log once it shows `count` events.
-async fn log_of(store: &PgEventStore, tenant: &TenantId, count: usize) -> Vec<RecordedEvent> {
-    let deadline = Instant::now() + Duration::from_mins(1);
-    loop {
-        let mut log = Vec::new();
-        let mut after = LogPosition::START;
-        loop {
-            let page = store
-                .read_all(after, 1_000, &LogFilter::tenant(tenant.clone()))
-                .await
-                .expect("read_all");
-            let Some(last) = page.last() else { break };
-            after = last.position;
-            log.extend(page);
-        }
-        if log.len() >= count {
-            return log;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the log showed {} of {count} events in 60 s",
-            log.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

@@ -10,9 +10,7 @@
 //!
 //! With `PROJ_MODE=rebuild` it runs a [`PgRebuild`] of [`LedgerModel`] instead (views in the
 //! schema `PROJ_READERS`), prints `done` after the cutover and exits.
-#![allow(clippy::print_stdout)] // the parent reads these lines
 
-use std::io::Write as _;
 use std::time::Duration;
 
 use eventsource_core::{LogFilter, TenantId};
@@ -20,20 +18,10 @@ use eventsource_postgres::{
     PgEventStore, PgProjectionError, PgProjectionRunner, PgRebuild, ProjectionOptions,
     RebuildOptions,
 };
+use eventsource_tests::child::{say, var};
 use eventsource_tests::projection_model::{CrashModel, LedgerModel};
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
-
-fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    // The parent waits for the line; if it is gone there is no one to tell.
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-}
-
-fn var(name: &str) -> Result<String, String> {
-    std::env::var(name).map_err(|e| format!("{name}: {e}"))
-}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

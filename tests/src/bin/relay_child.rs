@@ -6,9 +6,7 @@
 //! `RELAY_BATCH` (events per batch) and `RELAY_STALL`: when set, the relay stops for good in
 //! its first checkpoint save, after Redis answered, so the parent can kill it exactly between
 //! publish and checkpoint. It prints `ready` once connected and `stalled` when it stops there.
-#![allow(clippy::print_stdout)] // the parent reads these lines
 
-use std::io::Write as _;
 use std::time::Duration;
 
 use eventsource_core::{
@@ -16,6 +14,7 @@ use eventsource_core::{
 };
 use eventsource_postgres::{PgCheckpointStore, PgEventStore};
 use eventsource_redis::{Keys, PublisherOptions, RedisPublisher, Router};
+use eventsource_tests::child::{say, var};
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 
@@ -57,17 +56,6 @@ impl Router for TenantAndType {
                 .aggregate_type_stream(event.tenant(), event.stream.aggregate_type()),
         );
     }
-}
-
-fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    // The parent waits for the line; if it is gone there is no one to tell.
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-}
-
-fn var(name: &str) -> Result<String, String> {
-    std::env::var(name).map_err(|e| format!("{name}: {e}"))
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use eventsource_core::{EventStore, LogFilter, LogPosition, RecordedEvent, TenantId};
+
 /// The value of a service URL variable, or `None` after a notice; under `CI` a missing service
 /// is a failure, never a skip.
 pub fn service_url(var: &str) -> Option<String> {
@@ -33,4 +35,38 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
 }
 
+/// `tenant`'s whole log once it shows at least `count` events, waiting up to 60 s (an event
+/// becomes readable once every older transaction in the cluster has ended).
+pub async fn tenant_log(
+    store: &impl EventStore,
+    tenant: &TenantId,
+    count: usize,
+) -> Vec<RecordedEvent> {
+    let deadline = tokio::time::Instant::now() + Duration::from_mins(1);
+    loop {
+        let mut log = Vec::new();
+        let mut after = LogPosition::START;
+        loop {
+            let page = store
+                .read_all(after, 1_000, &LogFilter::tenant(tenant.clone()))
+                .await
+                .expect("read_all");
+            let Some(last) = page.last() else { break };
+            after = last.position;
+            log.extend(page);
+        }
+        if log.len() >= count {
+            return log;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the log showed {} of {count} events in 60 s",
+            log.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub mod child;
+pub mod cluster;
 pub mod order;

@@ -1,0 +1,22 @@
+//! What the child processes of the crash tests (`src/bin/*_child.rs`) share: how they tell the
+//! parent where they are, and how they read their configuration.
+#![allow(clippy::print_stdout)] // the parent reads these lines
+
+use std::io::Write as _;
+
+/// Prints `line` for the parent, at once.
+pub fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    // The parent waits for the line; if it is gone there is no one to tell.
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// The environment variable `name`, or an error naming it.
+///
+/// # Errors
+///
+/// When `name` is unset or not Unicode.
+pub fn var(name: &str) -> Result<String, String> {
+    std::env::var(name).map_err(|e| format!("{name}: {e}"))
+}

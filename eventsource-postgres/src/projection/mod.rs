@@ -9,6 +9,8 @@
 //!   a generation of its own, cut over automatically, with [`RebuildProgress`] reports.
 //! - [`PgProjectionHandler`] (`handler.rs`): feeds it from at-least-once delivery (a Redis
 //!   consumer group), recording each applied position in the same transaction.
+//! - [`TypedPgProjection`] and [`TypedPgRebuildable`] (`typed.rs`): the same against a
+//!   `DomainEvent` enum, given to the runners wrapped in core's `Typed`.
 //! - [`ProjectionOptions`] (`options.rs`), [`PgProjectionError`] and [`LeaseError`]
 //!   (`error.rs`).
 
@@ -18,6 +20,7 @@ mod lease;
 mod options;
 mod rebuild;
 mod runner;
+mod typed;
 
 use std::future::Future;
 
@@ -32,6 +35,7 @@ pub use rebuild::{
     PgRebuild, PgRebuildable, RebuildOptions, RebuildPhase, RebuildProgress, RebuildReport,
 };
 pub use runner::PgProjectionRunner;
+pub use typed::{TypedPgProjection, TypedPgRebuildable};
 
 /// A read model in PostgreSQL: applies one event with statements on the connection it is
 /// given, inside a transaction the caller owns.

@@ -96,6 +96,15 @@ pub trait PgProjection: Send + Sync {
         event: &RecordedEvent,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
+    /// Whether `error` recurs whatever the number of tries (an event the projection cannot
+    /// read, say): [`PgProjectionHandler`] reports such a failure as permanent, so a consumer
+    /// group dead-letters the event at once instead of retrying it. The default treats every
+    /// error as transient. The runner halts on any error, whatever this says.
+    fn is_permanent(&self, error: &Self::Error) -> bool {
+        let _ = error;
+        false
+    }
+
     /// A side effect of `event` outside the read model (an e-mail, a call to another
     /// service): nothing by default.
     ///

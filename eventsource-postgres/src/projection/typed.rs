@@ -21,9 +21,10 @@ use super::rebuild::PgRebuildable;
 /// (one log carries every aggregate's events): nothing is written for it, and the checkpoint
 /// moves past it. An event of the set whose payload does not decode fails with
 /// [`TypedError::Decode`] naming the event: the runner halts before it with its checkpoint
-/// unmoved (an upcaster can be deployed and the runner restarted), the handler reports it as
-/// permanent. The rules of [`PgProjection::apply`] hold: every effect through `conn`, inside
-/// the caller's transaction.
+/// unmoved (an upcaster can be deployed and the runner restarted), and
+/// [`PgProjectionHandler`](crate::PgProjectionHandler) reports it as permanent (a consumer
+/// group dead-letters it at once). The rules of [`PgProjection::apply`] hold: every effect
+/// through `conn`, inside the caller's transaction.
 ///
 /// # Examples
 ///
@@ -93,6 +94,13 @@ pub trait TypedPgProjection: Send + Sync {
         event: &Envelope<Self::Event>,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
+    /// Whether `error` recurs on every try (see [`PgProjection::is_permanent`]). Decoding
+    /// failures are always permanent; the default treats the projection's errors as transient.
+    fn is_permanent(&self, error: &Self::Error) -> bool {
+        let _ = error;
+        false
+    }
+
     /// A side effect of `event` outside the read model, with the rules of
     /// [`PgProjection::side_effect`] (live events only, after their commit, at most once):
     /// nothing by default. `Typed` decodes the event again for it (the decoded value of
@@ -139,6 +147,14 @@ impl<P: TypedPgProjection> PgProjection for Typed<P> {
             .map_err(TypedError::Handler)
     }
 
+    fn is_permanent(&self, error: &Self::Error) -> bool {
+        match error {
+            TypedError::Handler(error) => self.get_ref().is_permanent(error),
+            // A payload that does not decode fails the same way on every try.
+            _ => true,
+        }
+    }
+
     async fn side_effect(&self, event: &RecordedEvent) {
         if !<P::Event as EventSet>::knows(&event.event_type) {
             return;
@@ -147,7 +163,9 @@ impl<P: TypedPgProjection> PgProjection for Typed<P> {
         // failure here would mean a decoder that is not deterministic: skip, as for a crash.
         match P::Event::decode(event) {
             Ok(decoded) => self.get_ref().side_effect(&decoded).await,
-            Err(e) => tracing::warn!(error = %e, "side effect skipped: the event no longer decodes"),
+            Err(e) => {
+                tracing::warn!(error = %e, "side effect skipped: the event no longer decodes")
+            }
         }
     }
 }

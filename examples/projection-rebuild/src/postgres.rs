@@ -1,0 +1,318 @@
+//! The PostgreSQL mode: a balances read model behind a view, kept current by a live runner,
+//! rebuilt blue/green while writers append, cut over automatically, then checked against a
+//! fresh fold of the log.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use eventsource_core::{
+    DomainEvent, Envelope, EventStore, ExpectedVersion, LogFilter, LogPosition, NewEvent, StreamId,
+    TenantId, Typed,
+};
+use eventsource_postgres::{
+    MIGRATOR, PgCheckpointStore, PgEventStore, PgProjectionRunner, PgRebuild, ProjectionOptions,
+    RebuildOptions, RebuildPhase, TypedPgProjection, TypedPgRebuildable,
+};
+use sqlx::PgConnection;
+use sqlx::postgres::PgPoolOptions;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use eventsource_core::CheckpointStore as _;
+
+use crate::progress::Bar;
+use crate::{AccountEvent, Args};
+
+/// The projection's name: its checkpoint, leases and generations are kept under it.
+const NAME: &str = "account-balances";
+
+/// Balance per account, in table `account_balances`; readers query the view of that name in
+/// `public`, which points at the serving generation.
+struct Balances;
+
+impl TypedPgProjection for Balances {
+    type Event = AccountEvent;
+    type Error = sqlx::Error;
+
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        event: &Envelope<AccountEvent>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO account_balances (tenant, account, cents) VALUES ($1, $2, $3) \
+             ON CONFLICT (tenant, account) \
+             DO UPDATE SET cents = account_balances.cents + EXCLUDED.cents",
+        )
+        .bind(event.tenant().as_str())
+        .bind(event.stream.aggregate_id())
+        .bind(event.payload.delta())
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+impl TypedPgRebuildable for Balances {
+    fn tables(&self) -> &[&str] {
+        &["account_balances"]
+    }
+
+    async fn create_tables(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "CREATE TABLE account_balances (tenant text NOT NULL, account text NOT NULL, \
+             cents bigint NOT NULL, PRIMARY KEY (tenant, account))",
+        )
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+pub(crate) async fn run(url: &str, events: u64, args: &Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let pool = PgPoolOptions::new()
+        .max_connections(u32::try_from(args.writers).unwrap_or(16).saturating_add(8))
+        .connect(url)
+        .await
+        .context("connecting to DATABASE_URL")?;
+    MIGRATOR.run(&pool).await?;
+    let store = PgEventStore::new(pool.clone());
+    println!("on PostgreSQL");
+
+    // Generation 1 of the read model, then its live runner, which follows every append.
+    let first = rebuild(&store).run(CancellationToken::new()).await?;
+    let first = first.context("the first build was cancelled")?;
+    println!(
+        "read model created: generation {} (from the {} events already in the log)",
+        first.generation, first.processed
+    );
+    let shutdown = CancellationToken::new();
+    let live: JoinHandle<Result<(), _>> = tokio::spawn(
+        PgProjectionRunner::new(
+            store.clone(),
+            Typed::new(Balances),
+            ProjectionOptions::default()
+                .with_instance_id("projection-rebuild-live")
+                .with_max_idle_poll(Duration::from_millis(50)),
+        )
+        .run(shutdown.clone()),
+    );
+
+    let seeding = Instant::now();
+    seed(&store, events, args.accounts).await?;
+    println!(
+        "wrote {events} events over {} accounts in {:.1?}",
+        args.accounts,
+        seeding.elapsed()
+    );
+    caught_up(&store, &live).await?;
+    println!(
+        "the live runner is current ({:.1?} after the writes began)",
+        seeding.elapsed()
+    );
+
+    // Generation 2 while writers keep appending and the live runner keeps generation 1 current.
+    let writing = CancellationToken::new();
+    let appended = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = (0..args.writers)
+        .map(|w| tokio::spawn(write(store.clone(), w, appended.clone(), writing.clone())))
+        .collect();
+    let rebuild = rebuild(&store);
+    let mut progress = rebuild.progress();
+    let bar = Bar::new("rebuilding")?;
+    let render = tokio::spawn(async move {
+        while progress.changed().await.is_ok() {
+            let p = progress.borrow_and_update().clone();
+            if p.phase != RebuildPhase::Starting {
+                bar.update(p.processed, p.total, p.events_per_second, p.eta);
+            }
+        }
+        bar.finish();
+    });
+    let report = rebuild.run(CancellationToken::new()).await;
+    let during = appended.load(Ordering::Relaxed);
+    render.await?;
+    let report = report?.context("the rebuild was cancelled")?;
+    println!(
+        "cut over to generation {} at log position {}: {} events in {:.1?} ({:.0} events/s), \
+         {during} appended meanwhile",
+        report.generation,
+        report
+            .cutover_position
+            .map_or_else(|| "start".to_owned(), |at| at.to_string()),
+        report.processed,
+        report.elapsed,
+        rate(report.processed, report.elapsed),
+    );
+
+    // Writers go on for a moment on the new generation, then stop.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    writing.cancel();
+    for writer in writers {
+        writer.await??;
+    }
+    let written = appended.load(Ordering::Relaxed);
+
+    caught_up(&store, &live).await?;
+    let (expected, log) = fresh_build(&store).await?;
+    shutdown.cancel();
+    live.await??;
+    let rows: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT tenant, account, cents FROM account_balances")
+            .fetch_all(&pool)
+            .await?;
+    let served: HashMap<(String, String), i64> = rows
+        .into_iter()
+        .map(|(tenant, account, cents)| ((tenant, account), cents))
+        .collect();
+    if served != expected {
+        let wrong = expected
+            .iter()
+            .filter(|(key, cents)| served.get(*key) != Some(cents))
+            .count();
+        bail!(
+            "the live read model differs from a fresh build of the log: {wrong} of {} \
+             accounts wrong, {} rows served",
+            expected.len(),
+            served.len()
+        );
+    }
+    println!(
+        "verified: the live read model (generation {}) equals a fresh build of the log's {log} \
+         events ({} accounts, {} cents in all); {written} events appended by {} writers during \
+         and after the rebuild; {:.1?} in all",
+        report.generation,
+        expected.len(),
+        expected.values().sum::<i64>(),
+        args.writers,
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// The next generation's rebuild.
+fn rebuild(store: &PgEventStore) -> PgRebuild<Typed<Balances>> {
+    PgRebuild::new(
+        store.clone(),
+        Typed::new(Balances),
+        RebuildOptions::default().with_instance_id("projection-rebuild"),
+    )
+}
+
+/// Appends `events` events, 100 per append, round the accounts, from four tasks.
+async fn seed(store: &PgEventStore, events: u64, accounts: u64) -> anyhow::Result<()> {
+    const PER_APPEND: u64 = 100;
+    const TASKS: u64 = 4;
+    let appends = events.div_ceil(PER_APPEND);
+    let tasks: Vec<JoinHandle<anyhow::Result<()>>> = (0..TASKS)
+        .map(|t| {
+            let (store, accounts) = (store.clone(), accounts.max(1));
+            tokio::spawn(async move {
+                for k in (t..appends).step_by(usize::try_from(TASKS)?) {
+                    let batch = (k * PER_APPEND..((k + 1) * PER_APPEND).min(events))
+                        .map(|i| NewEvent::from_event(&AccountEvent::nth(i)))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let account = account(k % accounts);
+                    store.append(&account, ExpectedVersion::Any, batch).await?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+/// Writer `w`: appends five events at a time to one account after another, 100 events a
+/// second (well under what the rebuild applies, so that it reaches the head), until `writing`
+/// is cancelled, counting them in `appended`.
+async fn write(
+    store: PgEventStore,
+    w: u64,
+    appended: Arc<AtomicU64>,
+    writing: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut i = 0;
+    while !writing.is_cancelled() {
+        let batch = (i..i + 5)
+            .map(|n| NewEvent::from_event(&AccountEvent::nth(n)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let account = account(w * 7919 + i / 5);
+        store.append(&account, ExpectedVersion::Any, batch).await?;
+        appended.fetch_add(5, Ordering::Relaxed);
+        i += 5;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+fn account(n: u64) -> StreamId {
+    StreamId::new(TenantId::default(), "account", format!("acc-{n}"))
+}
+
+/// Folds the whole log afresh: the balance of every account, and how many events the log
+/// holds.
+async fn fresh_build(
+    store: &PgEventStore,
+) -> anyhow::Result<(HashMap<(String, String), i64>, u64)> {
+    let mut balances = HashMap::new();
+    let (mut after, mut count) = (LogPosition::START, 0_u64);
+    loop {
+        let page = store.read_all(after, 10_000, &LogFilter::all()).await?;
+        let Some(last) = page.last() else {
+            return Ok((balances, count));
+        };
+        after = last.position;
+        count += page.len() as u64;
+        for event in page {
+            if !AccountEvent::knows(&event.event_type) {
+                continue;
+            }
+            let event = event.decode::<AccountEvent>()?;
+            *balances
+                .entry((
+                    event.tenant().as_str().to_owned(),
+                    event.stream.aggregate_id().to_owned(),
+                ))
+                .or_default() += event.payload.delta();
+        }
+    }
+}
+
+/// Waits until the live runner has applied everything in the log (nothing is visible after
+/// its checkpoint); fails if the runner stopped, or after 60 s.
+async fn caught_up(
+    store: &PgEventStore,
+    live: &JoinHandle<Result<(), impl std::error::Error>>,
+) -> anyhow::Result<()> {
+    let checkpoints = PgCheckpointStore::new(store.pool().clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let at = checkpoints.load(NAME).await?.unwrap_or(LogPosition::START);
+        if store.read_all(at, 1, &LogFilter::all()).await?.is_empty() {
+            return Ok(());
+        }
+        if live.is_finished() {
+            bail!("the live runner stopped");
+        }
+        if Instant::now() > deadline {
+            bail!("the live runner did not catch up within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[allow(clippy::cast_precision_loss, reason = "a rate for display")]
+fn rate(events: u64, elapsed: Duration) -> f64 {
+    events as f64 / elapsed.as_secs_f64().max(1e-9)
+}

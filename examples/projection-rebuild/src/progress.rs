@@ -21,7 +21,7 @@ impl Bar {
     pub(crate) fn new(label: &'static str) -> anyhow::Result<Self> {
         let bar = if std::io::stdout().is_terminal() {
             let style =
-                ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} events, {msg}")?
+                ProgressStyle::with_template("{prefix} [{wide_bar}] {pos}/{len} events, {msg}")?
                     .progress_chars("=> ");
             let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stdout())
                 .with_style(style)

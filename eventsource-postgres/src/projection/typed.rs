@@ -164,7 +164,7 @@ impl<P: TypedPgProjection> PgProjection for Typed<P> {
         match P::Event::decode(event) {
             Ok(decoded) => self.get_ref().side_effect(&decoded).await,
             Err(e) => {
-                tracing::warn!(error = %e, "side effect skipped: the event no longer decodes")
+                tracing::warn!(error = %e, "side effect skipped: the event no longer decodes");
             }
         }
     }

@@ -9,19 +9,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use eventsource_core::{
-    DomainEvent, Envelope, EventStore, ExpectedVersion, LogFilter, LogPosition, NewEvent, StreamId,
-    TenantId, Typed,
+    CheckpointStore as _, DomainEvent, Envelope, EventStore, ExpectedVersion, LogFilter,
+    LogPosition, NewEvent, StreamId, TenantId, Typed,
 };
 use eventsource_postgres::{
     MIGRATOR, PgCheckpointStore, PgEventStore, PgProjectionRunner, PgRebuild, ProjectionOptions,
-    RebuildOptions, RebuildPhase, TypedPgProjection, TypedPgRebuildable,
+    RebuildOptions, RebuildPhase, RebuildReport, TypedPgProjection, TypedPgRebuildable,
 };
-use sqlx::PgConnection;
 use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgConnection, PgPool};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-use eventsource_core::CheckpointStore as _;
 
 use crate::progress::Bar;
 use crate::{AccountEvent, Args};
@@ -125,22 +123,8 @@ pub(crate) async fn run(url: &str, events: u64, args: &Args) -> anyhow::Result<(
     let writers: Vec<_> = (0..args.writers)
         .map(|w| tokio::spawn(write(store.clone(), w, appended.clone(), writing.clone())))
         .collect();
-    let rebuild = rebuild(&store);
-    let mut progress = rebuild.progress();
-    let bar = Bar::new("rebuilding")?;
-    let render = tokio::spawn(async move {
-        while progress.changed().await.is_ok() {
-            let p = progress.borrow_and_update().clone();
-            if p.phase != RebuildPhase::Starting {
-                bar.update(p.processed, p.total, p.events_per_second, p.eta);
-            }
-        }
-        bar.finish();
-    });
-    let report = rebuild.run(CancellationToken::new()).await;
+    let report = rebuild_with_progress(&store).await?;
     let during = appended.load(Ordering::Relaxed);
-    render.await?;
-    let report = report?.context("the rebuild was cancelled")?;
     println!(
         "cut over to generation {} at log position {}: {} events in {:.1?} ({:.0} events/s), \
          {during} appended meanwhile",
@@ -162,12 +146,49 @@ pub(crate) async fn run(url: &str, events: u64, args: &Args) -> anyhow::Result<(
     let written = appended.load(Ordering::Relaxed);
 
     caught_up(&store, &live).await?;
-    let (expected, log) = fresh_build(&store).await?;
     shutdown.cancel();
     live.await??;
+    let (accounts, cents, log) = verify(&pool, &store).await?;
+    println!(
+        "verified: the live read model (generation {}) equals a fresh build of the log's {log} \
+         events ({} accounts, {} cents in all); {written} events appended by {} writers during \
+         and after the rebuild; {:.1?} in all",
+        report.generation,
+        accounts,
+        cents,
+        args.writers,
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// Runs the next generation's rebuild, rendering its progress reports.
+async fn rebuild_with_progress(store: &PgEventStore) -> anyhow::Result<RebuildReport> {
+    let rebuild = rebuild(store);
+    let mut progress = rebuild.progress();
+    let bar = Bar::new("rebuilding")?;
+    let render = tokio::spawn(async move {
+        // Ends when the rebuild, and with it the sender, is dropped.
+        while progress.changed().await.is_ok() {
+            let p = progress.borrow_and_update().clone();
+            if p.phase != RebuildPhase::Starting {
+                bar.update(p.processed, p.total, p.events_per_second, p.eta);
+            }
+        }
+        bar.finish();
+    });
+    let report = rebuild.run(CancellationToken::new()).await;
+    render.await?;
+    report?.context("the rebuild was cancelled")
+}
+
+/// Compares what readers see (the view `account_balances`) with a fresh fold of the log;
+/// returns the accounts, the cents in all, and the events of the log.
+async fn verify(pool: &PgPool, store: &PgEventStore) -> anyhow::Result<(usize, i64, u64)> {
+    let (expected, log) = fresh_build(store).await?;
     let rows: Vec<(String, String, i64)> =
         sqlx::query_as("SELECT tenant, account, cents FROM account_balances")
-            .fetch_all(&pool)
+            .fetch_all(pool)
             .await?;
     let served: HashMap<(String, String), i64> = rows
         .into_iter()
@@ -185,17 +206,7 @@ pub(crate) async fn run(url: &str, events: u64, args: &Args) -> anyhow::Result<(
             served.len()
         );
     }
-    println!(
-        "verified: the live read model (generation {}) equals a fresh build of the log's {log} \
-         events ({} accounts, {} cents in all); {written} events appended by {} writers during \
-         and after the rebuild; {:.1?} in all",
-        report.generation,
-        expected.len(),
-        expected.values().sum::<i64>(),
-        args.writers,
-        started.elapsed()
-    );
-    Ok(())
+    Ok((expected.len(), expected.values().sum(), log))
 }
 
 /// The next generation's rebuild.
@@ -296,7 +307,7 @@ async fn caught_up(
     live: &JoinHandle<Result<(), impl std::error::Error>>,
 ) -> anyhow::Result<()> {
     let checkpoints = PgCheckpointStore::new(store.pool().clone());
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_mins(1);
     loop {
         let at = checkpoints.load(NAME).await?.unwrap_or(LogPosition::START);
         if store.read_all(at, 1, &LogFilter::all()).await?.is_empty() {

@@ -10,8 +10,8 @@ use indicatif::{HumanDuration, ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// A rebuild's progress, drawn or logged.
 pub(crate) struct Bar {
     label: &'static str,
-    /// `None` when stdout is not a terminal.
-    bar: Option<ProgressBar>,
+    /// The bar, drawn on stdout; `None` when stdout is not a terminal.
+    drawn: Option<ProgressBar>,
     /// Quarters of the way already logged (without a terminal).
     logged: AtomicU64,
 }
@@ -19,7 +19,7 @@ pub(crate) struct Bar {
 impl Bar {
     /// A bar labelled `label`, drawn on stdout if it is a terminal.
     pub(crate) fn new(label: &'static str) -> anyhow::Result<Self> {
-        let bar = if std::io::stdout().is_terminal() {
+        let drawn = if std::io::stdout().is_terminal() {
             let style =
                 ProgressStyle::with_template("{prefix} [{wide_bar}] {pos}/{len} events, {msg}")?
                     .progress_chars("=> ");
@@ -32,7 +32,7 @@ impl Bar {
         };
         Ok(Self {
             label,
-            bar,
+            drawn,
             logged: AtomicU64::new(0),
         })
     }
@@ -41,17 +41,16 @@ impl Bar {
     pub(crate) fn update(&self, processed: u64, total: u64, rate: f64, eta: Option<Duration>) {
         let eta = eta.map_or_else(|| "?".to_owned(), |eta| HumanDuration(eta).to_string());
         let rate = format!("{rate:.0} events/s, eta {eta}");
-        if let Some(bar) = &self.bar {
+        if let Some(bar) = &self.drawn {
             bar.set_length(total);
             bar.set_position(processed);
             bar.set_message(rate);
             return;
         }
-        let quarter = if total == 0 {
-            4
-        } else {
-            (processed.saturating_mul(4) / total).min(4)
-        };
+        let quarter = processed
+            .saturating_mul(4)
+            .checked_div(total)
+            .map_or(4, |quarter| quarter.min(4));
         if quarter > self.logged.fetch_max(quarter, Ordering::Relaxed) {
             println!("{}: {processed}/{total} events, {rate}", self.label);
         }
@@ -59,7 +58,7 @@ impl Bar {
 
     /// Leaves the bar drawn at its last state.
     pub(crate) fn finish(&self) {
-        if let Some(bar) = &self.bar {
+        if let Some(bar) = &self.drawn {
             bar.finish();
         }
     }

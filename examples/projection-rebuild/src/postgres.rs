@@ -3,13 +3,13 @@
 //! fresh fold of the log.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use eventsource_core::{
-    CheckpointStore as _, DomainEvent, Envelope, EventStore, ExpectedVersion, LogFilter,
+    Appended, CheckpointStore as _, DomainEvent, Envelope, EventStore, ExpectedVersion, LogFilter,
     LogPosition, NewEvent, StreamId, TenantId, Typed,
 };
 use eventsource_postgres::{
@@ -105,13 +105,14 @@ pub(crate) async fn run(url: &str, events: u64, args: &Args) -> anyhow::Result<(
     );
 
     let seeding = Instant::now();
-    seed(&store, events, args.accounts).await?;
+    let written = Arc::new(Written::default());
+    seed(&store, events, args.accounts, &written).await?;
     println!(
         "wrote {events} events over {} accounts in {:.1?}",
         args.accounts,
         seeding.elapsed()
     );
-    caught_up(&store, &live).await?;
+    caught_up(&store, written.head(), &live).await?;
     println!(
         "the live runner is current ({:.1?} after the writes began)",
         seeding.elapsed()
@@ -119,12 +120,12 @@ pub(crate) async fn run(url: &str, events: u64, args: &Args) -> anyhow::Result<(
 
     // Generation 2 while writers keep appending and the live runner keeps generation 1 current.
     let writing = CancellationToken::new();
-    let appended = Arc::new(AtomicU64::new(0));
+    let seeded = written.events();
     let writers: Vec<_> = (0..args.writers)
-        .map(|w| tokio::spawn(write(store.clone(), w, appended.clone(), writing.clone())))
+        .map(|w| tokio::spawn(write(store.clone(), w, written.clone(), writing.clone())))
         .collect();
     let report = rebuild_with_progress(&store).await?;
-    let during = appended.load(Ordering::Relaxed);
+    let during = written.events() - seeded;
     println!(
         "cut over to generation {} at log position {}: {} events in {:.1?} ({:.0} events/s), \
          {during} appended meanwhile",
@@ -143,15 +144,15 @@ pub(crate) async fn run(url: &str, events: u64, args: &Args) -> anyhow::Result<(
     for writer in writers {
         writer.await??;
     }
-    let written = appended.load(Ordering::Relaxed);
+    let after = written.events() - seeded;
 
-    caught_up(&store, &live).await?;
+    caught_up(&store, written.head(), &live).await?;
     shutdown.cancel();
     live.await??;
-    let (accounts, cents, log) = verify(&pool, &store).await?;
+    let (accounts, cents, log) = verify(&pool, &store, written.head()).await?;
     println!(
         "verified: the live read model (generation {}) equals a fresh build of the log's {log} \
-         events ({} accounts, {} cents in all); {written} events appended by {} writers during \
+         events ({} accounts, {} cents in all); {after} events appended by {} writers during \
          and after the rebuild; {:.1?} in all",
         report.generation,
         accounts,
@@ -184,8 +185,12 @@ async fn rebuild_with_progress(store: &PgEventStore) -> anyhow::Result<RebuildRe
 
 /// Compares what readers see (the view `account_balances`) with a fresh fold of the log;
 /// returns the accounts, the cents in all, and the events of the log.
-async fn verify(pool: &PgPool, store: &PgEventStore) -> anyhow::Result<(usize, i64, u64)> {
-    let (expected, log) = fresh_build(store).await?;
+async fn verify(
+    pool: &PgPool,
+    store: &PgEventStore,
+    head: LogPosition,
+) -> anyhow::Result<(usize, i64, u64)> {
+    let (expected, log) = fresh_build(store, head).await?;
     let rows: Vec<(String, String, i64)> =
         sqlx::query_as("SELECT tenant, account, cents FROM account_balances")
             .fetch_all(pool)
@@ -219,20 +224,27 @@ fn rebuild(store: &PgEventStore) -> PgRebuild<Typed<Balances>> {
 }
 
 /// Appends `events` events, 100 per append, round the accounts, from four tasks.
-async fn seed(store: &PgEventStore, events: u64, accounts: u64) -> anyhow::Result<()> {
+async fn seed(
+    store: &PgEventStore,
+    events: u64,
+    accounts: u64,
+    written: &Arc<Written>,
+) -> anyhow::Result<()> {
     const PER_APPEND: u64 = 100;
     const TASKS: u64 = 4;
     let appends = events.div_ceil(PER_APPEND);
     let tasks: Vec<JoinHandle<anyhow::Result<()>>> = (0..TASKS)
         .map(|t| {
-            let (store, accounts) = (store.clone(), accounts.max(1));
+            let (store, accounts, written) = (store.clone(), accounts.max(1), written.clone());
             tokio::spawn(async move {
                 for k in (t..appends).step_by(usize::try_from(TASKS)?) {
                     let batch = (k * PER_APPEND..((k + 1) * PER_APPEND).min(events))
                         .map(|i| NewEvent::from_event(&AccountEvent::nth(i)))
                         .collect::<Result<Vec<_>, _>>()?;
                     let account = account(k % accounts);
-                    store.append(&account, ExpectedVersion::Any, batch).await?;
+                    let n = batch.len() as u64;
+                    let appended = store.append(&account, ExpectedVersion::Any, batch).await?;
+                    written.record(n, &appended);
                 }
                 Ok(())
             })
@@ -246,11 +258,11 @@ async fn seed(store: &PgEventStore, events: u64, accounts: u64) -> anyhow::Resul
 
 /// Writer `w`: appends five events at a time to one account after another, 100 events a
 /// second (well under what the rebuild applies, so that it reaches the head), until `writing`
-/// is cancelled, counting them in `appended`.
+/// is cancelled, recording them in `written`.
 async fn write(
     store: PgEventStore,
     w: u64,
-    appended: Arc<AtomicU64>,
+    written: Arc<Written>,
     writing: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut i = 0;
@@ -259,8 +271,8 @@ async fn write(
             .map(|n| NewEvent::from_event(&AccountEvent::nth(n)))
             .collect::<Result<Vec<_>, _>>()?;
         let account = account(w * 7919 + i / 5);
-        store.append(&account, ExpectedVersion::Any, batch).await?;
-        appended.fetch_add(5, Ordering::Relaxed);
+        let appended = store.append(&account, ExpectedVersion::Any, batch).await?;
+        written.record(5, &appended);
         i += 5;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -271,21 +283,31 @@ fn account(n: u64) -> StreamId {
     StreamId::new(TenantId::default(), "account", format!("acc-{n}"))
 }
 
-/// Folds the whole log afresh: the balance of every account, and how many events the log
-/// holds.
+/// Folds the log afresh up to `head`: the balance of every account, and how many events the
+/// log holds.
+///
+/// The log shows an event once every transaction that began before it ended, on the whole
+/// server: a page may come back short of `head` for a moment, so it waits for the rest.
 async fn fresh_build(
     store: &PgEventStore,
+    head: LogPosition,
 ) -> anyhow::Result<(HashMap<(String, String), i64>, u64)> {
     let mut balances = HashMap::new();
     let (mut after, mut count) = (LogPosition::START, 0_u64);
-    loop {
+    let deadline = Instant::now() + Duration::from_mins(1);
+    while after < head {
         let page = store.read_all(after, 10_000, &LogFilter::all()).await?;
         let Some(last) = page.last() else {
-            return Ok((balances, count));
+            if Instant::now() > deadline {
+                bail!("the log did not show {head} within a minute");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
         };
         after = last.position;
-        count += page.len() as u64;
-        for event in page {
+        // Only up to `head`: what the live runner was waited for.
+        for event in page.into_iter().take_while(|event| event.position <= head) {
+            count += 1;
             if !AccountEvent::knows(&event.event_type) {
                 continue;
             }
@@ -298,28 +320,59 @@ async fn fresh_build(
                 .or_default() += event.payload.delta();
         }
     }
+    Ok((balances, count))
 }
 
-/// Waits until the live runner has applied everything in the log (nothing is visible after
-/// its checkpoint); fails if the runner stopped, or after 60 s.
+/// Waits until the live runner's checkpoint reaches `head`; fails if the runner stopped, or
+/// after a minute.
 async fn caught_up(
     store: &PgEventStore,
+    head: LogPosition,
     live: &JoinHandle<Result<(), impl std::error::Error>>,
 ) -> anyhow::Result<()> {
     let checkpoints = PgCheckpointStore::new(store.pool().clone());
     let deadline = Instant::now() + Duration::from_mins(1);
-    loop {
-        let at = checkpoints.load(NAME).await?.unwrap_or(LogPosition::START);
-        if store.read_all(at, 1, &LogFilter::all()).await?.is_empty() {
-            return Ok(());
-        }
+    while checkpoints.load(NAME).await?.unwrap_or(LogPosition::START) < head {
         if live.is_finished() {
             bail!("the live runner stopped");
         }
         if Instant::now() > deadline {
-            bail!("the live runner did not catch up within 60 s");
+            bail!("the live runner did not reach {head} within a minute");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// What this run appended: how many events, and the log position of the last one.
+#[derive(Debug)]
+struct Written {
+    events: AtomicU64,
+    head: Mutex<LogPosition>,
+}
+
+impl Default for Written {
+    fn default() -> Self {
+        Self {
+            events: AtomicU64::new(0),
+            head: Mutex::new(LogPosition::START),
+        }
+    }
+}
+
+impl Written {
+    fn record(&self, events: u64, appended: &Appended) {
+        self.events.fetch_add(events, Ordering::Relaxed);
+        let mut head = self.head.lock().unwrap_or_else(PoisonError::into_inner);
+        *head = (*head).max(appended.last_position);
+    }
+
+    fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+
+    fn head(&self) -> LogPosition {
+        *self.head.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -278,6 +278,28 @@ async fn an_undecodable_event_halts_the_typed_runner_before_it_and_is_permanent_
         balances(&pool, "typed_balances", &format!("{name}-h")).await,
         [("a-1".to_owned(), 1)]
     );
+
+    // The projection's own errors are transient by default: the group retries them.
+    append(
+        &store,
+        &tenant,
+        "a-1",
+        vec![event(&AccountEvent::Deposited { cents: i64::MAX })],
+    )
+    .await;
+    let overflow = self::log(&store, &tenant).await.pop().unwrap();
+    let err = handler.handle(&overflow).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            PgProjectionError::Apply {
+                source: TypedError::Handler(_),
+                ..
+            }
+        ),
+        "bigint out of range: {err:?}"
+    );
+    assert!(!handler.is_permanent(&err));
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@
 //! current by a live `PgProjectionRunner`; a blue/green `PgRebuild` fills the next generation
 //! while writer tasks keep appending, and cuts over by itself; then the live read model is
 //! checked against a fresh fold of the log (the program exits non-zero if they differ).
+//! Both projections are typed: they take `AccountEvent`s, decoded once by core's `Typed`.
 //! Use a database of its own: the rebuild replays the whole log.
 //!
 //! ```sh

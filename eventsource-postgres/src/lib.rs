@@ -23,7 +23,7 @@ pub use error::PgStoreError;
 pub use projection::{
     LeaseError, PgLease, PgProjection, PgProjectionError, PgProjectionHandler, PgProjectionRunner,
     PgRebuild, PgRebuildable, ProjectionOptions, RebuildOptions, RebuildPhase, RebuildProgress,
-    RebuildReport,
+    RebuildReport, TypedPgProjection, TypedPgRebuildable,
 };
 pub use saga::{PgDeadlineRunner, PgSagaHandler, PgSagaRunner, PgSagaStore};
 pub use snapshot::PgSnapshotStore;

@@ -578,6 +578,8 @@ async fn a_handler_applies_a_redelivered_event_once() {
             matches!(&err, PgProjectionError::Apply { event_id, .. } if *event_id == poison.event_id),
             "{err:?}"
         );
+        // `PgProjection::is_permanent` defaults to transient: the group retries it.
+        assert!(!handler.is_permanent(&err));
     }
     assert_eq!(handler.duplicates(), 2);
 }

@@ -125,4 +125,8 @@ impl<P: PgProjection> EventHandler for PgProjectionHandler<P> {
         self.projection.side_effect(event).await;
         Ok(())
     }
+
+    fn is_permanent(&self, error: &Self::Error) -> bool {
+        matches!(error, PgProjectionError::Apply { source, .. } if self.projection.is_permanent(source))
+    }
 }

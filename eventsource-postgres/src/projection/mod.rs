@@ -11,6 +11,8 @@
 //!   a generation of its own, cut over automatically, with [`RebuildProgress`] reports.
 //! - [`PgProjectionHandler`] (`handler.rs`): feeds it from at-least-once delivery (a Redis
 //!   consumer group), recording each applied position in the same transaction.
+//! - [`TypedPgProjection`] and [`TypedPgRebuildable`] (`typed.rs`): the same against a
+//!   `DomainEvent` enum, given to the runners wrapped in core's `Typed`.
 //! - [`ProjectionOptions`] (`options.rs`), [`PgProjectionError`] and [`LeaseError`]
 //!   (`error.rs`).
 
@@ -21,6 +23,7 @@ mod options;
 mod rebuild;
 mod runner;
 pub(crate) mod tail;
+mod typed;
 
 use std::future::Future;
 
@@ -35,6 +38,7 @@ pub use rebuild::{
     PgRebuild, PgRebuildable, RebuildOptions, RebuildPhase, RebuildProgress, RebuildReport,
 };
 pub use runner::PgProjectionRunner;
+pub use typed::{TypedPgProjection, TypedPgRebuildable};
 
 /// A read model in PostgreSQL: applies one event with statements on the connection it is
 /// given, inside a transaction the caller owns.
@@ -94,6 +98,15 @@ pub trait PgProjection: Send + Sync {
         conn: &mut PgConnection,
         event: &RecordedEvent,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Whether `error` recurs whatever the number of tries (an event the projection cannot
+    /// read, say): [`PgProjectionHandler`] reports such a failure as permanent, so a consumer
+    /// group dead-letters the event at once instead of retrying it. The default treats every
+    /// error as transient. The runner halts on any error, whatever this says.
+    fn is_permanent(&self, error: &Self::Error) -> bool {
+        let _ = error;
+        false
+    }
 
     /// A side effect of `event` outside the read model (an e-mail, a call to another
     /// service): nothing by default.

@@ -480,6 +480,20 @@ async fn a_deadline_runner_killed_mid_batch_fires_nothing_and_leaves_it_pending(
     }
     assert_eq!(killed, [true], "the runner was killed mid-batch");
     assert!(firing.await.expect("task").is_err(), "its batch failed");
+    // The client hears the FATAL before the dying backend has released its row locks; until it
+    // is gone, a runner skips the locked deadlines (SKIP LOCKED) and would fire none.
+    for _ in 0..500 {
+        let alive: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+                .bind(&name)
+                .fetch_one(&admin)
+                .await
+                .expect("activity");
+        if alive == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     blocker.rollback().await.expect("release");
 
     let events = PgEventStore::new(admin.clone());

@@ -480,20 +480,7 @@ async fn a_deadline_runner_killed_mid_batch_fires_nothing_and_leaves_it_pending(
     }
     assert_eq!(killed, [true], "the runner was killed mid-batch");
     assert!(firing.await.expect("task").is_err(), "its batch failed");
-    // The client hears the FATAL before the dying backend has released its row locks; until it
-    // is gone, a runner skips the locked deadlines (SKIP LOCKED) and would fire none.
-    for _ in 0..500 {
-        let alive: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
-                .bind(&name)
-                .fetch_one(&admin)
-                .await
-                .expect("activity");
-        if alive == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    wait_until_gone(&admin, &name).await;
     blocker.rollback().await.expect("release");
 
     let events = PgEventStore::new(admin.clone());
@@ -522,4 +509,23 @@ async fn a_deadline_runner_killed_mid_batch_fires_nothing_and_leaves_it_pending(
     );
     assert_eq!(deadline_events().await, 6, "each fired once");
     runner_pool.close().await;
+}
+
+/// Waits until no backend named `name` is left. The client hears a terminated backend's FATAL
+/// before that backend has released its row locks; until it is gone, a runner skips the
+/// locked deadlines (SKIP LOCKED) and would fire none.
+async fn wait_until_gone(admin: &sqlx::PgPool, name: &str) {
+    for _ in 0..500 {
+        let alive: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+                .bind(name)
+                .fetch_one(admin)
+                .await
+                .expect("activity");
+        if alive == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the terminated backend {name} is still there after 5 s");
 }

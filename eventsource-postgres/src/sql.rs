@@ -611,13 +611,19 @@ SELECT count(*) FROM pruned
 ";
 
 /// The serving generation of projection `$1`, locked FOR SHARE until the transaction ends (a
-/// cutover waits for it), with the transaction's `search_path` set to its schema first (then
-/// `public`), so the projection's unqualified statements write to it. No row: the projection
-/// has no generations (its tables are wherever its statements name them).
+/// cutover waits for it), and the transaction's `search_path` before it is set to the
+/// generation's schema alone, so the projection's unqualified statements write to it and a
+/// table missing there is an error, never a table (or a reader's view) of `public`. The old
+/// path is read in a subquery kept apart (`OFFSET 0`), so before the change, and is put back
+/// with [`RESTORE_PATH`] for the bookkeeping. No row: the projection has no generations (its
+/// tables are wherever its statements name them).
 pub(crate) const ENTER_SERVING_GENERATION: &str = r"
-SELECT generation, set_config('search_path', quote_ident(schema_name) || ', public', true) AS path
-FROM projection_generations WHERE projection = $1 AND state = 'serving'
-FOR SHARE
+SELECT g.generation, o.outer_path,
+       set_config('search_path', quote_ident(g.schema_name), true) AS path
+FROM projection_generations g,
+     (SELECT current_setting('search_path') AS outer_path OFFSET 0) o
+WHERE g.projection = $1 AND g.state = 'serving'
+FOR SHARE OF g
 ";
 
 /// The serving generation of projection `$1`, if any.
@@ -625,9 +631,18 @@ pub(crate) const SERVING_GENERATION: &str = r"
 SELECT generation FROM projection_generations WHERE projection = $1 AND state = 'serving'
 ";
 
-/// Sets the transaction's `search_path` to the schema `$1`, then `public`.
+/// Sets the transaction's `search_path` to the schema `$1` alone (never `public` after it: a
+/// table a projection forgot to create must not resolve to one there); returns the path before
+/// (read first, see [`ENTER_SERVING_GENERATION`]).
 pub(crate) const SET_GENERATION_PATH: &str = r"
-SELECT set_config('search_path', quote_ident($1) || ', public', true)
+SELECT o.outer_path, set_config('search_path', quote_ident($1), true)
+FROM (SELECT current_setting('search_path') AS outer_path OFFSET 0) o
+";
+
+/// Puts the transaction's `search_path` back to `$1` (as [`SET_GENERATION_PATH`] returned it),
+/// for the bookkeeping tables that live where the migrations put them.
+pub(crate) const RESTORE_PATH: &str = r"
+SELECT set_config('search_path', $1, true)
 ";
 
 /// Locks every generation row of projection `$1` until the transaction ends (a cutover).

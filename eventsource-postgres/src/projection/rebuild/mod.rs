@@ -368,11 +368,9 @@ impl<P: PgRebuildable> PgRebuild<P> {
                 .bind(&schema)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(sql::SET_GENERATION_PATH)
-                .bind(&schema)
-                .execute(&mut *tx)
-                .await?;
+            let outer_path = enter_path(&mut tx, &schema).await?;
             self.projection.create_tables(&mut tx).await?;
+            restore_path(&mut tx, &outer_path).await?;
             (generation, schema)
         };
         let checkpoint_name = format!("{name}/g{generation}");
@@ -424,19 +422,12 @@ impl<P: PgRebuildable> PgRebuild<P> {
             .map_err(PgProjectionError::Store)
     }
 
-    async fn begin(
-        &self,
-        schema: &str,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-        let mut tx = match &self.options.filter.tenant {
-            Some(tenant) => begin_tenant(&self.pool, tenant).await?,
-            None => self.pool.begin().await?,
-        };
-        sqlx::query(sql::SET_GENERATION_PATH)
-            .bind(schema)
-            .execute(&mut *tx)
-            .await?;
-        Ok(tx)
+    /// Begins a transaction, scoped to the filter's tenant.
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        match &self.options.filter.tenant {
+            Some(tenant) => begin_tenant(&self.pool, tenant).await,
+            None => self.pool.begin().await,
+        }
     }
 
     /// Reads and commits one batch; returns its size.
@@ -461,7 +452,8 @@ impl<P: PgRebuildable> PgRebuild<P> {
         building: &mut Building,
         events: &[RecordedEvent],
     ) -> Result<(), PgProjectionError<P::Error>> {
-        let mut tx = self.begin(&building.schema).await?;
+        let mut tx = self.begin().await?;
+        let outer_path = enter_path(&mut tx, &building.schema).await?;
         for (i, event) in events.iter().enumerate() {
             if let Err(source) = self.projection.apply(&mut tx, event).await {
                 let _ = tx.rollback().await;
@@ -474,6 +466,7 @@ impl<P: PgRebuildable> PgRebuild<P> {
             }
         }
         let last = events.last().map_or(LogPosition::START, |e| e.position);
+        restore_path(&mut tx, &outer_path).await?;
         self.fence(lease, &mut tx, building, last).await?;
         tx.commit().await?;
         building.checkpoint = Some(last);
@@ -502,7 +495,7 @@ impl<P: PgRebuildable> PgRebuild<P> {
         building: &mut Building,
     ) -> Result<u64, PgProjectionError<P::Error>> {
         let name = self.projection.name();
-        let mut tx = self.begin(&building.schema).await?;
+        let mut tx = self.begin().await?;
         // Waits for a live batch in flight; the live runner's next batch waits for this.
         let rows: Vec<(i64, String)> = sqlx::query_as(sql::LOCK_GENERATIONS)
             .bind(name)
@@ -526,6 +519,7 @@ impl<P: PgRebuildable> PgRebuild<P> {
         // read them), so reading until a short batch passes it.
         let mut position = building.checkpoint;
         let mut applied = 0u64;
+        let outer_path = enter_path(&mut tx, &building.schema).await?;
         loop {
             let batch = self.read_after(position).await?;
             for event in &batch {
@@ -546,6 +540,19 @@ impl<P: PgRebuildable> PgRebuild<P> {
             if batch.len() < self.options.batch_size {
                 break;
             }
+        }
+        restore_path(&mut tx, &outer_path).await?;
+        // Never backwards: the live runner would apply again what it applied after `position`.
+        // Every event it read was visible to the reads above, so this happens only when the
+        // rebuild reads another part of the log than the live runner (another filter, a start
+        // after its checkpoint).
+        if live > position {
+            let _ = tx.rollback().await;
+            return Err(PgProjectionError::CutoverBehind {
+                projection: name.to_owned(),
+                live,
+                cutover: position,
+            });
         }
         if let Some(to) = position {
             self.fence(lease, &mut tx, building, to).await?;
@@ -625,6 +632,26 @@ impl<P: PgRebuildable> PgRebuild<P> {
             .map(|(g, _)| u64::try_from(g).unwrap_or(0))
             .collect())
     }
+}
+
+/// Sets the transaction's `search_path` to the generation's `schema` alone (a table the
+/// projection forgot to create there is an error, never one of `public`); returns the path to
+/// put back with [`restore_path`] before the bookkeeping.
+pub(super) async fn enter_path(tx: &mut PgConnection, schema: &str) -> Result<String, sqlx::Error> {
+    let (outer_path,): (String,) = sqlx::query_as(sql::SET_GENERATION_PATH)
+        .bind(schema)
+        .fetch_one(tx)
+        .await?;
+    Ok(outer_path)
+}
+
+/// Puts the transaction's `search_path` back to `path` (from [`enter_path`]).
+pub(super) async fn restore_path(tx: &mut PgConnection, path: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(sql::RESTORE_PATH)
+        .bind(path)
+        .execute(tx)
+        .await
+        .map(drop)
 }
 
 /// Moves the checkpoint `name` from `expected` to `to` by compare-and-set.

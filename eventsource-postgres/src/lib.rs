@@ -22,8 +22,8 @@ pub use diagnostics::LogBlocker;
 pub use error::PgStoreError;
 pub use projection::{
     LeaseError, PgLease, PgProjection, PgProjectionError, PgProjectionHandler, PgProjectionRunner,
-    PgRebuild, PgRebuildable, ProjectionOptions, RebuildOptions, RebuildPhase, RebuildProgress,
-    RebuildReport,
+    PgRebuild, PgRebuildable, PgTenantRebuildable, ProjectionOptions, RebuildOptions, RebuildPhase,
+    RebuildProgress, RebuildReport,
 };
 pub use saga::{PgDeadlineRunner, PgSagaHandler, PgSagaStore};
 pub use snapshot::PgSnapshotStore;

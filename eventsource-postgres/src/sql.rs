@@ -726,3 +726,16 @@ WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
 pub(crate) const SET_LOCK_TIMEOUT: &str = r"
 SELECT set_config('lock_timeout', $1, true)
 ";
+
+/// The serving generation of projection `$1` and its schema, locked FOR UPDATE until the
+/// transaction ends: live batches (FOR SHARE) and cutovers wait for it (a tenant's swap).
+pub(crate) const LOCK_SERVING_GENERATION: &str = r"
+SELECT generation, schema_name FROM projection_generations
+WHERE projection = $1 AND state = 'serving'
+FOR UPDATE
+";
+
+/// Copies the rows of the tables `$3` from schema `$1` into schema `$2`; returns how many.
+pub(crate) const COPY_GENERATION_ROWS: &str = r"
+SELECT eventsource_copy_generation_rows($1, $2, $3)
+";

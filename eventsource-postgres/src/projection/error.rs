@@ -82,6 +82,13 @@ pub enum PgProjectionError<E: std::error::Error + 'static> {
         /// Where the new generation is complete up to.
         cutover: Option<LogPosition>,
     },
+    /// The projection has no serving generation to rebuild a tenant's rows in
+    /// ([`PgRebuild::rebuild_tenant`](crate::PgRebuild::rebuild_tenant)): build one first.
+    #[error("projection {projection} has no serving generation")]
+    NotServing {
+        /// The projection's name.
+        projection: String,
+    },
     /// Reading the log failed.
     #[error("reading the log failed")]
     Store(#[source] StoreError),

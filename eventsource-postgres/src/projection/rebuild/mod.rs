@@ -2,11 +2,14 @@
 //!
 //! - [`PgRebuildable`] and [`PgRebuild`] (here): the projection's side, and the rebuild with
 //!   its cutover (ADR 0018).
+//! - [`PgTenantRebuildable`] and [`PgRebuild::rebuild_tenant`] (`tenant.rs`): one tenant's
+//!   rows of a read model of all tenants (ADR 0020).
 //! - [`RebuildOptions`] (`options.rs`); [`RebuildProgress`], [`RebuildPhase`] and
 //!   [`RebuildReport`] (`progress.rs`).
 
 mod options;
 mod progress;
+mod tenant;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -18,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use options::RebuildOptions;
 pub use progress::{RebuildPhase, RebuildProgress, RebuildReport};
+pub use tenant::PgTenantRebuildable;
 
 use super::PgProjection;
 use super::error::PgProjectionError;
@@ -235,22 +239,33 @@ impl<P: PgRebuildable> PgRebuild<P> {
         self,
         shutdown: CancellationToken,
     ) -> Result<Option<RebuildReport>, PgProjectionError<P::Error>> {
-        let name = self.projection.name();
-        let lease = PgLease::try_acquire(
+        let lease = self.take_lease().await?;
+        let outcome = self.build(&lease, &shutdown).await;
+        self.let_go(lease, &outcome).await;
+        outcome
+    }
+
+    /// Takes the rebuild lease, `<projection>/rebuild`, or fails with
+    /// [`PgProjectionError::LeaseHeld`].
+    async fn take_lease(&self) -> Result<PgLease, PgProjectionError<P::Error>> {
+        PgLease::try_acquire(
             &self.pool,
-            format!("{name}/rebuild"),
+            format!("{}/rebuild", self.projection.name()),
             self.options.instance_id.clone(),
             self.options.lease_ttl,
         )
         .await
-        .map_err(PgProjectionError::from_lease)?;
-        let outcome = self.build(&lease, &shutdown).await;
+        .map_err(PgProjectionError::from_lease)
+    }
+
+    /// Releases the rebuild lease unless it was lost.
+    async fn let_go<T>(&self, lease: PgLease, outcome: &Result<T, PgProjectionError<P::Error>>) {
         if !matches!(outcome, Err(PgProjectionError::LeaseLost { .. }))
             && let Err(e) = lease.release().await
         {
-            tracing::warn!(projection = name, error = %e, "rebuild lease not released; it will run out");
+            tracing::warn!(projection = self.projection.name(), error = %e,
+                "rebuild lease not released; it will run out");
         }
-        outcome
     }
 
     async fn build(

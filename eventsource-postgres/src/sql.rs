@@ -739,3 +739,25 @@ FOR UPDATE
 pub(crate) const COPY_GENERATION_ROWS: &str = r"
 SELECT eventsource_copy_generation_rows($1, $2, $3)
 ";
+
+/// As [`READ_ALL`], of tenant `$5` (any if null), only the streams of shard `$7` of `$6`
+/// (`stream_key % $6 = $7`): a parallel rebuild's worker.
+pub(crate) const READ_SHARD: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    r"
+FROM events
+WHERE (transaction_id, global_position) > ($1::text::xid8, $2::int8)
+  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+  AND ($3::timestamptz IS NULL OR recorded_at >= $3)
+  AND ($5::text IS NULL OR tenant_id = $5)
+  AND stream_key % $6 = $7
+ORDER BY events.transaction_id, events.global_position
+LIMIT $4
+"
+);
+
+/// The checkpoints whose names start with `$1` (a parallel rebuild's shards).
+pub(crate) const CHECKPOINTS_STARTING_WITH: &str = r"
+SELECT name FROM checkpoints WHERE starts_with(name, $1)
+";

@@ -4,10 +4,12 @@
 //!   its cutover (ADR 0018).
 //! - [`PgTenantRebuildable`] and [`PgRebuild::rebuild_tenant`] (`tenant.rs`): one tenant's
 //!   rows of a read model of all tenants (ADR 0020).
+//! - the parallel fill of [`RebuildOptions::with_workers`] (`parallel.rs`).
 //! - [`RebuildOptions`] (`options.rs`); [`RebuildProgress`], [`RebuildPhase`] and
 //!   [`RebuildReport`] (`progress.rs`).
 
 mod options;
+mod parallel;
 mod progress;
 mod tenant;
 
@@ -285,6 +287,10 @@ impl<P: PgRebuildable> PgRebuild<P> {
             processed_at_count: 0,
         };
         self.report(generation, RebuildPhase::Filling, &meter);
+        let Some(n) = self.fill_parallel(lease, &mut building, shutdown).await? else {
+            return Ok(None);
+        };
+        meter.processed += n;
         loop {
             if shutdown.is_cancelled() {
                 return Ok(None);

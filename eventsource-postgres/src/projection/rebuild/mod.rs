@@ -4,10 +4,12 @@
 //!   its cutover (ADR 0018).
 //! - [`PgTenantRebuildable`] and [`PgRebuild::rebuild_tenant`] (`tenant.rs`): one tenant's
 //!   rows of a read model of all tenants (ADR 0020).
+//! - the cutover (`cutover.rs`), one transaction.
 //! - the parallel fill of [`RebuildOptions::with_workers`] (`parallel.rs`).
 //! - [`RebuildOptions`] (`options.rs`); [`RebuildProgress`], [`RebuildPhase`] and
 //!   [`RebuildReport`] (`progress.rs`).
 
+mod cutover;
 mod options;
 mod parallel;
 mod progress;
@@ -42,8 +44,10 @@ use crate::tenant::begin_tenant;
 /// them in the new generation's schema with [`create_tables`](Self::create_tables); readers
 /// query views of the same names in the reader schema (`public` by default), which point at the
 /// serving generation. Both [`PgRebuild`] and [`PgProjectionRunner`](crate::PgProjectionRunner)
-/// set each transaction's `search_path` to the generation's schema (then `public`), so `apply`
-/// writes to the right generation without knowing it.
+/// set each transaction's `search_path` to the generation's schema alone while the projection
+/// runs, so `apply` writes to the right generation without knowing it, and a table it forgot
+/// to create is an error rather than a table (or a reader's view) of `public`. Name anything
+/// else it uses with its schema (`public.currency_rates`, `public.uuid_generate_v7()`).
 ///
 /// # Examples
 ///
@@ -120,6 +124,23 @@ pub trait PgRebuildable: PgProjection {
 /// continues on N+1. Readers see N until the commit, then N+1, complete up to the cutover
 /// position. N's schema is dropped after the grace period, by the next rebuild's start or end
 /// or by [`drop_retired`](Self::drop_retired).
+///
+/// The views are replaced in place (`CREATE OR REPLACE VIEW`), so what was granted on them
+/// survives; when N+1 changed a table's columns the view is dropped and created with the same
+/// grants. A view reads its generation with its owner's rights: readers need `SELECT` on the
+/// views (and `USAGE` on their schema) only. The cutover refuses to move the live checkpoint
+/// backwards ([`PgProjectionError::CutoverBehind`]).
+///
+/// # Readers' transactions across a cutover
+///
+/// A transaction that has read a view holds it until it ends: the cutover waits for it (up to
+/// [`with_cutover_lock_timeout`](RebuildOptions::with_cutover_lock_timeout), then retries),
+/// so within that transaction every read sees N. Under `READ COMMITTED` (PostgreSQL's
+/// default) each statement sees the generation serving when it starts, complete. The caveat
+/// is `REPEATABLE READ` and `SERIALIZABLE`: a transaction whose snapshot was taken before the
+/// cutover (by any statement) and which reads a view for the first time after it gets the
+/// new view, pointing at N+1, but reads N+1's tables as of its old snapshot: partly built. In
+/// such transactions read the views first, or read them in a transaction of their own.
 ///
 /// [`PgProjection::side_effect`] is never called by a rebuild.
 ///
@@ -507,117 +528,6 @@ impl<P: PgRebuildable> PgRebuild<P> {
             .await
             .map_err(PgProjectionError::from_lease)?;
         save_checkpoint(tx, &building.checkpoint_name, building.checkpoint, to).await
-    }
-
-    /// The cutover, in one transaction; returns how many events it applied.
-    async fn cut_over(
-        &self,
-        lease: &PgLease,
-        building: &mut Building,
-    ) -> Result<u64, PgProjectionError<P::Error>> {
-        let name = self.projection.name();
-        let mut tx = self.begin().await?;
-        // Waits for a live batch in flight; the live runner's next batch waits for this.
-        let rows: Vec<(i64, String)> = sqlx::query_as(sql::LOCK_GENERATIONS)
-            .bind(name)
-            .fetch_all(&mut *tx)
-            .await?;
-        if !rows
-            .iter()
-            .any(|(g, state)| *g == building.generation && state == "building")
-        {
-            // Not ours to cut over any more (discarded by hand): the lease is the only other
-            // writer, so treat it as lost.
-            return Err(PgProjectionError::LeaseLost {
-                projection: lease.name().to_owned(),
-                holder: None,
-            });
-        }
-        let live = PgCheckpointStore::load_in_tx(&mut tx, name)
-            .await
-            .map_err(PgProjectionError::Store)?;
-        // The rest of the log: events up to the live checkpoint are visible (the live runner
-        // read them), so reading until a short batch passes it.
-        let mut position = building.checkpoint;
-        let mut applied = 0u64;
-        let outer_path = enter_path(&mut tx, &building.schema).await?;
-        loop {
-            let batch = self.read_after(position).await?;
-            for event in &batch {
-                if let Err(source) = self.projection.apply(&mut tx, event).await {
-                    let _ = tx.rollback().await;
-                    // Commit what came before it in ordinary batches: they stop at it and
-                    // name it (this loop ends there, or at the head if it passes this time).
-                    while self.step(lease, building).await? > 0 {}
-                    let error = PgProjectionError::apply(name, event, source);
-                    tracing::error!(error = %error, "rebuild halted in its cutover");
-                    return Err(error);
-                }
-            }
-            applied += batch.len() as u64;
-            if let Some(last) = batch.last() {
-                position = Some(last.position);
-            }
-            if batch.len() < self.options.batch_size {
-                break;
-            }
-        }
-        restore_path(&mut tx, &outer_path).await?;
-        // Never backwards: the live runner would apply again what it applied after `position`.
-        // Every event it read was visible to the reads above, so this happens only when the
-        // rebuild reads another part of the log than the live runner (another filter, a start
-        // after its checkpoint).
-        if live > position {
-            let _ = tx.rollback().await;
-            return Err(PgProjectionError::CutoverBehind {
-                projection: name.to_owned(),
-                live,
-                cutover: position,
-            });
-        }
-        if let Some(to) = position {
-            self.fence(lease, &mut tx, building, to).await?;
-            save_checkpoint(&mut tx, name, live, to).await?;
-        } else {
-            lease
-                .renew_in_tx(&mut tx)
-                .await
-                .map_err(PgProjectionError::from_lease)?;
-        }
-        sqlx::query(sql::RETIRE_GENERATION)
-            .bind(name)
-            .bind(self.options.grace_period.as_secs_f64() * 1_000.0)
-            .execute(&mut *tx)
-            .await?;
-        let (transaction, global) = position.map(position_to_db).unzip();
-        sqlx::query(sql::SERVE_GENERATION)
-            .bind(name)
-            .bind(building.generation)
-            .bind(transaction)
-            .bind(global)
-            .execute(&mut *tx)
-            .await?;
-        // Readers in flight on the views delay this, and new ones queue behind it: bounded.
-        sqlx::query(sql::SET_LOCK_TIMEOUT)
-            .bind(format!(
-                "{}ms",
-                self.options.cutover_lock_timeout.as_millis()
-            ))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(sql::POINT_GENERATION_VIEWS)
-            .bind(&self.options.reader_schema)
-            .bind(&building.schema)
-            .bind(self.projection.tables())
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(sql::DELETE_CHECKPOINT)
-            .bind(&building.checkpoint_name)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        building.checkpoint = position;
-        Ok(applied)
     }
 
     /// Drops the schemas of the projection's retired generations whose grace period is over;

@@ -28,7 +28,7 @@ struct TenantLedger;
 impl PgProjection for TenantLedger {
     type Error = sqlx::Error;
 
-    fn name(&self) -> &str {
+    fn name(&self) -> &'static str {
         "tenant-ledger"
     }
 
@@ -175,6 +175,7 @@ fn options() -> RebuildOptions {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 async fn a_tenants_rows_are_rebuilt_while_the_others_serve_untouched() {
     let Some((pool, database)) = own_database().await else {
         return;

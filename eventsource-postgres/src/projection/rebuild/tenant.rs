@@ -51,6 +51,10 @@ impl<P: PgTenantRebuildable> PgRebuild<P> {
     /// live runner goes on after the checkpoint it left, which the rows now match. The staging
     /// schema is dropped at the end (and at the start, when a stopped run left it).
     ///
+    /// Of the options, the batch size, the lease's time to live, the instance id and the schema
+    /// prefix apply; the tenant takes the place of the filter, and the rows hold all of its
+    /// events (no start, no date).
+    ///
     /// Returns `None` when `shutdown` was cancelled first (nothing changed for readers). The
     /// report's `cutover_position` is the live checkpoint the rows were rebuilt up to.
     ///
@@ -89,6 +93,15 @@ impl<P: PgTenantRebuildable> PgRebuild<P> {
             .schema_prefix
             .as_deref()
             .map_or_else(|| schema_prefix(name), clip_prefix);
+        let serving: Option<i64> = sqlx::query_scalar(sql::SERVING_GENERATION)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        if serving.is_none() {
+            return Err(PgProjectionError::NotServing {
+                projection: name.to_owned(),
+            });
+        }
         let mut staging = Staging {
             schema: format!("{prefix}_tenant"),
             position: None,

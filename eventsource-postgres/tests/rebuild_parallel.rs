@@ -7,7 +7,7 @@ mod ledger;
 mod support;
 
 use eventsource_core::RecordedEvent;
-use eventsource_postgres::{PgProjection, PgRebuild, PgRebuildable};
+use eventsource_postgres::{PgProjection, PgRebuild, PgRebuildable, RebuildPhase};
 use ledger::{Ledger, LedgerError, Setup, clean_build, setup};
 use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
@@ -82,16 +82,33 @@ async fn a_parallel_rebuild_equals_a_clean_build_in_stream_order() {
         return;
     };
     t.append(0, 1_400, 20).await;
-    let report = PgRebuild::new(
+    let rebuild = PgRebuild::new(
         t.store.clone(),
         Ordered(Ledger::new(&t.name)),
         t.rebuild_options("r").with_workers(3).with_batch_size(100),
-    )
-    .run(CancellationToken::new())
-    .await
-    .unwrap()
-    .expect("cut over");
+    );
+    let mut progress = rebuild.progress();
+    let watcher = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while progress.changed().await.is_ok() {
+            seen.push(progress.borrow_and_update().clone());
+        }
+        seen
+    });
+    let report = rebuild
+        .run(CancellationToken::new())
+        .await
+        .unwrap()
+        .expect("cut over");
     assert_eq!(report.processed, 1_400, "{report:?}");
+    let seen = watcher.await.unwrap();
+    assert!(
+        seen.iter()
+            .any(|p| p.phase == RebuildPhase::Filling && p.processed > 0 && p.processed < 1_400),
+        "progress while the shards fill: {seen:?}"
+    );
+    let last = seen.last().unwrap();
+    assert_eq!((last.phase, last.processed), (RebuildPhase::Done, 1_400));
     assert_eq!(t.view().await, clean_build(&t.log().await));
     assert!(checkpoints(&t).await.is_empty(), "no shard checkpoint left");
     // Generation 2 too, with more workers than streams.

@@ -201,6 +201,7 @@ struct Building {
 }
 
 /// Counters of this run.
+#[derive(Clone, Copy)]
 struct Meter {
     started: Instant,
     processed: u64,
@@ -308,7 +309,10 @@ impl<P: PgRebuildable> PgRebuild<P> {
             processed_at_count: 0,
         };
         self.report(generation, RebuildPhase::Filling, &meter);
-        let Some(n) = self.fill_parallel(lease, &mut building, shutdown).await? else {
+        let Some(n) = self
+            .fill_parallel(lease, &mut building, &meter, shutdown)
+            .await?
+        else {
             return Ok(None);
         };
         meter.processed += n;

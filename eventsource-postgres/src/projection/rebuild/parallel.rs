@@ -2,16 +2,29 @@
 //! shards by stream, each with its checkpoint, brought to one position and then handed to the
 //! ordinary fill and cutover.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use eventsource_core::{LogPosition, RecordedEvent, StoreError};
 use tokio_util::sync::CancellationToken;
 
-use super::{Building, PgRebuild, PgRebuildable, enter_path, restore_path, save_checkpoint};
+use super::{
+    Building, Meter, PgRebuild, PgRebuildable, RebuildPhase, enter_path, restore_path,
+    save_checkpoint,
+};
 use crate::checkpoint::PgCheckpointStore;
 use crate::projection::error::PgProjectionError;
 use crate::projection::lease::PgLease;
 use crate::row::{EventRow, position_to_db};
 use crate::sql;
 use crate::tenant::begin_tenant;
+
+/// What the shards share: the generation they fill, and the progress made.
+struct Fill<'a> {
+    schema: &'a str,
+    generation: u64,
+    meter: &'a Meter,
+    applied: AtomicU64,
+}
 
 /// One shard: the streams with `stream_key % of = index`.
 struct Shard {
@@ -34,6 +47,7 @@ impl<P: PgRebuildable> PgRebuild<P> {
         &self,
         lease: &PgLease,
         building: &mut Building,
+        meter: &Meter,
         shutdown: &CancellationToken,
     ) -> Result<Option<u64>, PgProjectionError<P::Error>> {
         if building.checkpoint.is_some() {
@@ -71,25 +85,29 @@ impl<P: PgRebuildable> PgRebuild<P> {
             workers = of,
             "parallel fill"
         );
-        let mut applied = 0;
+        let fill = Fill {
+            schema: &building.schema,
+            generation: u64::try_from(building.generation).unwrap_or(0),
+            meter,
+            applied: AtomicU64::new(0),
+        };
         // To the head, each shard on its own; then all to the furthest shard's position.
-        let Some(n) = self
-            .run_shards(lease, &building.schema, &mut shards, None, shutdown)
+        if !self
+            .run_shards(lease, &fill, &mut shards, None, shutdown)
             .await?
-        else {
+        {
             return Ok(None);
-        };
-        applied += n;
+        }
         let Some(to) = shards.iter().filter_map(|s| s.checkpoint).max() else {
-            return Ok(Some(applied));
+            return Ok(Some(fill.applied.into_inner()));
         };
-        let Some(n) = self
-            .run_shards(lease, &building.schema, &mut shards, Some(to), shutdown)
+        if !self
+            .run_shards(lease, &fill, &mut shards, Some(to), shutdown)
             .await?
-        else {
+        {
             return Ok(None);
-        };
-        applied += n;
+        }
+        let applied = fill.applied.into_inner();
         let mut tx = self.pool.begin().await?;
         lease
             .renew_in_tx(&mut tx)
@@ -107,24 +125,21 @@ impl<P: PgRebuildable> PgRebuild<P> {
         Ok(Some(applied))
     }
 
-    /// Runs every shard at once until it reaches the head (`upto` `None`) or `upto`; returns
-    /// the events applied, `None` when cancelled.
+    /// Runs every shard at once until it reaches the head (`upto` `None`) or `upto`; false
+    /// when cancelled.
     async fn run_shards(
         &self,
         lease: &PgLease,
-        schema: &str,
+        fill: &Fill<'_>,
         shards: &mut [Shard],
         upto: Option<LogPosition>,
         shutdown: &CancellationToken,
-    ) -> Result<Option<u64>, PgProjectionError<P::Error>> {
+    ) -> Result<bool, PgProjectionError<P::Error>> {
         let runs = shards
             .iter_mut()
-            .map(|shard| self.run_shard(lease, schema, shard, upto, shutdown));
-        let applied = futures::future::try_join_all(runs).await?;
-        if shutdown.is_cancelled() {
-            return Ok(None);
-        }
-        Ok(Some(applied.into_iter().sum()))
+            .map(|shard| self.run_shard(lease, fill, shard, upto, shutdown));
+        futures::future::try_join_all(runs).await?;
+        Ok(!shutdown.is_cancelled())
     }
 
     /// One shard's fill: batches of its streams' events in log order, each one transaction
@@ -133,12 +148,11 @@ impl<P: PgRebuildable> PgRebuild<P> {
     async fn run_shard(
         &self,
         lease: &PgLease,
-        schema: &str,
+        fill: &Fill<'_>,
         shard: &mut Shard,
         upto: Option<LogPosition>,
         shutdown: &CancellationToken,
-    ) -> Result<u64, PgProjectionError<P::Error>> {
-        let mut applied = 0;
+    ) -> Result<(), PgProjectionError<P::Error>> {
         while !shutdown.is_cancelled() {
             let mut batch = self.read_shard(shard).await?;
             let mut done = batch.len() < self.options.batch_size;
@@ -156,7 +170,7 @@ impl<P: PgRebuildable> PgRebuild<P> {
                     Some(tenant) => begin_tenant(&self.pool, tenant).await?,
                     None => self.pool.begin().await?,
                 };
-                let outer_path = enter_path(&mut tx, schema).await?;
+                let outer_path = enter_path(&mut tx, fill.schema).await?;
                 for event in &batch {
                     if let Err(source) = self.projection.apply(&mut tx, event).await {
                         let error = PgProjectionError::apply(self.projection.name(), event, source);
@@ -172,13 +186,16 @@ impl<P: PgRebuildable> PgRebuild<P> {
                 save_checkpoint(&mut tx, &shard.checkpoint_name, shard.checkpoint, to).await?;
                 tx.commit().await?;
                 shard.checkpoint = Some(to);
-                applied += batch.len() as u64;
+                let n = batch.len() as u64;
+                let mut meter = *fill.meter;
+                meter.processed += fill.applied.fetch_add(n, Ordering::Relaxed) + n;
+                self.report(fill.generation, RebuildPhase::Filling, &meter);
             }
             if done {
                 break;
             }
         }
-        Ok(applied)
+        Ok(())
     }
 
     /// The shard's next batch of the log, through the rebuild's filter.

@@ -1,7 +1,7 @@
 //! [`PgRebuild`]: a blue/green rebuild of a projection while its live generation serves.
 //!
-//! - [`PgRebuildable`] and [`PgRebuild`] (here): the projection's side, and the rebuild with
-//!   its cutover (ADR 0018).
+//! - [`PgRebuild`] (here): the rebuild (ADR 0018); [`PgRebuildable`] (`rebuildable.rs`): the
+//!   projection's side.
 //! - [`PgTenantRebuildable`] and [`PgRebuild::rebuild_tenant`] (`tenant.rs`): one tenant's
 //!   rows of a read model of all tenants (ADR 0020).
 //! - the cutover (`cutover.rs`), one transaction.
@@ -13,9 +13,9 @@ mod cutover;
 mod options;
 mod parallel;
 mod progress;
+mod rebuildable;
 mod tenant;
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use eventsource_core::{EventStore, LogPosition, RecordedEvent, StoreError};
@@ -25,9 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use options::RebuildOptions;
 pub use progress::{RebuildPhase, RebuildProgress, RebuildReport};
+pub use rebuildable::PgRebuildable;
 pub use tenant::PgTenantRebuildable;
 
-use super::PgProjection;
 use super::error::PgProjectionError;
 use super::lease::PgLease;
 use crate::checkpoint::PgCheckpointStore;
@@ -36,73 +36,6 @@ use crate::row::position_to_db;
 use crate::sql;
 use crate::store::PgEventStore;
 use crate::tenant::begin_tenant;
-
-/// A [`PgProjection`] whose read model can be rebuilt into a generation of its own.
-///
-/// Its statements name its tables unqualified (`INSERT INTO order_totals ...`), and
-/// [`tables`](Self::tables) lists the tables readers query. A rebuild ([`PgRebuild`]) creates
-/// them in the new generation's schema with [`create_tables`](Self::create_tables); readers
-/// query views of the same names in the reader schema (`public` by default), which point at the
-/// serving generation. Both [`PgRebuild`] and [`PgProjectionRunner`](crate::PgProjectionRunner)
-/// set each transaction's `search_path` to the generation's schema alone while the projection
-/// runs, so `apply` writes to the right generation without knowing it, and a table it forgot
-/// to create is an error rather than a table (or a reader's view) of `public`. Name anything
-/// else it uses with its schema (`public.currency_rates`, `public.uuid_generate_v7()`).
-///
-/// # Examples
-///
-/// ```
-/// use eventsource_core::RecordedEvent;
-/// use eventsource_postgres::{PgProjection, PgRebuildable};
-/// use sqlx::PgConnection;
-///
-/// /// Events per stream.
-/// struct EventCounts;
-///
-/// impl PgProjection for EventCounts {
-///     type Error = sqlx::Error;
-///
-///     fn name(&self) -> &str {
-///         "event-counts"
-///     }
-///
-///     async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> Result<(), sqlx::Error> {
-///         sqlx::query(
-///             "INSERT INTO event_counts (stream, n) VALUES ($1, 1) \
-///              ON CONFLICT (stream) DO UPDATE SET n = event_counts.n + 1",
-///         )
-///         .bind(event.stream.to_string())
-///         .execute(conn)
-///         .await?;
-///         Ok(())
-///     }
-/// }
-///
-/// impl PgRebuildable for EventCounts {
-///     fn tables(&self) -> &[&str] {
-///         &["event_counts"]
-///     }
-///
-///     async fn create_tables(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-///         sqlx::query("CREATE TABLE event_counts (stream text PRIMARY KEY, n bigint NOT NULL)")
-///             .execute(conn)
-///             .await?;
-///         Ok(())
-///     }
-/// }
-/// # let _ = EventCounts;
-/// ```
-pub trait PgRebuildable: PgProjection {
-    /// The tables readers query: each gets a view of its name in the reader schema.
-    fn tables(&self) -> &[&str];
-
-    /// Creates the projection's tables (and their indexes), unqualified, through `conn`: the
-    /// transaction's `search_path` starts with the new generation's schema.
-    fn create_tables(
-        &self,
-        conn: &mut PgConnection,
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
-}
 
 /// A blue/green rebuild of a [`PgRebuildable`] projection while its live generation serves.
 ///
@@ -142,7 +75,7 @@ pub trait PgRebuildable: PgProjection {
 /// new view, pointing at N+1, but reads N+1's tables as of its old snapshot: partly built. In
 /// such transactions read the views first, or read them in a transaction of their own.
 ///
-/// [`PgProjection::side_effect`] is never called by a rebuild.
+/// [`PgProjection::side_effect`](crate::PgProjection::side_effect) is never called by a rebuild.
 ///
 /// A rebuild stopped at any point (cancelled, killed, failed) leaves N+1 building and N
 /// serving; the next `run` resumes N+1 from its checkpoint. A failing event stops it with

@@ -22,8 +22,8 @@ pub use diagnostics::LogBlocker;
 pub use error::PgStoreError;
 pub use projection::{
     LeaseError, PgLease, PgProjection, PgProjectionError, PgProjectionHandler, PgProjectionRunner,
-    PgRebuild, PgRebuildable, ProjectionOptions, RebuildOptions, RebuildPhase, RebuildProgress,
-    RebuildReport, TypedPgProjection, TypedPgRebuildable,
+    PgRebuild, PgRebuildable, PgTenantRebuildable, ProjectionOptions, RebuildOptions, RebuildPhase,
+    RebuildProgress, RebuildReport, TypedPgProjection, TypedPgRebuildable,
 };
 pub use saga::{PgDeadlineRunner, PgSagaHandler, PgSagaRunner, PgSagaStore};
 pub use snapshot::PgSnapshotStore;

@@ -611,13 +611,19 @@ SELECT count(*) FROM pruned
 ";
 
 /// The serving generation of projection `$1`, locked FOR SHARE until the transaction ends (a
-/// cutover waits for it), with the transaction's `search_path` set to its schema first (then
-/// `public`), so the projection's unqualified statements write to it. No row: the projection
-/// has no generations (its tables are wherever its statements name them).
+/// cutover waits for it), and the transaction's `search_path` before it is set to the
+/// generation's schema alone, so the projection's unqualified statements write to it and a
+/// table missing there is an error, never a table (or a reader's view) of `public`. The old
+/// path is read in a subquery kept apart (`OFFSET 0`), so before the change, and is put back
+/// with [`RESTORE_PATH`] for the bookkeeping. No row: the projection has no generations (its
+/// tables are wherever its statements name them).
 pub(crate) const ENTER_SERVING_GENERATION: &str = r"
-SELECT generation, set_config('search_path', quote_ident(schema_name) || ', public', true) AS path
-FROM projection_generations WHERE projection = $1 AND state = 'serving'
-FOR SHARE
+SELECT g.generation, o.outer_path,
+       set_config('search_path', quote_ident(g.schema_name), true) AS path
+FROM projection_generations g,
+     (SELECT current_setting('search_path') AS outer_path OFFSET 0) o
+WHERE g.projection = $1 AND g.state = 'serving'
+FOR SHARE OF g
 ";
 
 /// The serving generation of projection `$1`, if any.
@@ -625,9 +631,18 @@ pub(crate) const SERVING_GENERATION: &str = r"
 SELECT generation FROM projection_generations WHERE projection = $1 AND state = 'serving'
 ";
 
-/// Sets the transaction's `search_path` to the schema `$1`, then `public`.
+/// Sets the transaction's `search_path` to the schema `$1` alone (never `public` after it: a
+/// table a projection forgot to create must not resolve to one there); returns the path before
+/// (read first, see [`ENTER_SERVING_GENERATION`]).
 pub(crate) const SET_GENERATION_PATH: &str = r"
-SELECT set_config('search_path', quote_ident($1) || ', public', true)
+SELECT o.outer_path, set_config('search_path', quote_ident($1), true)
+FROM (SELECT current_setting('search_path') AS outer_path OFFSET 0) o
+";
+
+/// Puts the transaction's `search_path` back to `$1` (as [`SET_GENERATION_PATH`] returned it),
+/// for the bookkeeping tables that live where the migrations put them.
+pub(crate) const RESTORE_PATH: &str = r"
+SELECT set_config('search_path', $1, true)
 ";
 
 /// Locks every generation row of projection `$1` until the transaction ends (a cutover).
@@ -710,4 +725,39 @@ WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
 /// Sets the transaction's `lock_timeout` to `$1` (such as `2000ms`).
 pub(crate) const SET_LOCK_TIMEOUT: &str = r"
 SELECT set_config('lock_timeout', $1, true)
+";
+
+/// The serving generation of projection `$1` and its schema, locked FOR UPDATE until the
+/// transaction ends: live batches (FOR SHARE) and cutovers wait for it (a tenant's swap).
+pub(crate) const LOCK_SERVING_GENERATION: &str = r"
+SELECT generation, schema_name FROM projection_generations
+WHERE projection = $1 AND state = 'serving'
+FOR UPDATE
+";
+
+/// Copies the rows of the tables `$3` from schema `$1` into schema `$2`; returns how many.
+pub(crate) const COPY_GENERATION_ROWS: &str = r"
+SELECT eventsource_copy_generation_rows($1, $2, $3)
+";
+
+/// As [`READ_ALL`], of tenant `$5` (any if null), only the streams of shard `$7` of `$6`
+/// (`stream_key % $6 = $7`): a parallel rebuild's worker.
+pub(crate) const READ_SHARD: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    r"
+FROM events
+WHERE (transaction_id, global_position) > ($1::text::xid8, $2::int8)
+  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+  AND ($3::timestamptz IS NULL OR recorded_at >= $3)
+  AND ($5::text IS NULL OR tenant_id = $5)
+  AND stream_key % $6 = $7
+ORDER BY events.transaction_id, events.global_position
+LIMIT $4
+"
+);
+
+/// The checkpoints whose names start with `$1` (a parallel rebuild's shards).
+pub(crate) const CHECKPOINTS_STARTING_WITH: &str = r"
+SELECT name FROM checkpoints WHERE starts_with(name, $1)
 ";

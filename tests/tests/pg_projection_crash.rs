@@ -393,9 +393,17 @@ async fn generation_states(pool: &PgPool, name: &str) -> Vec<String> {
     .expect("generations")
 }
 
-/// A rebuild process of projection `name` (instance `rebuilder`, batches of 2 to 29 events).
-fn spawn_rebuilder(db_url: &str, name: &str, tenant: &TenantId, readers: &str) -> ChildProcess {
+/// A rebuild process of projection `name` (instance `rebuilder`, batches of 2 to 29 events,
+/// a number of workers out of `workers`).
+fn spawn_rebuilder(
+    db_url: &str,
+    name: &str,
+    tenant: &TenantId,
+    readers: &str,
+    workers: std::ops::Range<u32>,
+) -> ChildProcess {
     let batch = rand::random_range(2..30u32).to_string();
+    let workers = rand::random_range(workers).to_string();
     spawn_projector(
         db_url,
         name,
@@ -406,22 +414,43 @@ fn spawn_rebuilder(db_url: &str, name: &str, tenant: &TenantId, readers: &str) -
             ("PROJ_MODE", "rebuild"),
             ("PROJ_READERS", readers),
             ("PROJ_BATCH", &batch),
+            ("PROJ_WORKERS", &workers),
         ],
     )
 }
 
-/// Where generation 2 of projection `name` is built up to (0 before its first batch).
+/// Where generation 2 of projection `name` is built up to (0 before its first batch): its
+/// checkpoint, or the sum of its shards' in a parallel fill.
 async fn rebuild_checkpoint(pool: &PgPool, name: &str) -> i64 {
-    sqlx::query_scalar("SELECT global_position FROM checkpoints WHERE name = $1 || '/g2'")
-        .bind(name)
-        .fetch_optional(pool)
-        .await
-        .expect("the rebuild's checkpoint")
-        .unwrap_or(0)
+    sqlx::query_scalar(
+        "SELECT coalesce(sum(global_position), 0)::int8 FROM checkpoints \
+         WHERE starts_with(name, $1 || '/g2')",
+    )
+    .bind(name)
+    .fetch_one(pool)
+    .await
+    .expect("the rebuild's checkpoint")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rebuild_process_killed_at_random_points_is_never_cut_over_half_built() {
+    killed_rebuilds(1..2).await;
+}
+
+/// As above with a parallel fill of 2 or 3 workers: a killed fill resumes with the number of
+/// workers it began with, whatever the next process asks for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_parallel_rebuild_process_killed_at_random_points_resumes_its_shards() {
+    killed_rebuilds(2..4).await;
+}
+
+/// Builds generation 1, then kills rebuild processes of generation 2 (of `workers` workers)
+/// at random points while writers append; resumed, generation 2 equals a clean build.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one crash scenario, read top to bottom"
+)]
+async fn killed_rebuilds(workers: std::ops::Range<u32>) {
     let Some(db_url) = support::service_url("DATABASE_URL") else {
         return;
     };
@@ -454,8 +483,9 @@ async fn a_rebuild_process_killed_at_random_points_is_never_cut_over_half_built(
     assert!(!generation_one.is_empty());
     let started = Instant::now();
     let (mut kills, mut finished, mut killed_at) = (0, false, Vec::new());
+    let mut parallel_kills = 0;
     for _ in 0..REBUILD_KILLS {
-        let mut rebuilder = spawn_rebuilder(&db_url, &name, &tenant, &readers);
+        let mut rebuilder = spawn_rebuilder(&db_url, &name, &tenant, &readers, workers.clone());
         rebuilder.ready().await;
         tokio::time::sleep(Duration::from_millis(rand::random_range(0..120))).await;
         if rebuilder.exited().is_some() {
@@ -484,6 +514,14 @@ async fn a_rebuild_process_killed_at_random_points_is_never_cut_over_half_built(
             "readers see generation 1, unchanged"
         );
         killed_at.push(rebuild_checkpoint(&pool, &name).await);
+        let shards: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM checkpoints WHERE starts_with(name, $1 || '/g2/shard-')",
+        )
+        .bind(&name)
+        .fetch_one(&pool)
+        .await
+        .expect("shards");
+        parallel_kills += usize::from(shards > 0);
     }
     let log = stop_writers(writers, &done, &store, &tenant).await;
     let report = PgRebuild::new(store.clone(), LedgerModel::new(&name), options())
@@ -515,7 +553,8 @@ async fn a_rebuild_process_killed_at_random_points_is_never_cut_over_half_built(
         "{states:?}"
     );
     eprintln!(
-        "{kills} kills of the rebuild (then finished by itself: {finished}), {} events, in {:?}",
+        "{kills} kills of the rebuild ({parallel_kills} in a parallel fill; then finished by \
+         itself: {finished}), {} events, in {:?}",
         log.len(),
         started.elapsed()
     );

@@ -67,6 +67,28 @@ pub enum PgProjectionError<E: std::error::Error + 'static> {
         /// Where it is.
         actual: Option<LogPosition>,
     },
+    /// A rebuild's cutover would have moved the live checkpoint backwards: the new generation
+    /// ends before the position the live runner reached (the rebuild read another part of the
+    /// log than the live runner: another filter, or a start after its checkpoint). Nothing was
+    /// cut over; the old generation serves and the new one stays building.
+    #[error(
+        "rebuild of projection {projection} ends at {cutover:?}, before the live checkpoint          {live:?}: not cut over"
+    )]
+    CutoverBehind {
+        /// The projection's name.
+        projection: String,
+        /// The live checkpoint.
+        live: Option<LogPosition>,
+        /// Where the new generation is complete up to.
+        cutover: Option<LogPosition>,
+    },
+    /// The projection has no serving generation to rebuild a tenant's rows in
+    /// ([`PgRebuild::rebuild_tenant`](crate::PgRebuild::rebuild_tenant)): build one first.
+    #[error("projection {projection} has no serving generation")]
+    NotServing {
+        /// The projection's name.
+        projection: String,
+    },
     /// Reading the log failed.
     #[error("reading the log failed")]
     Store(#[source] StoreError),

@@ -35,7 +35,8 @@ pub use handler::PgProjectionHandler;
 pub use lease::PgLease;
 pub use options::ProjectionOptions;
 pub use rebuild::{
-    PgRebuild, PgRebuildable, RebuildOptions, RebuildPhase, RebuildProgress, RebuildReport,
+    PgRebuild, PgRebuildable, PgTenantRebuildable, RebuildOptions, RebuildPhase, RebuildProgress,
+    RebuildReport,
 };
 pub use runner::PgProjectionRunner;
 pub use typed::{TypedPgProjection, TypedPgRebuildable};

@@ -294,11 +294,12 @@ impl<P: PgProjection> PgProjectionRunner<P> {
         };
         // The serving generation, locked FOR SHARE until the commit (a cutover waits for this
         // batch, and this batch for a cutover), with the search path set to its schema.
-        let generation: Option<(i64, String)> = sqlx::query_as(sql::ENTER_SERVING_GENERATION)
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if generation.map(|(g, _)| g) != cursor.generation {
+        let generation: Option<(i64, String, String)> =
+            sqlx::query_as(sql::ENTER_SERVING_GENERATION)
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if generation.as_ref().map(|(g, ..)| *g) != cursor.generation {
             let _ = tx.rollback().await;
             return Err(Failure::Generation);
         }
@@ -308,6 +309,13 @@ impl<P: PgProjection> PgProjectionRunner<P> {
                 let _ = tx.rollback().await;
                 return Err(Failure::Apply(i, source));
             }
+        }
+        // The generation's path held the projection's writes; the bookkeeping is elsewhere.
+        if let Some((_, outer_path, _)) = &generation {
+            sqlx::query(sql::RESTORE_PATH)
+                .bind(outer_path)
+                .execute(&mut *tx)
+                .await?;
         }
         let last = events.last().map_or(LogPosition::START, |e| e.position);
         if let Err(e) = tail::seal(&mut tx, lease, name, expected, last).await {

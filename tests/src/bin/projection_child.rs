@@ -38,6 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .with_lease_ttl(Duration::from_millis(var("PROJ_TTL_MS")?.parse()?))
             .with_instance_id(instance)
             .with_reader_schema(var("PROJ_READERS")?)
+            .with_workers(var("PROJ_WORKERS").map_or(Ok(1), |w| w.parse())?)
             .with_filter(LogFilter::tenant(TenantId::new(var("PROJ_TENANT")?)));
         let rebuild = PgRebuild::new(
             PgEventStore::new(pool),

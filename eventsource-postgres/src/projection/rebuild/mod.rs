@@ -1,14 +1,21 @@
 //! [`PgRebuild`]: a blue/green rebuild of a projection while its live generation serves.
 //!
-//! - [`PgRebuildable`] and [`PgRebuild`] (here): the projection's side, and the rebuild with
-//!   its cutover (ADR 0018).
+//! - [`PgRebuild`] (here): the rebuild (ADR 0018); [`PgRebuildable`] (`rebuildable.rs`): the
+//!   projection's side.
+//! - [`PgTenantRebuildable`] and [`PgRebuild::rebuild_tenant`] (`tenant.rs`): one tenant's
+//!   rows of a read model of all tenants (ADR 0020).
+//! - the cutover (`cutover.rs`), one transaction.
+//! - the parallel fill of [`RebuildOptions::with_workers`] (`parallel.rs`).
 //! - [`RebuildOptions`] (`options.rs`); [`RebuildProgress`], [`RebuildPhase`] and
 //!   [`RebuildReport`] (`progress.rs`).
 
+mod cutover;
 mod options;
+mod parallel;
 mod progress;
+mod rebuildable;
+mod tenant;
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use eventsource_core::{EventStore, LogPosition, RecordedEvent, StoreError};
@@ -18,8 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use options::RebuildOptions;
 pub use progress::{RebuildPhase, RebuildProgress, RebuildReport};
+pub use rebuildable::PgRebuildable;
+pub use tenant::PgTenantRebuildable;
 
-use super::PgProjection;
 use super::error::PgProjectionError;
 use super::lease::PgLease;
 use crate::checkpoint::PgCheckpointStore;
@@ -28,71 +36,6 @@ use crate::row::position_to_db;
 use crate::sql;
 use crate::store::PgEventStore;
 use crate::tenant::begin_tenant;
-
-/// A [`PgProjection`] whose read model can be rebuilt into a generation of its own.
-///
-/// Its statements name its tables unqualified (`INSERT INTO order_totals ...`), and
-/// [`tables`](Self::tables) lists the tables readers query. A rebuild ([`PgRebuild`]) creates
-/// them in the new generation's schema with [`create_tables`](Self::create_tables); readers
-/// query views of the same names in the reader schema (`public` by default), which point at the
-/// serving generation. Both [`PgRebuild`] and [`PgProjectionRunner`](crate::PgProjectionRunner)
-/// set each transaction's `search_path` to the generation's schema (then `public`), so `apply`
-/// writes to the right generation without knowing it.
-///
-/// # Examples
-///
-/// ```
-/// use eventsource_core::RecordedEvent;
-/// use eventsource_postgres::{PgProjection, PgRebuildable};
-/// use sqlx::PgConnection;
-///
-/// /// Events per stream.
-/// struct EventCounts;
-///
-/// impl PgProjection for EventCounts {
-///     type Error = sqlx::Error;
-///
-///     fn name(&self) -> &str {
-///         "event-counts"
-///     }
-///
-///     async fn apply(&self, conn: &mut PgConnection, event: &RecordedEvent) -> Result<(), sqlx::Error> {
-///         sqlx::query(
-///             "INSERT INTO event_counts (stream, n) VALUES ($1, 1) \
-///              ON CONFLICT (stream) DO UPDATE SET n = event_counts.n + 1",
-///         )
-///         .bind(event.stream.to_string())
-///         .execute(conn)
-///         .await?;
-///         Ok(())
-///     }
-/// }
-///
-/// impl PgRebuildable for EventCounts {
-///     fn tables(&self) -> &[&str] {
-///         &["event_counts"]
-///     }
-///
-///     async fn create_tables(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-///         sqlx::query("CREATE TABLE event_counts (stream text PRIMARY KEY, n bigint NOT NULL)")
-///             .execute(conn)
-///             .await?;
-///         Ok(())
-///     }
-/// }
-/// # let _ = EventCounts;
-/// ```
-pub trait PgRebuildable: PgProjection {
-    /// The tables readers query: each gets a view of its name in the reader schema.
-    fn tables(&self) -> &[&str];
-
-    /// Creates the projection's tables (and their indexes), unqualified, through `conn`: the
-    /// transaction's `search_path` starts with the new generation's schema.
-    fn create_tables(
-        &self,
-        conn: &mut PgConnection,
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
-}
 
 /// A blue/green rebuild of a [`PgRebuildable`] projection while its live generation serves.
 ///
@@ -115,7 +58,24 @@ pub trait PgRebuildable: PgProjection {
 /// position. N's schema is dropped after the grace period, by the next rebuild's start or end
 /// or by [`drop_retired`](Self::drop_retired).
 ///
-/// [`PgProjection::side_effect`] is never called by a rebuild.
+/// The views are replaced in place (`CREATE OR REPLACE VIEW`), so what was granted on them
+/// survives; when N+1 changed a table's columns the view is dropped and created with the same
+/// grants. A view reads its generation with its owner's rights: readers need `SELECT` on the
+/// views (and `USAGE` on their schema) only. The cutover refuses to move the live checkpoint
+/// backwards ([`PgProjectionError::CutoverBehind`]).
+///
+/// # Readers' transactions across a cutover
+///
+/// A transaction that has read a view holds it until it ends: the cutover waits for it (up to
+/// [`with_cutover_lock_timeout`](RebuildOptions::with_cutover_lock_timeout), then retries),
+/// so within that transaction every read sees N. Under `READ COMMITTED` (PostgreSQL's
+/// default) each statement sees the generation serving when it starts, complete. The caveat
+/// is `REPEATABLE READ` and `SERIALIZABLE`: a transaction whose snapshot was taken before the
+/// cutover (by any statement) and which reads a view for the first time after it gets the
+/// new view, pointing at N+1, but reads N+1's tables as of its old snapshot: partly built. In
+/// such transactions read the views first, or read them in a transaction of their own.
+///
+/// [`PgProjection::side_effect`](crate::PgProjection::side_effect) is never called by a rebuild.
 ///
 /// A rebuild stopped at any point (cancelled, killed, failed) leaves N+1 building and N
 /// serving; the next `run` resumes N+1 from its checkpoint. A failing event stops it with
@@ -174,6 +134,7 @@ struct Building {
 }
 
 /// Counters of this run.
+#[derive(Clone, Copy)]
 struct Meter {
     started: Instant,
     processed: u64,
@@ -235,22 +196,33 @@ impl<P: PgRebuildable> PgRebuild<P> {
         self,
         shutdown: CancellationToken,
     ) -> Result<Option<RebuildReport>, PgProjectionError<P::Error>> {
-        let name = self.projection.name();
-        let lease = PgLease::try_acquire(
+        let lease = self.take_lease().await?;
+        let outcome = self.build(&lease, &shutdown).await;
+        self.let_go(lease, &outcome).await;
+        outcome
+    }
+
+    /// Takes the rebuild lease, `<projection>/rebuild`, or fails with
+    /// [`PgProjectionError::LeaseHeld`].
+    async fn take_lease(&self) -> Result<PgLease, PgProjectionError<P::Error>> {
+        PgLease::try_acquire(
             &self.pool,
-            format!("{name}/rebuild"),
+            format!("{}/rebuild", self.projection.name()),
             self.options.instance_id.clone(),
             self.options.lease_ttl,
         )
         .await
-        .map_err(PgProjectionError::from_lease)?;
-        let outcome = self.build(&lease, &shutdown).await;
+        .map_err(PgProjectionError::from_lease)
+    }
+
+    /// Releases the rebuild lease unless it was lost.
+    async fn let_go<T>(&self, lease: PgLease, outcome: &Result<T, PgProjectionError<P::Error>>) {
         if !matches!(outcome, Err(PgProjectionError::LeaseLost { .. }))
             && let Err(e) = lease.release().await
         {
-            tracing::warn!(projection = name, error = %e, "rebuild lease not released; it will run out");
+            tracing::warn!(projection = self.projection.name(), error = %e,
+                "rebuild lease not released; it will run out");
         }
-        outcome
     }
 
     async fn build(
@@ -270,6 +242,13 @@ impl<P: PgRebuildable> PgRebuild<P> {
             processed_at_count: 0,
         };
         self.report(generation, RebuildPhase::Filling, &meter);
+        let Some(n) = self
+            .fill_parallel(lease, &mut building, &meter, shutdown)
+            .await?
+        else {
+            return Ok(None);
+        };
+        meter.processed += n;
         loop {
             if shutdown.is_cancelled() {
                 return Ok(None);
@@ -368,11 +347,9 @@ impl<P: PgRebuildable> PgRebuild<P> {
                 .bind(&schema)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(sql::SET_GENERATION_PATH)
-                .bind(&schema)
-                .execute(&mut *tx)
-                .await?;
+            let outer_path = enter_path(&mut tx, &schema).await?;
             self.projection.create_tables(&mut tx).await?;
+            restore_path(&mut tx, &outer_path).await?;
             (generation, schema)
         };
         let checkpoint_name = format!("{name}/g{generation}");
@@ -424,19 +401,12 @@ impl<P: PgRebuildable> PgRebuild<P> {
             .map_err(PgProjectionError::Store)
     }
 
-    async fn begin(
-        &self,
-        schema: &str,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-        let mut tx = match &self.options.filter.tenant {
-            Some(tenant) => begin_tenant(&self.pool, tenant).await?,
-            None => self.pool.begin().await?,
-        };
-        sqlx::query(sql::SET_GENERATION_PATH)
-            .bind(schema)
-            .execute(&mut *tx)
-            .await?;
-        Ok(tx)
+    /// Begins a transaction, scoped to the filter's tenant.
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        match &self.options.filter.tenant {
+            Some(tenant) => begin_tenant(&self.pool, tenant).await,
+            None => self.pool.begin().await,
+        }
     }
 
     /// Reads and commits one batch; returns its size.
@@ -461,7 +431,8 @@ impl<P: PgRebuildable> PgRebuild<P> {
         building: &mut Building,
         events: &[RecordedEvent],
     ) -> Result<(), PgProjectionError<P::Error>> {
-        let mut tx = self.begin(&building.schema).await?;
+        let mut tx = self.begin().await?;
+        let outer_path = enter_path(&mut tx, &building.schema).await?;
         for (i, event) in events.iter().enumerate() {
             if let Err(source) = self.projection.apply(&mut tx, event).await {
                 let _ = tx.rollback().await;
@@ -474,6 +445,7 @@ impl<P: PgRebuildable> PgRebuild<P> {
             }
         }
         let last = events.last().map_or(LogPosition::START, |e| e.position);
+        restore_path(&mut tx, &outer_path).await?;
         self.fence(lease, &mut tx, building, last).await?;
         tx.commit().await?;
         building.checkpoint = Some(last);
@@ -493,103 +465,6 @@ impl<P: PgRebuildable> PgRebuild<P> {
             .await
             .map_err(PgProjectionError::from_lease)?;
         save_checkpoint(tx, &building.checkpoint_name, building.checkpoint, to).await
-    }
-
-    /// The cutover, in one transaction; returns how many events it applied.
-    async fn cut_over(
-        &self,
-        lease: &PgLease,
-        building: &mut Building,
-    ) -> Result<u64, PgProjectionError<P::Error>> {
-        let name = self.projection.name();
-        let mut tx = self.begin(&building.schema).await?;
-        // Waits for a live batch in flight; the live runner's next batch waits for this.
-        let rows: Vec<(i64, String)> = sqlx::query_as(sql::LOCK_GENERATIONS)
-            .bind(name)
-            .fetch_all(&mut *tx)
-            .await?;
-        if !rows
-            .iter()
-            .any(|(g, state)| *g == building.generation && state == "building")
-        {
-            // Not ours to cut over any more (discarded by hand): the lease is the only other
-            // writer, so treat it as lost.
-            return Err(PgProjectionError::LeaseLost {
-                projection: lease.name().to_owned(),
-                holder: None,
-            });
-        }
-        let live = PgCheckpointStore::load_in_tx(&mut tx, name)
-            .await
-            .map_err(PgProjectionError::Store)?;
-        // The rest of the log: events up to the live checkpoint are visible (the live runner
-        // read them), so reading until a short batch passes it.
-        let mut position = building.checkpoint;
-        let mut applied = 0u64;
-        loop {
-            let batch = self.read_after(position).await?;
-            for event in &batch {
-                if let Err(source) = self.projection.apply(&mut tx, event).await {
-                    let _ = tx.rollback().await;
-                    // Commit what came before it in ordinary batches: they stop at it and
-                    // name it (this loop ends there, or at the head if it passes this time).
-                    while self.step(lease, building).await? > 0 {}
-                    let error = PgProjectionError::apply(name, event, source);
-                    tracing::error!(error = %error, "rebuild halted in its cutover");
-                    return Err(error);
-                }
-            }
-            applied += batch.len() as u64;
-            if let Some(last) = batch.last() {
-                position = Some(last.position);
-            }
-            if batch.len() < self.options.batch_size {
-                break;
-            }
-        }
-        if let Some(to) = position {
-            self.fence(lease, &mut tx, building, to).await?;
-            save_checkpoint(&mut tx, name, live, to).await?;
-        } else {
-            lease
-                .renew_in_tx(&mut tx)
-                .await
-                .map_err(PgProjectionError::from_lease)?;
-        }
-        sqlx::query(sql::RETIRE_GENERATION)
-            .bind(name)
-            .bind(self.options.grace_period.as_secs_f64() * 1_000.0)
-            .execute(&mut *tx)
-            .await?;
-        let (transaction, global) = position.map(position_to_db).unzip();
-        sqlx::query(sql::SERVE_GENERATION)
-            .bind(name)
-            .bind(building.generation)
-            .bind(transaction)
-            .bind(global)
-            .execute(&mut *tx)
-            .await?;
-        // Readers in flight on the views delay this, and new ones queue behind it: bounded.
-        sqlx::query(sql::SET_LOCK_TIMEOUT)
-            .bind(format!(
-                "{}ms",
-                self.options.cutover_lock_timeout.as_millis()
-            ))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(sql::POINT_GENERATION_VIEWS)
-            .bind(&self.options.reader_schema)
-            .bind(&building.schema)
-            .bind(self.projection.tables())
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(sql::DELETE_CHECKPOINT)
-            .bind(&building.checkpoint_name)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        building.checkpoint = position;
-        Ok(applied)
     }
 
     /// Drops the schemas of the projection's retired generations whose grace period is over;
@@ -625,6 +500,26 @@ impl<P: PgRebuildable> PgRebuild<P> {
             .map(|(g, _)| u64::try_from(g).unwrap_or(0))
             .collect())
     }
+}
+
+/// Sets the transaction's `search_path` to the generation's `schema` alone (a table the
+/// projection forgot to create there is an error, never one of `public`); returns the path to
+/// put back with [`restore_path`] before the bookkeeping.
+pub(super) async fn enter_path(tx: &mut PgConnection, schema: &str) -> Result<String, sqlx::Error> {
+    let (outer_path,): (String,) = sqlx::query_as(sql::SET_GENERATION_PATH)
+        .bind(schema)
+        .fetch_one(tx)
+        .await?;
+    Ok(outer_path)
+}
+
+/// Puts the transaction's `search_path` back to `path` (from [`enter_path`]).
+pub(super) async fn restore_path(tx: &mut PgConnection, path: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(sql::RESTORE_PATH)
+        .bind(path)
+        .execute(tx)
+        .await
+        .map(drop)
 }
 
 /// Moves the checkpoint `name` from `expected` to `to` by compare-and-set.

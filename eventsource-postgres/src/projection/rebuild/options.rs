@@ -28,6 +28,7 @@ pub struct RebuildOptions {
     pub(super) filter: LogFilter,
     pub(super) start: LogPosition,
     pub(super) cutover_lock_timeout: Duration,
+    pub(super) workers: u32,
 }
 
 impl Default for RebuildOptions {
@@ -43,6 +44,7 @@ impl Default for RebuildOptions {
             filter: LogFilter::all(),
             start: LogPosition::START,
             cutover_lock_timeout: Duration::from_secs(2),
+            workers: 1,
         }
     }
 }
@@ -131,6 +133,20 @@ impl RebuildOptions {
     #[must_use]
     pub fn with_cutover_lock_timeout(mut self, timeout: Duration) -> Self {
         self.cutover_lock_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Fill the new generation with this many workers at once (default 1: one after the
+    /// other). Each worker applies the events of the streams whose key falls in its shard
+    /// (`stream_key % workers`), in log order, so each stream's events stay in version order
+    /// while streams of different shards are applied concurrently: only for projections whose
+    /// rows never combine events of two streams. Each shard keeps its checkpoint, so a stopped
+    /// fill resumes shard by shard (with the number of workers it began with, whatever this
+    /// says); once every shard reached the same position the rest of the fill and the cutover
+    /// run as with one worker. Each worker holds a connection of the pool.
+    #[must_use]
+    pub fn with_workers(mut self, workers: u32) -> Self {
+        self.workers = workers.max(1);
         self
     }
 

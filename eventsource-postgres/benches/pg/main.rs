@@ -18,10 +18,14 @@
 mod appends;
 mod commands;
 mod harness;
+mod live;
 mod loads;
 mod log;
 mod model;
+mod projection;
 mod raw;
+mod saga;
+mod seed;
 mod shape;
 
 use eventsource_core::TenantId;
@@ -40,7 +44,8 @@ async fn main() {
         "scenario", "framework", "raw sqlx", "ratio"
     );
 
-    // `BENCH_ONLY=appends,loads` runs a subset: appends, commands, loads, log.
+    // `BENCH_ONLY=appends,loads` runs a subset: appends, shape, commands, loads, log, rebuild,
+    // lag, saga.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let wanted = |name: &str| only.is_empty() || only.split(',').any(|o| o.trim() == name);
     if wanted("appends") {
@@ -60,5 +65,14 @@ async fn main() {
     }
     if wanted("log") {
         log::log_read(&pool, &store, &tenant, &mut table).await;
+    }
+    if wanted("rebuild") {
+        projection::rebuilds(&pool, &store, tenant.as_str(), &mut table).await;
+    }
+    if wanted("lag") {
+        live::lag(&pool, &store, &mut table).await;
+    }
+    if wanted("saga") {
+        saga::sagas(&pool, &store, &tenant, &mut table).await;
     }
 }

@@ -289,7 +289,7 @@ impl<P: PgRebuildable> PgRebuild<P> {
         self.report(generation, RebuildPhase::CuttingOver, &meter);
         let mut attempt = 1;
         let applied = loop {
-            match self.cut_over(lease, &mut building).await {
+            match self.cut_over(lease, &mut building, false).await {
                 Err(PgProjectionError::Database(e)) if is_lock_timeout(&e) && attempt < 10 => {
                     tracing::warn!(
                         projection = self.projection.name(),
@@ -449,24 +449,32 @@ impl<P: PgRebuildable> PgRebuild<P> {
         if batch.is_empty() {
             return Ok(0);
         }
-        self.commit(lease, building, &batch).await?;
+        self.commit(lease, building, &batch, false).await?;
         Ok(batch.len())
     }
 
     /// Applies `events` to the generation in one transaction with its checkpoint moved and the
-    /// lease renewed; on a failing event, commits those before it and names it.
+    /// lease renewed: as a batch ([`PgProjection::apply_batch`]), or `one_by_one` when the
+    /// batch failed, then commits those before a failing event and names it.
     async fn commit(
         &self,
         lease: &PgLease,
         building: &mut Building,
         events: &[RecordedEvent],
+        one_by_one: bool,
     ) -> Result<(), PgProjectionError<P::Error>> {
         let mut tx = self.begin(&building.schema).await?;
-        for (i, event) in events.iter().enumerate() {
+        if !one_by_one && let Err(e) = self.projection.apply_batch(&mut tx, events).await {
+            let _ = tx.rollback().await;
+            tracing::debug!(projection = self.projection.name(), error = %e,
+                "rebuild batch failed; applying it again event by event");
+            return Box::pin(self.commit(lease, building, events, true)).await;
+        }
+        for (i, event) in events.iter().enumerate().filter(|_| one_by_one) {
             if let Err(source) = self.projection.apply(&mut tx, event).await {
                 let _ = tx.rollback().await;
                 if i > 0 {
-                    Box::pin(self.commit(lease, building, &events[..i])).await?;
+                    Box::pin(self.commit(lease, building, &events[..i], true)).await?;
                 }
                 let error = PgProjectionError::apply(self.projection.name(), event, source);
                 tracing::error!(error = %error, "rebuild halted");
@@ -495,11 +503,13 @@ impl<P: PgRebuildable> PgRebuild<P> {
         save_checkpoint(tx, &building.checkpoint_name, building.checkpoint, to).await
     }
 
-    /// The cutover, in one transaction; returns how many events it applied.
+    /// The cutover, in one transaction; returns how many events it applied. Applies batches
+    /// with [`PgProjection::apply_batch`], or `one_by_one` after a batch failed.
     async fn cut_over(
         &self,
         lease: &PgLease,
         building: &mut Building,
+        one_by_one: bool,
     ) -> Result<u64, PgProjectionError<P::Error>> {
         let name = self.projection.name();
         let mut tx = self.begin(&building.schema).await?;
@@ -528,7 +538,15 @@ impl<P: PgRebuildable> PgRebuild<P> {
         let mut applied = 0u64;
         loop {
             let batch = self.read_after(position).await?;
-            for event in &batch {
+            if !one_by_one && let Err(e) = self.projection.apply_batch(&mut tx, &batch).await {
+                let _ = tx.rollback().await;
+                tracing::debug!(projection = name, error = %e,
+                    "cutover batch failed; catching up event by event, then cutting over again");
+                // Ordinary batches stop at a failing event and name it, or pass it.
+                while self.step(lease, building).await? > 0 {}
+                return Box::pin(self.cut_over(lease, building, true)).await;
+            }
+            for event in batch.iter().filter(|_| one_by_one) {
                 if let Err(source) = self.projection.apply(&mut tx, event).await {
                     let _ = tx.rollback().await;
                     // Commit what came before it in ordinary batches: they stop at it and

@@ -72,6 +72,9 @@ async fn main() {
     if wanted("lag") {
         live::lag(&pool, &store, &mut table).await;
     }
+    if wanted("profile") {
+        saga::profile(&pool, &store, &tenant).await;
+    }
     if wanted("saga") {
         saga::sagas(&pool, &store, &tenant, &mut table).await;
     }

@@ -265,3 +265,60 @@ async fn raw_fire_due(pool: &PgPool) -> i64 {
         fired += i64::try_from(due.len()).expect("small");
     }
 }
+
+pub(crate) async fn profile(pool: &PgPool, store: &PgEventStore, tenant: &TenantId) {
+    use eventsource_core::{CommandDecider, ExpectedVersion, HandledEvent, SagaKey, SagaState, CommandContext};
+    use eventsource_postgres::{PgSagaStore, begin_tenant};
+    let repo = Repository::<Counter, _>::new(store.clone()).with_tenant(tenant.clone());
+    let key = SagaKey::new(tenant.clone(), "prof", "p-1");
+    let mut t = [Duration::ZERO; 7];
+    let n = 500u64;
+    for i in 0..n {
+        let ev = placed(tenant, "p-1", i);
+        let handled = HandledEvent::of(&ev);
+        let s = Instant::now();
+        let mut tx = begin_tenant(pool, tenant).await.unwrap();
+        t[0] += s.elapsed(); let s = Instant::now();
+        let _loaded = PgSagaStore::load_in_tx(&mut tx, &key, &handled).await.unwrap();
+        t[1] += s.elapsed(); let s = Instant::now();
+        let ctx = CommandContext::caused_by(&ev);
+        let decided = repo.decide((format!("prof-{i}"), 1), &ctx).await.unwrap().unwrap();
+        t[2] += s.elapsed(); let s = Instant::now();
+        PgEventStore::append_in_tx(&mut tx, &decided.stream, ExpectedVersion::NoStream, decided.events).await.unwrap();
+        t[3] += s.elapsed(); let s = Instant::now();
+        let state = SagaState::new(json!({"steps": i}), 1, i + 1, ev.position);
+        PgSagaStore::save_in_tx(&mut tx, &key, i, state, handled).await.unwrap();
+        t[4] += s.elapsed(); let s = Instant::now();
+        tx.commit().await.unwrap();
+        t[5] += s.elapsed();
+    }
+    for ddl in RAW_SAGA_SCHEMA.iter().copied() {
+        sqlx::query(ddl).execute(pool).await.expect("raw saga schema");
+    }
+    let mut r = [Duration::ZERO; 7];
+    for i in 0..n {
+        let instance = "p-1";
+        let event_id = Uuid::now_v7();
+        let s = Instant::now();
+        let mut tx = pool.begin().await.expect("begin");
+        r[0] += s.elapsed(); let s = Instant::now();
+        let row = sqlx::query(RAW_SAGA_LOAD).bind(instance).bind(event_id).fetch_optional(&mut *tx).await.unwrap();
+        r[1] += s.elapsed(); let s = Instant::now();
+        let target = format!("raw-ship-{instance}-{i}");
+        let rows = sqlx::query(RAW_LOAD).bind(&target).fetch_all(pool).await.unwrap();
+        r[2] += s.elapsed(); let s = Instant::now();
+        sqlx::query(RAW_INSERT).bind(&target).bind(rows.len() as i64 + 1).bind(Uuid::now_v7()).bind(json!({ "by": 1 })).execute(&mut *tx).await.unwrap();
+        r[3] += s.elapsed(); let s = Instant::now();
+        let version: i64 = row.map_or(0, |r| r.get(1));
+        sqlx::query(RAW_SAGA_SAVE).bind(instance).bind(event_id).bind(json!({"steps": i})).bind(version).execute(&mut *tx).await.unwrap();
+        r[4] += s.elapsed(); let s = Instant::now();
+        tx.commit().await.unwrap();
+        r[5] += s.elapsed();
+    }
+    for ((name, d), rd) in ["begin", "load", "decide", "append", "save", "commit"].iter().zip(t).zip(r) {
+        println!("{name:>8}: {:.3} ms  raw {:.3} ms", d.as_secs_f64() * 1e3 / n as f64, rd.as_secs_f64() * 1e3 / n as f64);
+    }
+    for (name, d) in [("x", Duration::ZERO)] {
+        println!("{name:>8}: {:.3} ms", d.as_secs_f64() * 1e3 / n as f64);
+    }
+}

@@ -72,9 +72,6 @@ async fn main() {
     if wanted("lag") {
         live::lag(&pool, &store, &mut table).await;
     }
-    if wanted("profile") {
-        saga::profile(&pool, &store, &tenant).await;
-    }
     if wanted("saga") {
         saga::sagas(&pool, &store, &tenant, &mut table).await;
     }

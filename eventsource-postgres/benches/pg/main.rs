@@ -9,19 +9,25 @@
 //! moved ratios by up to 0.1 from run to run) and prints one table: scenario, the framework's
 //! figure, the raw engine's figure in the same run, and their ratio (framework / raw for
 //! throughputs, raw / framework for latencies: above 1.0 means the framework is faster).
-//! `BENCH_LOG_EVENTS` (default 1,000,000) sets the size of the log read; `BENCH_ONLY` (a comma
-//! list of `appends`, `commands`, `loads`, `log`) runs a subset. The command scenarios measure
-//! steady state: before their timed rounds, each task commands each of its aggregates once, on
-//! both sides (with the cache, that loads them).
+//! `BENCH_LOG_EVENTS` (default 1,000,000) sets the size of the log that `log`, `rebuild` and
+//! `lag` read (seeded in bulk once per run, `seed.rs`); `BENCH_ONLY` (a comma list of `appends`,
+//! `shape`, `commands`, `loads`, `log`, `rebuild`, `lag`, `saga`) runs a subset. The command
+//! scenarios measure steady state: before their timed rounds, each task commands each of its
+//! aggregates once, on both sides (with the cache, that loads them). The projection and saga
+//! scenarios (`projection.rs`, `live.rs`, `saga.rs`) are described in the crate README.
 #![allow(missing_docs, clippy::print_stdout, clippy::cast_precision_loss)]
 
 mod appends;
 mod commands;
 mod harness;
+mod live;
 mod loads;
 mod log;
 mod model;
+mod projection;
 mod raw;
+mod saga;
+mod seed;
 mod shape;
 
 use eventsource_core::TenantId;
@@ -40,7 +46,8 @@ async fn main() {
         "scenario", "framework", "raw sqlx", "ratio"
     );
 
-    // `BENCH_ONLY=appends,loads` runs a subset: appends, commands, loads, log.
+    // `BENCH_ONLY=appends,loads` runs a subset: appends, shape, commands, loads, log, rebuild,
+    // lag, saga.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let wanted = |name: &str| only.is_empty() || only.split(',').any(|o| o.trim() == name);
     if wanted("appends") {
@@ -60,5 +67,14 @@ async fn main() {
     }
     if wanted("log") {
         log::log_read(&pool, &store, &tenant, &mut table).await;
+    }
+    if wanted("rebuild") {
+        projection::rebuilds(&pool, &store, tenant.as_str(), &mut table).await;
+    }
+    if wanted("lag") {
+        live::lag(&pool, &store, &mut table).await;
+    }
+    if wanted("saga") {
+        saga::sagas(&pool, &store, &tenant, &mut table).await;
     }
 }

@@ -109,6 +109,30 @@ pub trait PgProjection: Send + Sync {
         false
     }
 
+    /// Applies a batch of events, in log order, through `conn`: by default
+    /// [`apply`](Self::apply) on each in turn.
+    ///
+    /// [`PgProjectionRunner`] and [`PgRebuild`]'s sequential fill and cutover call it once per
+    /// batch, inside the batch's transaction (a parallel fill and a one-tenant rebuild still
+    /// apply event by event). Override it to write once per batch rather than once per event (one upsert
+    /// per row the batch touches, one count per batch): a rebuild then runs at about the speed
+    /// of reading the log instead of a round trip per event. It must leave the read model as
+    /// applying each event in turn would. When it fails, the caller rolls the batch back and
+    /// applies it again event by event with `apply`, which names the failing event and commits
+    /// the events before it.
+    fn apply_batch(
+        &self,
+        conn: &mut PgConnection,
+        events: &[RecordedEvent],
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        async move {
+            for event in events {
+                self.apply(conn, event).await?;
+            }
+            Ok(())
+        }
+    }
+
     /// A side effect of `event` outside the read model (an e-mail, a call to another
     /// service): nothing by default.
     ///

@@ -105,6 +105,8 @@ pub struct PgProjectionRunner<P> {
 enum Failure<E: std::error::Error + 'static> {
     /// The projection failed on the event at this index of the batch.
     Apply(usize, E),
+    /// [`PgProjection::apply_batch`] failed: apply the batch again event by event.
+    Batch,
     /// A rebuild cut over to another generation since the cursor was loaded.
     Generation,
     Other(PgProjectionError<E>),
@@ -221,6 +223,7 @@ impl<P: PgProjection> LogReader for PgProjectionRunner<P> {
         lease: &PgLease,
         cursor: &mut Cursor,
     ) -> Result<usize, PgProjectionError<P::Error>> {
+        let mut one_by_one = false;
         loop {
             let after = cursor.checkpoint.unwrap_or(LogPosition::START);
             let batch = self
@@ -231,7 +234,7 @@ impl<P: PgProjection> LogReader for PgProjectionRunner<P> {
             let Some(last) = batch.last() else {
                 return Ok(0);
             };
-            match self.commit(lease, *cursor, &batch).await {
+            match self.commit(lease, *cursor, &batch, one_by_one).await {
                 Ok(()) => {
                     cursor.checkpoint = Some(last.position);
                     return Ok(batch.len());
@@ -245,18 +248,21 @@ impl<P: PgProjection> LogReader for PgProjectionRunner<P> {
                         "projection cut over to a new generation; continuing on it");
                 }
                 Err(Failure::Other(e)) => return Err(e),
+                Err(Failure::Batch) => one_by_one = true,
                 Err(Failure::Apply(failed, source)) => {
                     // Commit what came before the failing event, so the checkpoint stands
                     // just before it. The first attempt's transaction rolled back: nothing is
                     // applied twice.
                     if failed > 0 {
-                        match self.commit(lease, *cursor, &batch[..failed]).await {
+                        match self.commit(lease, *cursor, &batch[..failed], true).await {
                             Ok(()) => cursor.checkpoint = Some(batch[failed - 1].position),
                             Err(Failure::Generation) => {
                                 *cursor = self.load_cursor().await?;
                                 continue;
                             }
                             Err(Failure::Other(e)) => return Err(e),
+                            // Not raised one by one; reading the batch again is harmless.
+                            Err(Failure::Batch) => continue,
                             Err(Failure::Apply(earlier, source)) => {
                                 return Err(self.failed(&batch[earlier], source));
                             }
@@ -277,7 +283,7 @@ impl<P: PgProjection> PgProjectionRunner<P> {
     }
 
     /// Applies `events` after `expected` in one transaction, with the lease renewed and the
-    /// checkpoint moved to the last event.
+    /// checkpoint moved to the last event: as a batch, or `one_by_one` to find a failing event.
     #[tracing::instrument(name = "eventsource.projection.batch", skip_all,
         fields(projection = self.projection.name(), events = events.len()))]
     async fn commit(
@@ -285,6 +291,7 @@ impl<P: PgProjection> PgProjectionRunner<P> {
         lease: &PgLease,
         cursor: Cursor,
         events: &[RecordedEvent],
+        one_by_one: bool,
     ) -> Result<(), Failure<P::Error>> {
         let name = self.projection.name();
         let expected = cursor.checkpoint;
@@ -303,12 +310,19 @@ impl<P: PgProjection> PgProjectionRunner<P> {
             let _ = tx.rollback().await;
             return Err(Failure::Generation);
         }
-        for (i, event) in events.iter().enumerate() {
-            if let Err(source) = self.projection.apply(&mut tx, event).await {
-                // Dropping the transaction would roll it back too, later.
-                let _ = tx.rollback().await;
-                return Err(Failure::Apply(i, source));
+        if one_by_one {
+            for (i, event) in events.iter().enumerate() {
+                if let Err(source) = self.projection.apply(&mut tx, event).await {
+                    // Dropping the transaction would roll it back too, later.
+                    let _ = tx.rollback().await;
+                    return Err(Failure::Apply(i, source));
+                }
             }
+        } else if let Err(e) = self.projection.apply_batch(&mut tx, events).await {
+            let _ = tx.rollback().await;
+            tracing::debug!(projection = name, error = %e,
+                "batch failed; applying it again event by event");
+            return Err(Failure::Batch);
         }
         // The generation's path held the projection's writes; the bookkeeping is elsewhere.
         if let Some((_, outer_path, _)) = &generation {

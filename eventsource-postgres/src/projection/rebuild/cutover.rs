@@ -9,11 +9,14 @@ use crate::row::position_to_db;
 use crate::sql;
 
 impl<P: PgRebuildable> PgRebuild<P> {
-    /// The cutover, in one transaction; returns how many events it applied.
+    /// The cutover, in one transaction; returns how many events it applied. Applies batches
+    /// with [`PgProjection::apply_batch`](crate::PgProjection::apply_batch), or `one_by_one`
+    /// after a batch failed.
     pub(super) async fn cut_over(
         &self,
         lease: &PgLease,
         building: &mut Building,
+        one_by_one: bool,
     ) -> Result<u64, PgProjectionError<P::Error>> {
         let name = self.projection.name();
         let mut tx = self.begin().await?;
@@ -43,7 +46,15 @@ impl<P: PgRebuildable> PgRebuild<P> {
         let outer_path = enter_path(&mut tx, &building.schema).await?;
         loop {
             let batch = self.read_after(position).await?;
-            for event in &batch {
+            if !one_by_one && let Err(e) = self.projection.apply_batch(&mut tx, &batch).await {
+                let _ = tx.rollback().await;
+                tracing::debug!(projection = name, error = %e,
+                    "cutover batch failed; catching up event by event, then cutting over again");
+                // Ordinary batches stop at a failing event and name it, or pass it.
+                while self.step(lease, building).await? > 0 {}
+                return Box::pin(self.cut_over(lease, building, true)).await;
+            }
+            for event in batch.iter().filter(|_| one_by_one) {
                 if let Err(source) = self.projection.apply(&mut tx, event).await {
                     let _ = tx.rollback().await;
                     // Commit what came before it in ordinary batches: they stop at it and

@@ -268,7 +268,7 @@ impl<P: PgRebuildable> PgRebuild<P> {
         self.report(generation, RebuildPhase::CuttingOver, &meter);
         let mut attempt = 1;
         let applied = loop {
-            match self.cut_over(lease, &mut building).await {
+            match self.cut_over(lease, &mut building, false).await {
                 Err(PgProjectionError::Database(e)) if is_lock_timeout(&e) && attempt < 10 => {
                     tracing::warn!(
                         projection = self.projection.name(),
@@ -419,25 +419,33 @@ impl<P: PgRebuildable> PgRebuild<P> {
         if batch.is_empty() {
             return Ok(0);
         }
-        self.commit(lease, building, &batch).await?;
+        self.commit(lease, building, &batch, false).await?;
         Ok(batch.len())
     }
 
     /// Applies `events` to the generation in one transaction with its checkpoint moved and the
-    /// lease renewed; on a failing event, commits those before it and names it.
+    /// lease renewed: as a batch ([`PgProjection::apply_batch`]), or `one_by_one` when the
+    /// batch failed, then commits those before a failing event and names it.
     async fn commit(
         &self,
         lease: &PgLease,
         building: &mut Building,
         events: &[RecordedEvent],
+        one_by_one: bool,
     ) -> Result<(), PgProjectionError<P::Error>> {
         let mut tx = self.begin().await?;
         let outer_path = enter_path(&mut tx, &building.schema).await?;
-        for (i, event) in events.iter().enumerate() {
+        if !one_by_one && let Err(e) = self.projection.apply_batch(&mut tx, events).await {
+            let _ = tx.rollback().await;
+            tracing::debug!(projection = self.projection.name(), error = %e,
+                "rebuild batch failed; applying it again event by event");
+            return Box::pin(self.commit(lease, building, events, true)).await;
+        }
+        for (i, event) in events.iter().enumerate().filter(|_| one_by_one) {
             if let Err(source) = self.projection.apply(&mut tx, event).await {
                 let _ = tx.rollback().await;
                 if i > 0 {
-                    Box::pin(self.commit(lease, building, &events[..i])).await?;
+                    Box::pin(self.commit(lease, building, &events[..i], true)).await?;
                 }
                 let error = PgProjectionError::apply(self.projection.name(), event, source);
                 tracing::error!(error = %error, "rebuild halted");

@@ -1,0 +1,267 @@
+//! Durable sagas: `PgSagaHandler` steps and `PgDeadlineRunner` firing, against hand-written
+//! sqlx doing the same transactions on tables of its own.
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use eventsource_core::{
+    EventHandler, EventId, LogPosition, Metadata, RecordedEvent, Repository, Saga, StreamId,
+    TenantId, Version,
+};
+use eventsource_postgres::{PgDeadlineRunner, PgEventStore, PgSagaHandler};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::{PgPool, Row as _};
+use uuid::Uuid;
+
+use crate::harness::{Table, compare};
+use crate::model::Counter;
+use crate::raw::{RAW_INSERT, RAW_LOAD};
+
+/// On each `OrderPlaced` event of its order: counts it, and asks for one shipment, a new
+/// counter aggregate incremented once.
+#[derive(Debug, Clone, Copy)]
+struct Shipping;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ShippingState {
+    steps: u64,
+}
+
+impl Saga for Shipping {
+    const NAME: &'static str = "shipping";
+    type State = ShippingState;
+    type Command = (String, u64);
+    type Error = Infallible;
+
+    fn correlate(&self, event: &RecordedEvent) -> Option<String> {
+        (event.event_type == "OrderPlaced").then(|| event.stream.aggregate_id().to_owned())
+    }
+
+    fn react(
+        &self,
+        state: &mut ShippingState,
+        event: &RecordedEvent,
+    ) -> Result<Vec<(String, u64)>, Infallible> {
+        state.steps += 1;
+        Ok(vec![(
+            format!("{}-{}", event.stream.aggregate_id(), state.steps),
+            1,
+        )])
+    }
+}
+
+/// The `i`-th `OrderPlaced` event of `order`, as delivered to the saga.
+fn placed(tenant: &TenantId, order: &str, i: u64) -> RecordedEvent {
+    RecordedEvent {
+        event_id: EventId::from_uuid(Uuid::now_v7()),
+        stream: StreamId::new(tenant.clone(), "order", order),
+        version: Version::new(i + 1),
+        position: LogPosition::new(1, i + 1),
+        event_type: "OrderPlaced".to_owned(),
+        schema_version: 1,
+        recorded_at: Utc::now(),
+        metadata: Metadata::default(),
+        payload: json!({ "sku": "sku-1", "qty": 1 }),
+    }
+}
+
+const RAW_SAGA_SCHEMA: &[&str] = &[
+    "CREATE TABLE raw_saga (instance text PRIMARY KEY, state jsonb NOT NULL, version bigint NOT NULL)",
+    "CREATE TABLE raw_saga_handled (instance text NOT NULL, event_id uuid NOT NULL, \
+     PRIMARY KEY (instance, event_id))",
+    "CREATE TABLE raw_deadlines (instance text PRIMARY KEY, due_at timestamptz NOT NULL, \
+     fired boolean NOT NULL DEFAULT false)",
+    "CREATE INDEX raw_deadlines_due_idx ON raw_deadlines (due_at) WHERE NOT fired",
+];
+/// The instance, locked, and whether it handled the event.
+const RAW_SAGA_LOAD: &str = "SELECT s.state, s.version, EXISTS (SELECT 1 FROM raw_saga_handled h \
+     WHERE h.instance = $1 AND h.event_id = $2) FROM raw_saga s WHERE s.instance = $1 FOR UPDATE";
+/// Saves the state at the expected version and records the event, in one statement.
+const RAW_SAGA_SAVE: &str = "WITH s AS (INSERT INTO raw_saga (instance, state, version) \
+     VALUES ($1, $3, 1) ON CONFLICT (instance) DO UPDATE SET state = EXCLUDED.state, \
+     version = raw_saga.version + 1 WHERE raw_saga.version = $4 RETURNING 1) \
+     INSERT INTO raw_saga_handled SELECT $1, $2 FROM s";
+
+/// The raw engine's saga step: begin, lock the instance and check the event, load the target
+/// stream (on another connection, as the repository does), append its event, save the state
+/// with the event recorded, commit.
+async fn raw_step(pool: &PgPool, instance: &str, event_id: Uuid) -> u64 {
+    let mut tx = pool.begin().await.expect("begin");
+    let row = sqlx::query(RAW_SAGA_LOAD)
+        .bind(instance)
+        .bind(event_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .expect("raw saga load");
+    let (mut state, version) = match &row {
+        Some(row) => {
+            assert!(!row.get::<bool, _>(2), "raw: event handled twice");
+            let state: serde_json::Value = row.get(0);
+            (
+                serde_json::from_value::<ShippingState>(state).expect("state"),
+                row.get::<i64, _>(1),
+            )
+        }
+        None => (ShippingState::default(), 0),
+    };
+    state.steps += 1;
+    let target = format!("raw-ship-{instance}-{}", state.steps);
+    let rows = sqlx::query(RAW_LOAD)
+        .bind(&target)
+        .fetch_all(pool)
+        .await
+        .expect("raw target load");
+    let next = i64::try_from(rows.len()).expect("small") + 1;
+    sqlx::query(RAW_INSERT)
+        .bind(&target)
+        .bind(next)
+        .bind(Uuid::now_v7())
+        .bind(json!({ "by": 1 }))
+        .execute(&mut *tx)
+        .await
+        .expect("raw append");
+    sqlx::query(RAW_SAGA_SAVE)
+        .bind(instance)
+        .bind(event_id)
+        .bind(serde_json::to_value(&state).expect("state"))
+        .bind(version)
+        .execute(&mut *tx)
+        .await
+        .expect("raw saga save");
+    tx.commit().await.expect("commit");
+    1
+}
+
+pub(crate) async fn sagas(
+    pool: &PgPool,
+    store: &PgEventStore,
+    tenant: &TenantId,
+    table: &mut Table,
+) {
+    for ddl in RAW_SAGA_SCHEMA.iter().copied() {
+        sqlx::query(ddl)
+            .execute(pool)
+            .await
+            .expect("raw saga schema");
+    }
+    for tasks in [1, 16] {
+        let prefix = Uuid::now_v7().simple().to_string();
+        let repo = Repository::<Counter, _>::new(store.clone()).with_tenant(tenant.clone());
+        let handler = PgSagaHandler::new(pool.clone(), Shipping, repo);
+        let (t, p) = (tenant.clone(), prefix.clone());
+        let fw = move |task: usize, i: u64| {
+            let (handler, event) = (handler.clone(), placed(&t, &format!("{p}-{task}"), i));
+            async move {
+                handler.handle(&event).await.expect("saga step");
+                1
+            }
+        };
+        let pool2 = pool.clone();
+        let raw = move |task: usize, _| {
+            let pool = pool2.clone();
+            let instance = format!("{prefix}-{task}");
+            async move { raw_step(&pool, &instance, Uuid::now_v7()).await }
+        };
+        let (framework, raw) = compare(tasks, fw, raw).await;
+        table.throughput(
+            &format!("saga steps (event, state, 1 command), {tasks} instance(s), steps/s"),
+            "",
+            framework,
+            raw,
+        );
+    }
+    deadlines(pool, table).await;
+}
+
+/// `PgDeadlineRunner::fire_due` over 10,000 due deadlines, against the raw engine's loop over
+/// as many (claim 64 `FOR UPDATE SKIP LOCKED`, append each one's event, mark it fired, commit).
+async fn deadlines(pool: &PgPool, table: &mut Table) {
+    const DUE: i64 = 10_000;
+    sqlx::query(
+        "INSERT INTO saga_instances (tenant_id, saga, instance, state, state_version, version, \
+         last_transaction_id, last_position, deadline_at) \
+         SELECT 'bench', 'timeouts', 't-' || g, '{}', 1, 1, '1'::xid8, 1, \
+                now() - interval '1 minute' + g * interval '1 millisecond' \
+         FROM generate_series(1, $1::int8) g",
+    )
+    .bind(DUE)
+    .execute(pool)
+    .await
+    .expect("due deadlines");
+    sqlx::query(
+        "INSERT INTO raw_deadlines (instance, due_at) \
+         SELECT 't-' || g, now() - interval '1 minute' + g * interval '1 millisecond' \
+         FROM generate_series(1, $1::int8) g",
+    )
+    .bind(DUE)
+    .execute(pool)
+    .await
+    .expect("raw due deadlines");
+
+    let started = Instant::now();
+    let fired = PgDeadlineRunner::new(pool.clone())
+        .fire_due(Utc::now())
+        .await
+        .expect("fire");
+    let framework = started.elapsed();
+    assert_eq!(i64::try_from(fired).expect("count"), DUE);
+
+    let started = Instant::now();
+    let raw_fired = raw_fire_due(pool).await;
+    let raw = started.elapsed();
+    assert_eq!(raw_fired, DUE);
+    let rate = |d: Duration| DUE as f64 / d.as_secs_f64();
+    table.row(
+        &format!("fire {DUE} due deadlines, batches of 64, s (deadlines/s)"),
+        format!("{:.2} ({:.0})", framework.as_secs_f64(), rate(framework)),
+        format!("{:.2} ({:.0})", raw.as_secs_f64(), rate(raw)),
+        raw.as_secs_f64() / framework.as_secs_f64(),
+    );
+}
+
+async fn raw_fire_due(pool: &PgPool) -> i64 {
+    let now = Utc::now();
+    let mut fired = 0;
+    loop {
+        let mut tx = pool.begin().await.expect("begin");
+        let due: Vec<(String, chrono::DateTime<Utc>)> = sqlx::query_as(
+            "SELECT instance, due_at FROM raw_deadlines WHERE NOT fired AND due_at <= $1 \
+             ORDER BY due_at LIMIT 64 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await
+        .expect("raw claim");
+        if due.is_empty() {
+            return fired;
+        }
+        for (instance, due_at) in &due {
+            let id = Uuid::new_v5(
+                &Uuid::NAMESPACE_OID,
+                format!("timeouts/{instance}/{due_at}").as_bytes(),
+            );
+            sqlx::query(
+                "INSERT INTO raw_events (stream, version, event_id, event_type, payload) \
+                 VALUES ($1, 1, $2, 'DeadlineReached', $3)",
+            )
+            .bind(format!("timeouts/{instance}"))
+            .bind(id)
+            .bind(json!({ "saga": "timeouts", "instance": instance, "due_at": due_at }))
+            .execute(&mut *tx)
+            .await
+            .expect("raw deadline event");
+            sqlx::query(
+                "UPDATE raw_deadlines SET fired = true WHERE instance = $1 AND due_at = $2 AND NOT fired",
+            )
+            .bind(instance)
+            .bind(due_at)
+            .execute(&mut *tx)
+            .await
+            .expect("raw mark fired");
+        }
+        tx.commit().await.expect("commit");
+        fired += i64::try_from(due.len()).expect("small");
+    }
+}

@@ -83,6 +83,13 @@ impl BusEvent {
         self
     }
 
+    /// Sets the creation time (adapters restoring an event read back from a backend).
+    #[must_use]
+    pub fn with_published_at(mut self, at: DateTime<Utc>) -> Self {
+        self.published_at = at;
+        self
+    }
+
     /// Sets the priority.
     #[must_use]
     pub fn with_priority(mut self, priority: Priority) -> Self {

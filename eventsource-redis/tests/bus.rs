@@ -1,0 +1,174 @@
+//! The Redis bus: the bus conformance suite against a real Redis, and what only Redis does
+//! (the live Pub/Sub path, priorities on the streams, the runner's dead-letter stream).
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use eventsource_core::bus::{
+    BoxError, BusConfig, BusError, BusEvent, EventBus, Pattern, Priority, SubscribeOptions,
+};
+use eventsource_redis::{Keys, RedisBus, RunnerOptions, dead_letter_count};
+
+async fn bus() -> Option<RedisBus> {
+    let url = support::redis_url()?;
+    let (client, conn) = support::connect(&url).await;
+    Some(RedisBus::new(conn, client, "main").with_keys(Keys::new(&support::prefix())))
+}
+
+eventsource_core::bus_conformance_tests!(optional async bus());
+
+fn recorder() -> (
+    Arc<dyn eventsource_core::bus::BusHandler>,
+    Arc<Mutex<Vec<BusEvent>>>,
+) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    let handler = move |event: BusEvent| {
+        sink.lock().unwrap().push(event);
+        async { Ok::<(), BoxError>(()) }
+    };
+    (Arc::new(handler), seen)
+}
+
+async fn wait_for(seen: &Mutex<Vec<BusEvent>>, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().len() < n {
+        assert!(tokio::time::Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_subscriptions_ride_pub_sub() {
+    let Some(bus) = bus().await else { return };
+    let (handler, seen) = recorder();
+    let options = SubscribeOptions::default().live();
+    bus.subscribe(Pattern::parse("*.completed").unwrap(), handler, options)
+        .await
+        .unwrap();
+    bus.publish(BusEvent::new("job.started", 1.into()))
+        .await
+        .unwrap();
+    bus.publish(BusEvent::new("job.completed", 2.into()))
+        .await
+        .unwrap();
+    wait_for(&seen, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let topics: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e.topic.clone())
+        .collect();
+    assert_eq!(topics, ["job.completed"]);
+
+    let (handler, _) = recorder();
+    let grouped = SubscribeOptions::default().live().with_group("g");
+    let err = bus
+        .subscribe(Pattern::all(), handler, grouped)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BusError::Unsupported { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_entries_are_handled_most_urgent_first() {
+    let Some(bus) = bus().await else { return };
+    let bus = bus.with_runner_options(RunnerOptions::default().with_concurrency(1));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (g, s) = (Arc::clone(&gate), Arc::clone(&seen));
+    let handler = move |event: BusEvent| {
+        let (g, s) = (Arc::clone(&g), Arc::clone(&s));
+        async move {
+            // The first event holds the runner until the rest are in the streams.
+            if event.payload == "first" {
+                let _permit = g.acquire().await;
+            }
+            s.lock()
+                .unwrap()
+                .push(event.payload.as_str().unwrap_or_default().to_owned());
+            Ok::<(), BoxError>(())
+        }
+    };
+    bus.subscribe(
+        Pattern::all(),
+        Arc::new(handler),
+        SubscribeOptions::default(),
+    )
+    .await
+    .unwrap();
+    bus.publish(BusEvent::new("t", "first".into()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (payload, priority) in [
+        ("low", Priority::Low),
+        ("normal", Priority::Normal),
+        ("critical", Priority::Critical),
+        ("high", Priority::High),
+    ] {
+        bus.publish(BusEvent::new("t", payload.into()).with_priority(priority))
+            .await
+            .unwrap();
+    }
+    gate.add_permits(1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().len() < 5 {
+        assert!(tokio::time::Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["first", "critical", "high", "normal", "low"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_dead_letter_topic_the_runner_dead_letters_into_its_stream() {
+    let Some(bus) = bus().await else { return };
+    let failing = |_: BusEvent| async { Err::<(), BoxError>("always".into()) };
+    let options = SubscribeOptions::default()
+        .with_group("g")
+        .with_max_attempts(2);
+    bus.subscribe(Pattern::all(), Arc::new(failing), options)
+        .await
+        .unwrap();
+    bus.publish(BusEvent::new("t", 1.into())).await.unwrap();
+    let url = support::redis_url().unwrap();
+    let (_, mut conn) = support::connect(&url).await;
+    let normal = &bus.streams()[2];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while dead_letter_count(&mut conn, normal, "g").await.unwrap() < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(bus.stats().failed, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configuration_picks_the_adapter() {
+    let Some(url) = support::redis_url() else {
+        return;
+    };
+    let redis = BusConfig::from_lookup(|name| match name {
+        "EVENT_BUS_ADAPTER" => Some("redis".to_owned()),
+        "REDIS_URL" => Some(url.clone()),
+        _ => None,
+    })
+    .unwrap();
+    let bus = eventsource_redis::connect_bus(&redis, &support::prefix())
+        .await
+        .unwrap();
+    assert_eq!(bus.health().await.adapter, "redis");
+    let memory = BusConfig::from_lookup(|_| None).unwrap();
+    let bus = eventsource_redis::connect_bus(&memory, "main")
+        .await
+        .unwrap();
+    assert_eq!(bus.health().await.adapter, "memory");
+}

@@ -209,8 +209,8 @@ mod tests {
                         }
                     }
                     None => {
-                        for k in j + 1..=t {
-                            reach[i + 1][k] = true;
+                        for cell in &mut reach[i + 1][j + 1..=t] {
+                            *cell = true;
                         }
                     }
                 }

@@ -43,21 +43,17 @@ impl Subscriber {
             return Ok(());
         };
         tracing::warn!(topic = %event.topic, id = %event.id, attempts = failure.attempts, error = %failure.error, "bus handler gave up");
-        match self.options.dead_letter_topic() {
-            Some(topic) => {
-                let letter = event.dead_letter(topic, &failure.error, failure.attempts);
-                self.bus
-                    .publish(vec![letter])
-                    .await
-                    .map_err(Failed::DeadLetter)?;
-                self.bus.failed.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            None => {
-                self.bus.failed.fetch_add(1, Ordering::Relaxed);
-                Err(Failed::GaveUp(failure))
-            }
-        }
+        let Some(topic) = self.options.dead_letter_topic() else {
+            self.bus.failed.fetch_add(1, Ordering::Relaxed);
+            return Err(Failed::GaveUp(failure));
+        };
+        let letter = event.dead_letter(topic, &failure.error, failure.attempts);
+        self.bus
+            .publish(vec![letter])
+            .await
+            .map_err(Failed::DeadLetter)?;
+        self.bus.failed.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 }
 

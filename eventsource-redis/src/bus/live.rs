@@ -24,13 +24,11 @@ pub(super) async fn subscribe(
         loop {
             let message = tokio::select! {
                 () = token.cancelled() => return,
-                message = messages.next() => match message {
-                    Some(message) => message,
-                    None => {
-                        tracing::warn!("bus Pub/Sub connection closed; live subscription ended");
-                        return;
-                    }
-                },
+                message = messages.next() => message,
+            };
+            let Some(message) = message else {
+                tracing::warn!("bus Pub/Sub connection closed; live subscription ended");
+                return;
             };
             let event: BusEvent = match serde_json::from_slice(message.get_payload_bytes()) {
                 Ok(event) => event,

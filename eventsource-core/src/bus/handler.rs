@@ -32,6 +32,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 ///         event.payload["urgent"] == true
 ///     }
 /// }
+/// let handler: std::sync::Arc<dyn BusHandler> = std::sync::Arc::new(OnlyUrgent);
+/// assert!(!handler.can_handle(&BusEvent::new("alerts", serde_json::json!({ "urgent": false }))));
 /// ```
 pub trait BusHandler: Send + Sync {
     /// Handles one event; an error makes the bus retry, then dead-letter it.

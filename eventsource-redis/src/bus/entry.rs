@@ -4,7 +4,8 @@
 //! The durable path reuses [`ConsumerRunner`](crate::ConsumerRunner), which reads entries in
 //! the relay's format, so a bus event travels as an envelope: its topic is the event type, the
 //! aggregate type is [`AGGREGATE_TYPE`] and the aggregate id the topic (so one topic's events
-//! are handled in order), its priority a metadata field the decoder removes again.
+//! are handled in order), its priority a metadata field the decoder removes again. An entry
+//! without that field is an event the relay copied from the store ([`store_topic`]).
 
 use eventsource_core::bus::{BusEvent, Priority};
 use eventsource_core::{LogPosition, RecordedEvent, StreamId, TenantId, Version};
@@ -35,19 +36,49 @@ pub(crate) fn to_recorded(bus: &str, event: &BusEvent) -> RecordedEvent {
     }
 }
 
-/// The bus event an entry carries.
+/// The bus event an entry carries: a bus event as published, or an event the relay copied from
+/// the store (it has no priority field), on topic `<aggregate type>.<event type>`.
 pub(crate) fn from_recorded(event: &RecordedEvent) -> BusEvent {
     let mut metadata = event.metadata.clone();
-    let priority = metadata
-        .extra
-        .remove(PRIORITY_FIELD)
-        .and_then(|p| serde_json::from_value::<Priority>(p).ok())
-        .unwrap_or_default();
-    BusEvent::new(event.event_type.clone(), event.payload.clone())
+    let (topic, priority) = match metadata.extra.remove(PRIORITY_FIELD) {
+        Some(p) => (
+            event.event_type.clone(),
+            serde_json::from_value::<Priority>(p).unwrap_or_default(),
+        ),
+        None => (store_topic(event), Priority::Normal),
+    };
+    BusEvent::new(topic, event.payload.clone())
         .with_id(event.event_id)
         .with_metadata(metadata)
         .with_priority(priority)
         .with_published_at(event.recorded_at)
+}
+
+/// The topic of a stored event: `<aggregate type>.<event type>`, each part with characters a
+/// topic segment cannot hold replaced by `_` (`bank-account.FundsDeposited`).
+pub(crate) fn store_topic(event: &RecordedEvent) -> String {
+    let segment = |raw: &str| -> String {
+        let cleaned: String = raw
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        if cleaned.is_empty() {
+            "_".to_owned()
+        } else {
+            cleaned
+        }
+    };
+    format!(
+        "{}.{}",
+        segment(event.stream.aggregate_type()),
+        segment(&event.event_type)
+    )
 }
 
 #[cfg(test)]
@@ -67,5 +98,16 @@ mod tests {
                 .collect();
         let back = from_recorded(&crate::codec::decode(&fields).unwrap());
         assert_eq!(back, event);
+    }
+
+    #[test]
+    fn stored_events_are_on_their_aggregate_and_event_type_topic() {
+        let mut stored = to_recorded("main", &BusEvent::new("x", serde_json::json!(1)));
+        stored.metadata.extra.clear();
+        stored.stream = StreamId::new(TenantId::new("t"), "bank account", "1");
+        stored.event_type = "funds.deposited".to_owned();
+        let event = from_recorded(&stored);
+        assert_eq!(event.topic, "bank_account.funds_deposited");
+        assert!(eventsource_core::bus::validate_topic(&event.topic).is_ok());
     }
 }

@@ -94,10 +94,18 @@ pub(crate) struct Outlet {
 
 struct Inner {
     outlet: Arc<Outlet>,
+    relay_streams: Vec<String>,
     client: redis::Client,
     runner_options: RunnerOptions,
     instance: String,
     subscriptions: Mutex<HashMap<SubscriptionId, Running>>,
+}
+
+/// What the builder methods change.
+struct Settings {
+    keys: Keys,
+    relay_streams: Vec<String>,
+    runner_options: RunnerOptions,
 }
 
 struct Running {
@@ -167,52 +175,62 @@ impl RedisBus {
     /// opens the connections of blocking reads and Pub/Sub.
     #[must_use]
     pub fn new(conn: ConnectionManager, client: redis::Client, name: &str) -> Self {
-        Self::build(
-            conn,
-            client,
-            name,
-            Keys::default(),
-            RunnerOptions::default().with_block_timeout(Duration::from_millis(500)),
-        )
+        let settings = Settings {
+            keys: Keys::default(),
+            relay_streams: Vec::new(),
+            runner_options: RunnerOptions::default().with_block_timeout(Duration::from_millis(500)),
+        };
+        Self::build(conn, client, name, settings)
     }
 
     fn build(
         conn: ConnectionManager,
         client: redis::Client,
         name: &str,
-        keys: Keys,
-        runner_options: RunnerOptions,
+        settings: Settings,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 outlet: Arc::new(Outlet {
                     conn,
-                    keys,
+                    keys: settings.keys,
                     name: name.to_owned(),
                     published: AtomicU64::new(0),
                     failed: AtomicU64::new(0),
                 }),
+                relay_streams: settings.relay_streams,
                 client,
                 // The bus retries in the subscriber, so the runner calls the handler once and
                 // dead-letters what the subscriber gave up on at once.
-                runner_options: runner_options.with_retry(RetryPolicy::never()),
+                runner_options: settings.runner_options.with_retry(RetryPolicy::never()),
                 instance: uuid::Uuid::now_v7().simple().to_string(),
                 subscriptions: Mutex::default(),
             }),
         }
     }
 
-    /// Keys under another prefix (tests use a unique one each). Call before subscribing.
-    #[must_use]
-    pub fn with_keys(self, keys: Keys) -> Self {
+    /// The same bus with changed settings; the builder methods go through here, so they
+    /// belong before the first subscription.
+    fn rebuild(&self, change: impl FnOnce(&mut Settings)) -> Self {
         let outlet = &self.inner.outlet;
+        let mut settings = Settings {
+            keys: outlet.keys.clone(),
+            relay_streams: self.inner.relay_streams.clone(),
+            runner_options: self.inner.runner_options.clone(),
+        };
+        change(&mut settings);
         Self::build(
             outlet.conn.clone(),
             self.inner.client.clone(),
-            &outlet.name.clone(),
-            keys,
-            self.inner.runner_options.clone(),
+            &outlet.name,
+            settings,
         )
+    }
+
+    /// Keys under another prefix (tests use a unique one each). Call before subscribing.
+    #[must_use]
+    pub fn with_keys(self, keys: Keys) -> Self {
+        self.rebuild(|s| s.keys = keys)
     }
 
     /// Tuning of the durable subscriptions' runners (batch size, block timeout, reclaim,
@@ -220,14 +238,18 @@ impl RedisBus {
     /// subscribing.
     #[must_use]
     pub fn with_runner_options(self, options: RunnerOptions) -> Self {
-        let outlet = &self.inner.outlet;
-        Self::build(
-            outlet.conn.clone(),
-            self.inner.client.clone(),
-            &outlet.name.clone(),
-            outlet.keys.clone(),
-            options,
-        )
+        self.rebuild(|s| s.runner_options = options)
+    }
+
+    /// Also delivers the events a [`RedisPublisher`](crate::RedisPublisher) relays from the
+    /// event store into `streams` (for example [`Keys::tenant_stream`]) to durable
+    /// subscriptions, on topic `<aggregate type>.<event type>` (characters a topic cannot
+    /// hold become `_`). The relay puts each committed event into its stream exactly once;
+    /// subscriptions receive it at least once, like any bus event. Call before subscribing.
+    #[must_use]
+    pub fn with_relay_streams(self, streams: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        let streams: Vec<String> = streams.into_iter().map(Into::into).collect();
+        self.rebuild(|s| s.relay_streams = streams)
     }
 
     /// The bus's stream keys, most urgent first.
@@ -246,7 +268,8 @@ impl RedisBus {
         subscriber: Subscriber,
         delivery: Delivery,
     ) -> Result<Running, BusError> {
-        let streams = self.streams();
+        let mut streams = self.streams();
+        streams.extend(self.inner.relay_streams.iter().cloned());
         let (group, own) = match delivery {
             Delivery::Group(group) => (group, false),
             _ => (format!("broadcast-{id}"), true),

@@ -5,6 +5,7 @@
 //! - [`Pattern`]: the topic-matching rule (`analysis.*`, `*.completed`, `*`);
 //! - [`BusHandler`], [`deliver`]: handlers with a `can_handle` filter, and the retry loop;
 //! - [`SubscribeOptions`]: group or broadcast, retries, dead-letter topic, durability;
+//! - [`BatchingPublisher`]: publishes in batches, at a size or an interval;
 //! - [`BusConfig`]: the adapter chosen from the environment.
 //!
 //! `eventsource-redis` provides the Redis adapter behind the same trait.
@@ -15,6 +16,7 @@
 //! event again after a crash or a retry, so it deduplicates on [`BusEvent::id`]. An event a
 //! handler keeps failing is retried per [`SubscribeOptions::retry`], then dead-lettered.
 
+mod batch;
 mod config;
 mod event;
 mod handler;
@@ -28,6 +30,7 @@ use futures::future::BoxFuture;
 use std::sync::Arc;
 use uuid::Uuid;
 
+pub use batch::BatchingPublisher;
 pub use config::{AdapterKind, BusConfig, ConfigError};
 pub use event::{BusEvent, DEAD_LETTER_FIELD, Priority};
 pub use handler::{BoxError, BusHandler, DeliveryFailure, deliver};

@@ -1,23 +1,6 @@
 //! Topics and subscription patterns.
 //!
-//! # The matching rule
-//!
-//! A **topic** is one or more non-empty segments joined by `.`; a segment holds ASCII letters,
-//! digits, `_` and `-` (`analysis.completed`, `orders.eu-west.created`).
-//!
-//! A **pattern** is one or more segments joined by `.`, each either a literal segment or a
-//! lone `*`. A literal segment matches the same segment of the topic; a `*` matches **one or
-//! more** whole segments. So:
-//!
-//! | pattern | matches | does not match |
-//! |---|---|---|
-//! | `analysis.completed` | `analysis.completed` | `analysis.completed.late` |
-//! | `analysis.*` | `analysis.started`, `analysis.step.done` | `analysis`, `analyses.started` |
-//! | `*.completed` | `analysis.completed`, `job.x.completed` | `completed`, `analysis.completed.x` |
-//! | `*` | every topic | — |
-//!
-//! A `*` inside a segment (`analy*`) or an empty segment is rejected when the pattern is
-//! parsed, so a typo fails loudly instead of silently matching nothing.
+//! See [`Pattern`] for the matching rule.
 
 use std::fmt;
 use std::str::FromStr;
@@ -41,7 +24,7 @@ fn is_segment(segment: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Checks that `topic` is a well-formed topic (see the [module docs](self)).
+/// Checks that `topic` is a well-formed topic (see [`Pattern`]).
 ///
 /// ```
 /// # use eventsource_core::bus::validate_topic;
@@ -64,6 +47,27 @@ enum Segment {
 }
 
 /// A parsed subscription pattern such as `analysis.*`, `*.completed` or `*`.
+///
+/// # The matching rule
+///
+/// A **topic** is one or more non-empty segments joined by `.`; a segment holds ASCII letters,
+/// digits, `_` and `-` (`analysis.completed`, `orders.eu-west.created`).
+///
+/// A **pattern** is one or more segments joined by `.`, each either a literal segment or a
+/// lone `*`. A literal segment matches the same segment of the topic; a `*` matches **one or
+/// more** whole segments. So:
+///
+/// | pattern | matches | does not match |
+/// |---|---|---|
+/// | `analysis.completed` | `analysis.completed` | `analysis.completed.late` |
+/// | `analysis.*` | `analysis.started`, `analysis.step.done` | `analysis`, `analyses.started` |
+/// | `*.completed` | `analysis.completed`, `job.x.completed` | `completed`, `analysis.completed.x` |
+/// | `*` | every topic | — |
+///
+/// A `*` inside a segment (`analy*`) or an empty segment is rejected when the pattern is
+/// parsed, so a typo fails loudly instead of silently matching nothing.
+///
+/// # Examples
 ///
 /// ```
 /// # use eventsource_core::bus::Pattern;

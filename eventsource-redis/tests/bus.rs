@@ -226,3 +226,60 @@ async fn committed_events_reach_subscribers_through_the_relay() {
         assert_eq!(event.payload, stored.payload);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_start_at_the_subscription_ack_what_they_skip_and_broadcasts_clean_up() {
+    use redis::AsyncCommands as _;
+
+    let Some(bus) = bus().await else { return };
+    let url = support::redis_url().unwrap();
+    let (_, mut conn) = support::connect(&url).await;
+    bus.publish(BusEvent::new("a.before", 0.into()))
+        .await
+        .unwrap();
+    let (handler, seen) = recorder();
+    let grouped = SubscribeOptions::default().with_group("g");
+    bus.subscribe(Pattern::parse("a.*").unwrap(), handler, grouped)
+        .await
+        .unwrap();
+    let (copy, _) = recorder();
+    let broadcast = bus
+        .subscribe(Pattern::all(), copy, SubscribeOptions::default())
+        .await
+        .unwrap();
+    bus.publish(BusEvent::new("b.skipped", 1.into()))
+        .await
+        .unwrap();
+    bus.publish(BusEvent::new("a.after", 2.into()))
+        .await
+        .unwrap();
+    wait_for(&seen, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let topics: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e.topic.clone())
+        .collect();
+    assert_eq!(topics, ["a.after"], "nothing from before the group existed");
+    let normal = &bus.streams()[2];
+    let pending: redis::streams::StreamPendingReply = conn.xpending(normal, "g").await.unwrap();
+    assert_eq!(pending.count(), 0, "the skipped event was acknowledged too");
+
+    let groups = |conn: &mut redis::aio::ConnectionManager| {
+        let mut conn = conn.clone();
+        let key = normal.clone();
+        async move {
+            let info: redis::streams::StreamInfoGroupsReply =
+                conn.xinfo_groups(&key).await.unwrap();
+            info.groups.into_iter().map(|g| g.name).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(groups(&mut conn).await.len(), 2);
+    assert!(bus.unsubscribe(broadcast).await.unwrap());
+    assert_eq!(
+        groups(&mut conn).await,
+        ["g"],
+        "the broadcast group is gone"
+    );
+}

@@ -141,3 +141,34 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    struct Panics(AtomicU32);
+
+    impl BusHandler for Panics {
+        fn handle<'a>(&'a self, _: &'a BusEvent) -> BoxFuture<'a, Result<(), BoxError>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { panic!("boom") })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_not_retried() {
+        let handler = Panics(AtomicU32::new(0));
+        let event = BusEvent::new("t", serde_json::json!(null));
+        let failure = deliver(
+            &handler,
+            &event,
+            &RetryPolicy::default().with_max_attempts(5),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(failure.attempts, 1);
+        assert_eq!(handler.0.load(Ordering::SeqCst), 1);
+        assert_eq!(failure.error, "handler panicked");
+    }
+}

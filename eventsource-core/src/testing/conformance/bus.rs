@@ -263,6 +263,15 @@ pub async fn failing_handlers_are_retried_then_dead_lettered<B: EventBus + ?Size
     assert_eq!(why["topic"], "payments.received");
     assert_eq!(why["attempts"], 3);
     assert_eq!(why["error"], "attempt 3 of 1 failed");
+    assert_eq!(
+        letter
+            .metadata
+            .causation_id
+            .map(|id| id.to_string())
+            .as_deref(),
+        why["event_id"].as_str(),
+        "the dead letter is caused by the original event"
+    );
     let attempts = attempts.lock().expect("lock").clone();
     assert_eq!(attempts.get(&0), Some(&3));
     assert_eq!(attempts.get(&1), Some(&3));

@@ -1,5 +1,5 @@
 //! The Redis bus: the bus conformance suite against a real Redis, and what only Redis does
-//! (the live Pub/Sub path, priorities on the streams, the runner's dead-letter stream).
+//! (the live Pub/Sub path, the runner's dead-letter stream, the relay, group lifetimes).
 
 mod support;
 
@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eventsource_core::bus::{
-    BoxError, BusConfig, BusError, BusEvent, EventBus, Pattern, Priority, SubscribeOptions,
+    BoxError, BusConfig, BusError, BusEvent, EventBus, Pattern, SubscribeOptions,
 };
-use eventsource_redis::{Keys, RedisBus, RunnerOptions, dead_letter_count};
+use eventsource_redis::{Keys, RedisBus, dead_letter_count};
 
 async fn bus() -> Option<RedisBus> {
     let url = support::redis_url()?;
@@ -30,6 +30,14 @@ fn recorder() -> (
         async { Ok::<(), BoxError>(()) }
     };
     (Arc::new(handler), seen)
+}
+
+fn topics(seen: &Mutex<Vec<BusEvent>>) -> Vec<String> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .map(|e| e.topic.clone())
+        .collect()
 }
 
 async fn wait_for(seen: &Mutex<Vec<BusEvent>>, n: usize) {
@@ -56,12 +64,7 @@ async fn live_subscriptions_ride_pub_sub() {
         .unwrap();
     wait_for(&seen, 1).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let topics: Vec<String> = seen
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|e| e.topic.clone())
-        .collect();
+    let topics = topics(&seen);
     assert_eq!(topics, ["job.completed"]);
 
     let (handler, _) = recorder();
@@ -71,59 +74,6 @@ async fn live_subscriptions_ride_pub_sub() {
         .await
         .unwrap_err();
     assert!(matches!(err, BusError::Unsupported { .. }), "{err}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queued_entries_are_handled_most_urgent_first() {
-    let Some(bus) = bus().await else { return };
-    let bus = bus.with_runner_options(RunnerOptions::default().with_concurrency(1));
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let (g, s) = (Arc::clone(&gate), Arc::clone(&seen));
-    let handler = move |event: BusEvent| {
-        let (g, s) = (Arc::clone(&g), Arc::clone(&s));
-        async move {
-            // The first event holds the runner until the rest are in the streams.
-            if event.payload == "first" {
-                let _permit = g.acquire().await;
-            }
-            s.lock()
-                .unwrap()
-                .push(event.payload.as_str().unwrap_or_default().to_owned());
-            Ok::<(), BoxError>(())
-        }
-    };
-    bus.subscribe(
-        Pattern::all(),
-        Arc::new(handler),
-        SubscribeOptions::default(),
-    )
-    .await
-    .unwrap();
-    bus.publish(BusEvent::new("t", "first".into()))
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    for (payload, priority) in [
-        ("low", Priority::Low),
-        ("normal", Priority::Normal),
-        ("critical", Priority::Critical),
-        ("high", Priority::High),
-    ] {
-        bus.publish(BusEvent::new("t", payload.into()).with_priority(priority))
-            .await
-            .unwrap();
-    }
-    gate.add_permits(1);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while seen.lock().unwrap().len() < 5 {
-        assert!(tokio::time::Instant::now() < deadline, "timed out");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(
-        *seen.lock().unwrap(),
-        ["first", "critical", "high", "normal", "low"]
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,12 +205,7 @@ async fn groups_start_at_the_subscription_ack_what_they_skip_and_broadcasts_clea
         .unwrap();
     wait_for(&seen, 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let topics: Vec<String> = seen
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|e| e.topic.clone())
-        .collect();
+    let topics = topics(&seen);
     assert_eq!(topics, ["a.after"], "nothing from before the group existed");
     let normal = &bus.streams()[2];
     let pending: redis::streams::StreamPendingReply = conn.xpending(normal, "g").await.unwrap();

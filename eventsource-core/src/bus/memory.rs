@@ -323,7 +323,7 @@ impl EventBus for InMemoryBus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bus::{BoxError, Priority};
+    use crate::bus::BoxError;
     use std::time::Duration;
 
     crate::bus_conformance_tests!(InMemoryBus::new());
@@ -360,55 +360,6 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(seen_a.lock().unwrap().len(), 5);
         assert_eq!(seen_b.lock().unwrap().len(), 5);
-    }
-
-    #[tokio::test]
-    async fn queued_events_are_handled_most_urgent_first() {
-        let bus = InMemoryBus::new();
-        let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (g, s) = (Arc::clone(&gate), Arc::clone(&seen));
-        let handler = move |event: BusEvent| {
-            let (g, s) = (Arc::clone(&g), Arc::clone(&s));
-            async move {
-                // The first event holds the worker until the rest are queued.
-                if event.payload == "first" {
-                    let _permit = g.acquire().await;
-                }
-                s.lock()
-                    .unwrap()
-                    .push(event.payload.as_str().unwrap_or_default().to_owned());
-                Ok::<(), BoxError>(())
-            }
-        };
-        bus.subscribe(
-            Pattern::all(),
-            Arc::new(handler),
-            SubscribeOptions::default(),
-        )
-        .await
-        .unwrap();
-        bus.publish(BusEvent::new("t", "first".into()))
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        for (payload, priority) in [
-            ("low", Priority::Low),
-            ("normal-1", Priority::Normal),
-            ("critical", Priority::Critical),
-            ("normal-2", Priority::Normal),
-            ("high", Priority::High),
-        ] {
-            bus.publish(BusEvent::new("t", payload.into()).with_priority(priority))
-                .await
-                .unwrap();
-        }
-        gate.add_permits(1);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(
-            *seen.lock().unwrap(),
-            ["first", "critical", "high", "normal-1", "normal-2", "low"]
-        );
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::bus::{
-    BoxError, BusError, BusEvent, BusHandler, DEAD_LETTER_FIELD, EventBus, Pattern,
+    BoxError, BusError, BusEvent, BusHandler, DEAD_LETTER_FIELD, EventBus, Pattern, Priority,
     SubscribeOptions,
 };
 
@@ -35,6 +35,7 @@ macro_rules! bus_conformance_tests {
             a_dead_letter_topic_the_pattern_matches_is_refused,
             unsubscribed_handlers_receive_nothing_more,
             can_handle_filters_events,
+            queued_events_are_handled_most_urgent_first,
             batches_and_stats_are_counted,
             malformed_topics_are_rejected,
         );
@@ -343,6 +344,51 @@ pub async fn can_handle_filters_events<B: EventBus + ?Sized>(bus: &B) {
         .map(|e| e.payload["n"].as_u64().expect("n"))
         .collect();
     assert_eq!(got, [0, 2, 4]);
+}
+
+/// Events waiting for a busy subscriber are handled most urgent first, in publication order
+/// within a priority.
+pub async fn queued_events_are_handled_most_urgent_first<B: EventBus + ?Sized>(bus: &B) {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (g, s) = (Arc::clone(&gate), Arc::clone(&seen));
+    let handler = move |event: BusEvent| {
+        let (g, s) = (Arc::clone(&g), Arc::clone(&s));
+        async move {
+            // The first event holds the subscriber until the rest are queued.
+            if event.payload == "first" {
+                let _permit = g.acquire().await;
+            }
+            let name = event.payload.as_str().unwrap_or_default().to_owned();
+            s.lock().expect("lock").push(name);
+            Ok::<(), BoxError>(())
+        }
+    };
+    subscribe(bus, "work", Arc::new(handler), SubscribeOptions::default()).await;
+    bus.publish(BusEvent::new("work", "first".into()))
+        .await
+        .expect("publishing");
+    settle().await;
+    for (name, priority) in [
+        ("low", Priority::Low),
+        ("normal-1", Priority::Normal),
+        ("critical", Priority::Critical),
+        ("normal-2", Priority::Normal),
+        ("high", Priority::High),
+    ] {
+        let event = BusEvent::new("work", name.into()).with_priority(priority);
+        bus.publish(event).await.expect("publishing");
+    }
+    gate.add_permits(1);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen.lock().expect("lock").len() < 6 {
+        assert!(tokio::time::Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        *seen.lock().expect("lock"),
+        ["first", "critical", "high", "normal-1", "normal-2", "low"]
+    );
 }
 
 /// Batches keep their order, and `published` counts every event; the bus reports healthy.

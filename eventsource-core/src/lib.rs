@@ -2,6 +2,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 pub mod aggregate;
+pub mod bus;
 pub mod checkpoint;
 pub mod envelope;
 pub mod event;
@@ -20,6 +21,7 @@ pub mod typed;
 pub mod wait;
 
 pub use aggregate::{Aggregate, AggregateRoot, Dispatch, Handle};
+pub use bus::{BusEvent, EventBus, InMemoryBus};
 pub use checkpoint::CheckpointStore;
 pub use envelope::{
     Envelope, EventDecodeError, EventId, LogPosition, Metadata, NewEvent, RecordedEvent, StreamId,

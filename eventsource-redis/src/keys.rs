@@ -12,12 +12,15 @@
 //! | `<stream key>:dlq:<group>` | a group's dead letters for that stream |
 //! | `<stream key>:requeue:<group>` | dead letters sent back to that group |
 //! | `es:relay:{<name>}:lease` | the relay lease |
+//! | `es:bus:{<name>}:<priority>` | a bus's events of one priority (`critical` … `low`) |
+//! | `es:bus:{<name>}:topic:<topic>` | a bus topic's Pub/Sub channel (live subscribers) |
 //!
 //! Tenant ids and names are escaped (`%`, `{`, `}`, `:` become `%25`, `%7B`, `%7D`, `%3A`) so a
 //! tenant can never break out of its hash tag or collide with another key.
 
 use std::fmt::Write as _;
 
+use eventsource_core::bus::Priority;
 use eventsource_core::{RecordedEvent, TenantId};
 
 /// Builds key names under a common prefix (`es` unless changed).
@@ -73,6 +76,45 @@ impl Keys {
             escape(tenant.as_str()),
             escape(event_type)
         )
+    }
+
+    /// The stream of a bus's events of one priority: `es:bus:{<name>}:<priority>`.
+    ///
+    /// A bus's keys share the hash tag `{<name>}`, so one Redis Cluster slot holds them.
+    #[must_use]
+    pub fn bus_stream(&self, name: &str, priority: Priority) -> String {
+        let priority = match priority {
+            Priority::Critical => "critical",
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        };
+        format!("{}:bus:{{{}}}:{priority}", self.prefix, escape(name))
+    }
+
+    /// The Pub/Sub channel of a bus topic: `es:bus:{<name>}:topic:<topic>`.
+    #[must_use]
+    pub fn bus_channel(&self, name: &str, topic: &str) -> String {
+        format!("{}:topic:{topic}", self.bus_channel_base(name))
+    }
+
+    /// The `PSUBSCRIBE` glob of every topic of a bus, `es:bus:{<name>}:topic:*`, with the
+    /// glob's special characters of prefix and name escaped.
+    #[must_use]
+    pub fn bus_channel_glob(&self, name: &str) -> String {
+        let mut glob = String::new();
+        for c in self.bus_channel_base(name).chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                glob.push('\\');
+            }
+            glob.push(c);
+        }
+        glob.push_str(":topic:*");
+        glob
+    }
+
+    fn bus_channel_base(&self, name: &str) -> String {
+        format!("{}:bus:{{{}}}", self.prefix, escape(name))
     }
 
     /// The lease that lets one relay instance named `name` publish at a time.
@@ -227,6 +269,17 @@ mod tests {
             dead_letter_stream(&keys.tenant_stream(&t), "billing"),
             "es:{acme}:events:dlq:billing"
         );
+    }
+
+    #[test]
+    fn bus_keys_share_the_bus_hash_tag() {
+        let keys = Keys::new("p*");
+        assert_eq!(
+            keys.bus_stream("main", Priority::High),
+            "p*:bus:{main}:high"
+        );
+        assert_eq!(keys.bus_channel("main", "a.b"), "p*:bus:{main}:topic:a.b");
+        assert_eq!(keys.bus_channel_glob("m:n"), "p\\*:bus:{m%3An}:topic:*");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 pub mod admin;
+mod bus;
 pub mod codec;
 pub mod consumer;
 pub mod error;
@@ -16,6 +17,7 @@ pub use admin::{
     DeadLetter, GroupStats, Health, StreamStats, Trimmed, dead_letter_count, dead_letters,
     health_check, requeue_dead_letter, stats, trim,
 };
+pub use bus::{RedisBus, connect_bus};
 pub use codec::CodecError;
 pub use consumer::ensure_group;
 pub use error::{RedisStoreError, RunnerError};

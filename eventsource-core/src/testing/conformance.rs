@@ -29,6 +29,7 @@ use crate::envelope::{
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::store::{EventStore, ExpectedVersion, LogFilter, StoreError, VersionRange, read_log};
 
+pub mod bus;
 mod order;
 mod saga;
 

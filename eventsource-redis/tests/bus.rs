@@ -1,0 +1,230 @@
+//! The Redis bus: the bus conformance suite against a real Redis, and what only Redis does
+//! (the live Pub/Sub path, the runner's dead-letter stream, the relay, group lifetimes).
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use eventsource_core::bus::{
+    BoxError, BusConfig, BusError, BusEvent, EventBus, Pattern, SubscribeOptions,
+};
+use eventsource_redis::{Keys, RedisBus, dead_letter_count};
+
+async fn bus() -> Option<RedisBus> {
+    let url = support::redis_url()?;
+    let (client, conn) = support::connect(&url).await;
+    Some(RedisBus::new(conn, client, "main").with_keys(Keys::new(&support::prefix())))
+}
+
+eventsource_core::bus_conformance_tests!(optional async bus());
+
+fn recorder() -> (
+    Arc<dyn eventsource_core::bus::BusHandler>,
+    Arc<Mutex<Vec<BusEvent>>>,
+) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    let handler = move |event: BusEvent| {
+        sink.lock().unwrap().push(event);
+        async { Ok::<(), BoxError>(()) }
+    };
+    (Arc::new(handler), seen)
+}
+
+fn topics(seen: &Mutex<Vec<BusEvent>>) -> Vec<String> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .map(|e| e.topic.clone())
+        .collect()
+}
+
+async fn wait_for(seen: &Mutex<Vec<BusEvent>>, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().len() < n {
+        assert!(tokio::time::Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_subscriptions_ride_pub_sub() {
+    let Some(bus) = bus().await else { return };
+    let (handler, seen) = recorder();
+    let options = SubscribeOptions::default().live();
+    bus.subscribe(Pattern::parse("*.completed").unwrap(), handler, options)
+        .await
+        .unwrap();
+    bus.publish(BusEvent::new("job.started", 1.into()))
+        .await
+        .unwrap();
+    bus.publish(BusEvent::new("job.completed", 2.into()))
+        .await
+        .unwrap();
+    wait_for(&seen, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let topics = topics(&seen);
+    assert_eq!(topics, ["job.completed"]);
+
+    let (handler, _) = recorder();
+    let grouped = SubscribeOptions::default().live().with_group("g");
+    let err = bus
+        .subscribe(Pattern::all(), handler, grouped)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BusError::Unsupported { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_dead_letter_topic_the_runner_dead_letters_into_its_stream() {
+    let Some(bus) = bus().await else { return };
+    let failing = |_: BusEvent| async { Err::<(), BoxError>("always".into()) };
+    let options = SubscribeOptions::default()
+        .with_group("g")
+        .with_max_attempts(2);
+    bus.subscribe(Pattern::all(), Arc::new(failing), options)
+        .await
+        .unwrap();
+    bus.publish(BusEvent::new("t", 1.into())).await.unwrap();
+    let url = support::redis_url().unwrap();
+    let (_, mut conn) = support::connect(&url).await;
+    let normal = &bus.streams()[2];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while dead_letter_count(&mut conn, normal, "g").await.unwrap() < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(bus.stats().failed, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configuration_picks_the_adapter() {
+    let Some(url) = support::redis_url() else {
+        return;
+    };
+    let redis = BusConfig::from_lookup(|name| match name {
+        "EVENT_BUS_ADAPTER" => Some("redis".to_owned()),
+        "REDIS_URL" => Some(url.clone()),
+        _ => None,
+    })
+    .unwrap();
+    let bus = eventsource_redis::connect_bus(&redis, &support::prefix())
+        .await
+        .unwrap();
+    assert_eq!(bus.health().await.adapter, "redis");
+    let memory = BusConfig::from_lookup(|_| None).unwrap();
+    let bus = eventsource_redis::connect_bus(&memory, "main")
+        .await
+        .unwrap();
+    assert_eq!(bus.health().await.adapter, "memory");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_events_reach_subscribers_through_the_relay() {
+    use eventsource_core::InMemoryCheckpointStore;
+    use eventsource_redis::{PublisherOptions, RedisPublisher};
+
+    let Some(url) = support::redis_url() else {
+        return;
+    };
+    let (client, conn) = support::connect(&url).await;
+    let keys = Keys::new(&support::prefix());
+    let stream = keys.tenant_stream(&"acme".into());
+    let bus = RedisBus::new(conn.clone(), client, "main")
+        .with_keys(keys.clone())
+        .with_relay_streams([stream]);
+    let (handler, seen) = recorder();
+    bus.subscribe(
+        Pattern::parse("account.*").unwrap(),
+        handler,
+        SubscribeOptions::default(),
+    )
+    .await
+    .unwrap();
+
+    let store = eventsource_core::InMemoryEventStore::new();
+    support::append(
+        &store,
+        &support::stream("acme", "account", "a1"),
+        3,
+        "Opened",
+    )
+    .await;
+    let mut relay = RedisPublisher::new(
+        store.clone(),
+        InMemoryCheckpointStore::new(),
+        conn,
+        "bus-relay",
+        PublisherOptions::default(),
+    )
+    .with_keys(&keys);
+    relay.catch_up().await.unwrap();
+    // A second pass (a restarted relay) adds nothing.
+    relay.catch_up().await.unwrap();
+    wait_for(&seen, 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events = seen.lock().unwrap().clone();
+    assert_eq!(events.len(), 3, "each committed event once");
+    let log = support::log(&store).await;
+    for (event, stored) in events.iter().zip(&log) {
+        assert_eq!(event.topic, "account.Opened");
+        assert_eq!(event.id, stored.event_id);
+        assert_eq!(event.payload, stored.payload);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_start_at_the_subscription_ack_what_they_skip_and_broadcasts_clean_up() {
+    use redis::AsyncCommands as _;
+
+    let Some(bus) = bus().await else { return };
+    let url = support::redis_url().unwrap();
+    let (_, mut conn) = support::connect(&url).await;
+    bus.publish(BusEvent::new("a.before", 0.into()))
+        .await
+        .unwrap();
+    let (handler, seen) = recorder();
+    let grouped = SubscribeOptions::default().with_group("g");
+    bus.subscribe(Pattern::parse("a.*").unwrap(), handler, grouped)
+        .await
+        .unwrap();
+    let (copy, _) = recorder();
+    let broadcast = bus
+        .subscribe(Pattern::all(), copy, SubscribeOptions::default())
+        .await
+        .unwrap();
+    bus.publish(BusEvent::new("b.skipped", 1.into()))
+        .await
+        .unwrap();
+    bus.publish(BusEvent::new("a.after", 2.into()))
+        .await
+        .unwrap();
+    wait_for(&seen, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let topics = topics(&seen);
+    assert_eq!(topics, ["a.after"], "nothing from before the group existed");
+    let normal = &bus.streams()[2];
+    let pending: redis::streams::StreamPendingReply = conn.xpending(normal, "g").await.unwrap();
+    assert_eq!(pending.count(), 0, "the skipped event was acknowledged too");
+
+    let groups = |conn: &mut redis::aio::ConnectionManager| {
+        let mut conn = conn.clone();
+        let key = normal.clone();
+        async move {
+            let info: redis::streams::StreamInfoGroupsReply =
+                conn.xinfo_groups(&key).await.unwrap();
+            info.groups.into_iter().map(|g| g.name).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(groups(&mut conn).await.len(), 2);
+    assert!(bus.unsubscribe(broadcast).await.unwrap());
+    assert_eq!(
+        groups(&mut conn).await,
+        ["g"],
+        "the broadcast group is gone"
+    );
+}

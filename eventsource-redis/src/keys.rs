@@ -12,6 +12,7 @@
 //! | `<stream key>:dlq:<group>` | a group's dead letters for that stream |
 //! | `<stream key>:requeue:<group>` | dead letters sent back to that group |
 //! | `es:relay:{<name>}:lease` | the relay lease |
+//! | `es:jobs:{<queue>}:…` | a job queue: its sets, job hashes and events ([`crate::jobs`]) |
 //!
 //! Tenant ids and names are escaped (`%`, `{`, `}`, `:` become `%25`, `%7B`, `%7D`, `%3A`) so a
 //! tenant can never break out of its hash tag or collide with another key.
@@ -79,6 +80,16 @@ impl Keys {
     #[must_use]
     pub fn relay_lease(&self, name: &str) -> String {
         format!("{}:relay:{{{}}}:lease", self.prefix, escape(name))
+    }
+}
+
+impl Keys {
+    /// The front of every key of the job queue `queue`: `es:jobs:{<queue>}:`. The queue name is
+    /// the hash tag, so all of a queue's keys (and the job hashes its Lua scripts build from this
+    /// front) live in one Redis Cluster slot.
+    #[must_use]
+    pub fn job_queue(&self, queue: &str) -> String {
+        format!("{}:jobs:{{{}}}:", self.prefix, escape(queue))
     }
 }
 
@@ -227,6 +238,13 @@ mod tests {
             dead_letter_stream(&keys.tenant_stream(&t), "billing"),
             "es:{acme}:events:dlq:billing"
         );
+    }
+
+    #[test]
+    fn job_queues_have_the_queue_as_hash_tag() {
+        let keys = Keys::default();
+        assert_eq!(keys.job_queue("mail"), "es:jobs:{mail}:");
+        assert_eq!(keys.job_queue("a}b"), "es:jobs:{a%7Db}:");
     }
 
     #[test]

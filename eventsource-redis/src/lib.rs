@@ -5,6 +5,7 @@ pub mod admin;
 pub mod codec;
 pub mod consumer;
 pub mod error;
+pub mod jobs;
 pub mod keys;
 pub mod options;
 mod order;

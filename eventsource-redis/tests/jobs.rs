@@ -16,7 +16,12 @@ use serde_json::json;
 type Log = Arc<Mutex<Vec<String>>>;
 
 /// A handler that records the ids it ran and returns the job's data.
-fn recorder(log: &Log) -> impl Fn(Job) -> futures::future::Ready<Result<serde_json::Value, eventsource_redis::jobs::BoxError>> + Send + Sync + 'static {
+fn recorder(
+    log: &Log,
+) -> impl Fn(Job) -> futures::future::Ready<Result<serde_json::Value, eventsource_redis::jobs::BoxError>>
++ Send
++ Sync
++ 'static {
     let log = Arc::clone(log);
     move |job: Job| {
         log.lock().unwrap().push(job.id().to_owned());
@@ -53,9 +58,16 @@ async fn a_delayed_job_waits_for_its_delay() {
     let worker = start(&queue, recorder(&log), fast());
     let added_at = Instant::now();
     let options = JobOptions::default().with_delay(Duration::from_millis(400));
-    let id = queue.add_with("later", json!(1), &options).await.unwrap().id;
+    let id = queue
+        .add_with("later", json!(1), &options)
+        .await
+        .unwrap()
+        .id;
     queue.add("now", json!(2)).await.unwrap();
-    assert_eq!(queue.job(&id).await.unwrap().unwrap().state, JobState::Delayed);
+    assert_eq!(
+        queue.job(&id).await.unwrap().unwrap().state,
+        JobState::Delayed
+    );
     eventually(Duration::from_secs(5), "the delayed job", || async {
         log.lock().unwrap().contains(&id)
     })
@@ -63,7 +75,10 @@ async fn a_delayed_job_waits_for_its_delay() {
     let waited = added_at.elapsed();
     worker.stop().await;
     assert!(waited >= Duration::from_millis(390), "ran after {waited:?}");
-    assert!(waited < Duration::from_millis(1_500), "ran after {waited:?}");
+    assert!(
+        waited < Duration::from_millis(1_500),
+        "ran after {waited:?}"
+    );
     assert_eq!(log.lock().unwrap()[0], "2", "the undelayed job ran first");
 }
 
@@ -87,7 +102,13 @@ async fn a_job_id_deduplicates_and_bad_options_are_refused() {
     })
     .await;
     worker.stop().await;
-    assert!(!queue.add_with("mail", json!(3), &options).await.unwrap().created);
+    assert!(
+        !queue
+            .add_with("mail", json!(3), &options)
+            .await
+            .unwrap()
+            .created
+    );
 
     for bad in [
         JobOptions::default().with_job_id("42"),
@@ -95,7 +116,10 @@ async fn a_job_id_deduplicates_and_bad_options_are_refused() {
         JobOptions::default().with_priority(MAX_PRIORITY + 1),
     ] {
         let refused = queue.add_with("mail", json!(0), &bad).await;
-        assert!(matches!(refused, Err(JobError::InvalidOptions(_))), "{refused:?}");
+        assert!(
+            matches!(refused, Err(JobError::InvalidOptions(_))),
+            "{refused:?}"
+        );
     }
 }
 
@@ -103,11 +127,19 @@ async fn a_job_id_deduplicates_and_bad_options_are_refused() {
 async fn only_the_last_n_finished_jobs_are_kept() {
     let Some(queue) = queue().await else { return };
     let queue = queue.with_default_options(
-        JobOptions::default().with_keep_completed(3).with_keep_failed(2),
+        JobOptions::default()
+            .with_keep_completed(3)
+            .with_keep_failed(2),
     );
     let mut ids = Vec::new();
     for i in 0..10 {
-        ids.push(queue.add("keep", json!({ "fail": i % 2 == 1 })).await.unwrap().id);
+        ids.push(
+            queue
+                .add("keep", json!({ "fail": i % 2 == 1 }))
+                .await
+                .unwrap()
+                .id,
+        );
     }
     let worker = start(
         &queue,
@@ -141,7 +173,7 @@ async fn counts_follow_every_state() {
     assert_eq!(queue.counts().await.unwrap(), JobCounts::default());
     queue.add("a", json!(1)).await.unwrap();
     queue.add("b", json!(2)).await.unwrap();
-    let delayed = JobOptions::default().with_delay(Duration::from_secs(60));
+    let delayed = JobOptions::default().with_delay(Duration::from_mins(1));
     queue.add_with("c", json!(3), &delayed).await.unwrap();
     let c = queue.counts().await.unwrap();
     assert_eq!((c.waiting, c.delayed, c.active), (2, 1, 0));

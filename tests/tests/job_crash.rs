@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use eventsource_redis::Keys;
-use futures::StreamExt as _;
 use eventsource_redis::jobs::{Backoff, JobEvent, JobOptions, JobState, Queue};
+use futures::StreamExt as _;
 use support::child::{ChildProcess, job_worker};
 
 const JOBS: usize = 10_000;
@@ -32,24 +32,12 @@ async fn workers_killed_at_random_lose_no_job_and_complete_each_once() {
         .await
         .expect("connect to Redis");
     let prefix = support::unique("jobcrash");
-    let queue =
-        Queue::with_keys(conn, "crash", &Keys::new(&prefix)).with_events_max_len(1_000_000);
+    let queue = Queue::with_keys(conn, "crash", &Keys::new(&prefix)).with_events_max_len(1_000_000);
     let options = JobOptions::default()
         .with_attempts(ATTEMPTS)
         .with_backoff(Backoff::exponential(Duration::from_millis(10)));
     let started = Instant::now();
-    // 64 adds in flight at a time: one connection, each answer within its response timeout.
-    let ids: BTreeSet<String> = futures::stream::iter(0..JOBS)
-        .map(|i| {
-            let (queue, options) = (&queue, &options);
-            async move {
-                let data = serde_json::json!({ "n": i, "fail": i % 100 == 99 });
-                queue.add_with("work", data, options).await.expect("add").id
-            }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
+    let ids = add_jobs(&queue, &options).await;
     assert_eq!(ids.len(), JOBS);
 
     let mut workers: Vec<ChildProcess> = Vec::new();
@@ -85,28 +73,15 @@ async fn workers_killed_at_random_lose_no_job_and_complete_each_once() {
     let counts = queue.counts().await.expect("counts");
     assert_eq!(counts.completed + counts.failed, JOBS as u64, "{counts:?}");
 
-    // Every lifecycle event, per job.
-    let mut completed: BTreeMap<String, usize> = BTreeMap::new();
-    let mut failed: BTreeMap<String, usize> = BTreeMap::new();
-    let mut stalls = 0;
-    let mut after = "0".to_owned();
-    loop {
-        let page = queue.events(&after, 10_000).await.expect("events");
-        let Some((last, _)) = page.last() else { break };
-        after = last.clone();
-        for (_, event) in page {
-            match event {
-                JobEvent::Completed { id, .. } => *completed.entry(id).or_default() += 1,
-                JobEvent::Failed { id, .. } => *failed.entry(id).or_default() += 1,
-                JobEvent::Stalled { .. } => stalls += 1,
-                _ => {}
-            }
-        }
-    }
+    let (completed, failed, stalls) = event_counts(&queue).await;
     let mut problems = Vec::new();
     let mut stalled_out = 0;
     for id in &ids {
-        let job = queue.job(id).await.expect("job").expect("a job is never lost");
+        let job = queue
+            .job(id)
+            .await
+            .expect("job")
+            .expect("a job is never lost");
         let (c, f) = (
             completed.get(id).copied().unwrap_or(0),
             failed.get(id).copied().unwrap_or(0),
@@ -139,6 +114,46 @@ async fn workers_killed_at_random_lose_no_job_and_complete_each_once() {
          {elapsed:?}; {stalls} stalled attempts taken back, {stalled_out} jobs out of attempts \
          by stalls; {counts:?}"
     );
-    assert!(problems.is_empty(), "{}", problems[..problems.len().min(20)].join("\n"));
+    assert!(
+        problems.is_empty(),
+        "{}",
+        problems[..problems.len().min(20)].join("\n")
+    );
     assert!(stalls > 0, "the kills hit running jobs");
+}
+
+/// Adds the jobs (every 100th fails on purpose) and returns their ids.
+async fn add_jobs(queue: &Queue, options: &JobOptions) -> BTreeSet<String> {
+    // 64 adds in flight at a time: one connection, each answer within its response timeout.
+    futures::stream::iter(0..JOBS)
+        .map(|i| async move {
+            let data = serde_json::json!({ "n": i, "fail": i % 100 == 99 });
+            queue.add_with("work", data, options).await.expect("add").id
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await
+}
+
+type PerJob = BTreeMap<String, usize>;
+
+/// Completed and failed events per job, and the number of stalled attempts taken back.
+async fn event_counts(queue: &Queue) -> (PerJob, PerJob, usize) {
+    let (mut completed, mut failed) = (PerJob::new(), PerJob::new());
+    let mut stalls = 0;
+    let mut after = "0".to_owned();
+    loop {
+        let page = queue.events(&after, 10_000).await.expect("events");
+        let Some((last, _)) = page.last() else { break };
+        after.clone_from(last);
+        for (_, event) in page {
+            match event {
+                JobEvent::Completed { id, .. } => *completed.entry(id).or_default() += 1,
+                JobEvent::Failed { id, .. } => *failed.entry(id).or_default() += 1,
+                JobEvent::Stalled { .. } => stalls += 1,
+                _ => {}
+            }
+        }
+    }
+    (completed, failed, stalls)
 }

@@ -202,12 +202,12 @@ impl JobOptions {
                 self.priority
             )));
         }
-        if let Some(id) = &self.job_id {
-            if id.is_empty() || id.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(JobError::InvalidOptions(format!(
-                    "job id {id:?} is empty or made of digits only, which generated ids use"
-                )));
-            }
+        if let Some(id) = &self.job_id
+            && (id.is_empty() || id.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(JobError::InvalidOptions(format!(
+                "job id {id:?} is empty or made of digits only, which generated ids use"
+            )));
         }
         Ok(())
     }

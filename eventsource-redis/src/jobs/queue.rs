@@ -289,8 +289,5 @@ impl JobInfo {
 }
 
 pub(crate) fn number(fields: &HashMap<String, String>, field: &str) -> u32 {
-    fields
-        .get(field)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    fields.get(field).and_then(|v| v.parse().ok()).unwrap_or(0)
 }

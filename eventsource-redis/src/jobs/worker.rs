@@ -89,10 +89,7 @@ impl Job {
 /// Runs a job; `Ok` completes it with the returned value, `Err` (or a panic) fails the attempt.
 pub trait JobHandler: Send + Sync + 'static {
     /// Runs one attempt of `job`.
-    fn handle(
-        &self,
-        job: Job,
-    ) -> impl Future<Output = Result<serde_json::Value, BoxError>> + Send;
+    fn handle(&self, job: Job) -> impl Future<Output = Result<serde_json::Value, BoxError>> + Send;
 }
 
 impl<F, Fut> JobHandler for F
@@ -100,10 +97,7 @@ where
     F: Fn(Job) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<serde_json::Value, BoxError>> + Send,
 {
-    fn handle(
-        &self,
-        job: Job,
-    ) -> impl Future<Output = Result<serde_json::Value, BoxError>> + Send {
+    fn handle(&self, job: Job) -> impl Future<Output = Result<serde_json::Value, BoxError>> + Send {
         self(job)
     }
 }
@@ -338,10 +332,11 @@ async fn run_job<H: JobHandler>(handler: &H, job: Job, lock: Duration) {
         Ok(Err(e)) => fail(&job, &error_chain(e.as_ref())).await,
         Err(panic) => fail(&job, &panic_message(panic.as_ref())).await,
     };
+    // A lost lock or an unrecorded outcome: the job runs again after its lock expires.
     match recorded {
         Ok(true) => {}
-        Ok(false) => tracing::warn!(job = %job.id, "the job's lock expired before it finished; its outcome is dropped"),
-        Err(e) => tracing::warn!(job = %job.id, error = %error_chain(&e), "recording a job's outcome failed; it runs again after its lock expires"),
+        Ok(false) => tracing::warn!(job = %job.id, "lock expired before the job ended"),
+        Err(e) => tracing::warn!(job = %job.id, error = %error_chain(&e), "outcome not recorded"),
     }
 }
 

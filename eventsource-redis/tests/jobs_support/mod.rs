@@ -74,7 +74,7 @@ pub async fn all_events(queue: &Queue) -> Vec<JobEvent> {
         let Some((last, _)) = page.last() else {
             return out;
         };
-        after = last.clone();
+        after.clone_from(last);
         out.extend(page.into_iter().map(|(_, e)| e));
     }
 }

@@ -7,8 +7,8 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use eventsource_redis::jobs::{Backoff, Job, JobError, JobEvent, JobOptions, JobState};
-use jobs_support::{all_events, eventually, fast, queue, start};
+use eventsource_redis::jobs::{Backoff, Job, JobError, JobEvent, JobOptions, JobState, Queue};
+use jobs_support::{all_events, eventually, fast, queue, queue_and_front, start};
 use serde_json::json;
 
 /// A handler that fails every attempt, recording when each started.
@@ -27,37 +27,38 @@ fn always_failing(
     }
 }
 
-async fn finished(queue: &eventsource_redis::jobs::Queue, id: &str) -> bool {
+async fn finished(queue: &Queue, id: &str) -> bool {
     matches!(
         queue.job(id).await.unwrap().map(|j| j.state),
         Some(JobState::Completed | JobState::Failed)
     )
 }
 
-#[tokio::test]
-async fn spent_attempts_fail_the_job_with_the_last_error_after_fixed_backoff() {
-    let Some(queue) = queue().await else { return };
+/// Runs one always-failing job with `options` to its end; its id and attempt start times.
+async fn fail_to_the_end(queue: &Queue, options: &JobOptions) -> (String, Vec<Instant>) {
     let times = Arc::default();
-    let worker = start(&queue, always_failing(&times), fast());
-    let options = JobOptions::default()
-        .with_attempts(3)
-        .with_backoff(Backoff::fixed(Duration::from_millis(200)));
-    let id = queue
-        .add_with("flaky", json!(1), &options)
-        .await
-        .unwrap()
-        .id;
+    let worker = start(queue, always_failing(&times), fast());
+    let id = queue.add_with("flaky", json!(1), options).await.unwrap().id;
     eventually(Duration::from_secs(5), "the job to fail", || {
-        finished(&queue, &id)
+        finished(queue, &id)
     })
     .await;
     worker.stop().await;
+    let times = times.lock().unwrap().clone();
+    (id, times)
+}
 
+#[tokio::test]
+async fn spent_attempts_fail_the_job_with_the_last_error_after_fixed_backoff() {
+    let Some(queue) = queue().await else { return };
+    let options = JobOptions::default()
+        .with_attempts(3)
+        .with_backoff(Backoff::fixed(Duration::from_millis(200)));
+    let (id, times) = fail_to_the_end(&queue, &options).await;
     let job = queue.job(&id).await.unwrap().unwrap();
     assert_eq!(job.state, JobState::Failed);
     assert_eq!(job.attempts_made, 3);
     assert_eq!(job.failed_reason.as_deref(), Some("attempt 3 broke"));
-    let times = times.lock().unwrap().clone();
     assert_eq!(times.len(), 3);
     for gap in times.windows(2).map(|w| w[1] - w[0]) {
         assert!(gap >= Duration::from_millis(195), "retried after {gap:?}");
@@ -96,22 +97,10 @@ async fn spent_attempts_fail_the_job_with_the_last_error_after_fixed_backoff() {
 #[tokio::test]
 async fn exponential_backoff_doubles_the_wait() {
     let Some(queue) = queue().await else { return };
-    let times = Arc::default();
-    let worker = start(&queue, always_failing(&times), fast());
     let options = JobOptions::default()
         .with_attempts(4)
         .with_backoff(Backoff::exponential(Duration::from_millis(100)));
-    let id = queue
-        .add_with("flaky", json!(1), &options)
-        .await
-        .unwrap()
-        .id;
-    eventually(Duration::from_secs(5), "the job to fail", || {
-        finished(&queue, &id)
-    })
-    .await;
-    worker.stop().await;
-    let times = times.lock().unwrap().clone();
+    let (_, times) = fail_to_the_end(&queue, &options).await;
     let gaps: Vec<_> = times.windows(2).map(|w| w[1] - w[0]).collect();
     assert_eq!(gaps.len(), 3);
     for (gap, want) in gaps.iter().zip([100, 200, 400]) {
@@ -378,4 +367,114 @@ async fn concurrency_runs_that_many_jobs_at_once() {
     .await;
     worker.stop().await;
     assert_eq!(now.lock().unwrap().1, 4);
+}
+
+#[tokio::test]
+async fn a_result_from_an_attempt_that_lost_its_lock_is_refused() {
+    let Some((queue, front)) = queue_and_front().await else {
+        return;
+    };
+    let options = JobOptions::default().with_attempts(2);
+    let id = queue
+        .add_with("twice", json!(1), &options)
+        .await
+        .unwrap()
+        .id;
+    let (started, release) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let worker = start(
+        &queue,
+        {
+            let (started, release) = (Arc::clone(&started), Arc::clone(&release));
+            move |job: Job| {
+                let (started, release) = (Arc::clone(&started), Arc::clone(&release));
+                async move {
+                    if job.attempts_made() == 0 {
+                        started.notify_one();
+                        release.notified().await;
+                    }
+                    Ok(json!({ "attempt": job.attempts_made() + 1 }))
+                }
+            }
+        },
+        fast().with_concurrency(2),
+    );
+    started.notified().await;
+    // Expire the first attempt's lock as if its worker had hung, and take the job back.
+    let (_, mut conn) = support::connect(&support::redis_url().unwrap()).await;
+    let active = format!("{front}active");
+    let _: () = redis::AsyncCommands::zadd(&mut conn, &active, &id, 0)
+        .await
+        .unwrap();
+    assert_eq!(queue.move_stalled().await.unwrap(), 1);
+    eventually(Duration::from_secs(5), "the second attempt", || {
+        finished(&queue, &id)
+    })
+    .await;
+    release.notify_one();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    worker.stop().await;
+    let job = queue.job(&id).await.unwrap().unwrap();
+    assert_eq!(job.return_value, Some(json!({ "attempt": 2 })));
+    let completions = all_events(&queue)
+        .await
+        .into_iter()
+        .filter(|e| matches!(e, JobEvent::Completed { .. }))
+        .count();
+    assert_eq!(completions, 1);
+}
+
+#[tokio::test]
+async fn a_worker_rides_out_a_lost_connection_and_stops_on_a_permanent_error() {
+    let Some((queue, front)) = queue_and_front().await else {
+        return;
+    };
+    let url = support::redis_url().unwrap();
+    // The worker's own connection, whose id the test knows, to cut it.
+    let (_, mut worker_conn) = support::connect(&url).await;
+    let worker_id: i64 = redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async(&mut worker_conn)
+        .await
+        .unwrap();
+    let prefix = front.split(":jobs:").next().unwrap();
+    let worker_queue = Queue::with_keys(worker_conn, "test", &eventsource_redis::Keys::new(prefix));
+    let worker = start(&worker_queue, |_job: Job| async { Ok(json!("ok")) }, fast());
+    let first = queue.add("before", json!(1)).await.unwrap().id;
+    eventually(Duration::from_secs(5), "the first job", || {
+        finished(&queue, &first)
+    })
+    .await;
+
+    let (_, mut conn) = support::connect(&url).await;
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(worker_id)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(killed, 1);
+    let second = queue.add("after", json!(2)).await.unwrap().id;
+    eventually(Duration::from_secs(10), "the job after the cut", || {
+        finished(&queue, &second)
+    })
+    .await;
+    assert!(!worker.task.is_finished());
+
+    // A key of the wrong type is no transient failure: the worker stops with the error.
+    let wait = format!("{front}wait");
+    let _: () = redis::AsyncCommands::set(&mut conn, &wait, "not a sorted set")
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), worker.task)
+        .await
+        .unwrap();
+    let error = ended.unwrap().unwrap_err();
+    assert!(
+        matches!(error, JobError::Redis(_)) && !error.is_retryable(),
+        "{error:?}"
+    );
 }

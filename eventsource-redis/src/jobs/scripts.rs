@@ -36,6 +36,33 @@ local function keep_last(set, base, keep)
   for _, id in ipairs(old) do redis.call('DEL', base .. 'job:' .. id) end
   redis.call('ZREMRANGEBYRANK', set, 0, n - keep - 1)
 end
+-- Queues job `id` (hash `jk`): in `delayed` until `now + delay` if `delay > 0`, else in `wait`.
+local function enqueue(wait, delayed, jk, id, now, delay)
+  if delay > 0 then
+    redis.call('ZADD', delayed, now + delay, id)
+    redis.call('HSET', jk, 'state', 'delayed')
+  else
+    redis.call('ZADD', wait, wait_score(jk), id)
+    redis.call('HSET', jk, 'state', 'wait')
+  end
+end
+-- Ends an attempt: drops its lock and token, counts it and keeps its error, if any.
+-- Returns the attempts made and allowed.
+local function end_attempt(active, jk, id, reason)
+  redis.call('ZREM', active, id)
+  redis.call('HDEL', jk, 'token')
+  local made = redis.call('HINCRBY', jk, 'attemptsMade', 1)
+  if reason then redis.call('HSET', jk, 'failedReason', reason) end
+  return made, tonumber(redis.call('HGET', jk, 'attempts') or '1')
+end
+-- Moves a job out of attempts to `failed`, keeping the job's number of failed jobs.
+local function fail_for_good(failed, events, maxlen, front, jk, id, reason, made, now)
+  redis.call('HSET', jk, 'state', 'failed', 'finishedOn', now)
+  redis.call('ZADD', failed, now, id)
+  emit(events, maxlen, 'event', 'failed', 'id', id, 'name', redis.call('HGET', jk, 'name'),
+    'reason', reason, 'attemptsMade', made)
+  keep_last(failed, front, tonumber(redis.call('HGET', jk, 'keepFailed') or '-1'))
+end
 local function holds(active, jk, id, token)
   return redis.call('HGET', jk, 'token') == token and redis.call('ZSCORE', active, id) ~= false
 end
@@ -65,14 +92,7 @@ local jk = front .. 'job:' .. id
 local now = now_ms()
 redis.call('HSET', jk, unpack(ARGV, 5))
 redis.call('HSET', jk, 'ts', now, 'seq', seq, 'attemptsMade', 0)
-local delay = tonumber(ARGV[4])
-if delay > 0 then
-  redis.call('ZADD', KEYS[3], now + delay, id)
-  redis.call('HSET', jk, 'state', 'delayed')
-else
-  redis.call('ZADD', KEYS[2], wait_score(jk), id)
-  redis.call('HSET', jk, 'state', 'wait')
-end
+enqueue(KEYS[2], KEYS[3], jk, id, now, tonumber(ARGV[4]))
 emit(KEYS[4], maxlen, 'event', 'added', 'id', id, 'name', redis.call('HGET', jk, 'name'))
 return {1, id}
 ",
@@ -91,9 +111,7 @@ local front, token, lock = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
 for _, id in ipairs(due) do
-  local jk = front .. 'job:' .. id
-  redis.call('ZADD', KEYS[1], wait_score(jk), id)
-  redis.call('HSET', jk, 'state', 'wait')
+  enqueue(KEYS[1], KEYS[2], front .. 'job:' .. id, id, now, 0)
 end
 if #due > 0 then redis.call('ZREM', KEYS[2], unpack(due)) end
 if redis.call('HGET', KEYS[4], 'paused') == '1' then return {'paused'} end
@@ -157,9 +175,7 @@ local front, id = ARGV[1], ARGV[2]
 local jk = front .. 'job:' .. id
 if not holds(KEYS[1], jk, id, ARGV[3]) then return 0 end
 local now = now_ms()
-redis.call('ZREM', KEYS[1], id)
-redis.call('HDEL', jk, 'token')
-redis.call('HINCRBY', jk, 'attemptsMade', 1)
+end_attempt(KEYS[1], jk, id, nil)
 redis.call('HSET', jk, 'state', 'completed', 'returnvalue', ARGV[4], 'finishedOn', now)
 redis.call('ZADD', KEYS[2], now, id)
 emit(KEYS[3], tonumber(ARGV[5]), 'event', 'completed', 'id', id,
@@ -184,29 +200,15 @@ local maxlen = tonumber(ARGV[6])
 local jk = front .. 'job:' .. id
 if not holds(KEYS[1], jk, id, ARGV[3]) then return 0 end
 local now = now_ms()
-redis.call('ZREM', KEYS[1], id)
-redis.call('HDEL', jk, 'token')
-local made = redis.call('HINCRBY', jk, 'attemptsMade', 1)
-local attempts = tonumber(redis.call('HGET', jk, 'attempts') or '1')
-redis.call('HSET', jk, 'failedReason', reason)
+local made, attempts = end_attempt(KEYS[1], jk, id, reason)
 if made < attempts then
   local delay = tonumber(ARGV[5])
-  if delay > 0 then
-    redis.call('ZADD', KEYS[3], now + delay, id)
-    redis.call('HSET', jk, 'state', 'delayed')
-  else
-    redis.call('ZADD', KEYS[2], wait_score(jk), id)
-    redis.call('HSET', jk, 'state', 'wait')
-  end
+  enqueue(KEYS[2], KEYS[3], jk, id, now, delay)
   emit(KEYS[5], maxlen, 'event', 'retrying', 'id', id, 'reason', reason,
     'attemptsMade', made, 'delay', delay)
   return 2
 end
-redis.call('HSET', jk, 'state', 'failed', 'finishedOn', now)
-redis.call('ZADD', KEYS[4], now, id)
-emit(KEYS[5], maxlen, 'event', 'failed', 'id', id, 'name', redis.call('HGET', jk, 'name'),
-  'reason', reason, 'attemptsMade', made)
-keep_last(KEYS[4], front, tonumber(redis.call('HGET', jk, 'keepFailed') or '-1'))
+fail_for_good(KEYS[4], KEYS[5], maxlen, front, jk, id, reason, made, now)
 return 1
 ",
     )
@@ -225,21 +227,12 @@ local now = now_ms()
 local stalled = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1000)
 for _, id in ipairs(stalled) do
   local jk = front .. 'job:' .. id
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('HDEL', jk, 'token')
-  local made = redis.call('HINCRBY', jk, 'attemptsMade', 1)
-  local attempts = tonumber(redis.call('HGET', jk, 'attempts') or '1')
-  redis.call('HSET', jk, 'failedReason', reason)
+  local made, attempts = end_attempt(KEYS[1], jk, id, reason)
   if made < attempts then
-    redis.call('ZADD', KEYS[2], wait_score(jk), id)
-    redis.call('HSET', jk, 'state', 'wait')
+    enqueue(KEYS[2], nil, jk, id, now, 0)
     emit(KEYS[4], maxlen, 'event', 'stalled', 'id', id, 'attemptsMade', made)
   else
-    redis.call('HSET', jk, 'state', 'failed', 'finishedOn', now)
-    redis.call('ZADD', KEYS[3], now, id)
-    emit(KEYS[4], maxlen, 'event', 'failed', 'id', id, 'name', redis.call('HGET', jk, 'name'),
-      'reason', reason, 'attemptsMade', made)
-    keep_last(KEYS[3], front, tonumber(redis.call('HGET', jk, 'keepFailed') or '-1'))
+    fail_for_good(KEYS[3], KEYS[4], maxlen, front, jk, id, reason, made, now)
   end
 end
 return #stalled

@@ -11,12 +11,17 @@ use tokio_util::sync::CancellationToken;
 
 /// A queue under a fresh key prefix, or `None` when `REDIS_URL` is unset outside CI.
 pub async fn queue() -> Option<Queue> {
+    queue_and_front().await.map(|(queue, _)| queue)
+}
+
+/// A queue under a fresh key prefix and the front of its keys (`<prefix>:jobs:{test}:`).
+pub async fn queue_and_front() -> Option<(Queue, String)> {
     let url = crate::support::redis_url()?;
     let (_, conn) = crate::support::connect(&url).await;
-    Some(Queue::with_keys(
-        conn,
-        "test",
-        &Keys::new(&crate::support::prefix()),
+    let keys = Keys::new(&crate::support::prefix());
+    Some((
+        Queue::with_keys(conn, "test", &keys),
+        keys.job_queue("test"),
     ))
 }
 

@@ -193,7 +193,7 @@ impl<H: JobHandler> Worker<H> {
                     self.queue.move_stalled().await?;
                     next_stalled_check = Instant::now() + self.options.stalled_interval;
                 }
-                self.fetch().await
+                fetch(&self.queue, self.options.lock_duration).await
             };
             match step.await {
                 Ok(Fetched::Job(job)) => {
@@ -201,8 +201,22 @@ impl<H: JobHandler> Worker<H> {
                     idle = Duration::from_millis(1);
                     let handler = Arc::clone(&self.handler);
                     let lock = self.options.lock_duration;
+                    let (queue, shutdown) = (self.queue.clone(), shutdown.clone());
                     running.spawn(async move {
-                        run_job(&*handler, *job, lock).await;
+                        // Under load each slot fetches its next job itself, so fetches run in
+                        // parallel; once the queue is empty the slot goes back to the main loop,
+                        // the only one that polls an idle queue.
+                        let mut job = *job;
+                        loop {
+                            run_job(&*handler, job, lock).await;
+                            if shutdown.is_cancelled() {
+                                break;
+                            }
+                            match fetch(&queue, lock).await {
+                                Ok(Fetched::Job(next)) => job = *next,
+                                _ => break,
+                            }
+                        }
                         drop(permit);
                     });
                 }
@@ -232,54 +246,54 @@ impl<H: JobHandler> Worker<H> {
         while running.join_next().await.is_some() {}
         outcome
     }
+}
 
-    async fn fetch(&self) -> Result<Fetched, JobError> {
-        let q = &self.queue;
-        let token = uuid::Uuid::new_v4().to_string();
-        let reply: Vec<String> = scripts::MOVE_TO_ACTIVE
-            .key(&q.keys.wait)
-            .key(&q.keys.delayed)
-            .key(&q.keys.active)
-            .key(&q.keys.meta)
-            .arg(&q.keys.front)
-            .arg(&token)
-            .arg(millis(self.options.lock_duration))
-            .invoke_async(&mut q.conn.clone())
-            .await?;
-        match reply.first().map(String::as_str) {
-            Some("job") if reply.len() >= 2 => {
-                let id = reply[1].clone();
-                let fields: HashMap<String, String> = reply[2..]
-                    .chunks_exact(2)
-                    .map(|kv| (kv[0].clone(), kv[1].clone()))
-                    .collect();
-                let data = match fields.get("data").map(|d| serde_json::from_str(d)) {
-                    Some(Ok(data)) => data,
-                    _ => serde_json::Value::Null,
-                };
-                let backoff = Backoff::decode(
-                    fields.get("backoff").map(String::as_str),
-                    fields.get("backoffDelay").map(String::as_str),
-                    fields.get("backoffJitter").map(String::as_str),
-                );
-                Ok(Fetched::Job(Box::new(Job {
-                    name: fields.get("name").cloned().unwrap_or_default(),
-                    attempts_made: number(&fields, "attemptsMade"),
-                    id,
-                    data,
-                    token,
-                    backoff,
-                    queue: q.clone(),
-                })))
-            }
-            Some("empty") => Ok(Fetched::Idle(
-                reply
-                    .get(1)
-                    .and_then(|ms| ms.parse().ok())
-                    .map(Duration::from_millis),
-            )),
-            _ => Ok(Fetched::Idle(None)),
+/// Takes the next job, if one is ready, under a lock of `lock`.
+async fn fetch(q: &Queue, lock: Duration) -> Result<Fetched, JobError> {
+    let token = uuid::Uuid::new_v4().to_string();
+    let reply: Vec<String> = scripts::MOVE_TO_ACTIVE
+        .key(&q.keys.wait)
+        .key(&q.keys.delayed)
+        .key(&q.keys.active)
+        .key(&q.keys.meta)
+        .arg(&q.keys.front)
+        .arg(&token)
+        .arg(millis(lock))
+        .invoke_async(&mut q.conn.clone())
+        .await?;
+    match reply.first().map(String::as_str) {
+        Some("job") if reply.len() >= 2 => {
+            let id = reply[1].clone();
+            let fields: HashMap<String, String> = reply[2..]
+                .chunks_exact(2)
+                .map(|kv| (kv[0].clone(), kv[1].clone()))
+                .collect();
+            let data = match fields.get("data").map(|d| serde_json::from_str(d)) {
+                Some(Ok(data)) => data,
+                _ => serde_json::Value::Null,
+            };
+            let backoff = Backoff::decode(
+                fields.get("backoff").map(String::as_str),
+                fields.get("backoffDelay").map(String::as_str),
+                fields.get("backoffJitter").map(String::as_str),
+            );
+            Ok(Fetched::Job(Box::new(Job {
+                name: fields.get("name").cloned().unwrap_or_default(),
+                attempts_made: number(&fields, "attemptsMade"),
+                id,
+                data,
+                token,
+                backoff,
+                queue: q.clone(),
+            })))
         }
+        Some("empty") => Ok(Fetched::Idle(
+            reply
+                .get(1)
+                .and_then(|ms| ms.parse().ok())
+                .map(Duration::from_millis),
+        )),
+        _ => Ok(Fetched::Idle(None)),
     }
 }
 

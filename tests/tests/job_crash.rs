@@ -143,7 +143,7 @@ async fn event_counts(queue: &Queue) -> (PerJob, PerJob, usize) {
     let mut stalls = 0;
     let mut after = "0".to_owned();
     loop {
-        let page = queue.events(&after, 10_000).await.expect("events");
+        let page = queue.events(&after, 1_000).await.expect("events");
         let Some((last, _)) = page.last() else { break };
         after.clone_from(last);
         for (_, event) in page {

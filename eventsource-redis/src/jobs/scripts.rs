@@ -63,6 +63,30 @@ local function fail_for_good(failed, events, maxlen, front, jk, id, reason, made
     'reason', reason, 'attemptsMade', made)
   keep_last(failed, front, tonumber(redis.call('HGET', jk, 'keepFailed') or '-1'))
 end
+-- Promotes due delayed jobs, then takes the first waiting job under `token`'s lock: replies
+-- {'job', id, field, value, ...}, {'paused'}, {'empty'} or {'empty', ms until the next is due}.
+local function take_next(wait, delayed, active, meta, front, token, lock, now)
+  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 1000)
+  for _, id in ipairs(due) do
+    enqueue(wait, delayed, front .. 'job:' .. id, id, now, 0)
+  end
+  if #due > 0 then redis.call('ZREM', delayed, unpack(due)) end
+  if redis.call('HGET', meta, 'paused') == '1' then return {'paused'} end
+  local popped = redis.call('ZPOPMIN', wait)
+  if #popped == 0 then
+    local nxt = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+    if #nxt == 0 then return {'empty'} end
+    return {'empty', tostring(math.max(0, tonumber(nxt[2]) - now))}
+  end
+  local id = popped[1]
+  local jk = front .. 'job:' .. id
+  redis.call('ZADD', active, now + lock, id)
+  redis.call('HSET', jk, 'state', 'active', 'token', token, 'processedOn', now)
+  local reply = redis.call('HGETALL', jk)
+  table.insert(reply, 1, id)
+  table.insert(reply, 1, 'job')
+  return reply
+end
 local function holds(active, jk, id, token)
   return redis.call('HGET', jk, 'token') == token and redis.call('ZSCORE', active, id) ~= false
 end
@@ -107,28 +131,7 @@ return {1, id}
 pub(crate) static MOVE_TO_ACTIVE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
-local front, token, lock = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local now = now_ms()
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
-for _, id in ipairs(due) do
-  enqueue(KEYS[1], KEYS[2], front .. 'job:' .. id, id, now, 0)
-end
-if #due > 0 then redis.call('ZREM', KEYS[2], unpack(due)) end
-if redis.call('HGET', KEYS[4], 'paused') == '1' then return {'paused'} end
-local popped = redis.call('ZPOPMIN', KEYS[1])
-if #popped == 0 then
-  local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-  if #nxt == 0 then return {'empty'} end
-  return {'empty', tostring(math.max(0, tonumber(nxt[2]) - now))}
-end
-local id = popped[1]
-local jk = front .. 'job:' .. id
-redis.call('ZADD', KEYS[3], now + lock, id)
-redis.call('HSET', jk, 'state', 'active', 'token', token, 'processedOn', now)
-local reply = redis.call('HGETALL', jk)
-table.insert(reply, 1, id)
-table.insert(reply, 1, 'job')
-return reply
+return take_next(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], tonumber(ARGV[3]), now_ms())
 ",
     )
 });
@@ -166,22 +169,32 @@ return 1
 /// Moves an active job to `completed` if `token` still holds it, keeping the job's number of
 /// completed jobs.
 ///
-/// `KEYS = [active, completed, events]`;
-/// `ARGV = [front, id, token, result json, events max len]`; replies 1, or 0 if the lock is lost.
+/// Then, given a token for it, takes the next job like [`MOVE_TO_ACTIVE`] (one round trip per job
+/// under load, as BullMQ's `moveToFinished` with `fetchNext`).
+///
+/// `KEYS = [active, completed, events, wait, delayed, meta]`;
+/// `ARGV = [front, id, token, result json, events max len, next token or '', lock ms]`;
+/// replies `{'done' or 'lost', …the next job's reply, if asked}`.
 pub(crate) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
 local front, id = ARGV[1], ARGV[2]
 local jk = front .. 'job:' .. id
-if not holds(KEYS[1], jk, id, ARGV[3]) then return 0 end
 local now = now_ms()
-end_attempt(KEYS[1], jk, id, nil)
-redis.call('HSET', jk, 'state', 'completed', 'returnvalue', ARGV[4], 'finishedOn', now)
-redis.call('ZADD', KEYS[2], now, id)
-emit(KEYS[3], tonumber(ARGV[5]), 'event', 'completed', 'id', id,
-  'name', redis.call('HGET', jk, 'name'), 'returnvalue', ARGV[4])
-keep_last(KEYS[2], front, tonumber(redis.call('HGET', jk, 'keepCompleted') or '-1'))
-return 1
+local status = 'lost'
+if holds(KEYS[1], jk, id, ARGV[3]) then
+  status = 'done'
+  end_attempt(KEYS[1], jk, id, nil)
+  redis.call('HSET', jk, 'state', 'completed', 'returnvalue', ARGV[4], 'finishedOn', now)
+  redis.call('ZADD', KEYS[2], now, id)
+  emit(KEYS[3], tonumber(ARGV[5]), 'event', 'completed', 'id', id,
+    'name', redis.call('HGET', jk, 'name'), 'returnvalue', ARGV[4])
+  keep_last(KEYS[2], front, tonumber(redis.call('HGET', jk, 'keepCompleted') or '-1'))
+end
+if ARGV[6] == '' then return {status} end
+local reply = take_next(KEYS[4], KEYS[5], KEYS[1], KEYS[6], front, ARGV[6], tonumber(ARGV[7]), now)
+table.insert(reply, 1, status)
+return reply
 ",
     )
 });

@@ -208,7 +208,10 @@ impl<H: JobHandler> Worker<H> {
                         // the only one that polls an idle queue.
                         let mut job = *job;
                         loop {
-                            run_job(&*handler, job, lock).await;
+                            if let Some(next) = run_job(&*handler, job, lock, &shutdown).await {
+                                job = next;
+                                continue;
+                            }
                             if shutdown.is_cancelled() {
                                 break;
                             }
@@ -261,6 +264,11 @@ async fn fetch(q: &Queue, lock: Duration) -> Result<Fetched, JobError> {
         .arg(millis(lock))
         .invoke_async(&mut q.conn.clone())
         .await?;
+    Ok(parse_fetched(q, token, &reply))
+}
+
+/// A reply of the scripts' `take_next`.
+fn parse_fetched(q: &Queue, token: String, reply: &[String]) -> Fetched {
     match reply.first().map(String::as_str) {
         Some("job") if reply.len() >= 2 => {
             let id = reply[1].clone();
@@ -277,7 +285,7 @@ async fn fetch(q: &Queue, lock: Duration) -> Result<Fetched, JobError> {
                 fields.get("backoffDelay").map(String::as_str),
                 fields.get("backoffJitter").map(String::as_str),
             );
-            Ok(Fetched::Job(Box::new(Job {
+            Fetched::Job(Box::new(Job {
                 name: fields.get("name").cloned().unwrap_or_default(),
                 attempts_made: number(&fields, "attemptsMade"),
                 id,
@@ -285,15 +293,15 @@ async fn fetch(q: &Queue, lock: Duration) -> Result<Fetched, JobError> {
                 token,
                 backoff,
                 queue: q.clone(),
-            })))
+            }))
         }
-        Some("empty") => Ok(Fetched::Idle(
+        Some("empty") => Fetched::Idle(
             reply
                 .get(1)
                 .and_then(|ms| ms.parse().ok())
                 .map(Duration::from_millis),
-        )),
-        _ => Ok(Fetched::Idle(None)),
+        ),
+        _ => Fetched::Idle(None),
     }
 }
 
@@ -319,7 +327,15 @@ impl Queue {
 }
 
 /// Runs one attempt with its lock renewed, then records the outcome.
-async fn run_job<H: JobHandler>(handler: &H, job: Job, lock: Duration) {
+///
+/// Unless `shutdown` is cancelled by then, a completion takes the next ready job in the same
+/// script and returns it.
+async fn run_job<H: JobHandler>(
+    handler: &H,
+    job: Job,
+    lock: Duration,
+    shutdown: &CancellationToken,
+) -> Option<Job> {
     // Renewal stops by itself once the lock is lost; the handler runs on (its result will be
     // refused) since a future cannot be stopped safely at an arbitrary point.
     let renewer = AbortOnDrop(tokio::spawn({
@@ -342,7 +358,18 @@ async fn run_job<H: JobHandler>(handler: &H, job: Job, lock: Duration) {
         .await;
     drop(renewer);
     let recorded = match outcome {
-        Ok(Ok(result)) => complete(&job, &result).await,
+        Ok(Ok(result)) => {
+            let next = (!shutdown.is_cancelled()).then(|| (uuid::Uuid::new_v4().to_string(), lock));
+            match complete(&job, &result, next).await {
+                Ok((held, next)) => {
+                    if !held {
+                        tracing::warn!(job = %job.id, "lock expired before the job ended");
+                    }
+                    return next;
+                }
+                Err(e) => Err(e),
+            }
+        }
         Ok(Err(e)) => fail(&job, &error_chain(e.as_ref())).await,
         Err(panic) => fail(&job, &panic_message(panic.as_ref())).await,
     };
@@ -352,6 +379,7 @@ async fn run_job<H: JobHandler>(handler: &H, job: Job, lock: Duration) {
         Ok(false) => tracing::warn!(job = %job.id, "lock expired before the job ended"),
         Err(e) => tracing::warn!(job = %job.id, error = %error_chain(&e), "outcome not recorded"),
     }
+    None
 }
 
 /// Stops the lock renewal when the attempt ends, also when the worker's task is aborted.
@@ -376,21 +404,37 @@ async fn extend_lock(job: &Job, lock: Duration) -> Result<bool, JobError> {
     Ok(held == 1)
 }
 
-/// Completes the job; false if this attempt lost its lock.
-async fn complete(job: &Job, result: &serde_json::Value) -> Result<bool, JobError> {
+/// Completes the job (false if this attempt lost its lock) and, given a token and a lock for
+/// it, takes the next ready job in the same script.
+async fn complete(
+    job: &Job,
+    result: &serde_json::Value,
+    next: Option<(String, Duration)>,
+) -> Result<(bool, Option<Job>), JobError> {
     let q = &job.queue;
-    let done: i64 = scripts::COMPLETE
+    let (token, lock) = next.unwrap_or_default();
+    let reply: Vec<String> = scripts::COMPLETE
         .key(&q.keys.active)
         .key(&q.keys.completed)
         .key(&q.keys.events)
+        .key(&q.keys.wait)
+        .key(&q.keys.delayed)
+        .key(&q.keys.meta)
         .arg(&q.keys.front)
         .arg(&job.id)
         .arg(&job.token)
         .arg(result.to_string())
         .arg(q.events_max_len)
+        .arg(&token)
+        .arg(millis(lock))
         .invoke_async(&mut q.conn.clone())
         .await?;
-    Ok(done == 1)
+    let held = reply.first().map(String::as_str) == Some("done");
+    let next = match parse_fetched(q, token, reply.get(1..).unwrap_or_default()) {
+        Fetched::Job(next) => Some(*next),
+        Fetched::Idle(_) => None,
+    };
+    Ok((held, next))
 }
 
 /// Fails the attempt (retry after the job's backoff, or failed for good); false if this

@@ -478,3 +478,33 @@ async fn a_worker_rides_out_a_lost_connection_and_stops_on_a_permanent_error() {
         "{error:?}"
     );
 }
+
+#[tokio::test]
+async fn a_busy_worker_still_takes_back_stalled_jobs() {
+    let Some(queue) = queue().await else { return };
+    let stalled = queue.add("stalled", json!(0)).await.unwrap().id;
+    let started = Arc::new(tokio::sync::Notify::new());
+    let dead = start(&queue, hanging(&started), fast());
+    started.notified().await;
+    dead.task.abort();
+    let busy = JobOptions::default().with_priority(5);
+    for i in 0..40 {
+        queue.add_with("busy", json!(i), &busy).await.unwrap();
+    }
+    // One slot, never idle: 40 jobs of 50 ms run back to back.
+    let worker = start(
+        &queue,
+        |_job: Job| async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(json!(null))
+        },
+        fast(),
+    );
+    eventually(Duration::from_secs(5), "the stalled job", || {
+        finished(&queue, &stalled)
+    })
+    .await;
+    let left = queue.counts().await.unwrap().waiting;
+    worker.stop().await;
+    assert!(left > 0, "taken back only once the busy jobs were done");
+}

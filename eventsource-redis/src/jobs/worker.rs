@@ -178,24 +178,29 @@ impl<H: JobHandler> Worker<H> {
         let mut failures = 0;
         let outcome = loop {
             while running.try_join_next().is_some() {}
+            // The stalled check runs on time even while every slot is busy.
+            if Instant::now() >= next_stalled_check {
+                next_stalled_check = Instant::now() + self.options.stalled_interval;
+                match self.queue.move_stalled().await {
+                    Ok(_) => {}
+                    Err(e) if e.is_retryable() => {
+                        tracing::warn!(queue = %self.queue.name, error = %error_chain(&e), "stalled check failed");
+                    }
+                    Err(e) => break Err(e),
+                }
+            }
             let permit = tokio::select! {
                 permit = Arc::clone(&permits).acquire_owned() => match permit {
                     Ok(permit) => permit,
                     Err(_) => break Ok(()),
                 },
+                () = tokio::time::sleep_until(next_stalled_check.into()) => continue,
                 () = shutdown.cancelled() => break Ok(()),
             };
             if shutdown.is_cancelled() {
                 break Ok(());
             }
-            let step = async {
-                if Instant::now() >= next_stalled_check {
-                    self.queue.move_stalled().await?;
-                    next_stalled_check = Instant::now() + self.options.stalled_interval;
-                }
-                fetch(&self.queue, self.options.lock_duration).await
-            };
-            match step.await {
+            match fetch(&self.queue, self.options.lock_duration).await {
                 Ok(Fetched::Job(job)) => {
                     failures = 0;
                     idle = Duration::from_millis(1);

@@ -255,3 +255,39 @@ async fn a_paused_queue_runs_nothing_until_resumed() {
         }
     );
 }
+
+#[tokio::test]
+async fn an_idle_worker_wakes_when_a_delayed_job_falls_due() {
+    let Some(queue) = queue().await else { return };
+    let log = Log::default();
+    let options = JobOptions::default().with_delay(Duration::from_millis(1_100));
+    let added_at = Instant::now();
+    let id = queue
+        .add_with("later", json!(1), &options)
+        .await
+        .unwrap()
+        .id;
+    // Doubling idle polls (1, 2, 4 … 1,024 ms) would look next at about 2 s: only the due time
+    // brings the worker back at 1.1 s.
+    let slow = fast()
+        .with_max_idle_poll(Duration::from_secs(5))
+        .with_stalled_interval(Duration::from_secs(5));
+    let worker = start(&queue, recorder(&log), slow);
+    eventually(Duration::from_secs(3), "the delayed job", || async {
+        log.lock().unwrap().contains(&id)
+    })
+    .await;
+    let waited = added_at.elapsed();
+    worker.stop().await;
+    assert!(waited >= Duration::from_millis(1_090), "{waited:?}");
+    assert!(waited < Duration::from_millis(1_700), "{waited:?}");
+}
+
+#[tokio::test]
+async fn an_events_max_len_of_zero_writes_no_events() {
+    let Some(queue) = queue().await else { return };
+    let queue = queue.with_events_max_len(0);
+    queue.add("quiet", json!(1)).await.unwrap();
+    queue.pause().await.unwrap();
+    assert!(queue.events("0", 10).await.unwrap().is_empty());
+}

@@ -14,6 +14,7 @@
 //! | `es:relay:{<name>}:lease` | the relay lease |
 //! | `es:bus:{<name>}:<priority>` | a bus's events of one priority (`critical` … `low`) |
 //! | `es:bus:{<name>}:topic:<topic>` | a bus topic's Pub/Sub channel (live subscribers) |
+//! | `es:jobs:{<queue>}:…` | a job queue: its sets, job hashes and events ([`crate::jobs`]) |
 //!
 //! Tenant ids and names are escaped (`%`, `{`, `}`, `:` become `%25`, `%7B`, `%7D`, `%3A`) so a
 //! tenant can never break out of its hash tag or collide with another key.
@@ -121,6 +122,16 @@ impl Keys {
     #[must_use]
     pub fn relay_lease(&self, name: &str) -> String {
         format!("{}:relay:{{{}}}:lease", self.prefix, escape(name))
+    }
+}
+
+impl Keys {
+    /// The front of every key of the job queue `queue`: `es:jobs:{<queue>}:`. The queue name is
+    /// the hash tag, so all of a queue's keys (and the job hashes its Lua scripts build from this
+    /// front) live in one Redis Cluster slot.
+    #[must_use]
+    pub fn job_queue(&self, queue: &str) -> String {
+        format!("{}:jobs:{{{}}}:", self.prefix, escape(queue))
     }
 }
 
@@ -280,6 +291,13 @@ mod tests {
         );
         assert_eq!(keys.bus_channel("main", "a.b"), "p*:bus:{main}:topic:a.b");
         assert_eq!(keys.bus_channel_glob("m:n"), "p\\*:bus:{m%3An}:topic:*");
+    }
+
+    #[test]
+    fn job_queues_have_the_queue_as_hash_tag() {
+        let keys = Keys::default();
+        assert_eq!(keys.job_queue("mail"), "es:jobs:{mail}:");
+        assert_eq!(keys.job_queue("a}b"), "es:jobs:{a%7Db}:");
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod bus;
 pub mod codec;
 pub mod consumer;
 pub mod error;
+pub mod jobs;
 pub mod keys;
 pub mod options;
 mod order;

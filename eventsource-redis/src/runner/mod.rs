@@ -723,14 +723,7 @@ impl<H: EventHandler> ConsumerRunner<H> {
                 Ok(Ok(Err(e))) => (error_chain(&e), self.handler.is_permanent(&e)),
                 // A panicking handler would panic again on every redelivery and take the
                 // runner down each time: dead-letter the entry instead.
-                Ok(Err(panic)) => {
-                    let message = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "a non-string payload".to_owned());
-                    (format!("handler panicked: {message}"), true)
-                }
+                Ok(Err(panic)) => (panic_message(panic.as_ref()), true),
                 Err(limit) => (format!("handler timed out after {limit:?}"), false),
             };
             self.counters
@@ -815,7 +808,18 @@ impl<H: EventHandler> ConsumerRunner<H> {
 }
 
 /// An error and its sources, `: `-separated.
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// "handler panicked: <message>" for a caught panic's payload.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string payload".to_owned());
+    format!("handler panicked: {message}")
+}
+
+/// An error and its sources, joined by ": ".
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

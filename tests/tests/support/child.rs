@@ -117,3 +117,14 @@ pub fn relay(
     }
     ChildProcess::spawn("relay", command)
 }
+
+/// A job worker process (`src/bin/job_child.rs`) running the queue `crash` under `prefix`
+/// with `concurrency` jobs at once.
+pub fn job_worker(redis_url: &str, prefix: &str, concurrency: usize) -> ChildProcess {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_job_child"));
+    command
+        .env("REDIS_URL", redis_url)
+        .env("JOB_PREFIX", prefix)
+        .env("JOB_CONCURRENCY", concurrency.to_string());
+    ChildProcess::spawn("job worker", command)
+}

@@ -175,11 +175,17 @@ pub(crate) async fn setup() -> PgPool {
         .connect_with(server.clone())
         .await
         .expect("connect");
-    sqlx::query("DROP DATABASE IF EXISTS eventsource_bench WITH (FORCE)")
-        .execute(&admin)
-        .await
-        .expect("drop");
-    sqlx::query("CREATE DATABASE eventsource_bench")
+    // `BENCH_DATABASE` lets benchmarks of several worktrees share one server.
+    let database =
+        std::env::var("BENCH_DATABASE").unwrap_or_else(|_| "eventsource_bench".to_owned());
+    let quoted = format!("\"{}\"", database.replace('"', "\"\""));
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await
+    .expect("drop");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {quoted}")))
         .execute(&admin)
         .await
         .expect("create");
@@ -187,7 +193,7 @@ pub(crate) async fn setup() -> PgPool {
     let pool = PgPoolOptions::new()
         .max_connections(40)
         .test_before_acquire(false)
-        .connect_with(server.database("eventsource_bench"))
+        .connect_with(server.database(&database))
         .await
         .expect("connect to the bench database");
     MIGRATOR.run(&pool).await.expect("migrate");

@@ -4,11 +4,12 @@
 //! DATABASE_URL=postgres://postgres@127.0.0.1:54329/postgres cargo bench -p eventsource-postgres --bench pg
 //! ```
 //!
-//! Starts from an empty database (`eventsource_bench`, dropped and re-created), runs each
-//! scenario for `BENCH_SECONDS` (default 6, in four alternating rounds of each side; 2 s runs
-//! moved ratios by up to 0.1 from run to run) and prints one table: scenario, the framework's
-//! figure, the raw engine's figure in the same run, and their ratio (framework / raw for
-//! throughputs, raw / framework for latencies: above 1.0 means the framework is faster).
+//! Starts from an empty database (`eventsource_bench`, or `BENCH_DATABASE`; dropped and
+//! re-created), runs each scenario for `BENCH_SECONDS` (default 6, in four alternating rounds
+//! of each side; 2 s runs moved ratios by up to 0.1 from run to run) and prints one table:
+//! scenario, the framework's figure, the raw engine's figure in the same run, and their ratio
+//! (framework / raw for throughputs, raw / framework for latencies: above 1.0 means the
+//! framework is faster).
 //! `BENCH_LOG_EVENTS` (default 1,000,000) sets the size of the log that `log`, `rebuild` and
 //! `lag` read (seeded in bulk once per run, `seed.rs`); `BENCH_ONLY` (a comma list of `appends`,
 //! `shape`, `commands`, `loads`, `log`, `rebuild`, `lag`, `saga`) runs a subset. The command

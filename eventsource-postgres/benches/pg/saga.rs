@@ -17,7 +17,6 @@ use uuid::Uuid;
 
 use crate::harness::{Table, compare};
 use crate::model::Counter;
-use crate::raw::{RAW_INSERT, RAW_LOAD};
 
 /// On each `OrderPlaced` event of its order: counts it, and asks for one shipment, a new
 /// counter aggregate incremented once.
@@ -67,29 +66,67 @@ fn placed(tenant: &TenantId, order: &str, i: u64) -> RecordedEvent {
     }
 }
 
+/// The raw engine's tables for saga steps, with what the framework's guarantees need: a log
+/// ordered by transaction (`transaction_id` first in its key, as `events`), unique event ids
+/// and stream versions; instances keyed by tenant, saga and instance with an optimistic
+/// version; and one record per handled event with its log position (and the index pruning by
+/// position needs).
 const RAW_SAGA_SCHEMA: &[&str] = &[
-    "CREATE TABLE raw_saga (instance text PRIMARY KEY, state jsonb NOT NULL, version bigint NOT NULL)",
-    "CREATE TABLE raw_saga_handled (instance text NOT NULL, event_id uuid NOT NULL, \
-     PRIMARY KEY (instance, event_id))",
+    "CREATE TABLE raw_saga_events (global_position bigint GENERATED ALWAYS AS IDENTITY, \
+     transaction_id xid8 NOT NULL DEFAULT pg_current_xact_id(), tenant_id text NOT NULL, \
+     stream text NOT NULL, version bigint NOT NULL, event_id uuid NOT NULL UNIQUE, \
+     event_type text NOT NULL, payload jsonb NOT NULL, metadata jsonb NOT NULL, \
+     PRIMARY KEY (transaction_id, global_position), UNIQUE (tenant_id, stream, version))",
+    "CREATE TABLE raw_saga (tenant_id text NOT NULL, saga text NOT NULL, instance text NOT NULL, \
+     state jsonb NOT NULL, version bigint NOT NULL, last_transaction_id xid8 NOT NULL, \
+     last_position bigint NOT NULL, PRIMARY KEY (tenant_id, saga, instance))",
+    "CREATE TABLE raw_saga_handled (tenant_id text NOT NULL, saga text NOT NULL, \
+     instance text NOT NULL, event_id uuid NOT NULL, transaction_id xid8 NOT NULL, \
+     global_position bigint NOT NULL, PRIMARY KEY (tenant_id, saga, instance, event_id))",
+    "CREATE INDEX raw_saga_handled_log_idx ON raw_saga_handled \
+     (tenant_id, saga, transaction_id, global_position)",
     "CREATE TABLE raw_deadlines (instance text PRIMARY KEY, due_at timestamptz NOT NULL, \
      fired boolean NOT NULL DEFAULT false)",
     "CREATE INDEX raw_deadlines_due_idx ON raw_deadlines (due_at) WHERE NOT fired",
 ];
+/// Begins the raw step's transaction scoped to the tenant, in one round trip (as the
+/// framework's `begin_tenant`).
+const RAW_SAGA_BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED; \
+     SELECT set_config('eventsource.tenant', 'bench', true)";
 /// The instance, locked, and whether it handled the event.
 const RAW_SAGA_LOAD: &str = "SELECT s.state, s.version, EXISTS (SELECT 1 FROM raw_saga_handled h \
-     WHERE h.instance = $1 AND h.event_id = $2) FROM raw_saga s WHERE s.instance = $1 FOR UPDATE";
+     WHERE h.tenant_id = $1 AND h.saga = 'shipping' AND h.instance = $2 AND h.event_id = $3) \
+     FROM raw_saga s WHERE s.tenant_id = $1 AND s.saga = 'shipping' AND s.instance = $2 \
+     FOR UPDATE";
+/// The target stream, as the decider loads it.
+const RAW_SAGA_STREAM: &str = "SELECT version, payload FROM raw_saga_events \
+     WHERE tenant_id = $1 AND stream = $2 ORDER BY version";
+/// Appends at the version loaded, unless the stream's previous event was written by a younger
+/// transaction (it would then come before it in a log ordered by transaction): the stream
+/// order the framework guards with `streams.last_xid`.
+const RAW_SAGA_APPEND: &str = "INSERT INTO raw_saga_events \
+     (tenant_id, stream, version, event_id, event_type, payload, metadata) \
+     SELECT $1, $2, $3, $4, 'Incremented', $5, '{}' WHERE NOT EXISTS (SELECT 1 \
+     FROM raw_saga_events p WHERE p.tenant_id = $1 AND p.stream = $2 AND p.version = $3 - 1 \
+     AND p.transaction_id > pg_current_xact_id()) RETURNING global_position";
 /// Saves the state at the expected version and records the event, in one statement.
-const RAW_SAGA_SAVE: &str = "WITH s AS (INSERT INTO raw_saga (instance, state, version) \
-     VALUES ($1, $3, 1) ON CONFLICT (instance) DO UPDATE SET state = EXCLUDED.state, \
-     version = raw_saga.version + 1 WHERE raw_saga.version = $4 RETURNING 1) \
-     INSERT INTO raw_saga_handled SELECT $1, $2 FROM s";
+const RAW_SAGA_SAVE: &str = "WITH s AS (INSERT INTO raw_saga AS r \
+     (tenant_id, saga, instance, state, version, last_transaction_id, last_position) \
+     VALUES ($1, 'shipping', $2, $4, 1, '1'::xid8, $6) ON CONFLICT (tenant_id, saga, instance) \
+     DO UPDATE SET state = EXCLUDED.state, version = r.version + 1, \
+     last_transaction_id = EXCLUDED.last_transaction_id, last_position = EXCLUDED.last_position \
+     WHERE r.version = $5 RETURNING 1) \
+     INSERT INTO raw_saga_handled SELECT $1, 'shipping', $2, $3, '1'::xid8, $6 FROM s \
+     RETURNING 1";
 
-/// The raw engine's saga step: begin, lock the instance and check the event, load the target
-/// stream (on another connection, as the repository does), append its event, save the state
-/// with the event recorded, commit.
-async fn raw_step(pool: &PgPool, instance: &str, event_id: Uuid) -> u64 {
-    let mut tx = pool.begin().await.expect("begin");
+/// The raw engine's saga step: begin scoped to the tenant, lock the instance and check the
+/// event, load the target stream (on another connection, as the repository does), append its
+/// event, save the state with the event recorded, commit.
+async fn raw_step(pool: &PgPool, instance: &str, event_id: Uuid, position: i64) -> u64 {
+    let tenant = "bench";
+    let mut tx = pool.begin_with(RAW_SAGA_BEGIN).await.expect("begin");
     let row = sqlx::query(RAW_SAGA_LOAD)
+        .bind(tenant)
         .bind(instance)
         .bind(event_id)
         .fetch_optional(&mut *tx)
@@ -108,26 +145,30 @@ async fn raw_step(pool: &PgPool, instance: &str, event_id: Uuid) -> u64 {
     };
     state.steps += 1;
     let target = format!("raw-ship-{instance}-{}", state.steps);
-    let rows = sqlx::query(RAW_LOAD)
+    let rows = sqlx::query(RAW_SAGA_STREAM)
+        .bind(tenant)
         .bind(&target)
         .fetch_all(pool)
         .await
         .expect("raw target load");
     let next = i64::try_from(rows.len()).expect("small") + 1;
-    sqlx::query(RAW_INSERT)
+    sqlx::query(RAW_SAGA_APPEND)
+        .bind(tenant)
         .bind(&target)
         .bind(next)
         .bind(Uuid::now_v7())
         .bind(json!({ "by": 1 }))
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await
         .expect("raw append");
     sqlx::query(RAW_SAGA_SAVE)
+        .bind(tenant)
         .bind(instance)
         .bind(event_id)
         .bind(serde_json::to_value(&state).expect("state"))
         .bind(version)
-        .execute(&mut *tx)
+        .bind(position)
+        .fetch_one(&mut *tx)
         .await
         .expect("raw saga save");
     tx.commit().await.expect("commit");
@@ -159,10 +200,11 @@ pub(crate) async fn sagas(
             }
         };
         let pool2 = pool.clone();
-        let raw = move |task: usize, _| {
+        let raw = move |task: usize, i: u64| {
             let pool = pool2.clone();
             let instance = format!("{prefix}-{task}");
-            async move { raw_step(&pool, &instance, Uuid::now_v7()).await }
+            let position = i64::try_from(i + 1).expect("small");
+            async move { raw_step(&pool, &instance, Uuid::now_v7(), position).await }
         };
         let (framework, raw) = compare(tasks, fw, raw).await;
         table.throughput(

@@ -24,9 +24,15 @@ pub const JOB_EVENT_FIELD: &str = "job_event";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RelayError {
-    /// The topic prefix is not a valid bus topic: the queue's name is not a topic segment
-    /// (ASCII letters, digits, `_`, `-`); pick a prefix with
-    /// [`JobEventsRelay::with_topic_prefix`].
+    /// The queue's name is not one topic segment (ASCII letters, digits, `_`, `-`), so
+    /// `jobs.<queue>` would not be a topic, or (with a `.`) would read as several segments;
+    /// pick a prefix with [`JobEventsRelay::with_topic_prefix`].
+    #[error("queue name `{queue}` is not a topic segment; choose a topic prefix")]
+    QueueNameNotASegment {
+        /// The queue's name.
+        queue: String,
+    },
+    /// The topic prefix given is not a valid bus topic.
     #[error(transparent)]
     InvalidTopic(#[from] PatternError),
     /// Reading the queue's events or moving the cursor failed.
@@ -44,7 +50,7 @@ impl RelayError {
         match self {
             Self::Jobs(e) => e.is_retryable(),
             Self::Bus(e) => matches!(e, BusError::Backend(_)),
-            Self::InvalidTopic(_) => false,
+            Self::InvalidTopic(_) | Self::QueueNameNotASegment { .. } => false,
         }
     }
 }
@@ -109,11 +115,17 @@ pub struct JobEventsRelay {
 
 impl JobEventsRelay {
     /// A relay of `queue` onto `bus` on the topics `jobs.<queue name>.<kind>`, with the cursor
-    /// name `bus`. Fails with [`RelayError::InvalidTopic`] when the queue's name is not a topic
-    /// segment (a `.` or `:` in it, say): choose a prefix with
+    /// name `bus`. Fails with [`RelayError::QueueNameNotASegment`] when the queue's name is not
+    /// one topic segment (a `.`, `:` or space in it, say): choose a prefix with
     /// [`with_topic_prefix`](Self::with_topic_prefix) then.
     pub fn new(queue: Queue, bus: Arc<dyn EventBus>) -> Result<Self, RelayError> {
-        let prefix = format!("jobs.{}", queue.name());
+        let name = queue.name();
+        if name.contains('.') || validate_topic(name).is_err() {
+            return Err(RelayError::QueueNameNotASegment {
+                queue: name.to_owned(),
+            });
+        }
+        let prefix = format!("jobs.{name}");
         Self::with_topic_prefix(queue, bus, &prefix)
     }
 

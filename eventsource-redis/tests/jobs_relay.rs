@@ -1,5 +1,5 @@
 //! The job events relay on a real Redis: queue lifecycle events onto the bus, in order, on
-//! their topics, at least once from a durable cursor.
+//! their topics, at least once from a durable cursor; outcomes into the store, once each.
 
 mod jobs_support;
 mod support;
@@ -10,8 +10,10 @@ use std::time::Duration;
 use eventsource_core::bus::{
     BoxError, BusEvent, EventBus, InMemoryBus, Pattern, Priority, SubscribeOptions,
 };
+use eventsource_core::{InMemoryEventStore, NewEvent, StreamId, TenantId};
 use eventsource_redis::jobs::{
-    JOB_EVENT_FIELD, Job, JobEvent, JobEventsRelay, JobOptions, Queue, RelayError,
+    JOB_EVENT_FIELD, Job, JobEvent, JobEventsRelay, JobEventsStoreRelay, JobOptions, Queue,
+    RelayError,
 };
 use eventsource_redis::{Keys, RedisBus};
 use jobs_support::{all_events, eventually, fast, queue, queue_and_front, start};
@@ -249,4 +251,95 @@ async fn a_queue_name_that_is_not_a_topic_segment_needs_a_prefix() {
     let paused = memory.history("jobs.reports-v2.paused");
     assert_eq!(paused.len(), 1);
     assert_eq!(paused[0].payload["queue"], json!("reports.v2"));
+}
+
+/// Completed and failed jobs as domain events of the `job` aggregate, one stream per job.
+fn outcomes(event: &JobEvent) -> Option<(StreamId, NewEvent)> {
+    let stream = |id: &str| StreamId::new(TenantId::new("t"), "job", id);
+    match event {
+        JobEvent::Completed { id, result, .. } => Some((
+            stream(id),
+            NewEvent::new("JobCompleted", 1, json!({ "result": result })),
+        )),
+        JobEvent::Failed { id, reason, .. } => Some((
+            stream(id),
+            NewEvent::new("JobFailed", 1, json!({ "reason": reason })),
+        )),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_outcomes_are_appended_to_the_store_once() {
+    let Some((queue, front)) = queue_and_front().await else {
+        return;
+    };
+    let worker = start(
+        &queue,
+        |job: Job| async move {
+            if job.name() == "bad" {
+                return Err(BoxError::from("boom"));
+            }
+            Ok(json!(job.data().clone()))
+        },
+        fast(),
+    );
+    let good = queue.add("good", json!(7)).await.unwrap().id;
+    let bad = queue
+        .add_with("bad", json!(8), &JobOptions::default().with_attempts(1))
+        .await
+        .unwrap()
+        .id;
+    eventually(Duration::from_secs(5), "both jobs finished", || async {
+        let counts = queue.counts().await.unwrap();
+        counts.completed == 1 && counts.failed == 1
+    })
+    .await;
+    worker.stop().await;
+
+    let store = InMemoryEventStore::new();
+    let relay = JobEventsStoreRelay::new(queue.clone(), store.clone(), outcomes)
+        .with_poll_interval(Duration::from_millis(10));
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(relay.clone().run(shutdown.clone()));
+    let last = queue.events("0", 100).await.unwrap().pop().unwrap().0;
+    eventually(Duration::from_secs(5), "the cursor at the end", || async {
+        relay.cursor().await.unwrap() == last
+    })
+    .await;
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+
+    let logged = support::log(&store).await;
+    let kinds: Vec<(String, String)> = logged
+        .iter()
+        .map(|e| (e.stream.aggregate_id().to_owned(), e.event_type.clone()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (good.clone(), "JobCompleted".to_owned()),
+            (bad, "JobFailed".to_owned())
+        ]
+    );
+    assert_eq!(logged[0].payload, json!({ "result": 7 }));
+    assert_eq!(
+        logged[0].metadata.extra[JOB_EVENT_FIELD]["queue"],
+        json!("test")
+    );
+
+    // The cursor lost (a crash before it moved): the replay appends nothing twice.
+    let mut conn = support::connect(&support::redis_url().unwrap()).await.1;
+    let _: () = redis::AsyncCommands::del(&mut conn, format!("{front}relay:store"))
+        .await
+        .unwrap();
+    assert!(relay.step().await.unwrap() > 0);
+    assert_eq!(relay.cursor().await.unwrap(), last);
+    assert_eq!(support::log(&store).await.len(), 2);
+
+    // The stored event has the id the bus relay gives the same job event.
+    let bus = Arc::new(InMemoryBus::new());
+    let bus_relay = JobEventsRelay::new(queue.clone(), bus.clone()).unwrap();
+    bus_relay.step().await.unwrap();
+    assert_eq!(bus.history("jobs.test.completed")[0].id, logged[0].event_id);
 }

@@ -13,7 +13,8 @@
 //!   transition; [`Queue::events`] reads them, the hook for an event bus or an event store.
 //! - [`JobEventsRelay`] publishes them onto an [`EventBus`](eventsource_core::bus::EventBus)
 //!   as `jobs.<queue>.<kind>` (`jobs.analysis.completed`, …), at least once, from a durable
-//!   cursor, with ids stable across re-publications.
+//!   cursor, with ids stable across re-publications; [`JobEventsStoreRelay`] appends the ones
+//!   the application maps to domain events to an event store, once each.
 //!
 //! Every transition is one Lua script (atomic). The keys, `es:jobs:{<queue>}:…`, carry the
 //! queue name as hash tag, so a queue works on Redis Cluster.
@@ -34,6 +35,8 @@ mod options;
 mod queue;
 mod relay;
 mod scripts;
+mod store;
+mod tail;
 mod worker;
 
 pub use counts::JobCounts;
@@ -42,4 +45,5 @@ pub use event::JobEvent;
 pub use options::{Backoff, JobOptions, MAX_PRIORITY, WorkerOptions};
 pub use queue::{Added, JobInfo, JobState, Queue};
 pub use relay::{JOB_EVENT_FIELD, JobEventsRelay, RelayError};
+pub use store::JobEventsStoreRelay;
 pub use worker::{BoxError, Job, JobHandler, Worker};

@@ -4,18 +4,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use eventsource_core::RetryPolicy;
 use eventsource_core::bus::{BusError, BusEvent, EventBus, PatternError, validate_topic};
-use eventsource_core::{EventId, Metadata};
+use eventsource_core::{Metadata, StoreError};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::error::JobError;
 use super::event::JobEvent;
 use super::queue::Queue;
-use crate::publisher::sleep_or_cancel;
-use crate::runner::error_chain;
+use super::tail::{Tail, stream_time};
 
 /// The `metadata.extra` key under which a relayed event carries its queue and stream id.
 pub const JOB_EVENT_FIELD: &str = "job_event";
@@ -41,6 +38,9 @@ pub enum RelayError {
     /// Publishing onto the bus failed; the cursor did not move.
     #[error("publishing job events onto the bus failed")]
     Bus(#[source] BusError),
+    /// Appending job events to the event store failed; the cursor did not move.
+    #[error("appending job events to the store failed")]
+    Store(#[source] StoreError),
 }
 
 impl RelayError {
@@ -50,6 +50,7 @@ impl RelayError {
         match self {
             Self::Jobs(e) => e.is_retryable(),
             Self::Bus(e) => matches!(e, BusError::Backend(_)),
+            Self::Store(e) => e.is_retryable(),
             Self::InvalidTopic(_) | Self::QueueNameNotASegment { .. } => false,
         }
     }
@@ -105,12 +106,9 @@ impl From<redis::RedisError> for RelayError {
 /// ```
 #[derive(Debug, Clone)]
 pub struct JobEventsRelay {
-    queue: Queue,
+    tail: Tail,
     bus: Arc<dyn EventBus>,
     prefix: String,
-    cursor_key: String,
-    batch_size: usize,
-    poll_interval: Duration,
 }
 
 impl JobEventsRelay {
@@ -137,14 +135,10 @@ impl JobEventsRelay {
         prefix: &str,
     ) -> Result<Self, RelayError> {
         validate_topic(prefix)?;
-        let cursor_key = format!("{}relay:bus", queue.keys.front);
         Ok(Self {
-            queue,
+            tail: Tail::new(queue, "bus"),
             bus,
             prefix: prefix.to_owned(),
-            cursor_key,
-            batch_size: 100,
-            poll_interval: Duration::from_millis(50),
         })
     }
 
@@ -152,21 +146,21 @@ impl JobEventsRelay {
     /// their own position.
     #[must_use]
     pub fn with_cursor_name(mut self, name: &str) -> Self {
-        self.cursor_key = format!("{}relay:{name}", self.queue.keys.front);
+        self.tail.rename(name);
         self
     }
 
     /// How many events one [`step`](Self::step) publishes at most (default 100).
     #[must_use]
     pub fn with_batch_size(mut self, size: usize) -> Self {
-        self.batch_size = size.max(1);
+        self.tail.batch_size = size.max(1);
         self
     }
 
     /// How long [`run`](Self::run) waits when the stream has nothing new (default 50 ms).
     #[must_use]
     pub fn with_poll_interval(mut self, interval: Duration) -> Self {
-        self.poll_interval = interval;
+        self.tail.poll_interval = interval;
         self
     }
 
@@ -178,17 +172,14 @@ impl JobEventsRelay {
 
     /// The stream id of the last event published (`"0"` before the first).
     pub async fn cursor(&self) -> Result<String, RelayError> {
-        let cursor: Option<String> =
-            redis::AsyncCommands::get(&mut self.queue.conn.clone(), &self.cursor_key).await?;
-        Ok(cursor.unwrap_or_else(|| "0".to_owned()))
+        self.tail.cursor().await
     }
 
     /// Publishes the next batch of events after the cursor, then moves the cursor past them.
     /// Returns how many were published (0 when the stream has nothing new). When the publish
     /// fails the cursor stays, and the next step publishes the same events again.
     pub async fn step(&self) -> Result<usize, RelayError> {
-        let after = self.cursor().await?;
-        let page = self.queue.events(&after, self.batch_size).await?;
+        let page = self.tail.next().await?;
         let Some((last, _)) = page.last() else {
             return Ok(0);
         };
@@ -202,8 +193,7 @@ impl JobEventsRelay {
             .publish_batch(events)
             .await
             .map_err(RelayError::Bus)?;
-        redis::AsyncCommands::set::<_, _, ()>(&mut self.queue.conn.clone(), &self.cursor_key, last)
-            .await?;
+        self.tail.advance(&last).await?;
         Ok(count)
     }
 
@@ -211,56 +201,29 @@ impl JobEventsRelay {
     /// interval when there is none. Transient failures (Redis, the bus's backend) are retried
     /// with backoff; a permanent one stops the relay with that error.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RelayError> {
-        let errors = RetryPolicy::default()
-            .with_base_delay(Duration::from_millis(20))
-            .with_max_delay(Duration::from_secs(2));
-        let mut failures = 0;
-        while !shutdown.is_cancelled() {
-            match self.step().await {
-                Ok(n) => {
-                    failures = 0;
-                    if n < self.batch_size {
-                        sleep_or_cancel(&shutdown, self.poll_interval).await;
-                    }
-                }
-                Err(e) if e.is_retryable() => {
-                    failures += 1;
-                    tracing::warn!(queue = %self.queue.name(), error = %error_chain(&e), "relaying job events failed; retrying");
-                    sleep_or_cancel(&shutdown, errors.delay(failures)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        self.tail.run(&shutdown, || self.step()).await
     }
 
     /// The bus event of the stream entry `stream_id`.
     fn bus_event(&self, stream_id: &str, event: &JobEvent) -> BusEvent {
-        let key = format!("{}#{stream_id}", self.queue.keys.events);
-        let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, key.as_bytes());
+        let queue = self.tail.queue.name();
         let mut metadata = Metadata::new();
         metadata.source = Some("jobs".to_owned());
         metadata.extra.insert(
             JOB_EVENT_FIELD.to_owned(),
-            json!({ "queue": self.queue.name(), "stream_id": stream_id }),
+            json!({ "queue": queue, "stream_id": stream_id }),
         );
         let mut bus_event = BusEvent::new(
             format!("{}.{}", self.prefix, event.kind()),
-            event.payload(self.queue.name()),
+            event.payload(queue),
         )
-        .with_id(EventId::from_uuid(id))
+        .with_id(self.tail.event_id(stream_id))
         .with_metadata(metadata);
         if let Some(at) = stream_time(stream_id) {
             bus_event = bus_event.with_published_at(at);
         }
         bus_event
     }
-}
-
-/// The time of a stream id (`<milliseconds>-<sequence>`).
-fn stream_time(stream_id: &str) -> Option<DateTime<Utc>> {
-    let millis = stream_id.split('-').next()?.parse().ok()?;
-    DateTime::from_timestamp_millis(millis)
 }
 
 impl JobEvent {

@@ -10,7 +10,9 @@ use std::time::Duration;
 use eventsource_core::bus::{
     BoxError, BusEvent, EventBus, InMemoryBus, Pattern, Priority, SubscribeOptions,
 };
-use eventsource_core::{InMemoryEventStore, NewEvent, StreamId, TenantId};
+use eventsource_core::{
+    EventStore, ExpectedVersion, InMemoryEventStore, NewEvent, StoreError, StreamId, TenantId,
+};
 use eventsource_redis::jobs::{
     JOB_EVENT_FIELD, Job, JobEvent, JobEventsRelay, JobEventsStoreRelay, JobOptions, Queue,
     RelayError,
@@ -342,4 +344,43 @@ async fn job_outcomes_are_appended_to_the_store_once() {
     let bus_relay = JobEventsRelay::new(queue.clone(), bus.clone()).unwrap();
     bus_relay.step().await.unwrap();
     assert_eq!(bus.history("jobs.test.completed")[0].id, logged[0].event_id);
+}
+
+#[tokio::test]
+async fn a_failed_append_does_not_move_the_cursor() {
+    let Some(queue) = queue().await else { return };
+    queue.add("a", json!(1)).await.unwrap();
+    let bus = Arc::new(InMemoryBus::new());
+    JobEventsRelay::new(queue.clone(), bus.clone())
+        .unwrap()
+        .step()
+        .await
+        .unwrap();
+    let taken = bus.history("jobs.test.added")[0].id;
+    // The id the job event will get is already stored elsewhere: the store refuses it.
+    let store = InMemoryEventStore::new();
+    let elsewhere = StreamId::new(TenantId::new("t"), "other", "1");
+    store
+        .append(
+            &elsewhere,
+            ExpectedVersion::Any,
+            vec![NewEvent::new("Other", 1, json!({})).with_event_id(taken)],
+        )
+        .await
+        .unwrap();
+    let relay = JobEventsStoreRelay::new(queue.clone(), store.clone(), |event: &JobEvent| {
+        Some((
+            StreamId::new(TenantId::new("t"), "job", "x"),
+            NewEvent::new(event.kind(), 1, json!({})),
+        ))
+    });
+    let err = relay.step().await.unwrap_err();
+    assert!(
+        matches!(err, RelayError::Store(StoreError::DuplicateEventId { .. })),
+        "{err:?}"
+    );
+    assert!(!err.is_retryable());
+    assert_eq!(relay.cursor().await.unwrap(), "0");
+    let stopped = relay.run(CancellationToken::new()).await;
+    assert!(matches!(stopped, Err(RelayError::Store(_))), "{stopped:?}");
 }

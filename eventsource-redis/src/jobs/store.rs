@@ -28,18 +28,23 @@ use super::tail::Tail;
 /// re-append of an event already stored is the store's idempotent no-op, so **each job event
 /// is appended once**. `metadata.extra["job_event"]` holds `{"queue", "stream_id"}`.
 ///
-/// ```
+/// ```no_run
 /// # use eventsource_core::{InMemoryEventStore, NewEvent, StreamId, TenantId};
 /// # use eventsource_redis::jobs::{JobEvent, JobEventsStoreRelay, Queue};
-/// # async fn example(queue: Queue, store: InMemoryEventStore) -> Result<(), Box<dyn std::error::Error>> {
-/// let relay = JobEventsStoreRelay::new(queue, store, |event: &JobEvent| match event {
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let conn = redis::Client::open("redis://127.0.0.1/")?.get_connection_manager().await?;
+/// let queue = Queue::new(conn, "analysis");
+/// let store = InMemoryEventStore::new();
+/// let relay = JobEventsStoreRelay::new(queue.clone(), store, |event: &JobEvent| match event {
 ///     JobEvent::Completed { id, result, .. } => Some((
 ///         StreamId::new(TenantId::new("acme"), "analysis", id),
 ///         NewEvent::new("AnalysisCompleted", 1, result.clone()),
 ///     )),
 ///     _ => None,
 /// });
-/// relay.step().await?;
+/// queue.add("run-analysis", serde_json::json!({})).await?;
+/// assert_eq!(relay.step().await?, 1); // went through `added`, appended nothing
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]

@@ -1,7 +1,8 @@
 //! Lifecycle events: every transition script appends one to the queue's event stream
 //! (`es:jobs:{<queue>}:events`) in the same atomic step, so the stream never misses or
-//! invents a transition. This is the hook an event bus (or an event store) plugs into: tail the
-//! stream with [`Queue::events`] from the last id seen.
+//! invents a transition. [`JobEventsRelay`](super::JobEventsRelay) (onto an event bus) and
+//! [`JobEventsStoreRelay`](super::JobEventsStoreRelay) (into an event store) tail it with
+//! [`Queue::events`] from a cursor.
 
 use std::collections::HashMap;
 

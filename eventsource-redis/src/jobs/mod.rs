@@ -11,6 +11,10 @@
 //! - Lifecycle events ([`JobEvent`]: added, completed, retrying, stalled, failed, progress,
 //!   paused, resumed) are appended to the queue's event stream by the same script as the
 //!   transition; [`Queue::events`] reads them, the hook for an event bus or an event store.
+//! - [`JobEventsRelay`] publishes them onto an [`EventBus`](eventsource_core::bus::EventBus)
+//!   as `jobs.<queue>.<kind>` (`jobs.analysis.completed`, …), at least once, from a durable
+//!   cursor, with ids stable across re-publications; [`JobEventsStoreRelay`] appends the ones
+//!   the application maps to domain events to an event store, once each.
 //!
 //! Every transition is one Lua script (atomic). The keys, `es:jobs:{<queue>}:…`, carry the
 //! queue name as hash tag, so a queue works on Redis Cluster.
@@ -29,7 +33,10 @@ mod error;
 mod event;
 mod options;
 mod queue;
+mod relay;
 mod scripts;
+mod store;
+mod tail;
 mod worker;
 
 pub use counts::JobCounts;
@@ -37,4 +44,6 @@ pub use error::JobError;
 pub use event::JobEvent;
 pub use options::{Backoff, JobOptions, MAX_PRIORITY, WorkerOptions};
 pub use queue::{Added, JobInfo, JobState, Queue};
+pub use relay::{JOB_EVENT_FIELD, JobEventsRelay, RelayError};
+pub use store::JobEventsStoreRelay;
 pub use worker::{BoxError, Job, JobHandler, Worker};

@@ -72,7 +72,8 @@ pub enum PgProjectionError<E: std::error::Error + 'static> {
     /// log than the live runner: another filter, or a start after its checkpoint). Nothing was
     /// cut over; the old generation serves and the new one stays building.
     #[error(
-        "rebuild of projection {projection} ends at {cutover:?}, before the live checkpoint          {live:?}: not cut over"
+        "rebuild of projection {projection} ends at {cutover:?}, before the live checkpoint \
+         {live:?}: not cut over"
     )]
     CutoverBehind {
         /// The projection's name.

@@ -3,7 +3,8 @@
 //! on the readers' views survives a cutover (views replaced in place, or dropped and created
 //! with their grants when a generation changed its columns), and what a `REPEATABLE READ`
 //! snapshot from before a cutover sees after it (the documented caveat); a live batch in flight
-//! across the first cutover (no generation to lock yet) goes on in the new generation.
+//! across the first cutover (no generation to lock yet) goes on in the new generation; two
+//! projections whose names make one schema prefix never share a generation's schema.
 
 mod ledger;
 mod support;
@@ -405,4 +406,66 @@ async fn a_live_batch_in_flight_across_the_first_cutover_goes_on_in_the_new_gene
         clean_build(&log),
         "generation 1 equals a clean build"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_whose_schema_prefix_is_taken_is_refused_and_changes_nothing() {
+    let Some(t) = setup().await else {
+        return;
+    };
+    t.append(0, 20, 5).await;
+    build(&t, Ledger::new(&t.name)).await;
+    let generation_one = t.view().await;
+    // `rebuild-<id>` and `rebuild.<id>` both make the prefix `rebuild_<id>`.
+    let other = t.name.replace('-', ".");
+    let err = PgRebuild::new(t.store.clone(), Ledger::new(&other), t.rebuild_options("r"))
+        .run(CancellationToken::new())
+        .await
+        .unwrap_err();
+    let prefix = t.name.replace('-', "_");
+    assert!(
+        matches!(&err, PgProjectionError::SchemaPrefixTaken { projection, prefix: p }
+            if *projection == other && *p == prefix),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "schema prefix {prefix} of projection {other} is another projection's: give it a \
+             prefix of its own"
+        )
+    );
+    let others: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM projection_generations WHERE projection = $1")
+            .bind(&other)
+            .fetch_one(&t.pool)
+            .await
+            .unwrap();
+    assert_eq!(others, 0, "nothing created for {other}");
+    let generations = t.generations().await;
+    assert_eq!(generations.len(), 1);
+    assert_eq!(generations[0].1, "serving");
+    assert_eq!(
+        t.view().await,
+        generation_one,
+        "the first projection serves on"
+    );
+    // With a prefix (and views) of its own it builds.
+    let readers = format!("{}_other", t.readers);
+    sqlx::query("SELECT eventsource_create_generation_schema($1)")
+        .bind(&readers)
+        .execute(&t.pool)
+        .await
+        .unwrap();
+    PgRebuild::new(
+        t.store.clone(),
+        Ledger::new(&other),
+        t.rebuild_options("r")
+            .with_schema_prefix(format!("other_{}", &t.name["rebuild-".len()..]))
+            .with_reader_schema(&readers),
+    )
+    .run(CancellationToken::new())
+    .await
+    .unwrap()
+    .expect("cut over");
 }

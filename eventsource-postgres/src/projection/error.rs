@@ -83,6 +83,20 @@ pub enum PgProjectionError<E: std::error::Error + 'static> {
         /// Where the new generation is complete up to.
         cutover: Option<LogPosition>,
     },
+    /// The projection's generations would take schemas of another projection's: the two share
+    /// a schema prefix (names alike once made identifiers, or one
+    /// [`RebuildOptions::with_schema_prefix`](crate::RebuildOptions::with_schema_prefix)).
+    /// Nothing was created; give one of them a prefix of its own.
+    #[error(
+        "schema prefix {prefix} of projection {projection} is another projection's: \
+         give it a prefix of its own"
+    )]
+    SchemaPrefixTaken {
+        /// The projection's name.
+        projection: String,
+        /// The prefix its generations' schemas would take (`<prefix>_g<n>`).
+        prefix: String,
+    },
     /// The projection has no serving generation to rebuild a tenant's rows in
     /// ([`PgRebuild::rebuild_tenant`](crate::PgRebuild::rebuild_tenant)): build one first.
     #[error("projection {projection} has no serving generation")]

@@ -8,9 +8,8 @@ use eventsource_core::{EventStore, LogFilter, LogPosition, RecordedEvent, Tenant
 use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    PgRebuild, PgRebuildable, RebuildReport, clip_prefix, enter_path, restore_path, schema_prefix,
-};
+use super::naming::{prefix_of, staging_schema};
+use super::{PgRebuild, PgRebuildable, RebuildReport, enter_path, restore_path};
 use crate::checkpoint::PgCheckpointStore;
 use crate::projection::error::PgProjectionError;
 use crate::projection::lease::PgLease;
@@ -88,11 +87,7 @@ impl<P: PgTenantRebuildable> PgRebuild<P> {
     ) -> Result<Option<RebuildReport>, PgProjectionError<P::Error>> {
         let started = Instant::now();
         let name = self.projection.name();
-        let prefix = self
-            .options
-            .schema_prefix
-            .as_deref()
-            .map_or_else(|| schema_prefix(name), clip_prefix);
+        let prefix = prefix_of(name, self.options.schema_prefix.as_deref());
         let serving: Option<i64> = sqlx::query_scalar(sql::SERVING_GENERATION)
             .bind(name)
             .fetch_optional(&self.pool)
@@ -103,7 +98,7 @@ impl<P: PgTenantRebuildable> PgRebuild<P> {
             });
         }
         let mut staging = Staging {
-            schema: format!("{prefix}_tenant"),
+            schema: staging_schema(&prefix, name),
             position: None,
             applied: 0,
         };

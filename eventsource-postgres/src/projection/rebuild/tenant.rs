@@ -40,8 +40,9 @@ impl<P: PgTenantRebuildable> PgRebuild<P> {
     /// tenants' rows serve on, untouched, and the live runner keeps applying the log.
     ///
     /// Under the rebuild lease (no full rebuild runs meanwhile), it builds the tenant's rows
-    /// into staging tables of their own schema (`<prefix>_tenant`) from the tenant's events
-    /// up to the live checkpoint, in batches, without holding anything the live runner needs.
+    /// into staging tables of their own schema (`<prefix>_tenant_<hash of the name>`: never
+    /// another projection's, even under the same prefix) from the tenant's events up to the
+    /// live checkpoint, in batches, without holding anything the live runner needs.
     /// Then one transaction locks the serving generation (the live runner's next batch waits
     /// for it), applies the tenant's events up to the live checkpoint it finds there, deletes
     /// the tenant's rows from the serving generation

@@ -2,20 +2,27 @@
 //! back to `public`, a cutover never moves the live checkpoint backwards, and what was granted
 //! on the readers' views survives a cutover (views replaced in place, or dropped and created
 //! with their grants when a generation changed its columns), and what a `REPEATABLE READ`
-//! snapshot from before a cutover sees after it (the documented caveat).
+//! snapshot from before a cutover sees after it (the documented caveat); a live batch in flight
+//! across the first cutover (no generation to lock yet) goes on in the new generation; two
+//! projections whose names make one schema prefix never share a generation's schema.
 
 mod ledger;
 mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use eventsource_core::{
     EventStore, ExpectedVersion, LogFilter, LogPosition, NewEvent, RecordedEvent, StreamId,
 };
 use eventsource_postgres::{
-    PgCheckpointStore, PgProjection, PgProjectionError, PgProjectionRunner, PgRebuild,
-    PgRebuildable,
+    PgCheckpointStore, PgEventStore, PgProjection, PgProjectionError, PgProjectionRunner,
+    PgRebuild, PgRebuildable,
 };
-use ledger::{Ledger, Setup, clean_build, setup};
+use ledger::{Hold, Ledger, Setup, clean_build, setup};
 use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
@@ -171,6 +178,15 @@ async fn a_cutover_never_moves_the_live_checkpoint_backwards() {
             if *live == Some(ahead) && *cutover == first),
         "{err}"
     );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "rebuild of projection {} ends at {first:?}, before the live checkpoint {:?}: \
+             not cut over",
+            t.name,
+            Some(ahead)
+        )
+    );
     let generations = t.generations().await;
     assert_eq!(generations[0].1, "serving");
     assert_eq!(generations[1].1, "building");
@@ -302,4 +318,154 @@ async fn a_repeatable_read_snapshot_from_before_a_cutover_sees_the_new_generatio
         30,
         "a new transaction sees it complete"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_batch_in_flight_across_the_first_cutover_goes_on_in_the_new_generation() {
+    let Some(t) = setup().await else {
+        return;
+    };
+    let t = Arc::new(t);
+    t.append(0, 200, 20).await;
+    // Before any generation the live runner writes where its connections' search path says:
+    // a schema of this test's own.
+    let before = format!("{}_before", t.readers);
+    sqlx::query("SELECT eventsource_create_generation_schema($1)")
+        .bind(&before)
+        .execute(&t.pool)
+        .await
+        .unwrap();
+    let server = support::server()
+        .unwrap()
+        .database(&support::test_database());
+    let live_pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(server.options([("search_path", format!("{before}, public"))]))
+        .await
+        .unwrap();
+    let mut conn = live_pool.acquire().await.unwrap();
+    Ledger::new(&t.name).create_tables(&mut conn).await.unwrap();
+    drop(conn);
+    // Its first batch stops inside its transaction, after a write.
+    let hold = Arc::new(Hold::default());
+    let shutdown = CancellationToken::new();
+    let live = tokio::spawn(
+        PgProjectionRunner::new(
+            PgEventStore::new(live_pool),
+            Ledger {
+                hold: Some(hold.clone()),
+                ..Ledger::new(&t.name)
+            },
+            t.live_options(),
+        )
+        .run(shutdown.clone()),
+    );
+    hold.entered.notified().await;
+    let writing = CancellationToken::new();
+    let writer = {
+        let (t, writing) = (t.clone(), writing.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !writing.is_cancelled() {
+                t.append_unsettled(1_000_000 + n, 3, 3).await;
+                n += 3;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    // The first rebuild cuts over while that batch is in flight: nothing locks it out.
+    let first = PgRebuild::new(
+        t.store.clone(),
+        Ledger::new(&t.name),
+        t.rebuild_options("r"),
+    )
+    .run(CancellationToken::new())
+    .await
+    .unwrap()
+    .expect("cut over");
+    assert_eq!(first.generation, 1);
+    // The batch finds the checkpoint moved by the cutover, and goes on in generation 1.
+    hold.open.add_permits(1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    writing.cancel();
+    writer.await.unwrap();
+    let log = t.settled(t.appended.load(Ordering::SeqCst)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while t.view().await.len() < log.len() && Instant::now() < deadline && !live.is_finished() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !live.is_finished(),
+        "the live runner stopped: {:?}",
+        live.await
+    );
+    shutdown.cancel();
+    live.await.unwrap().unwrap();
+    assert_eq!(
+        t.view().await,
+        clean_build(&log),
+        "generation 1 equals a clean build"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_whose_schema_prefix_is_taken_is_refused_and_changes_nothing() {
+    let Some(t) = setup().await else {
+        return;
+    };
+    t.append(0, 20, 5).await;
+    build(&t, Ledger::new(&t.name)).await;
+    let generation_one = t.view().await;
+    // `rebuild-<id>` and `rebuild.<id>` both make the prefix `rebuild_<id>`.
+    let other = t.name.replace('-', ".");
+    let err = PgRebuild::new(t.store.clone(), Ledger::new(&other), t.rebuild_options("r"))
+        .run(CancellationToken::new())
+        .await
+        .unwrap_err();
+    let prefix = t.name.replace('-', "_");
+    assert!(
+        matches!(&err, PgProjectionError::SchemaPrefixTaken { projection, prefix: p }
+            if *projection == other && *p == prefix),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "schema prefix {prefix} of projection {other} is another projection's: give it a \
+             prefix of its own"
+        )
+    );
+    let others: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM projection_generations WHERE projection = $1")
+            .bind(&other)
+            .fetch_one(&t.pool)
+            .await
+            .unwrap();
+    assert_eq!(others, 0, "nothing created for {other}");
+    let generations = t.generations().await;
+    assert_eq!(generations.len(), 1);
+    assert_eq!(generations[0].1, "serving");
+    assert_eq!(
+        t.view().await,
+        generation_one,
+        "the first projection serves on"
+    );
+    // With a prefix (and views) of its own it builds.
+    let readers = format!("{}_other", t.readers);
+    sqlx::query("SELECT eventsource_create_generation_schema($1)")
+        .bind(&readers)
+        .execute(&t.pool)
+        .await
+        .unwrap();
+    PgRebuild::new(
+        t.store.clone(),
+        Ledger::new(&other),
+        t.rebuild_options("r")
+            .with_schema_prefix(format!("other_{}", &t.name["rebuild-".len()..]))
+            .with_reader_schema(&readers),
+    )
+    .run(CancellationToken::new())
+    .await
+    .unwrap()
+    .expect("cut over");
 }

@@ -72,7 +72,8 @@ pub enum PgProjectionError<E: std::error::Error + 'static> {
     /// log than the live runner: another filter, or a start after its checkpoint). Nothing was
     /// cut over; the old generation serves and the new one stays building.
     #[error(
-        "rebuild of projection {projection} ends at {cutover:?}, before the live checkpoint          {live:?}: not cut over"
+        "rebuild of projection {projection} ends at {cutover:?}, before the live checkpoint \
+         {live:?}: not cut over"
     )]
     CutoverBehind {
         /// The projection's name.
@@ -81,6 +82,20 @@ pub enum PgProjectionError<E: std::error::Error + 'static> {
         live: Option<LogPosition>,
         /// Where the new generation is complete up to.
         cutover: Option<LogPosition>,
+    },
+    /// The projection's generations would take schemas of another projection's: the two share
+    /// a schema prefix (names alike once made identifiers, or one
+    /// [`RebuildOptions::with_schema_prefix`](crate::RebuildOptions::with_schema_prefix)).
+    /// Nothing was created; give one of them a prefix of its own.
+    #[error(
+        "schema prefix {prefix} of projection {projection} is another projection's: \
+         give it a prefix of its own"
+    )]
+    SchemaPrefixTaken {
+        /// The projection's name.
+        projection: String,
+        /// The prefix its generations' schemas would take (`<prefix>_g<n>`).
+        prefix: String,
     },
     /// The projection has no serving generation to rebuild a tenant's rows in
     /// ([`PgRebuild::rebuild_tenant`](crate::PgRebuild::rebuild_tenant)): build one first.

@@ -276,6 +276,30 @@ impl<P: PgProjection> LogReader for PgProjectionRunner<P> {
 }
 
 impl<P: PgProjection> PgProjectionRunner<P> {
+    /// Tells a cutover from a zombie when the checkpoint moved under a batch. The first
+    /// rebuild's cutover has no serving generation to lock, so a batch that started before it
+    /// finds the checkpoint moved: if the serving generation changed since the cursor was
+    /// loaded, switch to it; otherwise another instance moved the checkpoint, and this one
+    /// must stop.
+    async fn moved_by_cutover(
+        &self,
+        cursor: Cursor,
+        error: PgProjectionError<P::Error>,
+    ) -> Failure<P::Error> {
+        if !matches!(error, PgProjectionError::CheckpointMoved { .. }) {
+            return Failure::Other(error);
+        }
+        let serving: Result<Option<i64>, sqlx::Error> = sqlx::query_scalar(sql::SERVING_GENERATION)
+            .bind(self.projection.name())
+            .fetch_optional(&self.pool)
+            .await;
+        match serving {
+            Ok(generation) if generation != cursor.generation => Failure::Generation,
+            Ok(_) => Failure::Other(error),
+            Err(e) => Failure::Other(PgProjectionError::Database(e)),
+        }
+    }
+
     fn failed(&self, event: &RecordedEvent, source: P::Error) -> PgProjectionError<P::Error> {
         let error = PgProjectionError::apply(self.projection.name(), event, source);
         tracing::error!(error = %error, "projection halted");
@@ -334,7 +358,7 @@ impl<P: PgProjection> PgProjectionRunner<P> {
         let last = events.last().map_or(LogPosition::START, |e| e.position);
         if let Err(e) = tail::seal(&mut tx, lease, name, expected, last).await {
             let _ = tx.rollback().await;
-            return Err(Failure::Other(e));
+            return Err(self.moved_by_cutover(cursor, e).await);
         }
         tx.commit().await?;
         for event in events {

@@ -43,6 +43,25 @@ pub struct Ledger {
     pub poison_on: Option<(i64, PgEventStore, StreamId)>,
     /// Creates `ledger` with this statement instead (another generation's columns).
     pub create_sql: Option<&'static str>,
+    /// Holds the first `apply` (its transaction open) until let go.
+    pub hold: Option<Arc<Hold>>,
+}
+
+/// Where a [`Ledger`] holds its first `apply`: `entered` when it got there, `open` lets it go.
+pub struct Hold {
+    pub entered: Notify,
+    pub open: tokio::sync::Semaphore,
+    taken: std::sync::atomic::AtomicBool,
+}
+
+impl Default for Hold {
+    fn default() -> Self {
+        Self {
+            entered: Notify::new(),
+            open: tokio::sync::Semaphore::new(0),
+            taken: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
 }
 
 impl Ledger {
@@ -55,6 +74,7 @@ impl Ledger {
             side_effects: Arc::default(),
             poison_on: None,
             create_sql: None,
+            hold: None,
         }
     }
 
@@ -85,6 +105,12 @@ impl PgProjection for Ledger {
         {
             self.stalled.notify_one();
             std::future::pending::<()>().await;
+        }
+        if let Some(hold) = &self.hold
+            && !hold.taken.swap(true, Ordering::SeqCst)
+        {
+            hold.entered.notify_one();
+            hold.open.acquire().await.unwrap().forget();
         }
         if let Some((n, store, stream)) = &self.poison_on
             && event.payload["n"].as_i64() == Some(*n)

@@ -10,6 +10,7 @@
 //!   [`RebuildReport`] (`progress.rs`).
 
 mod cutover;
+mod naming;
 mod options;
 mod parallel;
 mod progress;
@@ -184,8 +185,9 @@ impl<P: PgRebuildable> PgRebuild<P> {
     /// `projection` is the lease's name, `<projection>/rebuild`); [`PgProjectionError::Apply`]
     /// when the projection fails on an event (the generation stays building, its checkpoint
     /// just before the event; N keeps serving); [`PgProjectionError::LeaseLost`] when another
-    /// rebuild took the lease over; otherwise a database or log error. N keeps serving in every
-    /// case.
+    /// rebuild took the lease over; [`PgProjectionError::SchemaPrefixTaken`] when another
+    /// projection's generations use its schema prefix; otherwise a database or log error. N
+    /// keeps serving in every case.
     ///
     /// # Cancel safety
     ///
@@ -333,16 +335,13 @@ impl<P: PgRebuildable> PgRebuild<P> {
         let (generation, schema) = if let Some(found) = found {
             found
         } else {
-            let prefix = self
-                .options
-                .schema_prefix
-                .as_deref()
-                .map_or_else(|| schema_prefix(name), clip_prefix);
+            let prefix = naming::prefix_of(name, self.options.schema_prefix.as_deref());
             let (generation, schema): (i64, String) = sqlx::query_as(sql::CREATE_GENERATION)
                 .bind(name)
-                .bind(prefix)
+                .bind(&prefix)
                 .fetch_one(&mut *tx)
-                .await?;
+                .await
+                .map_err(|e| prefix_taken(e, name, &prefix))?;
             sqlx::query(sql::CREATE_GENERATION_SCHEMA)
                 .bind(&schema)
                 .execute(&mut *tx)
@@ -550,44 +549,23 @@ async fn save_checkpoint<E: std::error::Error + 'static>(
     }
 }
 
-/// The default schema prefix of a projection: its name, lowercased, other characters than
-/// letters, digits and `_` replaced by `_`, at most 40 characters.
-fn schema_prefix(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .take(40)
-        .collect()
-}
-
-/// A custom prefix cut to [`PREFIX_BYTES`] bytes (on a character boundary): PostgreSQL cuts
-/// identifiers at 63 bytes without a word, and two generations' schemas must never meet.
-fn clip_prefix(prefix: &str) -> String {
-    let mut end = prefix.len().min(PREFIX_BYTES);
-    while !prefix.is_char_boundary(end) {
-        end -= 1;
-    }
-    prefix[..end].to_owned()
-}
-
-/// The longest prefix used: `_g<n>` then still fits PostgreSQL's 63-byte identifiers.
-const PREFIX_BYTES: usize = 40;
-
-#[cfg(test)]
-mod tests {
-    use super::schema_prefix;
-
-    #[test]
-    fn schema_prefixes_are_plain_identifiers() {
-        assert_eq!(schema_prefix("Order-Totals.v2"), "order_totals_v2");
-        assert_eq!(schema_prefix(&"x".repeat(80)).len(), 40);
-        assert_eq!(super::clip_prefix(&"y".repeat(80)).len(), 40);
-        assert_eq!(super::clip_prefix(&"é".repeat(30)).len(), 40);
-        assert_eq!(super::clip_prefix("short"), "short");
+/// A generation's schema already belongs to another projection (`schema_name` is unique):
+/// the two share a schema prefix. Their generations would otherwise be one schema.
+fn prefix_taken<E: std::error::Error + 'static>(
+    err: sqlx::Error,
+    name: &str,
+    prefix: &str,
+) -> PgProjectionError<E> {
+    let taken = err
+        .as_database_error()
+        .and_then(|e| e.constraint())
+        .is_some_and(|c| c == "projection_generations_schema_key");
+    if taken {
+        PgProjectionError::SchemaPrefixTaken {
+            projection: name.to_owned(),
+            prefix: prefix.to_owned(),
+        }
+    } else {
+        PgProjectionError::Database(err)
     }
 }

@@ -84,7 +84,8 @@ impl RebuildOptions {
     /// The generations' schemas are named `<prefix>_g<n>` (default: the projection's name,
     /// lowercased, with characters other than letters, digits and `_` replaced by `_`). Only
     /// the first 40 bytes of the prefix are used: PostgreSQL cuts longer identifiers, and two
-    /// generations would then share one schema.
+    /// generations would then share one schema. A prefix another projection's generations
+    /// already use is refused ([`PgProjectionError::SchemaPrefixTaken`](crate::PgProjectionError::SchemaPrefixTaken)).
     #[must_use]
     pub fn with_schema_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.schema_prefix = Some(prefix.into());

@@ -8,9 +8,8 @@ use eventsource_core::{EventStore, LogFilter, LogPosition, RecordedEvent, Tenant
 use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    PgRebuild, PgRebuildable, RebuildReport, clip_prefix, enter_path, restore_path, schema_prefix,
-};
+use super::naming::{prefix_of, staging_schema};
+use super::{PgRebuild, PgRebuildable, RebuildReport, enter_path, restore_path};
 use crate::checkpoint::PgCheckpointStore;
 use crate::projection::error::PgProjectionError;
 use crate::projection::lease::PgLease;
@@ -41,8 +40,9 @@ impl<P: PgTenantRebuildable> PgRebuild<P> {
     /// tenants' rows serve on, untouched, and the live runner keeps applying the log.
     ///
     /// Under the rebuild lease (no full rebuild runs meanwhile), it builds the tenant's rows
-    /// into staging tables of their own schema (`<prefix>_tenant`) from the tenant's events
-    /// up to the live checkpoint, in batches, without holding anything the live runner needs.
+    /// into staging tables of their own schema (`<prefix>_tenant_<hash of the name>`: never
+    /// another projection's, even under the same prefix) from the tenant's events up to the
+    /// live checkpoint, in batches, without holding anything the live runner needs.
     /// Then one transaction locks the serving generation (the live runner's next batch waits
     /// for it), applies the tenant's events up to the live checkpoint it finds there, deletes
     /// the tenant's rows from the serving generation
@@ -88,11 +88,7 @@ impl<P: PgTenantRebuildable> PgRebuild<P> {
     ) -> Result<Option<RebuildReport>, PgProjectionError<P::Error>> {
         let started = Instant::now();
         let name = self.projection.name();
-        let prefix = self
-            .options
-            .schema_prefix
-            .as_deref()
-            .map_or_else(|| schema_prefix(name), clip_prefix);
+        let prefix = prefix_of(name, self.options.schema_prefix.as_deref());
         let serving: Option<i64> = sqlx::query_scalar(sql::SERVING_GENERATION)
             .bind(name)
             .fetch_optional(&self.pool)
@@ -103,7 +99,7 @@ impl<P: PgTenantRebuildable> PgRebuild<P> {
             });
         }
         let mut staging = Staging {
-            schema: format!("{prefix}_tenant"),
+            schema: staging_schema(&prefix, name),
             position: None,
             applied: 0,
         };

@@ -248,7 +248,11 @@ mod tests {
         }
         let cancelled = tokio::time::timeout(Duration::from_millis(20), batcher.flush()).await;
         assert!(cancelled.is_err(), "the first publication hangs");
-        assert_eq!(batcher.pending(), 3, "the cancelled batch is still buffered");
+        assert_eq!(
+            batcher.pending(),
+            3,
+            "the cancelled batch is still buffered"
+        );
         batcher.publish(BusEvent::new("t", 4.into())).await.unwrap();
         assert_eq!(batcher.flush().await.unwrap(), 4);
         assert_eq!(batcher.pending(), 0);

@@ -293,7 +293,7 @@ async fn idle_broadcast_groups_of_crashed_processes_are_removed() {
     assert_eq!(groups(&mut conn).await, 4);
     assert_eq!(
         alive
-            .remove_idle_broadcast_groups(Duration::from_secs(60))
+            .remove_idle_broadcast_groups(Duration::from_mins(1))
             .await
             .unwrap(),
         0,

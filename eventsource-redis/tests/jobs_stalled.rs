@@ -26,10 +26,13 @@ async fn lose_the_fetch_reply(conn: &mut ConnectionManager, front: &str, id: &st
         .unwrap();
 }
 
-fn succeeding(
-    job: Job,
-) -> futures::future::Ready<Result<serde_json::Value, eventsource_redis::jobs::BoxError>> {
-    futures::future::ready(Ok(json!({ "attempt": job.attempts_made() + 1 })))
+/// A handler that returns which attempt ran it.
+fn succeeding()
+-> impl Fn(Job) -> futures::future::Ready<Result<serde_json::Value, eventsource_redis::jobs::BoxError>>
++ Send
++ Sync
++ 'static {
+    |job: Job| futures::future::ready(Ok(json!({ "attempt": job.attempts_made() + 1 })))
 }
 
 async fn state(queue: &Queue, id: &str) -> Option<JobState> {
@@ -44,7 +47,7 @@ async fn a_job_whose_fetch_reply_was_lost_runs_with_its_only_attempt() {
     let (_, mut conn) = support::connect(&support::redis_url().unwrap()).await;
     let id = queue.add("once", json!(1)).await.unwrap().id;
     lose_the_fetch_reply(&mut conn, &front, &id).await;
-    let worker = start(&queue, succeeding, fast());
+    let worker = start(&queue, succeeding(), fast());
     eventually(Duration::from_secs(5), "the job to finish", || async {
         matches!(
             state(&queue, &id).await,
@@ -77,7 +80,7 @@ async fn an_active_id_without_its_job_hash_is_dropped_by_the_stalled_check() {
     let again = queue.add("gone-again", json!(2)).await.unwrap().id;
     lose_the_fetch_reply(&mut conn, &front, &again).await;
     let _: () = conn.del(format!("{front}job:{again}")).await.unwrap();
-    let worker = start(&queue, succeeding, fast());
+    let worker = start(&queue, succeeding(), fast());
     let next = queue.add("next", json!(3)).await.unwrap().id;
     eventually(Duration::from_secs(5), "the next job", || async {
         state(&queue, &next).await == Some(JobState::Completed)

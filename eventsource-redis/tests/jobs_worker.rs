@@ -225,7 +225,7 @@ async fn a_job_stalled_more_than_max_stalled_times_fails() {
         let dead = start(
             &queue,
             hanging(&started),
-            fast().with_stalled_interval(Duration::from_secs(60)),
+            fast().with_stalled_interval(Duration::from_mins(1)),
         );
         started.notified().await;
         dead.task.abort();

@@ -450,7 +450,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let (done, published) = std::sync::mpsc::channel();
+        let (done, returned) = std::sync::mpsc::channel();
         let publisher = bus.clone();
         // On its own thread: a deadlock on the bus's lock would block the test's runtime.
         std::thread::spawn(move || {
@@ -458,7 +458,7 @@ mod tests {
                 futures::executor::block_on(publisher.publish(BusEvent::new("a.b", 1.into())));
             let _ = done.send(result.is_ok());
         });
-        let ok = published
+        let ok = returned
             .recv_timeout(Duration::from_secs(5))
             .expect("publish returns: can_handle runs outside the bus's lock");
         assert!(ok);

@@ -313,12 +313,11 @@ impl RedisBus {
     ) -> Result<Running, BusError> {
         let mut streams = self.streams();
         streams.extend(self.inner.relay_streams.iter().cloned());
-        let (group, own) = match delivery {
-            Delivery::Group(group) => (group, false),
-            _ => {
-                self.keep_alive().await?;
-                (format!("{BROADCAST_GROUP}{id}"), true)
-            }
+        let (group, own) = if let Delivery::Group(group) = delivery {
+            (group, false)
+        } else {
+            self.keep_alive().await?;
+            (format!("{BROADCAST_GROUP}{id}"), true)
         };
         let consumer = format!("{}-{id}", self.inner.instance);
         let mut runner = ConsumerRunner::new(

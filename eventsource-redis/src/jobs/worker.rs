@@ -21,8 +21,6 @@ use crate::runner::{error_chain, panic_message};
 /// failed reason.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The reason kept for a job whose lock expired.
-
 /// A job handed to a handler.
 #[derive(Debug, Clone)]
 pub struct Job {

@@ -114,6 +114,13 @@ impl Keys {
         glob
     }
 
+    /// The mark a bus instance keeps alive while it has broadcast subscriptions:
+    /// `es:bus:{<name>}:instance:<instance>`.
+    #[must_use]
+    pub fn bus_instance(&self, name: &str, instance: &str) -> String {
+        format!("{}:instance:{instance}", self.bus_channel_base(name))
+    }
+
     fn bus_channel_base(&self, name: &str) -> String {
         format!("{}:bus:{{{}}}", self.prefix, escape(name))
     }

@@ -228,3 +228,108 @@ async fn groups_start_at_the_subscription_ack_what_they_skip_and_broadcasts_clea
         "the broadcast group is gone"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_broadcast_groups_of_crashed_processes_are_removed() {
+    use redis::AsyncCommands as _;
+
+    let Some(url) = support::redis_url() else {
+        return;
+    };
+    let keys = Keys::new(&support::prefix());
+    let (client, conn) = support::connect(&url).await;
+    let fast =
+        eventsource_redis::RunnerOptions::default().with_block_timeout(Duration::from_millis(50));
+    let open = || {
+        RedisBus::new(conn.clone(), client.clone(), "main")
+            .with_keys(keys.clone())
+            .with_runner_options(fast.clone())
+            .with_heartbeat(Duration::from_millis(100))
+    };
+    // A process that "crashes": its bus is dropped without unsubscribing.
+    let crashed = open();
+    let (handler, seen) = recorder();
+    crashed
+        .subscribe(Pattern::all(), handler, SubscribeOptions::default())
+        .await
+        .unwrap();
+    let (handler, _) = recorder();
+    crashed
+        .subscribe(
+            Pattern::all(),
+            handler,
+            SubscribeOptions::default().with_group("shared"),
+        )
+        .await
+        .unwrap();
+    crashed
+        .publish(BusEvent::new("a.b", 1.into()))
+        .await
+        .unwrap();
+    wait_for(&seen, 1).await;
+    drop(crashed);
+
+    let alive = open();
+    let (handler, _) = recorder();
+    alive
+        .subscribe(Pattern::all(), handler, SubscribeOptions::default())
+        .await
+        .unwrap();
+    let (other_process, _) = {
+        let other = open();
+        let (handler, seen) = recorder();
+        other
+            .subscribe(Pattern::all(), handler, SubscribeOptions::default())
+            .await
+            .unwrap();
+        (other, seen)
+    };
+    let normal = alive.streams()[2].clone();
+    let (_, mut conn) = support::connect(&url).await;
+    let groups = async |conn: &mut redis::aio::ConnectionManager| {
+        let info: redis::streams::StreamInfoGroupsReply = conn.xinfo_groups(&normal).await.unwrap();
+        info.groups.len()
+    };
+    assert_eq!(groups(&mut conn).await, 4);
+    assert_eq!(
+        alive
+            .remove_idle_broadcast_groups(Duration::from_mins(1))
+            .await
+            .unwrap(),
+        0,
+        "nothing idle that long"
+    );
+    // The crashed bus's mark expires 300 ms after its last heartbeat; the quiet live
+    // consumers idle as long, but their instances are marked alive.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        alive
+            .remove_idle_broadcast_groups(Duration::from_millis(500))
+            .await
+            .unwrap(),
+        1,
+        "only the crashed broadcast group"
+    );
+    assert_eq!(
+        groups(&mut conn).await,
+        3,
+        "own, other live and shared groups stay"
+    );
+    drop(other_process);
+}
+
+#[tokio::test]
+async fn max_len_caps_the_bus_streams() {
+    use redis::AsyncCommands as _;
+
+    let Some(bus) = bus().await else { return };
+    let bus = bus.with_max_len(100);
+    let events: Vec<_> = (0..2_000).map(|n| BusEvent::new("a.b", n.into())).collect();
+    for batch in events.chunks(500) {
+        bus.publish_batch(batch.to_vec()).await.unwrap();
+    }
+    let url = support::redis_url().unwrap();
+    let (_, mut conn) = support::connect(&url).await;
+    let len: usize = conn.xlen(&bus.streams()[2]).await.unwrap();
+    assert!((100..500).contains(&len), "{len} entries kept");
+}

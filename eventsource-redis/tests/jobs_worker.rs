@@ -202,30 +202,43 @@ async fn a_job_whose_worker_died_runs_again_after_its_lock_expires() {
     );
     let job = queue.job(&id).await.unwrap().unwrap();
     assert_eq!(job.state, JobState::Completed);
-    assert_eq!(job.return_value, Some(json!({ "attempt": 2 })));
+    // The stall spent no attempt.
+    assert_eq!(job.return_value, Some(json!({ "attempt": 1 })));
     assert!(all_events(&queue).await.contains(&JobEvent::Stalled {
         id,
-        attempts_made: 1
+        attempts_made: 0
     }));
 }
 
 #[tokio::test]
-async fn a_job_that_stalls_on_its_last_attempt_fails() {
+async fn a_job_stalled_more_than_max_stalled_times_fails() {
     let Some(queue) = queue().await else { return };
-    let id = queue.add("doomed", json!(1)).await.unwrap().id;
+    let options = JobOptions::default().with_attempts(5);
+    let id = queue
+        .add_with("doomed", json!(1), &options)
+        .await
+        .unwrap()
+        .id;
     let started = Arc::new(tokio::sync::Notify::new());
-    let dead = start(&queue, hanging(&started), fast());
-    started.notified().await;
-    dead.task.abort();
-    eventually(Duration::from_secs(5), "the stalled check", || async {
-        queue.move_stalled().await.unwrap();
-        finished(&queue, &id).await
-    })
-    .await;
+    // The default allows one stall: the second fails the job, attempts unspent.
+    for _ in 0..2 {
+        let dead = start(
+            &queue,
+            hanging(&started),
+            fast().with_stalled_interval(Duration::from_mins(1)),
+        );
+        started.notified().await;
+        dead.task.abort();
+        eventually(Duration::from_secs(5), "the stalled check", || async {
+            queue.move_stalled(1).await.unwrap() == 1
+        })
+        .await;
+    }
     let job = queue.job(&id).await.unwrap().unwrap();
     assert_eq!(job.state, JobState::Failed);
-    assert_eq!(job.attempts_made, 1);
-    assert!(job.failed_reason.unwrap().contains("lock expired"));
+    assert_eq!(job.attempts_made, 0);
+    let reason = job.failed_reason.unwrap();
+    assert!(reason.contains("job stalled more than 1 times"), "{reason}");
 }
 
 #[tokio::test]
@@ -384,18 +397,21 @@ async fn a_result_from_an_attempt_that_lost_its_lock_is_refused() {
         Arc::new(tokio::sync::Notify::new()),
         Arc::new(tokio::sync::Notify::new()),
     );
+    let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let worker = start(
         &queue,
         {
             let (started, release) = (Arc::clone(&started), Arc::clone(&release));
-            move |job: Job| {
+            move |_job: Job| {
                 let (started, release) = (Arc::clone(&started), Arc::clone(&release));
+                let runs = Arc::clone(&runs);
                 async move {
-                    if job.attempts_made() == 0 {
+                    let run = runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    if run == 1 {
                         started.notify_one();
                         release.notified().await;
                     }
-                    Ok(json!({ "attempt": job.attempts_made() + 1 }))
+                    Ok(json!({ "run": run }))
                 }
             }
         },
@@ -408,7 +424,7 @@ async fn a_result_from_an_attempt_that_lost_its_lock_is_refused() {
     let _: () = redis::AsyncCommands::zadd(&mut conn, &active, &id, 0)
         .await
         .unwrap();
-    assert_eq!(queue.move_stalled().await.unwrap(), 1);
+    assert_eq!(queue.move_stalled(1).await.unwrap(), 1);
     eventually(Duration::from_secs(5), "the second attempt", || {
         finished(&queue, &id)
     })
@@ -417,7 +433,7 @@ async fn a_result_from_an_attempt_that_lost_its_lock_is_refused() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     worker.stop().await;
     let job = queue.job(&id).await.unwrap().unwrap();
-    assert_eq!(job.return_value, Some(json!({ "attempt": 2 })));
+    assert_eq!(job.return_value, Some(json!({ "run": 2 })));
     let completions = all_events(&queue)
         .await
         .into_iter()

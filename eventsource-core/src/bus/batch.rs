@@ -10,8 +10,10 @@ use super::{BusError, BusEvent, EventBus, validate_topic};
 /// Buffers events and publishes them with [`EventBus::publish_batch`] once `max_batch` are
 /// waiting, or when [`run`](Self::run) ticks its interval, or on [`flush`](Self::flush).
 ///
-/// Events keep their order. A flush that fails puts its events back in front of the buffer, so
-/// the next flush retries them; nothing is dropped. A malformed topic is refused by
+/// Events keep their order. A batch leaves the buffer only once the bus accepted it: a flush
+/// that fails or is cancelled mid-publish leaves its events in front of the buffer, so the next
+/// flush retries them; nothing is dropped (a batch the bus half-published before the
+/// cancellation may be published twice). A malformed topic is refused by
 /// [`publish`](Self::publish) itself, so it cannot poison a batch.
 ///
 /// ```
@@ -87,25 +89,28 @@ impl BatchingPublisher {
     ///
     /// # Errors
     ///
-    /// The bus's error; the unpublished events are back in front of the buffer.
+    /// The bus's error; the unpublished events stay in front of the buffer.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future keeps the batch it was publishing buffered, for the next flush.
     pub async fn flush(&self) -> Result<usize, BusError> {
         let _turn = self.flushing.lock().await;
         let mut sent = 0;
         loop {
+            // A copy goes out; the events leave the buffer only once the bus took them, so a
+            // flush cancelled mid-publish (select!, timeout, a dropped `run`) loses nothing.
+            // `_turn` keeps other flushes off the front of the buffer meanwhile.
             let batch: Vec<BusEvent> = {
-                let mut buffer = self.buffer();
-                let take = buffer.len().min(self.max_batch);
-                buffer.drain(..take).collect()
+                let buffer = self.buffer();
+                buffer[..buffer.len().min(self.max_batch)].to_vec()
             };
             if batch.is_empty() {
                 return Ok(sent);
             }
             let count = batch.len();
-            if let Err(e) = self.bus.publish_batch(batch.clone()).await {
-                let mut buffer = self.buffer();
-                buffer.splice(0..0, batch);
-                return Err(e);
-            }
+            self.bus.publish_batch(batch).await?;
+            self.buffer().drain(..count);
             sent += count;
         }
     }
@@ -170,10 +175,11 @@ mod tests {
         assert_eq!(batcher.pending(), 0);
     }
 
-    /// A bus whose first publication fails.
+    /// A bus whose first publication fails, or never finishes if `hang`.
     #[derive(Debug)]
     struct FlakyBus {
         failed_once: AtomicBool,
+        hang: bool,
         inner: InMemoryBus,
     }
 
@@ -184,6 +190,8 @@ mod tests {
         fn publish_batch(&self, events: Vec<BusEvent>) -> BoxFuture<'_, Result<(), BusError>> {
             if self.failed_once.swap(true, Ordering::SeqCst) {
                 self.inner.publish_batch(events)
+            } else if self.hang {
+                Box::pin(std::future::pending())
             } else {
                 Box::pin(async { Err(BusError::Backend("down".into())) })
             }
@@ -212,6 +220,7 @@ mod tests {
         let inner = InMemoryBus::new();
         let bus = Arc::new(FlakyBus {
             failed_once: AtomicBool::new(false),
+            hang: false,
             inner: inner.clone(),
         });
         let batcher = BatchingPublisher::new(bus, 2, Duration::from_secs(30));
@@ -223,5 +232,31 @@ mod tests {
         assert_eq!(batcher.pending(), 0);
         let order: Vec<_> = inner.history("t").into_iter().map(|e| e.payload).collect();
         assert_eq!(order, [1, 2, 3].map(|n| serde_json::json!(n)));
+    }
+
+    #[tokio::test]
+    async fn a_flush_cancelled_mid_publish_keeps_its_events() {
+        let inner = InMemoryBus::new();
+        let bus = Arc::new(FlakyBus {
+            failed_once: AtomicBool::new(false),
+            hang: true,
+            inner: inner.clone(),
+        });
+        let batcher = BatchingPublisher::new(bus, 10, Duration::from_secs(30));
+        for n in 1..=3 {
+            batcher.publish(BusEvent::new("t", n.into())).await.unwrap();
+        }
+        let cancelled = tokio::time::timeout(Duration::from_millis(20), batcher.flush()).await;
+        assert!(cancelled.is_err(), "the first publication hangs");
+        assert_eq!(
+            batcher.pending(),
+            3,
+            "the cancelled batch is still buffered"
+        );
+        batcher.publish(BusEvent::new("t", 4.into())).await.unwrap();
+        assert_eq!(batcher.flush().await.unwrap(), 4);
+        assert_eq!(batcher.pending(), 0);
+        let order: Vec<_> = inner.history("t").into_iter().map(|e| e.payload).collect();
+        assert_eq!(order, [1, 2, 3, 4].map(|n| serde_json::json!(n)));
     }
 }

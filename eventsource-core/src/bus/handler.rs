@@ -41,6 +41,13 @@ pub trait BusHandler: Send + Sync {
 
     /// Whether this handler wants `event` at all; events it declines count as handled and are
     /// never retried. Accepts everything by default.
+    ///
+    /// Keep it a cheap, pure filter: the bus calls it once per event and subscription (the
+    /// in-memory bus while publishing; it may call back into the bus). In a
+    /// [`Delivery::Group`](super::Delivery::Group) the adapters differ: the in-memory bus
+    /// gives an event to a member that accepts it, whereas on Redis the member that reads the
+    /// event asks its own handler and, if declined, acknowledges it unhandled for the whole
+    /// group. Members of a group should therefore share one `can_handle`.
     fn can_handle(&self, event: &BusEvent) -> bool {
         let _ = event;
         true

@@ -144,8 +144,38 @@ impl InMemoryBus {
     fn publish_now(&self, events: Vec<BusEvent>) -> Result<(), BusError> {
         validate_batch(&events)?;
         let count = events.len() as u64;
+        // `can_handle` is user code, which may call back into the bus (stats, history,
+        // publish, subscribe): it runs on a copy of the matching handlers, outside the lock.
+        let candidates: Vec<Vec<(SubscriptionId, Arc<dyn BusHandler>)>> = {
+            let state = self.inner.lock();
+            events
+                .iter()
+                .map(|event| {
+                    let mut matching: Vec<_> = state
+                        .subscriptions
+                        .iter()
+                        .filter(|(_, sub)| sub.pattern.matches(&event.topic))
+                        .map(|(id, sub)| (*id, Arc::clone(&sub.handler)))
+                        .collect();
+                    // Stable member order, so round-robin is fair.
+                    matching.sort_by_key(|(id, _)| *id);
+                    matching
+                })
+                .collect()
+        };
+        let accepted: Vec<Vec<SubscriptionId>> = events
+            .iter()
+            .zip(candidates)
+            .map(|(event, matching)| {
+                matching
+                    .into_iter()
+                    .filter(|(_, handler)| handler.can_handle(event))
+                    .map(|(id, _)| id)
+                    .collect()
+            })
+            .collect();
         let mut state = self.inner.lock();
-        for event in events {
+        for (event, accepted) in events.into_iter().zip(accepted) {
             state.sequence += 1;
             let sequence = state.sequence;
             if self.inner.max_history > 0 {
@@ -158,14 +188,11 @@ impl InMemoryBus {
             // Broadcast subscriptions each get a copy; a group's candidates take turns.
             let mut groups: HashMap<&str, Vec<&Subscription>> = HashMap::new();
             let mut targets: Vec<&Subscription> = Vec::new();
-            let mut ids: Vec<&SubscriptionId> = state.subscriptions.keys().collect();
-            // Stable member order, so round-robin is fair.
-            ids.sort();
-            for id in ids {
-                let sub = &state.subscriptions[id];
-                if !sub.pattern.matches(&event.topic) || !sub.handler.can_handle(&event) {
+            for id in &accepted {
+                // Gone if unsubscribed meanwhile: nothing is delivered after `unsubscribe`.
+                let Some(sub) = state.subscriptions.get(id) else {
                     continue;
-                }
+                };
                 match &sub.group {
                     None => targets.push(sub),
                     Some(group) => groups.entry(group).or_default().push(sub),
@@ -396,5 +423,45 @@ mod tests {
             SubscribeOptions::default(),
         ));
         assert!(matches!(result, Err(BusError::NoRuntime)));
+    }
+
+    /// A handler whose `can_handle` reads the bus it is subscribed to.
+    struct Curious(InMemoryBus);
+
+    impl BusHandler for Curious {
+        fn handle<'a>(
+            &'a self,
+            _event: &'a BusEvent,
+        ) -> futures::future::BoxFuture<'a, Result<(), BoxError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn can_handle(&self, event: &BusEvent) -> bool {
+            self.0.stats().active_subscriptions > 0 && !self.0.history(&event.topic).is_empty()
+        }
+    }
+
+    #[tokio::test]
+    async fn can_handle_may_call_back_into_the_bus() {
+        let bus = InMemoryBus::new();
+        bus.subscribe(
+            Pattern::all(),
+            Arc::new(Curious(bus.clone())),
+            SubscribeOptions::default(),
+        )
+        .await
+        .unwrap();
+        let (done, returned) = std::sync::mpsc::channel();
+        let publisher = bus.clone();
+        // On its own thread: a deadlock on the bus's lock would block the test's runtime.
+        std::thread::spawn(move || {
+            let result =
+                futures::executor::block_on(publisher.publish(BusEvent::new("a.b", 1.into())));
+            let _ = done.send(result.is_ok());
+        });
+        let ok = returned
+            .recv_timeout(Duration::from_secs(5))
+            .expect("publish returns: can_handle runs outside the bus's lock");
+        assert!(ok);
+        assert_eq!(bus.stats().published, 1);
     }
 }

@@ -1,9 +1,11 @@
 //! The Redis adapter of the [`EventBus`] facade.
 //!
+//! - `cleanup`: removing the broadcast groups of crashed processes;
 //! - `entry`: a bus event as a stream entry and as a Pub/Sub message;
 //! - `handler`: the bridge from [`ConsumerRunner`] entries to a subscription's handler;
 //! - `live`: the Pub/Sub path of subscriptions that ask for no durability.
 
+mod cleanup;
 mod entry;
 mod handler;
 mod live;
@@ -21,6 +23,7 @@ use eventsource_core::bus::{
 };
 use futures::future::BoxFuture;
 use redis::aio::ConnectionManager;
+use redis::streams::StreamMaxlen;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +32,9 @@ use crate::keys::{self, Keys};
 use crate::options::RunnerOptions;
 use crate::runner::ConsumerRunner;
 use handler::Subscriber;
+
+/// The name front of a broadcast subscription's own group: `broadcast-<subscription id>`.
+const BROADCAST_GROUP: &str = "broadcast-";
 
 /// Streams read from most to least urgent: the runner handles a read batch in this order.
 const PRIORITIES: [Priority; 4] = [
@@ -44,10 +50,12 @@ const PRIORITIES: [Priority; 4] = [
 /// - **Publishing** adds each event to the bus's stream of its [`Priority`]
 ///   ([`Keys::bus_stream`]) and publishes it on its topic's channel ([`Keys::bus_channel`]), in
 ///   one pipeline. All of a bus's keys share one hash tag, so the bus runs on Redis Cluster.
+///   The streams are unbounded unless [`with_max_len`](RedisBus::with_max_len) caps them.
 /// - **Durable subscriptions** (the default) run a [`ConsumerRunner`] over the four priority
 ///   streams, most urgent first: a [`Delivery::Group`] is a Redis consumer group shared by its
 ///   members (across processes), a broadcast subscription gets a group of its own, destroyed by
-///   [`unsubscribe`](EventBus::unsubscribe). Groups start at the subscription (`$`), entries
+///   [`unsubscribe`](EventBus::unsubscribe) (or, once its process crashed, by
+///   [`remove_idle_broadcast_groups`](RedisBus::remove_idle_broadcast_groups)). Groups start at the subscription (`$`), entries
 ///   are acknowledged after the handler, and the runner reclaims entries of crashed consumers.
 ///   Entries not matching the pattern are acknowledged unhandled.
 /// - **Live subscriptions** ([`SubscribeOptions::live`]) `PSUBSCRIBE` the bus's channels: low
@@ -88,6 +96,7 @@ pub(crate) struct Outlet {
     conn: ConnectionManager,
     keys: Keys,
     name: String,
+    max_len: Option<usize>,
     published: AtomicU64,
     pub(crate) failed: AtomicU64,
 }
@@ -99,6 +108,9 @@ struct Inner {
     runner_options: RunnerOptions,
     instance: String,
     subscriptions: Mutex<HashMap<SubscriptionId, Running>>,
+    /// How often the instance mark is renewed, and its renewal while it runs.
+    heartbeat: Duration,
+    heartbeat_task: Mutex<Option<CancellationToken>>,
 }
 
 /// What the builder methods change.
@@ -106,6 +118,8 @@ struct Settings {
     keys: Keys,
     relay_streams: Vec<String>,
     runner_options: RunnerOptions,
+    max_len: Option<usize>,
+    heartbeat: Duration,
 }
 
 struct Running {
@@ -129,6 +143,14 @@ impl Drop for Inner {
     fn drop(&mut self) {
         for running in self.lock().values() {
             running.stop.cancel();
+        }
+        if let Some(beat) = self
+            .heartbeat_task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            beat.cancel();
         }
     }
 }
@@ -155,7 +177,11 @@ impl Outlet {
         for event in &events {
             let stream = self.keys.bus_stream(&self.name, event.priority);
             let fields = codec::encode_pairs(&entry::to_recorded(&self.name, event));
-            pipe.xadd(stream, "*", &fields).ignore();
+            match self.max_len {
+                Some(len) => pipe.xadd_maxlen(stream, StreamMaxlen::Approx(len), "*", &fields),
+                None => pipe.xadd(stream, "*", &fields),
+            }
+            .ignore();
             let message = serde_json::to_string(event).map_err(backend)?;
             pipe.publish(self.keys.bus_channel(&self.name, &event.topic), message)
                 .ignore();
@@ -179,6 +205,8 @@ impl RedisBus {
             keys: Keys::default(),
             relay_streams: Vec::new(),
             runner_options: RunnerOptions::default().with_block_timeout(Duration::from_millis(500)),
+            max_len: None,
+            heartbeat: Duration::from_secs(10),
         };
         Self::build(conn, client, name, settings)
     }
@@ -195,6 +223,7 @@ impl RedisBus {
                     conn,
                     keys: settings.keys,
                     name: name.to_owned(),
+                    max_len: settings.max_len,
                     published: AtomicU64::new(0),
                     failed: AtomicU64::new(0),
                 }),
@@ -205,6 +234,8 @@ impl RedisBus {
                 runner_options: settings.runner_options.with_retry(RetryPolicy::never()),
                 instance: uuid::Uuid::now_v7().simple().to_string(),
                 subscriptions: Mutex::default(),
+                heartbeat: settings.heartbeat,
+                heartbeat_task: Mutex::default(),
             }),
         }
     }
@@ -217,6 +248,8 @@ impl RedisBus {
             keys: outlet.keys.clone(),
             relay_streams: self.inner.relay_streams.clone(),
             runner_options: self.inner.runner_options.clone(),
+            max_len: outlet.max_len,
+            heartbeat: self.inner.heartbeat,
         };
         change(&mut settings);
         Self::build(
@@ -239,6 +272,16 @@ impl RedisBus {
     #[must_use]
     pub fn with_runner_options(self, options: RunnerOptions) -> Self {
         self.rebuild(|s| s.runner_options = options)
+    }
+
+    /// Caps each of the bus's streams at about `len` entries (`XADD MAXLEN ~`, trimmed in
+    /// whole nodes, so a little over `len`). Default: unbounded, since trimming drops entries
+    /// whatever the groups have read: a durable subscription lagging more than `len` events
+    /// behind (or stopped that long) loses the oldest of them. Size it to the publication
+    /// rate times the longest outage subscribers must ride out.
+    #[must_use]
+    pub fn with_max_len(self, len: usize) -> Self {
+        self.rebuild(|s| s.max_len = Some(len))
     }
 
     /// Also delivers the events a [`RedisPublisher`](crate::RedisPublisher) relays from the
@@ -270,9 +313,11 @@ impl RedisBus {
     ) -> Result<Running, BusError> {
         let mut streams = self.streams();
         streams.extend(self.inner.relay_streams.iter().cloned());
-        let (group, own) = match delivery {
-            Delivery::Group(group) => (group, false),
-            _ => (format!("broadcast-{id}"), true),
+        let (group, own) = if let Delivery::Group(group) = delivery {
+            (group, false)
+        } else {
+            self.keep_alive().await?;
+            (format!("{BROADCAST_GROUP}{id}"), true)
         };
         let consumer = format!("{}-{id}", self.inner.instance);
         let mut runner = ConsumerRunner::new(
@@ -366,17 +411,7 @@ impl EventBus for RedisBus {
                 tracing::warn!(error = %e, "bus subscription task failed");
             }
             if let Some((group, keys)) = running.own_group {
-                let mut pipe = redis::pipe();
-                for key in &keys {
-                    pipe.cmd("XGROUP")
-                        .arg("DESTROY")
-                        .arg(key)
-                        .arg(&group)
-                        .ignore();
-                }
-                pipe.query_async::<()>(&mut self.inner.outlet.conn.clone())
-                    .await
-                    .map_err(backend)?;
+                destroy_group(&mut self.inner.outlet.conn.clone(), &group, &keys).await?;
             }
             Ok(true)
         })
@@ -402,6 +437,23 @@ impl EventBus for RedisBus {
         stats.active_subscriptions = self.inner.lock().len() as u64;
         stats
     }
+}
+
+/// Destroys `group` on each of `keys` (which must exist; a missing group is skipped).
+async fn destroy_group(
+    conn: &mut ConnectionManager,
+    group: &str,
+    keys: &[String],
+) -> Result<(), BusError> {
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.cmd("XGROUP")
+            .arg("DESTROY")
+            .arg(key)
+            .arg(group)
+            .ignore();
+    }
+    pipe.query_async::<()>(conn).await.map_err(backend)
 }
 
 /// The bus a [`BusConfig`] asks for: an [`InMemoryBus`](eventsource_core::InMemoryBus), or a

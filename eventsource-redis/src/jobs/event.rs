@@ -44,7 +44,7 @@ pub enum JobEvent {
     Stalled {
         /// The job id.
         id: String,
-        /// Attempts made so far, the stalled one included.
+        /// Attempts made so far; a stall spends none (see `WorkerOptions::with_max_stalled`).
         attempts_made: u32,
     },
     /// A job failed for good: its attempts are spent.

@@ -242,6 +242,7 @@ pub struct WorkerOptions {
     pub(crate) concurrency: usize,
     pub(crate) lock_duration: Duration,
     pub(crate) stalled_interval: Duration,
+    pub(crate) max_stalled: u32,
     pub(crate) max_idle_poll: Duration,
 }
 
@@ -251,6 +252,7 @@ impl Default for WorkerOptions {
             concurrency: 1,
             lock_duration: Duration::from_secs(30),
             stalled_interval: Duration::from_secs(15),
+            max_stalled: 1,
             max_idle_poll: Duration::from_millis(100),
         }
     }
@@ -277,6 +279,16 @@ impl WorkerOptions {
     #[must_use]
     pub fn with_stalled_interval(mut self, interval: Duration) -> Self {
         self.stalled_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// How many times a job may stall (its lock expired before it finished) and still run
+    /// again (default 1, as BullMQ's `maxStalledCount`); the next stall fails it with "job
+    /// stalled more than N times". Stalls spend no attempt: the reply handing a job to a worker
+    /// can be lost before its handler starts. 0 fails a job at its first stall.
+    #[must_use]
+    pub fn with_max_stalled(mut self, max_stalled: u32) -> Self {
+        self.max_stalled = max_stalled;
         self
     }
 

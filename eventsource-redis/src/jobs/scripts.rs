@@ -53,13 +53,13 @@ local function end_attempt(active, jk, id, reason)
   redis.call('HDEL', jk, 'token')
   local made = redis.call('HINCRBY', jk, 'attemptsMade', 1)
   if reason then redis.call('HSET', jk, 'failedReason', reason) end
-  return made, tonumber(redis.call('HGET', jk, 'attempts') or '1')
+  return made, tonumber(redis.call('HGET', jk, 'attempts') or '1') or 1
 end
 -- Moves a job out of attempts to `failed`, keeping the job's number of failed jobs.
 local function fail_for_good(failed, events, maxlen, front, jk, id, reason, made, now)
   redis.call('HSET', jk, 'state', 'failed', 'finishedOn', now)
   redis.call('ZADD', failed, now, id)
-  emit(events, maxlen, 'event', 'failed', 'id', id, 'name', redis.call('HGET', jk, 'name'),
+  emit(events, maxlen, 'event', 'failed', 'id', id, 'name', redis.call('HGET', jk, 'name') or '',
     'reason', reason, 'attemptsMade', made)
   keep_last(failed, front, tonumber(redis.call('HGET', jk, 'keepFailed') or '-1'))
 end
@@ -117,7 +117,7 @@ local now = now_ms()
 redis.call('HSET', jk, unpack(ARGV, 5))
 redis.call('HSET', jk, 'ts', now, 'seq', seq, 'attemptsMade', 0)
 enqueue(KEYS[2], KEYS[3], jk, id, now, tonumber(ARGV[4]))
-emit(KEYS[4], maxlen, 'event', 'added', 'id', id, 'name', redis.call('HGET', jk, 'name'))
+emit(KEYS[4], maxlen, 'event', 'added', 'id', id, 'name', redis.call('HGET', jk, 'name') or '')
 return {1, id}
 ",
     )
@@ -188,7 +188,7 @@ if holds(KEYS[1], jk, id, ARGV[3]) then
   redis.call('HSET', jk, 'state', 'completed', 'returnvalue', ARGV[4], 'finishedOn', now)
   redis.call('ZADD', KEYS[2], now, id)
   emit(KEYS[3], tonumber(ARGV[5]), 'event', 'completed', 'id', id,
-    'name', redis.call('HGET', jk, 'name'), 'returnvalue', ARGV[4])
+    'name', redis.call('HGET', jk, 'name') or '', 'returnvalue', ARGV[4])
   keep_last(KEYS[2], front, tonumber(redis.call('HGET', jk, 'keepCompleted') or '-1'))
 end
 if ARGV[6] == '' then return {status} end
@@ -227,28 +227,41 @@ return 1
     )
 });
 
-/// Takes back active jobs whose lock expired (their worker died or hung): each counts as an
-/// attempt, goes back to `wait` while attempts remain, else to `failed`.
+/// Takes back active jobs whose lock expired (their worker died or hung, or the reply that
+/// handed the job over was lost): each counts as a stall, not as an attempt, and goes back to
+/// `wait`, or to `failed` once stalled more than `max stalled` times. An id whose job hash is
+/// gone (removed by hand) only leaves `active`: no hash is recreated, no event emitted.
 ///
-/// `KEYS = [active, wait, failed, events]`; `ARGV = [front, events max len, reason]`;
+/// `KEYS = [active, wait, failed, events]`; `ARGV = [front, events max len, reason, max stalled]`;
 /// replies the number of jobs taken back.
 pub(crate) static MOVE_STALLED: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
 local front, maxlen, reason = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local max_stalled = tonumber(ARGV[4])
 local now = now_ms()
 local stalled = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1000)
+local moved = 0
 for _, id in ipairs(stalled) do
   local jk = front .. 'job:' .. id
-  local made, attempts = end_attempt(KEYS[1], jk, id, reason)
-  if made < attempts then
-    enqueue(KEYS[2], nil, jk, id, now, 0)
-    emit(KEYS[4], maxlen, 'event', 'stalled', 'id', id, 'attemptsMade', made)
-  else
-    fail_for_good(KEYS[3], KEYS[4], maxlen, front, jk, id, reason, made, now)
+  redis.call('ZREM', KEYS[1], id)
+  -- Checked before any write to the hash: an HDEL or HINCRBY would recreate a stub of it.
+  if redis.call('EXISTS', jk) == 1 then
+    moved = moved + 1
+    redis.call('HDEL', jk, 'token')
+    local stalls = redis.call('HINCRBY', jk, 'stalledCount', 1)
+    local made = tonumber(redis.call('HGET', jk, 'attemptsMade') or '0') or 0
+    if stalls > max_stalled then
+      redis.call('HSET', jk, 'failedReason', reason)
+      fail_for_good(KEYS[3], KEYS[4], maxlen, front, jk, id, reason, made, now)
+    else
+      enqueue(KEYS[2], nil, jk, id, now, 0)
+      emit(KEYS[4], maxlen, 'event', 'stalled', 'id', id, 'attemptsMade', made,
+        'stalledCount', stalls)
+    end
   end
 end
-return #stalled
+return moved
 ",
     )
 });

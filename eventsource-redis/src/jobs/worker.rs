@@ -21,9 +21,6 @@ use crate::runner::{error_chain, panic_message};
 /// failed reason.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The reason kept for a job whose lock expired.
-const STALLED: &str = "job stalled: its lock expired before it finished";
-
 /// A job handed to a handler.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -106,8 +103,9 @@ where
 ///
 /// Each job runs under a lock (a deadline in the queue's `active` set) that the worker renews
 /// every half lock duration. If the worker dies, the lock expires; any worker's periodic
-/// stalled check then puts the job back in `wait`, spending one attempt, or fails it once its
-/// attempts are spent. A job completes at most once: a result from an attempt that lost its
+/// stalled check then puts the job back in `wait`. A stall spends no attempt (the handler may
+/// never have started: the reply handing the job over can be lost); a job stalled more than
+/// [`max_stalled`](WorkerOptions::with_max_stalled) times fails. A job completes at most once: a result from an attempt that lost its
 /// lock is refused. Delivery to handlers is therefore at least once, like BullMQ's.
 ///
 /// ```no_run
@@ -181,7 +179,7 @@ impl<H: JobHandler> Worker<H> {
             // The stalled check runs on time even while every slot is busy.
             if Instant::now() >= next_stalled_check {
                 next_stalled_check = Instant::now() + self.options.stalled_interval;
-                match self.queue.move_stalled().await {
+                match self.queue.move_stalled(self.options.max_stalled).await {
                     Ok(_) => {}
                     Err(e) if e.is_retryable() => {
                         tracing::warn!(queue = %self.queue.name, error = %error_chain(&e), "stalled check failed");
@@ -311,9 +309,11 @@ fn parse_fetched(q: &Queue, token: String, reply: &[String]) -> Fetched {
 }
 
 impl Queue {
-    /// Takes back jobs whose lock expired; workers call this every stalled interval. Returns
-    /// how many were taken back (to `wait`, or to `failed` when out of attempts).
-    pub async fn move_stalled(&self) -> Result<u64, JobError> {
+    /// Takes back jobs whose lock expired; workers call this every stalled interval with their
+    /// [`max_stalled`](WorkerOptions::with_max_stalled). A stall spends no attempt: the job goes
+    /// back to `wait`, or to `failed` ("job stalled more than N times") once stalled more than
+    /// `max_stalled` times. Returns how many were taken back.
+    pub async fn move_stalled(&self, max_stalled: u32) -> Result<u64, JobError> {
         let moved: u64 = scripts::MOVE_STALLED
             .key(&self.keys.active)
             .key(&self.keys.wait)
@@ -321,7 +321,10 @@ impl Queue {
             .key(&self.keys.events)
             .arg(&self.keys.front)
             .arg(self.events_max_len)
-            .arg(STALLED)
+            .arg(format!(
+                "job stalled more than {max_stalled} times: its lock expired before it finished"
+            ))
+            .arg(max_stalled)
             .invoke_async(&mut self.conn.clone())
             .await?;
         if moved > 0 {

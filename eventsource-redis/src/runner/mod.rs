@@ -807,8 +807,8 @@ impl<H: EventHandler> ConsumerRunner<H> {
     }
 }
 
-/// An error and its sources, `: `-separated.
-/// "handler panicked: <message>" for a caught panic's payload.
+/// "handler panicked: <message>" for a caught panic's payload (a `&str` or `String`; other
+/// payloads read "a non-string payload").
 pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     let message = panic
         .downcast_ref::<&str>()
@@ -818,7 +818,7 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     format!("handler panicked: {message}")
 }
 
-/// An error and its sources, joined by ": ".
+/// An error and its sources, `: `-separated (`outer: inner: root`).
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();

@@ -144,3 +144,22 @@ pub async fn app_role_pool_with(admin: &PgPool, max: u32) -> PgPool {
         .await
         .expect("connect as the app role")
 }
+
+/// The directory of the TLS test material `scripts/test` generates (`EVENTSOURCE_TEST_TLS_DIR`):
+/// `ca.crt`, the authority that signed the server's certificate for 127.0.0.1, and
+/// `other-ca.crt`, one that signed nothing. `None` (after a notice) when unset.
+///
+/// # Panics
+///
+/// When `EVENTSOURCE_TEST_TLS_DIR` is unset and `CI` is set.
+pub fn tls_dir() -> Option<std::path::PathBuf> {
+    let Some(dir) = std::env::var_os("EVENTSOURCE_TEST_TLS_DIR") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "EVENTSOURCE_TEST_TLS_DIR must be set in CI: the TLS tests cannot be skipped there"
+        );
+        eprintln!("EVENTSOURCE_TEST_TLS_DIR is not set: skipping this TLS test");
+        return None;
+    };
+    Some(dir.into())
+}

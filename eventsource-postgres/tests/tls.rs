@@ -80,7 +80,9 @@ async fn a_server_certificate_another_authority_signed_is_refused() {
         .max_connections(1)
         .connect_with(PgConnectOptions::from_str(&url).expect("a valid URL"))
         .await;
-    let error = refused.expect_err("an unverifiable server is refused").to_string();
+    let error = refused
+        .expect_err("an unverifiable server is refused")
+        .to_string();
     assert!(error.to_lowercase().contains("certificate"), "{error}");
 }
 

@@ -35,6 +35,8 @@ const PACED: Duration = Duration::from_secs(3);
 /// Throughput run: this many events, published in batches of `BATCH`.
 const EVENTS: u64 = 200_000;
 const BATCH: usize = 1_000;
+/// Batches published at once (each a pipeline on the shared multiplexed connection).
+const IN_FLIGHT: usize = 4;
 const TOPIC: &str = "analysis.completed";
 
 fn epoch_micros() -> f64 {
@@ -274,8 +276,8 @@ async fn raw_streams_latency(
     sink.percentiles()
 }
 
-/// Streams throughput: `EVENTS` events in batches of `BATCH`, one batch in flight, while one
-/// consumer handles them. Returns (publish events/s, published-to-handled events/s).
+/// Streams throughput: `EVENTS` events in batches of `BATCH`, `IN_FLIGHT` batches at once,
+/// while one consumer handles them. Returns (publish events/s, published-to-handled events/s).
 async fn bus_throughput(bus: RedisBus) -> (f64, f64) {
     let bus = bus.with_runner_options(
         RunnerOptions::default()
@@ -290,12 +292,16 @@ async fn bus_throughput(bus: RedisBus) -> (f64, f64) {
     )
     .await;
     let started = Instant::now();
-    for batch in 0..EVENTS / BATCH as u64 {
-        let events = (0..BATCH as u64)
-            .map(|i| BusEvent::new(TOPIC, payload(batch * BATCH as u64 + i)))
-            .collect();
-        bus.publish_batch(events).await.expect("publish_batch");
-    }
+    futures::stream::iter(0..EVENTS / BATCH as u64)
+        .map(|batch| {
+            let events = (0..BATCH as u64)
+                .map(|i| BusEvent::new(TOPIC, payload(batch * BATCH as u64 + i)))
+                .collect();
+            bus.publish_batch(events)
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .for_each(|published| async move { published.expect("publish_batch") })
+        .await;
     let published = EVENTS as f64 / started.elapsed().as_secs_f64();
     sink.wait_for(EVENTS).await;
     let handled = EVENTS as f64 / started.elapsed().as_secs_f64();
@@ -312,23 +318,28 @@ async fn raw_throughput(
     raw_group(conn, &key).await;
     let (sink, stop) = (Sink::default(), CancellationToken::new());
     let consumer = raw_consumer(client, conn, &key, BATCH, &sink, &stop);
-    let mut c = conn.clone();
+    let c = conn.clone();
     let started = Instant::now();
-    for batch in 0..EVENTS / BATCH as u64 {
-        let mut pipe = redis::pipe();
-        for i in 0..BATCH as u64 {
-            let data = payload(batch * BATCH as u64 + i).to_string();
-            pipe.xadd(&key, "*", &[("topic", TOPIC.to_owned()), ("data", data)])
-                .ignore();
-        }
-        pipe.query_async::<()>(&mut c).await.expect("xadd");
-    }
+    futures::stream::iter(0..EVENTS / BATCH as u64)
+        .map(|batch| {
+            let mut pipe = redis::pipe();
+            for i in 0..BATCH as u64 {
+                let data = payload(batch * BATCH as u64 + i).to_string();
+                pipe.xadd(&key, "*", &[("topic", TOPIC.to_owned()), ("data", data)])
+                    .ignore();
+            }
+            let mut c = c.clone();
+            async move { pipe.query_async::<()>(&mut c).await }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .for_each(|added| async move { added.expect("xadd") })
+        .await;
     let published = EVENTS as f64 / started.elapsed().as_secs_f64();
     sink.wait_for(EVENTS).await;
     let handled = EVENTS as f64 / started.elapsed().as_secs_f64();
     stop.cancel();
     consumer.await.expect("consumer");
-    let _: () = c.del(&key).await.expect("del");
+    let _: () = conn.clone().del(&key).await.expect("del");
     (published, handled)
 }
 
@@ -372,20 +383,23 @@ async fn main() {
 
     println!("| scenario | RedisBus | raw redis-rs | ratio | load avg |");
     println!("|---|---:|---:|---:|---:|");
-    for rate in [1_000, 10_000] {
-        let (f50, f99) = bus_latency(
-            bus(&conn, &client, &keys),
-            rate,
-            SubscribeOptions::default().live(),
-        )
-        .await;
+    // `BUS_ONLY=latency` or `BUS_ONLY=throughput` runs one half.
+    let only = std::env::var("BUS_ONLY").unwrap_or_default();
+    let rates: &[u64] = if only == "throughput" {
+        &[]
+    } else {
+        &[1_000, 10_000]
+    };
+    for &rate in rates {
+        let live = SubscribeOptions::default().live();
+        let (f50, f99) = bus_latency(bus(&conn, &client, &keys), rate, live).await;
         let (r50, r99) = raw_pubsub_latency(&conn, &client, rate).await;
         row(&format!("live (Pub/Sub) p50 at {rate}/s"), f50, r50, "ms");
         row(&format!("live (Pub/Sub) p99 at {rate}/s"), f99, r99, "ms");
     }
-    for rate in [1_000, 10_000] {
-        let options = SubscribeOptions::default().with_group(format!("latency-{rate}"));
-        let (f50, f99) = bus_latency(bus(&conn, &client, &keys), rate, options).await;
+    for &rate in rates {
+        let group = SubscribeOptions::default().with_group(format!("latency-{rate}"));
+        let (f50, f99) = bus_latency(bus(&conn, &client, &keys), rate, group).await;
         let (r50, r99) = raw_streams_latency(&conn, &client, &keys, rate).await;
         row(
             &format!("durable (Streams) p50 at {rate}/s"),
@@ -400,20 +414,23 @@ async fn main() {
             "ms",
         );
     }
-    let (f_pub, f_all) = bus_throughput(bus(&conn, &client, &keys)).await;
-    let (r_pub, r_all) = raw_throughput(&conn, &client, &keys).await;
-    row(
-        &format!("Streams publish, batches of {BATCH}"),
-        f_pub,
-        r_pub,
-        "events/s",
-    );
-    row(
-        &format!("Streams publish → handled, batches of {BATCH}"),
-        f_all,
-        r_all,
-        "events/s",
-    );
+    if only != "latency" {
+        let (f_pub, f_all) = bus_throughput(bus(&conn, &client, &keys)).await;
+        let (r_pub, r_all) = raw_throughput(&conn, &client, &keys).await;
+        let shape = format!("{EVENTS} events, batches of {BATCH}, {IN_FLIGHT} in flight");
+        row(
+            &format!("Streams publish, {shape}"),
+            f_pub,
+            r_pub,
+            "events/s",
+        );
+        row(
+            &format!("Streams publish → handled, {shape}"),
+            f_all,
+            r_all,
+            "events/s",
+        );
+    }
 
     let mut c = conn.clone();
     let bench_keys: Vec<String> = redis::cmd("KEYS")

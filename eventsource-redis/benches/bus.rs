@@ -78,7 +78,7 @@ impl Sink {
     }
 
     async fn wait_for(&self, n: u64) {
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let deadline = Instant::now() + Duration::from_mins(2);
         while self.seen.load(Ordering::Relaxed) < n {
             assert!(Instant::now() < deadline, "events lost: {n} expected");
             tokio::time::sleep(Duration::from_millis(1)).await;

@@ -15,9 +15,10 @@ pub(crate) const AGGREGATE_TYPE: &str = "bus";
 /// The `metadata.extra` key holding the priority inside a stream entry.
 const PRIORITY_FIELD: &str = "bus_priority";
 
-/// The envelope under which `event` is written to a stream.
-pub(crate) fn to_recorded(bus: &str, event: &BusEvent) -> RecordedEvent {
-    let mut metadata = event.metadata.clone();
+/// The envelope under which `event` is written to a stream (taken by value: publishing is hot,
+/// and a payload clone is a deep copy).
+pub(crate) fn into_recorded(bus: &str, event: BusEvent) -> RecordedEvent {
+    let mut metadata = event.metadata;
     metadata.extra.insert(
         PRIORITY_FIELD.to_owned(),
         serde_json::to_value(event.priority).unwrap_or_default(),
@@ -28,11 +29,11 @@ pub(crate) fn to_recorded(bus: &str, event: &BusEvent) -> RecordedEvent {
         version: Version::new(1),
         // Bus entries get Redis-assigned ids; the position field is unused.
         position: LogPosition::new(0, 0),
-        event_type: event.topic.clone(),
+        event_type: event.topic,
         schema_version: 1,
         recorded_at: event.published_at,
         metadata,
-        payload: event.payload.clone(),
+        payload: event.payload,
     }
 }
 
@@ -92,7 +93,7 @@ mod tests {
             .with_priority(Priority::Critical)
             .with_metadata(Metadata::new().with_correlation_id(uuid::Uuid::now_v7()));
         let fields: std::collections::HashMap<String, redis::Value> =
-            crate::codec::encode_pairs(&to_recorded("main", &event))
+            crate::codec::encode_pairs(&into_recorded("main", event.clone()))
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), redis::Value::BulkString(v.into_bytes())))
                 .collect();
@@ -102,7 +103,7 @@ mod tests {
 
     #[test]
     fn stored_events_are_on_their_aggregate_and_event_type_topic() {
-        let mut stored = to_recorded("main", &BusEvent::new("x", serde_json::json!(1)));
+        let mut stored = into_recorded("main", BusEvent::new("x", serde_json::json!(1)));
         stored.metadata.extra.clear();
         stored.stream = StreamId::new(TenantId::new("t"), "bank account", "1");
         stored.event_type = "funds.deposited".to_owned();

@@ -173,25 +173,26 @@ impl Outlet {
         if events.is_empty() {
             return Ok(());
         }
+        let count = events.len();
         let mut pipe = redis::pipe();
-        for event in &events {
+        for event in events {
             let stream = self.keys.bus_stream(&self.name, event.priority);
-            let fields = codec::encode_pairs(&entry::to_recorded(&self.name, event));
+            let channel = self.keys.bus_channel(&self.name, &event.topic);
+            let message = serde_json::to_string(&event).map_err(backend)?;
+            let fields = codec::encode_pairs(&entry::into_recorded(&self.name, event));
             match self.max_len {
                 Some(len) => pipe.xadd_maxlen(stream, StreamMaxlen::Approx(len), "*", &fields),
                 None => pipe.xadd(stream, "*", &fields),
             }
             .ignore();
-            let message = serde_json::to_string(event).map_err(backend)?;
-            pipe.publish(self.keys.bus_channel(&self.name, &event.topic), message)
-                .ignore();
+            pipe.publish(channel, message).ignore();
         }
-        let span = tracing::debug_span!("eventsource.redis.bus.publish", bus = %self.name, events = events.len());
+        let span =
+            tracing::debug_span!("eventsource.redis.bus.publish", bus = %self.name, events = count);
         tracing::Instrument::instrument(pipe.query_async::<()>(&mut self.conn.clone()), span)
             .await
             .map_err(backend)?;
-        self.published
-            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        self.published.fetch_add(count as u64, Ordering::Relaxed);
         Ok(())
     }
 }

@@ -1,0 +1,142 @@
+//! Resuming: what a connection receives, from `Last-Event-ID` on, with nothing missed or
+//! doubled.
+//!
+//! A connection's events come from two sources: the live fan-out ([`Hub`]) and the store's
+//! log. On connect the connection first **subscribes** to the fan-out (its events buffer), then
+//! **replays** its tenant's log after the client's last position from the store, then
+//! **drains** the fan-out, skipping every event at or below the last position it has passed.
+//!
+//! Why the seam is exact: an event reaches the fan-out only after the relay read it from the
+//! log, and the log only grows visible in order, so every event fanned out before the
+//! subscription is in the replay; every event fanned out after it is in the buffer. A tenant's
+//! events arrive over the fan-out in log order (one Redis stream per tenant, read in order), so
+//! skipping positions at or below the last one passed drops exactly the doubles. A connection
+//! that falls behind the fan-out's capacity replays again from its last position the same way.
+
+use std::sync::Arc;
+
+use eventsource_core::store::read_log;
+use eventsource_core::{EventStore, LogFilter, LogPosition, RecordedEvent, StoreError};
+use futures::StreamExt as _;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::error::PushError;
+use crate::hub::Hub;
+use crate::rooms::Rooms;
+
+/// Parses a `Last-Event-ID`: a log position `<transaction>-<position>`. An empty value means
+/// none (a browser's `EventSource` that has seen no id sends none).
+///
+/// ```
+/// # use live_push::resume::parse_last_event_id;
+/// # use eventsource_core::LogPosition;
+/// assert_eq!(parse_last_event_id("812-40").unwrap(), Some(LogPosition::new(812, 40)));
+/// assert_eq!(parse_last_event_id("").unwrap(), None);
+/// assert!(parse_last_event_id("40").is_err());
+/// ```
+pub fn parse_last_event_id(value: &str) -> Result<Option<LogPosition>, PushError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    eventsource_redis::codec::parse_position(value)
+        .map(Some)
+        .ok_or_else(|| PushError::BadLastEventId(value.chars().take(64).collect()))
+}
+
+/// What a connection's task yields: an event for its rooms, or the store error that ended it.
+pub type Delivery = Result<Arc<RecordedEvent>, StoreError>;
+
+/// Starts the events of one connection: after `after` from the log (none if `None`), then live.
+///
+/// The returned channel ends when the store fails during a replay (the client reconnects and
+/// resumes); the task behind it ends when the receiver is dropped.
+pub fn follow<S: EventStore + Clone + 'static>(
+    store: S,
+    hub: &Hub,
+    rooms: Rooms,
+    after: Option<LogPosition>,
+    replay_batch: usize,
+) -> mpsc::Receiver<Delivery> {
+    // Subscribe before replaying: see the module docs.
+    let live = hub.subscribe();
+    let head = hub.head(rooms.tenant_id());
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        tokio::select! {
+            () = run(store, live, rooms, after, head, replay_batch, &tx) => {}
+            () = tx.closed() => {}
+        }
+    });
+    rx
+}
+
+async fn run<S: EventStore>(
+    store: S,
+    mut live: broadcast::Receiver<Arc<RecordedEvent>>,
+    rooms: Rooms,
+    after: Option<LogPosition>,
+    head: Option<LogPosition>,
+    replay_batch: usize,
+    tx: &mpsc::Sender<Delivery>,
+) {
+    // The highest position of the tenant passed so far (sent or not in the rooms). Without a
+    // `Last-Event-ID` the connection starts at what the fan-out last fed: events from now on.
+    let mut cursor = after.or(head);
+    if let Some(from) = after
+        && !replay(&store, &rooms, from, replay_batch, &mut cursor, tx).await
+    {
+        return;
+    }
+    loop {
+        let event = match live.recv().await {
+            Ok(event) => event,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                // The fan-out dropped events for this connection: they are in the log. (A
+                // connection that has no position yet replays its tenant's whole log.)
+                tracing::debug!(missed, "connection lagged; replaying from the log");
+                let from = cursor.unwrap_or(LogPosition::START);
+                if !replay(&store, &rooms, from, replay_batch, &mut cursor, tx).await {
+                    return;
+                }
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if event.tenant() != rooms.tenant_id() || cursor.is_some_and(|c| event.position <= c) {
+            continue;
+        }
+        cursor = Some(event.position);
+        if rooms.admits(&event) && tx.send(Ok(event)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Sends the tenant's events after `from` in the rooms; `false` when the connection is over.
+async fn replay<S: EventStore>(
+    store: &S,
+    rooms: &Rooms,
+    from: LogPosition,
+    batch: usize,
+    cursor: &mut Option<LogPosition>,
+    tx: &mpsc::Sender<Delivery>,
+) -> bool {
+    let filter = LogFilter::tenant(rooms.tenant_id().clone());
+    let mut log = std::pin::pin!(read_log(store, from, batch, filter));
+    while let Some(event) = log.next().await {
+        match event {
+            Ok(event) => {
+                *cursor = Some(event.position);
+                if rooms.admits(&event) && tx.send(Ok(Arc::new(event))).await.is_err() {
+                    return false;
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return false;
+            }
+        }
+    }
+    true
+}

@@ -15,6 +15,7 @@ use live_push::{Hub, PushOptions, PushState, Tokens, pipeline};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
+pub mod chromium;
 pub mod sse;
 
 /// The value of a service URL variable, or `None` after a notice; under `CI` a missing service

@@ -124,8 +124,16 @@ async fn write_demo_events(
             () = shutdown.cancelled() => return Ok(written),
         }
         for tenant in &tenants {
-            let project = if written % 2 == 0 { "alpha" } else { "beta" };
-            let user = if written % 3 == 0 { "ada" } else { "alan" };
+            let project = if written.is_multiple_of(2) {
+                "alpha"
+            } else {
+                "beta"
+            };
+            let user = if written.is_multiple_of(3) {
+                "ada"
+            } else {
+                "alan"
+            };
             let stream = StreamId::new(tenant.clone(), "task", format!("t-{}", written % 5));
             let metadata = Metadata::new()
                 .with_extra("project", project.into())

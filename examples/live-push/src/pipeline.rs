@@ -29,6 +29,7 @@ pub fn relay<S: EventStore, C: CheckpointStore>(
 /// ends (`$`): clients catch up on older events from the store, not from the group. The
 /// handler never fails, and one lane keeps each tenant's events in stream (log) order, which
 /// [`crate::resume`] relies on.
+#[must_use]
 pub fn feed(
     conn: redis::aio::ConnectionManager,
     client: redis::Client,

@@ -91,12 +91,11 @@ async fn sse_connections_closed_every_few_events_resume_with_none_missed_or_doub
     let mut received = Vec::new();
     let mut reconnects = 0;
     while received.len() < appended.len() {
-        match client.next().await {
-            Some((id, _)) => received.push(id),
-            None => {
-                reconnects += 1;
-                client = SseClient::open(&url, received.last().map(String::as_str)).await;
-            }
+        if let Some((id, _)) = client.next().await {
+            received.push(id);
+        } else {
+            reconnects += 1;
+            client = SseClient::open(&url, received.last().map(String::as_str)).await;
         }
     }
     assert_eq!(received, ids(&appended));

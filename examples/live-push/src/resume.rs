@@ -50,7 +50,7 @@ pub type Delivery = Result<Arc<RecordedEvent>, StoreError>;
 /// Starts the events of one connection: after `after` from the log (none if `None`), then live.
 ///
 /// The returned channel ends when the store fails during a replay (the client reconnects and
-/// resumes); the task behind it ends when the receiver is dropped.
+/// resumes); the task behind it ends once the receiver is dropped.
 pub fn follow<S: EventStore + Clone + 'static>(
     store: S,
     hub: &Hub,
@@ -62,12 +62,7 @@ pub fn follow<S: EventStore + Clone + 'static>(
     let live = hub.subscribe();
     let head = hub.head(rooms.tenant_id());
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        tokio::select! {
-            () = run(store, live, rooms, after, head, replay_batch, &tx) => {}
-            () = tx.closed() => {}
-        }
-    });
+    tokio::spawn(async move { run(store, live, rooms, after, head, replay_batch, &tx).await });
     rx
 }
 
@@ -89,7 +84,15 @@ async fn run<S: EventStore>(
         return;
     }
     loop {
-        let event = match live.recv().await {
+        // Only the wait for live events races the client's going away: a store read is never
+        // cancelled half-way (a cancelled read can leave its pooled connection inside a
+        // transaction, which holds back the log's visibility horizon for every reader). A
+        // replay ends at its next send once the client is gone.
+        let received = tokio::select! {
+            received = live.recv() => received,
+            () = tx.closed() => return,
+        };
+        let event = match received {
             Ok(event) => event,
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 // The fan-out dropped events for this connection: they are in the log. (A

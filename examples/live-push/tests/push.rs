@@ -236,3 +236,85 @@ async fn unknown_tokens_and_malformed_ids_are_refused_before_streaming() {
     assert!(page.text().await.expect("HTML").contains("EventSource"));
     server.stop().await;
 }
+
+/// Ids over SSE from the start of the log until `count`, reconnecting with the last id whenever the server closes.
+async fn sse_until(server: &Server, token: &str, count: usize) -> (Vec<String>, usize) {
+    let url = server.url(&format!("/events?token={token}"));
+    // From the start of the log: the writer may already have begun.
+    let mut client = SseClient::open(&url, Some("0-0")).await;
+    let (mut received, mut reconnects) = (Vec::new(), 0);
+    while received.len() < count {
+        if let Some((id, _)) = client.next().await {
+            received.push(id);
+        } else {
+            reconnects += 1;
+            client = SseClient::open(&url, received.last().map(String::as_str)).await;
+        }
+    }
+    (received, reconnects)
+}
+
+/// Ids over WebSocket from the start of the log until `count`, reconnecting with the last id whenever the server closes.
+async fn ws_until(server: &Server, token: &str, count: usize) -> (Vec<String>, usize) {
+    let query = format!("token={token}");
+    let mut ws = ws_open(server, &query, Some("0-0")).await;
+    let (mut received, mut reconnects) = (Vec::new(), 0);
+    while received.len() < count {
+        let message = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("a message within 20 s");
+        match message {
+            Some(Ok(tungstenite::Message::Text(text))) => {
+                let message: PushMessage = serde_json::from_str(&text).expect("JSON");
+                received.push(message.id);
+            }
+            Some(Ok(tungstenite::Message::Close(_)) | Err(_)) | None => {
+                reconnects += 1;
+                ws = ws_open(server, &query, received.last().map(String::as_str)).await;
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+    (received, reconnects)
+}
+
+/// Events appended while the clients of the concurrent test reconnect.
+const EVENTS: usize = 80;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_reconnecting_while_events_are_appended_miss_nothing_and_get_nothing_twice() {
+    // A fan-out of two events makes connections lag and catch up from the log as well.
+    let options = PushOptions::default().with_close_after(7);
+    let Some(server) = Server::start_with(options, 2).await else {
+        return;
+    };
+    let (a, token_a) = server.a.clone();
+    let (b, _) = server.b.clone();
+    let writer = async {
+        for i in 0..EVENTS {
+            server.append_one(&a, i).await;
+            if i % 4 == 0 {
+                server.append_one(&b, i).await;
+            }
+        }
+    };
+    let ((), sse, ws) = tokio::join!(
+        writer,
+        sse_until(&server, &token_a, EVENTS),
+        ws_until(&server, &token_a, EVENTS)
+    );
+    let log = ids(&server.log(&a).await);
+    assert_eq!(log.len(), EVENTS);
+    assert_eq!(sse.0, log, "SSE: the tenant's log, once each, in order");
+    assert_eq!(
+        ws.0, log,
+        "WebSocket: the tenant's log, once each, in order"
+    );
+    assert!(
+        sse.1 >= EVENTS / 7 && ws.1 >= EVENTS / 7,
+        "reconnects: {} {}",
+        sse.1,
+        ws.1
+    );
+    server.stop().await;
+}

@@ -45,15 +45,21 @@ pub struct Server {
     pub b: (TenantId, String),
     pub hub: Hub,
     shutdown: CancellationToken,
-    admin: sqlx::PgPool,
     pool: sqlx::PgPool,
-    database: String,
+    /// Last field: dropped after the pool, also when the test panics.
+    database: TestDatabase,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
     /// Starts a server with `options`, or `None` when a service is not configured (outside CI).
     pub async fn start(options: PushOptions) -> Option<Self> {
+        Self::start_with(options, 256).await
+    }
+
+    /// As [`Server::start`], with a fan-out that keeps `capacity` events for lagging
+    /// connections.
+    pub async fn start_with(options: PushOptions, capacity: usize) -> Option<Self> {
         let url = service_url("DATABASE_URL")?;
         let redis_url = service_url("REDIS_URL")?;
         let server: PgConnectOptions = url.parse().expect("DATABASE_URL parses");
@@ -67,10 +73,15 @@ impl Server {
             .execute(&admin)
             .await
             .expect("create the test's database");
+        admin.close().await;
+        let database = TestDatabase {
+            server: server.clone(),
+            name: database,
+        };
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .test_before_acquire(false)
-            .connect_with(server.database(&database))
+            .connect_with(server.database(&database.name))
             .await
             .expect("connect to the test's database");
         MIGRATOR.run(&pool).await.expect("migrations run");
@@ -88,7 +99,7 @@ impl Server {
             .expect("tokens");
         let store = PgEventStore::new(pool.clone());
         let keys = Keys::new(&unique("push"));
-        let hub = Hub::new(256);
+        let hub = Hub::new(capacity);
         let shutdown = CancellationToken::new();
         let relay = pipeline::relay(
             store.clone(),
@@ -128,7 +139,6 @@ impl Server {
             b,
             hub,
             shutdown,
-            admin,
             pool,
             database,
             tasks,
@@ -181,6 +191,16 @@ impl Server {
         }
     }
 
+    /// Appends one event to `tenant`, without waiting for the log to show it.
+    pub async fn append_one(&self, tenant: &TenantId, i: usize) {
+        let stream = StreamId::new(tenant.clone(), "task", format!("t-{}", i % 7));
+        let event = NewEvent::new("task-updated", 1, serde_json::json!({ "i": i }));
+        self.store
+            .append(&stream, ExpectedVersion::Any, vec![event])
+            .await
+            .expect("append");
+    }
+
     /// Every position of `tenant`'s log.
     pub async fn log(&self, tenant: &TenantId) -> Vec<LogPosition> {
         self.store
@@ -196,18 +216,44 @@ impl Server {
             .collect()
     }
 
-    /// Stops everything and drops the test's database.
-    pub async fn stop(self) {
+    /// Stops everything; the test's database is dropped with the server.
+    pub async fn stop(mut self) {
         self.shutdown.cancel();
-        for task in self.tasks {
+        for task in &mut self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
         self.pool.close().await;
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.database
-        )))
-        .execute(&self.admin)
-        .await;
+    }
+}
+
+/// The test's database, dropped (from a thread of its own, as `Drop` cannot wait) when the
+/// server is, whether the test passed or panicked.
+struct TestDatabase {
+    server: PgConnectOptions,
+    name: String,
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (server, name) = (self.server.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async {
+                let Ok(admin) = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(server)
+                    .await
+                else {
+                    return;
+                };
+                let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&admin).await;
+                admin.close().await;
+            });
+        });
+        let _ = dropped.join();
     }
 }

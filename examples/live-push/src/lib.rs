@@ -32,6 +32,7 @@ use axum::Router;
 use axum::response::Html;
 use axum::routing::get;
 use eventsource_core::EventStore;
+use tokio_util::sync::CancellationToken;
 
 pub use auth::Tokens;
 pub use error::PushError;
@@ -90,6 +91,7 @@ pub struct PushState<S> {
     hub: Hub,
     tokens: Tokens,
     options: PushOptions,
+    shutdown: CancellationToken,
 }
 
 impl<S> PushState<S> {
@@ -100,7 +102,16 @@ impl<S> PushState<S> {
             hub,
             tokens,
             options,
+            shutdown: CancellationToken::new(),
         }
+    }
+
+    /// Ends every connection's stream when `shutdown` is cancelled, so that a graceful
+    /// shutdown of the server does not wait for clients that never hang up.
+    #[must_use]
+    pub fn with_shutdown(mut self, shutdown: CancellationToken) -> Self {
+        self.shutdown = shutdown;
+        self
     }
 }
 

@@ -66,12 +66,15 @@ async fn main() -> anyhow::Result<()> {
     let feed = tokio::spawn(feed.run(shutdown.clone()));
 
     let listener = tokio::net::TcpListener::bind(&addr).await?;
-    let app = live_push::router(PushState::new(
-        store.clone(),
-        hub.clone(),
-        tokens.clone(),
-        PushOptions::default(),
-    ));
+    let app = live_push::router(
+        PushState::new(
+            store.clone(),
+            hub.clone(),
+            tokens.clone(),
+            PushOptions::default(),
+        )
+        .with_shutdown(shutdown.clone()),
+    );
     for tenant in &tenants {
         let token = list_token(&tokens, tenant);
         println!("tenant {tenant}: http://{addr}/?token={token}");

@@ -19,6 +19,7 @@ use eventsource_core::store::read_log;
 use eventsource_core::{EventStore, LogFilter, LogPosition, RecordedEvent, StoreError};
 use futures::StreamExt as _;
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::PushError;
 use crate::hub::Hub;
@@ -50,96 +51,118 @@ pub type Delivery = Result<Arc<RecordedEvent>, StoreError>;
 /// Starts the events of one connection: after `after` from the log (none if `None`), then live.
 ///
 /// The returned channel ends when the store fails during a replay (the client reconnects and
-/// resumes); the task behind it ends once the receiver is dropped.
+/// resumes); the task behind it ends once the receiver is dropped or `shutdown` is cancelled.
 pub fn follow<S: EventStore + Clone + 'static>(
     store: S,
     hub: &Hub,
     rooms: Rooms,
     after: Option<LogPosition>,
     replay_batch: usize,
+    shutdown: CancellationToken,
 ) -> mpsc::Receiver<Delivery> {
     // Subscribe before replaying: see the module docs.
     let live = hub.subscribe();
     let head = hub.head(rooms.tenant_id());
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move { run(store, live, rooms, after, head, replay_batch, &tx).await });
+    let connection = Connection {
+        rooms,
+        replay_batch,
+        tx,
+        shutdown,
+    };
+    tokio::spawn(async move { connection.run(store, live, after, head).await });
     rx
 }
 
-async fn run<S: EventStore>(
-    store: S,
-    mut live: broadcast::Receiver<Arc<RecordedEvent>>,
+/// One connection's task: its rooms and where its events go.
+struct Connection {
     rooms: Rooms,
-    after: Option<LogPosition>,
-    head: Option<LogPosition>,
     replay_batch: usize,
-    tx: &mpsc::Sender<Delivery>,
-) {
-    // The highest position of the tenant passed so far (sent or not in the rooms). Without a
-    // `Last-Event-ID` the connection starts at what the fan-out last fed: events from now on.
-    let mut cursor = after.or(head);
-    if let Some(from) = after
-        && !replay(&store, &rooms, from, replay_batch, &mut cursor, tx).await
-    {
-        return;
-    }
-    loop {
-        // Only the wait for live events races the client's going away: a store read is never
-        // cancelled half-way (a cancelled read can leave its pooled connection inside a
-        // transaction, which holds back the log's visibility horizon for every reader). A
-        // replay ends at its next send once the client is gone.
-        let received = tokio::select! {
-            received = live.recv() => received,
-            () = tx.closed() => return,
-        };
-        let event = match received {
-            Ok(event) => event,
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                // The fan-out dropped events for this connection: they are in the log. (A
-                // connection that has no position yet replays its tenant's whole log.)
-                tracing::debug!(missed, "connection lagged; replaying from the log");
-                let from = cursor.unwrap_or(LogPosition::START);
-                if !replay(&store, &rooms, from, replay_batch, &mut cursor, tx).await {
-                    return;
-                }
-                continue;
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        if event.tenant() != rooms.tenant_id() || cursor.is_some_and(|c| event.position <= c) {
-            continue;
-        }
-        cursor = Some(event.position);
-        if rooms.admits(&event) && tx.send(Ok(event)).await.is_err() {
-            return;
-        }
-    }
+    tx: mpsc::Sender<Delivery>,
+    shutdown: CancellationToken,
 }
 
-/// Sends the tenant's events after `from` in the rooms; `false` when the connection is over.
-async fn replay<S: EventStore>(
-    store: &S,
-    rooms: &Rooms,
-    from: LogPosition,
-    batch: usize,
-    cursor: &mut Option<LogPosition>,
-    tx: &mpsc::Sender<Delivery>,
-) -> bool {
-    let filter = LogFilter::tenant(rooms.tenant_id().clone());
-    let mut log = std::pin::pin!(read_log(store, from, batch, filter));
-    while let Some(event) = log.next().await {
-        match event {
-            Ok(event) => {
-                *cursor = Some(event.position);
-                if rooms.admits(&event) && tx.send(Ok(Arc::new(event))).await.is_err() {
+impl Connection {
+    async fn run<S: EventStore>(
+        self,
+        store: S,
+        mut live: broadcast::Receiver<Arc<RecordedEvent>>,
+        after: Option<LogPosition>,
+        head: Option<LogPosition>,
+    ) {
+        // The highest position of the tenant passed so far (sent or not in the rooms). Without
+        // a `Last-Event-ID` the connection starts at what the fan-out last fed: events from now
+        // on.
+        let mut cursor = after.or(head);
+        if let Some(from) = after
+            && !self.replay(&store, from, &mut cursor).await
+        {
+            return;
+        }
+        loop {
+            // Only the wait for live events races the client's going away: a store read is
+            // never cancelled half-way (a cancelled read can leave its pooled connection inside
+            // a transaction, which holds back the log's visibility horizon for every reader). A
+            // replay ends at its next send once the client is gone.
+            let received = tokio::select! {
+                received = live.recv() => received,
+                () = self.tx.closed() => return,
+                () = self.shutdown.cancelled() => return,
+            };
+            let event = match received {
+                Ok(event) => event,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    // The fan-out dropped events for this connection: they are in the log. (A
+                    // connection that has no position yet replays its tenant's whole log.)
+                    tracing::debug!(missed, "connection lagged; replaying from the log");
+                    let from = cursor.unwrap_or(LogPosition::START);
+                    if !self.replay(&store, from, &mut cursor).await {
+                        return;
+                    }
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            if event.tenant() != self.rooms.tenant_id()
+                || cursor.is_some_and(|c| event.position <= c)
+            {
+                continue;
+            }
+            cursor = Some(event.position);
+            if self.rooms.admits(&event) && self.tx.send(Ok(event)).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Sends the tenant's events after `from` in the rooms; `false` when the connection is
+    /// over.
+    async fn replay<S: EventStore>(
+        &self,
+        store: &S,
+        from: LogPosition,
+        cursor: &mut Option<LogPosition>,
+    ) -> bool {
+        let filter = LogFilter::tenant(self.rooms.tenant_id().clone());
+        let mut log = std::pin::pin!(read_log(store, from, self.replay_batch, filter));
+        while let Some(event) = log.next().await {
+            match event {
+                Ok(event) => {
+                    *cursor = Some(event.position);
+                    if self.rooms.admits(&event) && self.tx.send(Ok(Arc::new(event))).await.is_err()
+                    {
+                        return false;
+                    }
+                }
+                Err(e) => {
+                    let _ = self.tx.send(Err(e)).await;
                     return false;
                 }
             }
-            Err(e) => {
-                let _ = tx.send(Err(e)).await;
+            if self.shutdown.is_cancelled() {
                 return false;
             }
         }
+        true
     }
-    true
 }

@@ -54,6 +54,7 @@ impl ConnectQuery {
             rooms,
             last_event_id,
             state.options.replay_batch,
+            state.shutdown.clone(),
         ))
     }
 }

@@ -114,7 +114,10 @@ impl Server {
             .await
             .expect("a loopback port");
         let addr = listener.local_addr().expect("its address");
-        let app = live_push::router(PushState::new(store.clone(), hub.clone(), tokens, options));
+        let app = live_push::router(
+            PushState::new(store.clone(), hub.clone(), tokens, options)
+                .with_shutdown(shutdown.clone()),
+        );
         let stop = shutdown.clone();
         let tasks = vec![
             tokio::spawn({
@@ -216,11 +219,16 @@ impl Server {
             .collect()
     }
 
-    /// Stops everything; the test's database is dropped with the server.
+    /// Stops everything (open client connections included); the test's database is dropped
+    /// with the server.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         for task in &mut self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+            // Open connections must not hold the server's graceful shutdown up.
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("every task stops within 10 s of the shutdown")
+                .expect("no task panicked");
         }
         self.pool.close().await;
     }

@@ -1,6 +1,6 @@
 //! The page in headless Chromium: events appear as they arrive, and a connection the server
 //! drops every three events resumes (the browser's `EventSource` sends `Last-Event-ID`) with
-//! no event missed or doubled.
+//! no event missed or doubled; a second page in a project room shows that room only.
 
 mod support;
 
@@ -10,6 +10,7 @@ use live_push::PushOptions;
 use support::Server;
 use support::chromium::Browser;
 
+const STATUS: &str = "document.getElementById('status').textContent";
 const IDS: &str =
     "JSON.stringify([...document.querySelectorAll('#events li')].map(li => li.dataset.id))";
 
@@ -31,22 +32,35 @@ async fn the_page_shows_events_and_resumes_dropped_connections_exactly() {
         server.stop().await;
         return;
     };
-    browser
-        .wait_for("document.getElementById('status').textContent", |v| {
-            v == "live"
-        })
-        .await;
+    // A second page in project alpha's room only.
+    let alpha_url = server.url(&format!("/?token={token_a}&project=alpha"));
+    let mut alpha_page = Browser::open(&alpha_url)
+        .await
+        .expect("chromium, found above");
+    for page in [&mut browser, &mut alpha_page] {
+        page.wait_for(STATUS, |v| v == "live").await;
+    }
 
-    let mut appended = Vec::new();
+    let (mut appended, mut in_alpha) = (Vec::new(), Vec::new());
     for round in 0..5 {
-        server.append(&b, 1, None).await;
-        appended.extend(
-            server
-                .append(&a, 2, Some(if round % 2 == 0 { "alpha" } else { "beta" }))
-                .await,
-        );
+        server.append(&b, 1, Some("alpha")).await;
+        let project = if round % 2 == 0 { "alpha" } else { "beta" };
+        let positions = server.append(&a, 2, Some(project)).await;
+        if project == "alpha" {
+            in_alpha.extend(positions.iter().map(ToString::to_string));
+        }
+        appended.extend(positions);
     }
     let expected: Vec<String> = appended.iter().map(ToString::to_string).collect();
+    let alpha_ids = alpha_page
+        .wait_for(IDS, |v| shown(v).len() >= in_alpha.len())
+        .await;
+    assert_eq!(
+        shown(&alpha_ids),
+        in_alpha,
+        "the project room only, across resumes"
+    );
+    drop(alpha_page);
     let ids = browser
         .wait_for(IDS, |v| shown(v).len() >= expected.len())
         .await;

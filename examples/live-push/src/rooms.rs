@@ -124,3 +124,57 @@ fn split(value: Option<&str>) -> Result<Vec<String>, PushError> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use eventsource_core::{EventId, LogPosition, Metadata, StreamId, Version};
+
+    use super::*;
+
+    fn event(tenant: &str, project: Option<&str>, user: Option<&str>) -> RecordedEvent {
+        let mut metadata = Metadata::new();
+        if let Some(p) = project {
+            metadata = metadata.with_extra("project", p.into());
+        }
+        if let Some(u) = user {
+            metadata = metadata.with_extra("user", u.into());
+        }
+        RecordedEvent {
+            event_id: EventId::new(),
+            stream: StreamId::new(TenantId::new(tenant), "task", "t-1"),
+            version: Version::new(1),
+            position: LogPosition::new(1, 1),
+            event_type: "task-updated".into(),
+            schema_version: 1,
+            recorded_at: chrono::Utc::now(),
+            metadata,
+            payload: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn the_tenant_room_admits_its_tenant_only() {
+        let rooms = Rooms::tenant(TenantId::new("acme"));
+        assert!(rooms.admits(&event("acme", None, None)));
+        assert!(rooms.admits(&event("acme", Some("alpha"), Some("ada"))));
+        assert!(!rooms.admits(&event("globex", None, None)));
+    }
+
+    #[test]
+    fn project_and_user_rooms_admit_their_union_within_the_tenant() {
+        let rooms = Rooms::from_query(TenantId::new("acme"), Some("alpha, beta"), Some("ada"))
+            .expect("valid rooms");
+        assert!(rooms.admits(&event("acme", Some("beta"), None)));
+        assert!(rooms.admits(&event("acme", Some("gamma"), Some("ada"))));
+        assert!(!rooms.admits(&event("acme", Some("gamma"), Some("alan"))));
+        assert!(!rooms.admits(&event("acme", None, None)));
+        assert!(!rooms.admits(&event("globex", Some("alpha"), Some("ada"))));
+    }
+
+    #[test]
+    fn empty_room_names_are_refused() {
+        let tenant = TenantId::new("acme");
+        assert!(Rooms::from_query(tenant.clone(), Some("alpha,"), None).is_err());
+        assert!(Rooms::from_query(tenant, None, Some(&"u".repeat(201))).is_err());
+    }
+}

@@ -34,17 +34,17 @@ async fn operations_cancelled_at_any_point_leave_no_connection_inside_a_transact
 
     let mut cancelled = 0;
     for attempt in 0..600_u64 {
-        // Cancel after a delay that sweeps the round trips of a `BEGIN`, an append and a
-        // commit.
-        let delay = Duration::from_micros(attempt % 300);
-        let outcome = if attempt % 2 == 0 {
-            tokio::time::timeout(delay, async {
+        // Drop the operation after a number of polls that sweeps its round trips: one poll
+        // sends the `BEGIN` (or the append) and returns before the reply.
+        let polls = usize::try_from(attempt % 6).expect("small") + 1;
+        let dropped = if attempt % 2 == 0 {
+            poll_at_most(polls, async {
                 let tx = begin_tenant(&pool, &tenant).await.expect("begin");
                 tx.commit().await.expect("commit");
             })
             .await
         } else {
-            tokio::time::timeout(delay, async {
+            poll_at_most(polls, async {
                 store
                     .append(
                         &stream,
@@ -56,7 +56,7 @@ async fn operations_cancelled_at_any_point_leave_no_connection_inside_a_transact
             })
             .await
         };
-        if outcome.is_err() {
+        if dropped {
             cancelled += 1;
         }
         // Inside a transaction left open, `now()` is that transaction's start, not this
@@ -72,4 +72,17 @@ async fn operations_cancelled_at_any_point_leave_no_connection_inside_a_transact
         );
     }
     assert!(cancelled > 100, "only {cancelled} attempts were cancelled");
+}
+
+/// Polls `operation` at most `polls` times, a millisecond apart (time for the server's reply);
+/// `true` when it was dropped unfinished.
+async fn poll_at_most(polls: usize, operation: impl Future<Output = ()>) -> bool {
+    let mut operation = std::pin::pin!(operation);
+    for _ in 0..polls {
+        if futures::poll!(operation.as_mut()).is_ready() {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    true
 }

@@ -1,6 +1,7 @@
 //! The Redis bus beside raw redis-rs doing the same work, same Redis, same run: publish →
 //! handler latency at a paced 1,000 and 10,000 events/s on the live (Pub/Sub) and the durable
-//! (Streams, consumer group) paths, and Streams-path throughput with `publish_batch`.
+//! (Streams, consumer group) paths, and Streams-path throughput with `publish_batch`, by a
+//! default bus and by one [`without_live_path`](RedisBus::without_live_path).
 //!
 //! Events carry a ~330-byte JSON payload (an analysis result). The raw side publishes that
 //! payload as is: `PUBLISH` / `SUBSCRIBE` for the live path, `XADD` (`topic`, `data`) and
@@ -416,6 +417,7 @@ async fn main() {
     }
     if only != "latency" {
         let (f_pub, f_all) = bus_throughput(bus(&conn, &client, &keys)).await;
+        let (s_pub, s_all) = bus_throughput(bus(&conn, &client, &keys).without_live_path()).await;
         let (r_pub, r_all) = raw_throughput(&conn, &client, &keys).await;
         let shape = format!("{EVENTS} events, batches of {BATCH}, {IN_FLIGHT} in flight");
         row(
@@ -427,6 +429,18 @@ async fn main() {
         row(
             &format!("Streams publish → handled, {shape}"),
             f_all,
+            r_all,
+            "events/s",
+        );
+        row(
+            &format!("Streams publish without the live path, {shape}"),
+            s_pub,
+            r_pub,
+            "events/s",
+        );
+        row(
+            &format!("Streams publish → handled without the live path, {shape}"),
+            s_all,
             r_all,
             "events/s",
         );

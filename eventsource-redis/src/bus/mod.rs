@@ -98,6 +98,8 @@ pub(crate) struct Outlet {
     keys: Keys,
     name: String,
     max_len: Option<usize>,
+    /// The stream keys, in the order of [`PRIORITIES`].
+    streams: [String; 4],
     /// Whether publishing also feeds the live (Pub/Sub) path.
     live: bool,
     published: AtomicU64,
@@ -167,6 +169,16 @@ impl Inner {
     }
 }
 
+/// The place of `priority` in [`PRIORITIES`].
+fn priority_index(priority: Priority) -> usize {
+    match priority {
+        Priority::Critical => 0,
+        Priority::High => 1,
+        Priority::Normal => 2,
+        Priority::Low => 3,
+    }
+}
+
 fn backend(e: impl std::error::Error + Send + Sync + 'static) -> BusError {
     BusError::Backend(Box::new(e))
 }
@@ -179,9 +191,10 @@ impl Outlet {
         }
         let count = events.len();
         let mut pipe = redis::pipe();
+        // Batches mostly share a topic: its channel name is built once per run of it.
+        let mut channel: Option<(String, String)> = None;
         for event in events {
-            let stream = self.keys.bus_stream(&self.name, event.priority);
-            let channel = self.keys.bus_channel(&self.name, &event.topic);
+            let stream = &self.streams[priority_index(event.priority)];
             // Encoded once: the same text is the stream entry and the Pub/Sub message.
             let message = serde_json::to_string(&event).map_err(backend)?;
             let fields = entry::fields(&self.name, &message);
@@ -191,7 +204,16 @@ impl Outlet {
             }
             .ignore();
             if self.live {
-                pipe.publish(channel, &message).ignore();
+                if channel
+                    .as_ref()
+                    .is_none_or(|(topic, _)| *topic != event.topic)
+                {
+                    let name = self.keys.bus_channel(&self.name, &event.topic);
+                    channel = Some((event.topic, name));
+                }
+                if let Some((_, name)) = &channel {
+                    pipe.publish(name, &message).ignore();
+                }
             }
         }
         let span =
@@ -229,6 +251,7 @@ impl RedisBus {
         Self {
             inner: Arc::new(Inner {
                 outlet: Arc::new(Outlet {
+                    streams: PRIORITIES.map(|p| settings.keys.bus_stream(name, p)),
                     conn,
                     keys: settings.keys,
                     name: name.to_owned(),
@@ -318,11 +341,7 @@ impl RedisBus {
     /// The bus's stream keys, most urgent first.
     #[must_use]
     pub fn streams(&self) -> Vec<String> {
-        let outlet = &self.inner.outlet;
-        PRIORITIES
-            .iter()
-            .map(|p| outlet.keys.bus_stream(&outlet.name, *p))
-            .collect()
+        self.inner.outlet.streams.to_vec()
     }
 
     async fn subscribe_durable(

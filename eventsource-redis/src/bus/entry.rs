@@ -52,7 +52,7 @@ pub(crate) fn into_recorded(bus: &str, event: BusEvent) -> RecordedEvent {
     }
 }
 
-/// The fields of `event`'s stream entry, from its JSON (`message`).
+/// The fields of a bus entry: the bus's name and the event's JSON (`message`).
 pub(crate) fn fields<'a>(bus: &'a str, message: &'a str) -> [(&'static str, &'a str); 2] {
     [(BUS_FIELD, bus), (EVENT_FIELD, message)]
 }

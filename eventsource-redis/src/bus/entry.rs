@@ -11,6 +11,7 @@
 //! priority field) still decode the same way; an envelope without it is an event the relay
 //! copied from the store ([`store_topic`]).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 
@@ -76,17 +77,26 @@ pub(crate) fn decode<H: BuildHasher>(
     Ok(into_recorded(bus, event))
 }
 
+/// The topic of an entry's event (see [`from_recorded`]), without copying the event: the
+/// subscriber matches it before paying for the copy.
+pub(crate) fn topic(event: &RecordedEvent) -> Cow<'_, str> {
+    if event.metadata.extra.contains_key(PRIORITY_FIELD) {
+        Cow::Borrowed(&event.event_type)
+    } else {
+        Cow::Owned(store_topic(event))
+    }
+}
+
 /// The bus event an entry carries: a bus event as published, or an event the relay copied from
 /// the store (it has no priority field), on topic `<aggregate type>.<event type>`.
 pub(crate) fn from_recorded(event: &RecordedEvent) -> BusEvent {
+    let topic = topic(event).into_owned();
     let mut metadata = event.metadata.clone();
-    let (topic, priority) = match metadata.extra.remove(PRIORITY_FIELD) {
-        Some(p) => (
-            event.event_type.clone(),
-            serde_json::from_value::<Priority>(p).unwrap_or_default(),
-        ),
-        None => (store_topic(event), Priority::Normal),
-    };
+    let priority = metadata
+        .extra
+        .remove(PRIORITY_FIELD)
+        .map(|p| serde_json::from_value::<Priority>(p).unwrap_or_default())
+        .unwrap_or_default();
     BusEvent::new(topic, event.payload.clone())
         .with_id(event.event_id)
         .with_metadata(metadata)

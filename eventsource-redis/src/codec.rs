@@ -92,7 +92,8 @@ pub fn encode_pairs(event: &RecordedEvent) -> Vec<(&'static str, String)> {
     FIELDS.into_iter().zip(encode(event)).collect()
 }
 
-/// Rebuilds an event from an entry's fields.
+/// Rebuilds an event from an entry's fields: the relay's envelope, or an entry a
+/// [`RedisBus`](crate::RedisBus) published (one JSON field; see its docs).
 ///
 /// # Errors
 ///
@@ -100,6 +101,9 @@ pub fn encode_pairs(event: &RecordedEvent) -> Vec<(&'static str, String)> {
 pub fn decode<H: BuildHasher>(
     fields: &HashMap<String, Value, H>,
 ) -> Result<RecordedEvent, CodecError> {
+    if crate::bus::entry::is_bus_entry(fields) {
+        return crate::bus::entry::decode(fields);
+    }
     let event_id = parse(fields, "event_id", |s| {
         Uuid::parse_str(s)
             .map(EventId::from_uuid)

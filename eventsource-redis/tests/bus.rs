@@ -333,3 +333,157 @@ async fn max_len_caps_the_bus_streams() {
     let len: usize = conn.xlen(&bus.streams()[2]).await.unwrap();
     assert!((100..500).contains(&len), "{len} entries kept");
 }
+
+/// Waits until `group` dead-lettered something from `stream`.
+async fn wait_for_dead_letter(conn: &mut redis::aio::ConnectionManager, stream: &str, group: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while dead_letter_count(conn, stream, group).await.unwrap() < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_entries_are_one_json_field_that_dead_letters_and_requeues_keep() {
+    use redis::streams::StreamRangeReply;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let Some(bus) = bus().await else { return };
+    let failing = Arc::new(AtomicBool::new(true));
+    let (record, seen) = recorder();
+    let fails = Arc::clone(&failing);
+    let handler = move |event: BusEvent| {
+        let fail = fails.load(Ordering::SeqCst);
+        let record = Arc::clone(&record);
+        async move {
+            if fail {
+                return Err::<(), BoxError>("not yet".into());
+            }
+            record.handle(&event).await
+        }
+    };
+    let options = SubscribeOptions::default()
+        .with_group("g")
+        .with_max_attempts(1);
+    bus.subscribe(Pattern::all(), Arc::new(handler), options)
+        .await
+        .unwrap();
+    let event = BusEvent::new("job.done", serde_json::json!({ "id": 7 }));
+    bus.publish(event.clone()).await.unwrap();
+
+    let url = support::redis_url().unwrap();
+    let (_, mut conn) = support::connect(&url).await;
+    let normal = &bus.streams()[2];
+    let entries: StreamRangeReply = redis::AsyncCommands::xrange_all(&mut conn, normal)
+        .await
+        .unwrap();
+    let mut fields: Vec<&String> = entries.ids[0].map.keys().collect();
+    fields.sort();
+    assert_eq!(fields, ["bus", "bus_event"]);
+    let json: String = entries.ids[0].get("bus_event").unwrap();
+    assert_eq!(serde_json::from_str::<BusEvent>(&json).unwrap(), event);
+
+    wait_for_dead_letter(&mut conn, normal, "g").await;
+    let letters = eventsource_redis::dead_letters(&mut conn, normal, "g", 10)
+        .await
+        .unwrap();
+    let stored = letters[0].event.as_ref().unwrap();
+    assert_eq!(stored.event_id, event.id);
+    assert_eq!(stored.event_type, "job.done");
+    assert_eq!(stored.payload, event.payload);
+
+    failing.store(false, Ordering::SeqCst);
+    eventsource_redis::requeue_dead_letter(&mut conn, normal, "g", &letters[0].id)
+        .await
+        .unwrap();
+    wait_for(&seen, 1).await;
+    assert_eq!(seen.lock().unwrap()[0], event);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_in_the_earlier_envelope_format_are_still_delivered() {
+    use eventsource_core::bus::Priority;
+    use eventsource_core::{
+        EventId, LogPosition, Metadata, RecordedEvent, StreamId, TenantId, Version,
+    };
+
+    let Some(bus) = bus().await else { return };
+    let (handler, seen) = recorder();
+    let options = SubscribeOptions::default().with_group("g");
+    bus.subscribe(Pattern::all(), handler, options)
+        .await
+        .unwrap();
+    // What a bus wrote before entries became one JSON field: the relay's envelope, the
+    // topic as event type and aggregate id, the priority in the metadata.
+    let mut metadata = Metadata::new();
+    metadata
+        .extra
+        .insert("bus_priority".into(), serde_json::json!("high"));
+    let old = RecordedEvent {
+        event_id: EventId::new(),
+        stream: StreamId::new(TenantId::new("main"), "bus", "job.done"),
+        version: Version::new(1),
+        position: LogPosition::new(0, 0),
+        event_type: "job.done".into(),
+        schema_version: 1,
+        recorded_at: chrono::Utc::now(),
+        metadata,
+        payload: serde_json::json!({ "id": 8 }),
+    };
+    let url = support::redis_url().unwrap();
+    let (_, mut conn) = support::connect(&url).await;
+    let _: String = redis::AsyncCommands::xadd(
+        &mut conn,
+        &bus.streams()[1],
+        "*",
+        &eventsource_redis::codec::encode_pairs(&old),
+    )
+    .await
+    .unwrap();
+    wait_for(&seen, 1).await;
+    let got = seen.lock().unwrap()[0].clone();
+    assert_eq!(
+        (got.id, got.topic.as_str(), got.priority, got.payload),
+        (old.event_id, "job.done", Priority::High, old.payload)
+    );
+    assert!(got.metadata.extra.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bus_without_its_live_path_delivers_durably_and_refuses_live_subscriptions() {
+    let Some(url) = support::redis_url() else {
+        return;
+    };
+    let (client, conn) = support::connect(&url).await;
+    let keys = Keys::new(&support::prefix());
+    let live_bus = RedisBus::new(conn.clone(), client.clone(), "main").with_keys(keys.clone());
+    let bus = RedisBus::new(conn, client, "main")
+        .with_keys(keys)
+        .without_live_path();
+
+    let (handler, _) = recorder();
+    let err = bus
+        .subscribe(Pattern::all(), handler, SubscribeOptions::default().live())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BusError::Unsupported { .. }), "{err}");
+
+    let (live, heard) = recorder();
+    live_bus
+        .subscribe(Pattern::all(), live, SubscribeOptions::default().live())
+        .await
+        .unwrap();
+    let (durable, seen) = recorder();
+    bus.subscribe(Pattern::all(), durable, SubscribeOptions::default())
+        .await
+        .unwrap();
+    bus.publish(BusEvent::new("job.done", 1.into()))
+        .await
+        .unwrap();
+    wait_for(&seen, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(heard.lock().unwrap().is_empty(), "it published to Pub/Sub");
+}

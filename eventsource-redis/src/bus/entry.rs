@@ -1,14 +1,30 @@
-//! A bus event as a stream entry (through the relay's [`codec`](crate::codec)) and as a
-//! Pub/Sub message (JSON).
+//! A bus event as a stream entry and as a Pub/Sub message.
 //!
-//! The durable path reuses [`ConsumerRunner`](crate::ConsumerRunner), which reads entries in
-//! the relay's format, so a bus event travels as an envelope: its topic is the event type, the
-//! aggregate type is [`AGGREGATE_TYPE`] and the aggregate id the topic (so one topic's events
-//! are handled in order), its priority a metadata field the decoder removes again. An entry
-//! without that field is an event the relay copied from the store ([`store_topic`]).
+//! Publishing encodes each event once, as JSON: that text is the Pub/Sub message and, with the
+//! bus's name, the whole stream entry (fields [`BUS_FIELD`] and [`EVENT_FIELD`]), so an entry
+//! costs `XADD` four arguments and the consumer one JSON parse. The durable path reuses
+//! [`ConsumerRunner`](crate::ConsumerRunner), which hands handlers envelopes: [`codec::decode`]
+//! recognises such an entry and turns it into one ([`into_recorded`]): its topic is the event
+//! type, the aggregate type is [`AGGREGATE_TYPE`] and the aggregate id the topic (so one
+//! topic's events are handled in order), its priority a metadata field [`from_recorded`]
+//! removes again. Entries written before this format (the relay's envelope carrying that
+//! priority field) still decode the same way; an envelope without it is an event the relay
+//! copied from the store ([`store_topic`]).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 use eventsource_core::bus::{BusEvent, Priority};
 use eventsource_core::{LogPosition, RecordedEvent, StreamId, TenantId, Version};
+use redis::Value;
+
+use crate::codec::{self, CodecError};
+
+/// The field of a bus entry holding the bus's name.
+pub(crate) const BUS_FIELD: &str = "bus";
+/// The field of a bus entry holding the event's JSON (the same text as its Pub/Sub message).
+pub(crate) const EVENT_FIELD: &str = "bus_event";
 
 /// The aggregate type of bus events in stream entries.
 pub(crate) const AGGREGATE_TYPE: &str = "bus";
@@ -37,17 +53,50 @@ pub(crate) fn into_recorded(bus: &str, event: BusEvent) -> RecordedEvent {
     }
 }
 
+/// The fields of a bus entry: the bus's name and the event's JSON (`message`).
+pub(crate) fn fields<'a>(bus: &'a str, message: &'a str) -> [(&'static str, &'a str); 2] {
+    [(BUS_FIELD, bus), (EVENT_FIELD, message)]
+}
+
+/// Whether `fields` are a bus entry (rather than the relay's envelope).
+pub(crate) fn is_bus_entry<H: BuildHasher>(fields: &HashMap<String, Value, H>) -> bool {
+    fields.contains_key(EVENT_FIELD)
+}
+
+/// The envelope of a bus entry (see [`is_bus_entry`]).
+pub(crate) fn decode<H: BuildHasher>(
+    fields: &HashMap<String, Value, H>,
+) -> Result<RecordedEvent, CodecError> {
+    let bus = codec::text(fields, BUS_FIELD)?;
+    let event: BusEvent = serde_json::from_str(codec::text(fields, EVENT_FIELD)?).map_err(|e| {
+        CodecError::Invalid {
+            field: EVENT_FIELD,
+            reason: e.to_string(),
+        }
+    })?;
+    Ok(into_recorded(bus, event))
+}
+
+/// The topic of an entry's event (see [`from_recorded`]), without copying the event: the
+/// subscriber matches it before paying for the copy.
+pub(crate) fn topic(event: &RecordedEvent) -> Cow<'_, str> {
+    if event.metadata.extra.contains_key(PRIORITY_FIELD) {
+        Cow::Borrowed(&event.event_type)
+    } else {
+        Cow::Owned(store_topic(event))
+    }
+}
+
 /// The bus event an entry carries: a bus event as published, or an event the relay copied from
 /// the store (it has no priority field), on topic `<aggregate type>.<event type>`.
 pub(crate) fn from_recorded(event: &RecordedEvent) -> BusEvent {
+    let topic = topic(event).into_owned();
     let mut metadata = event.metadata.clone();
-    let (topic, priority) = match metadata.extra.remove(PRIORITY_FIELD) {
-        Some(p) => (
-            event.event_type.clone(),
-            serde_json::from_value::<Priority>(p).unwrap_or_default(),
-        ),
-        None => (store_topic(event), Priority::Normal),
-    };
+    let priority = metadata
+        .extra
+        .remove(PRIORITY_FIELD)
+        .map(|p| serde_json::from_value::<Priority>(p).unwrap_or_default())
+        .unwrap_or_default();
     BusEvent::new(topic, event.payload.clone())
         .with_id(event.event_id)
         .with_metadata(metadata)
@@ -87,18 +136,66 @@ mod tests {
     use super::*;
     use eventsource_core::Metadata;
 
-    #[test]
-    fn an_event_survives_the_stream_codec() {
-        let event = BusEvent::new("a.b", serde_json::json!({ "x": [1, 2] }))
+    fn to_map<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, String)>,
+    ) -> std::collections::HashMap<String, redis::Value> {
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), redis::Value::BulkString(v.into_bytes())))
+            .collect()
+    }
+
+    fn event() -> BusEvent {
+        BusEvent::new("a.b", serde_json::json!({ "x": [1, 2] }))
             .with_priority(Priority::Critical)
-            .with_metadata(Metadata::new().with_correlation_id(uuid::Uuid::now_v7()));
-        let fields: std::collections::HashMap<String, redis::Value> =
-            crate::codec::encode_pairs(&into_recorded("main", event.clone()))
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), redis::Value::BulkString(v.into_bytes())))
-                .collect();
+            .with_metadata(Metadata::new().with_correlation_id(uuid::Uuid::now_v7()))
+    }
+
+    #[test]
+    fn an_event_survives_its_stream_entry() {
+        let event = event();
+        let message = serde_json::to_string(&event).unwrap();
+        let fields = to_map(fields("main", &message).map(|(k, v)| (k, v.to_owned())));
+        let recorded = crate::codec::decode(&fields).unwrap();
+        assert_eq!(recorded.tenant().as_str(), "main");
+        assert_eq!(recorded.stream.aggregate_id(), "a.b");
+        assert_eq!(from_recorded(&recorded), event);
+    }
+
+    #[test]
+    fn entries_in_the_envelope_format_still_decode() {
+        // Bus entries written before the one-field format: the relay's envelope.
+        let event = event();
+        let fields = to_map(crate::codec::encode_pairs(&into_recorded(
+            "main",
+            event.clone(),
+        )));
         let back = from_recorded(&crate::codec::decode(&fields).unwrap());
         assert_eq!(back, event);
+    }
+
+    #[test]
+    fn a_malformed_bus_entry_names_its_field() {
+        let fields = to_map([
+            (BUS_FIELD, "main".to_owned()),
+            (EVENT_FIELD, "{".to_owned()),
+        ]);
+        let err = crate::codec::decode(&fields).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CodecError::Invalid {
+                    field: EVENT_FIELD,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let fields = to_map([(EVENT_FIELD, "{}".to_owned())]);
+        assert_eq!(
+            crate::codec::decode(&fields).unwrap_err(),
+            CodecError::Missing(BUS_FIELD)
+        );
     }
 
     #[test]

@@ -61,6 +61,10 @@ impl EventHandler for Subscriber {
     type Error = Failed;
 
     async fn handle(&self, event: &RecordedEvent) -> Result<(), Self::Error> {
+        // Every subscription reads every event of its bus: skip the copy for the unmatched.
+        if !self.pattern.matches(&entry::topic(event)) {
+            return Ok(());
+        }
         self.handle_event(&entry::from_recorded(event)).await
     }
 

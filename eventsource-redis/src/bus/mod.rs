@@ -6,7 +6,7 @@
 //! - `live`: the Pub/Sub path of subscriptions that ask for no durability.
 
 mod cleanup;
-mod entry;
+pub(crate) mod entry;
 mod handler;
 mod live;
 
@@ -27,7 +27,6 @@ use redis::streams::StreamMaxlen;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::codec;
 use crate::keys::{self, Keys};
 use crate::options::RunnerOptions;
 use crate::runner::ConsumerRunner;
@@ -49,7 +48,9 @@ const PRIORITIES: [Priority; 4] = [
 ///
 /// - **Publishing** adds each event to the bus's stream of its [`Priority`]
 ///   ([`Keys::bus_stream`]) and publishes it on its topic's channel ([`Keys::bus_channel`]), in
-///   one pipeline. All of a bus's keys share one hash tag, so the bus runs on Redis Cluster.
+///   one pipeline, encoded once: the entry is the bus's name (field `bus`) and the event's
+///   JSON (field `bus_event`), the same text as the Pub/Sub message.
+///   [`without_live_path`](RedisBus::without_live_path) skips the `PUBLISH`. All of a bus's keys share one hash tag, so the bus runs on Redis Cluster.
 ///   The streams are unbounded unless [`with_max_len`](RedisBus::with_max_len) caps them.
 /// - **Durable subscriptions** (the default) run a [`ConsumerRunner`] over the four priority
 ///   streams, most urgent first: a [`Delivery::Group`] is a Redis consumer group shared by its
@@ -97,6 +98,10 @@ pub(crate) struct Outlet {
     keys: Keys,
     name: String,
     max_len: Option<usize>,
+    /// The stream keys, in the order of [`PRIORITIES`].
+    streams: [String; 4],
+    /// Whether publishing also feeds the live (Pub/Sub) path.
+    live: bool,
     published: AtomicU64,
     pub(crate) failed: AtomicU64,
 }
@@ -119,6 +124,7 @@ struct Settings {
     relay_streams: Vec<String>,
     runner_options: RunnerOptions,
     max_len: Option<usize>,
+    live: bool,
     heartbeat: Duration,
 }
 
@@ -163,6 +169,16 @@ impl Inner {
     }
 }
 
+/// The place of `priority` in [`PRIORITIES`].
+fn priority_index(priority: Priority) -> usize {
+    match priority {
+        Priority::Critical => 0,
+        Priority::High => 1,
+        Priority::Normal => 2,
+        Priority::Low => 3,
+    }
+}
+
 fn backend(e: impl std::error::Error + Send + Sync + 'static) -> BusError {
     BusError::Backend(Box::new(e))
 }
@@ -175,17 +191,30 @@ impl Outlet {
         }
         let count = events.len();
         let mut pipe = redis::pipe();
+        // Batches mostly share a topic: its channel name is built once per run of it.
+        let mut channel: Option<(String, String)> = None;
         for event in events {
-            let stream = self.keys.bus_stream(&self.name, event.priority);
-            let channel = self.keys.bus_channel(&self.name, &event.topic);
+            let stream = &self.streams[priority_index(event.priority)];
+            // Encoded once: the same text is the stream entry and the Pub/Sub message.
             let message = serde_json::to_string(&event).map_err(backend)?;
-            let fields = codec::encode_pairs(&entry::into_recorded(&self.name, event));
+            let fields = entry::fields(&self.name, &message);
             match self.max_len {
                 Some(len) => pipe.xadd_maxlen(stream, StreamMaxlen::Approx(len), "*", &fields),
                 None => pipe.xadd(stream, "*", &fields),
             }
             .ignore();
-            pipe.publish(channel, message).ignore();
+            if self.live {
+                if channel
+                    .as_ref()
+                    .is_none_or(|(topic, _)| *topic != event.topic)
+                {
+                    let name = self.keys.bus_channel(&self.name, &event.topic);
+                    channel = Some((event.topic, name));
+                }
+                if let Some((_, name)) = &channel {
+                    pipe.publish(name, &message).ignore();
+                }
+            }
         }
         let span =
             tracing::debug_span!("eventsource.redis.bus.publish", bus = %self.name, events = count);
@@ -207,6 +236,7 @@ impl RedisBus {
             relay_streams: Vec::new(),
             runner_options: RunnerOptions::default().with_block_timeout(Duration::from_millis(500)),
             max_len: None,
+            live: true,
             heartbeat: Duration::from_secs(10),
         };
         Self::build(conn, client, name, settings)
@@ -221,10 +251,12 @@ impl RedisBus {
         Self {
             inner: Arc::new(Inner {
                 outlet: Arc::new(Outlet {
+                    streams: PRIORITIES.map(|p| settings.keys.bus_stream(name, p)),
                     conn,
                     keys: settings.keys,
                     name: name.to_owned(),
                     max_len: settings.max_len,
+                    live: settings.live,
                     published: AtomicU64::new(0),
                     failed: AtomicU64::new(0),
                 }),
@@ -250,6 +282,7 @@ impl RedisBus {
             relay_streams: self.inner.relay_streams.clone(),
             runner_options: self.inner.runner_options.clone(),
             max_len: outlet.max_len,
+            live: outlet.live,
             heartbeat: self.inner.heartbeat,
         };
         change(&mut settings);
@@ -285,6 +318,15 @@ impl RedisBus {
         self.rebuild(|s| s.max_len = Some(len))
     }
 
+    /// Publishes to the streams only, not to Pub/Sub: for buses without live subscriptions,
+    /// it saves Redis a `PUBLISH` per event. Live subscriptions on this bus are then refused
+    /// ([`BusError::Unsupported`]); give every process that publishes to a bus some other
+    /// process subscribes to live the default instead, or those subscribers miss its events.
+    #[must_use]
+    pub fn without_live_path(self) -> Self {
+        self.rebuild(|s| s.live = false)
+    }
+
     /// Also delivers the events a [`RedisPublisher`](crate::RedisPublisher) relays from the
     /// event store into `streams` (for example [`Keys::tenant_stream`]) to durable
     /// subscriptions, on topic `<aggregate type>.<event type>` (characters a topic cannot
@@ -299,11 +341,7 @@ impl RedisBus {
     /// The bus's stream keys, most urgent first.
     #[must_use]
     pub fn streams(&self) -> Vec<String> {
-        let outlet = &self.inner.outlet;
-        PRIORITIES
-            .iter()
-            .map(|p| outlet.keys.bus_stream(&outlet.name, *p))
-            .collect()
+        self.inner.outlet.streams.to_vec()
     }
 
     async fn subscribe_durable(
@@ -383,6 +421,12 @@ impl EventBus for RedisBus {
             let running = if durable {
                 self.subscribe_durable(id, subscriber, delivery).await?
             } else {
+                if !self.inner.outlet.live {
+                    return Err(BusError::Unsupported {
+                        adapter: "redis",
+                        what: "a live (Pub/Sub) subscription on a bus without its live path",
+                    });
+                }
                 if delivery != Delivery::Broadcast {
                     return Err(BusError::Unsupported {
                         adapter: "redis",

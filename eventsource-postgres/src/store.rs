@@ -19,7 +19,9 @@ use crate::error::{
 };
 use crate::group::GroupCommit;
 use crate::kept::{Kept, Lent};
-use crate::rejection::{ORDER_ATTEMPTS, Rejection, replayed, resolve_rejection, stream_version_on};
+use crate::rejection::{
+    ORDER_ATTEMPTS, Rejection, replayed, resolve_rejection, settle_in_tx, stream_version_on,
+};
 use crate::row::{
     AppendRow, EventRow, StreamEventRow, load_row, position_from_db, version_from_db, version_to_db,
 };
@@ -199,31 +201,6 @@ pub(crate) fn appended_from(row: &AppendRow) -> Result<Option<Appended>, sqlx::E
         position_from_db(transaction, first).map_err(corrupt)?,
         position_from_db(transaction, last).map_err(corrupt)?,
     )))
-}
-
-/// Settles an append run in a caller's transaction (`tried`, as [`try_append`] answers):
-/// written now (`true`), an idempotent replay of a stored batch (`false`), or the error
-/// [`PgEventStore::append_in_tx`] documents.
-pub(crate) async fn settle_in_tx(
-    conn: &mut PgConnection,
-    stream: &StreamId,
-    expected: ExpectedVersion,
-    ids: &[Uuid],
-    tried: Result<Option<Appended>, sqlx::Error>,
-) -> Result<(Appended, bool), StoreError> {
-    match tried {
-        Ok(Some(appended)) => Ok((appended, true)),
-        Ok(None) => match resolve_rejection(conn, stream, expected, ids).await? {
-            Rejection::Replayed(appended) => Ok((appended, false)),
-            Rejection::Older => Err(StoreError::RetryTransaction {
-                stream: stream.clone(),
-            }),
-        },
-        Err(e) if is_unique_violation_of(&e, EVENT_ID_KEY) => {
-            Err(StoreError::Unavailable(Box::new(e)))
-        }
-        Err(e) => Err(store_error(e)),
-    }
 }
 
 /// Rejects what never reaches the database: an empty batch, ids repeated within the batch.

@@ -19,8 +19,9 @@ const ATTEMPTS: u32 = 16;
 /// Runs a [`Saga`] as an [`EventHandler`] where its state ([`PgSagaStore`]) and the events its
 /// commands append ([`PgEventStore`]) share one PostgreSQL database: **one transaction** per
 /// event loads the instance (locking its row), skips the event if the instance handled it,
-/// lets the saga react, appends each command's events with
-/// [`PgEventStore::append_in_tx`], saves the new state and records the event, and commits.
+/// lets the saga react, appends each command's events as [`PgEventStore::append_in_tx`] does,
+/// saves the new state and records the event, and commits. The last command's append (in the
+/// instance's tenant) and the save are one statement, the save only if the append wrote.
 /// State and events commit together or not at all, so a crash anywhere leaves either both or
 /// neither, and effects are exactly once without relying on redelivery.
 ///

@@ -10,9 +10,10 @@ use sqlx::query::QueryAs;
 use sqlx::{PgConnection, PgPool, Postgres};
 
 use crate::error::{out_of_range, store_error};
+use crate::rejection::settle_in_tx;
 use crate::row::{AppendRow, DeadlineRow, SagaRow, position_to_db};
 use crate::sql;
-use crate::store::{Columns, appended_from, bind_append, settle_in_tx};
+use crate::store::{Columns, appended_from, bind_append};
 use crate::tenant::begin_tenant;
 
 /// A [`SagaStore`] on PostgreSQL (tables `saga_instances` and `saga_handled`, migration 0009).

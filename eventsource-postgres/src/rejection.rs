@@ -8,7 +8,7 @@ use eventsource_core::{Appended, ExpectedVersion, StoreError, StreamId, Version}
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::error::store_error;
+use crate::error::{EVENT_ID_KEY, is_unique_violation_of, store_error};
 use crate::row::{StoredIdRow, position_from_db, version_from_db};
 use crate::sql;
 
@@ -57,6 +57,31 @@ pub(crate) async fn resolve_rejection(
         expected,
         actual,
     })
+}
+
+/// Settles an append run in a caller's transaction (`tried`, as [`try_append`](crate::store::try_append) answers):
+/// written now (`true`), an idempotent replay of a stored batch (`false`), or the error
+/// [`PgEventStore::append_in_tx`](crate::PgEventStore::append_in_tx) documents.
+pub(crate) async fn settle_in_tx(
+    conn: &mut PgConnection,
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    ids: &[Uuid],
+    tried: Result<Option<Appended>, sqlx::Error>,
+) -> Result<(Appended, bool), StoreError> {
+    match tried {
+        Ok(Some(appended)) => Ok((appended, true)),
+        Ok(None) => match resolve_rejection(conn, stream, expected, ids).await? {
+            Rejection::Replayed(appended) => Ok((appended, false)),
+            Rejection::Older => Err(StoreError::RetryTransaction {
+                stream: stream.clone(),
+            }),
+        },
+        Err(e) if is_unique_violation_of(&e, EVENT_ID_KEY) => {
+            Err(StoreError::Unavailable(Box::new(e)))
+        }
+        Err(e) => Err(store_error(e)),
+    }
 }
 
 /// If every id of the batch is stored consecutively, in order, in `stream`: the original

@@ -521,12 +521,23 @@ pub(crate) const LOAD_SAGA: &str = load_saga!();
 /// As [`LOAD_SAGA`], locking the instance's row until the transaction ends.
 pub(crate) const LOAD_SAGA_LOCKED: &str = concat!(load_saga!(), "FOR UPDATE OF s");
 
-/// Creates an instance and records its first event; `0` when the instance exists.
-pub(crate) const CREATE_SAGA: &str = r"
-WITH created AS (
+/// The save of a saga step, as one statement: `$appended` the CTEs before it (empty, or the
+/// append it follows), `$create` (in `INSERT ... SELECT`) and `$move` (after the `UPDATE`'s
+/// conditions) the guard on them, `$answer` the select list over `recorded`, the record of the
+/// event: one row when the state was saved and the event recorded.
+macro_rules! save_saga {
+    (create, $appended:expr, $guard:expr, $answer:expr) => {
+        concat!(
+            "WITH ",
+            $appended,
+            r"
+created AS (
     INSERT INTO saga_instances (tenant_id, saga, instance, state, state_version, version,
                                 last_transaction_id, last_position, deadline_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7::text::xid8, $8, $9)
+    SELECT $1, $2, $3, $4::jsonb, $5::int4, $6::int8, $7::text::xid8, $8::int8, $9::timestamptz
+    ",
+            $guard,
+            r"
     ON CONFLICT (tenant_id, saga, instance) DO NOTHING
     RETURNING 1
 ), recorded AS (
@@ -535,14 +546,16 @@ WITH created AS (
     ON CONFLICT DO NOTHING
     RETURNING 1
 )
-SELECT count(*) FROM recorded
-";
-
-/// Moves an instance from version `$13` and records the event `$10`, unless the version moved
-/// or the event counts as handled already; `0` then, and nothing written. The fired mark of
-/// the deadline survives only if the deadline stays the same.
-pub(crate) const MOVE_SAGA: &str = r"
-WITH moved AS (
+SELECT ",
+            $answer
+        )
+    };
+    (move, $appended:expr, $guard:expr, $answer:expr) => {
+        concat!(
+            "WITH ",
+            $appended,
+            r"
+moved AS (
     UPDATE saga_instances s
     SET state = $4, state_version = $5, version = $6,
         last_transaction_id = $7::text::xid8, last_position = $8,
@@ -554,6 +567,9 @@ WITH moved AS (
                         AND h.event_id = $10)
       AND (s.floor_position IS NULL
            OR ($11::text::xid8, $12::int8) > (s.floor_transaction_id, s.floor_position))
+      ",
+            $guard,
+            r"
     RETURNING 1
 ), recorded AS (
     INSERT INTO saga_handled (tenant_id, saga, instance, event_id, transaction_id, global_position)
@@ -561,8 +577,68 @@ WITH moved AS (
     ON CONFLICT DO NOTHING
     RETURNING 1
 )
-SELECT count(*) FROM recorded
-";
+SELECT ",
+            $answer
+        )
+    };
+}
+
+/// Creates an instance and records its first event; `0` when the instance exists.
+pub(crate) const CREATE_SAGA: &str = save_saga!(create, "", "", "count(*) FROM recorded");
+
+/// Moves an instance from version `$13` and records the event `$10`, unless the version moved
+/// or the event counts as handled already; `0` then, and nothing written. The fired mark of
+/// the deadline survives only if the deadline stays the same.
+pub(crate) const MOVE_SAGA: &str = save_saga!(move, "", "", "count(*) FROM recorded");
+
+/// A step's one append (the `eventsource_append` call of [`APPEND`], in the caller's
+/// transaction and tenant, the stream's tenant being the saga's `$1`; its other parameters
+/// follow the save's), then the save, only if the append wrote: an append the guard let
+/// nothing through leaves the state unsaved, and the caller resolves it as after [`APPEND`].
+/// The answer is [`APPEND`]'s row and `recorded`, as [`CREATE_SAGA`] and [`MOVE_SAGA`] count.
+macro_rules! appended {
+    ($($p:literal),*) => {
+        concat!(
+            r"
+appended AS MATERIALIZED (
+    SELECT version, transaction_id, first_position, last_position
+    FROM eventsource_append($1",
+            $(", $", $p,)*
+            r", false)
+),"
+        )
+    };
+}
+
+/// What the append-and-save statements answer.
+macro_rules! appended_answer {
+    () => {
+        r"a.version, a.transaction_id, a.first_position, a.last_position,
+       (SELECT count(*) FROM recorded) AS recorded
+FROM appended a
+"
+    };
+}
+
+/// [`CREATE_SAGA`] after the step's append (`$13`..`$23`).
+pub(crate) const APPEND_AND_CREATE_SAGA: &str = save_saga!(
+    create,
+    appended!(
+        "13", "14", "15", "16", "17", "18", "19", "20", "21", "22", "23"
+    ),
+    "FROM appended WHERE appended.version IS NOT NULL",
+    appended_answer!()
+);
+
+/// [`MOVE_SAGA`] after the step's append (`$14`..`$24`).
+pub(crate) const APPEND_AND_MOVE_SAGA: &str = save_saga!(
+    move,
+    appended!(
+        "14", "15", "16", "17", "18", "19", "20", "21", "22", "23", "24"
+    ),
+    "AND EXISTS (SELECT 1 FROM appended WHERE appended.version IS NOT NULL)",
+    appended_answer!()
+);
 
 /// The body of the due-deadline queries: deadlines due at `$1` not fired yet, earliest first,
 /// at most `$2`, of the tenant `$3` (every tenant when NULL).

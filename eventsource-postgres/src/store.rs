@@ -8,8 +8,9 @@ use eventsource_core::{
     Appended, EventStore, ExpectedVersion, LogFilter, LogPosition, NewEvent, RecordedEvent,
     StoreError, StreamEvent, StreamId, TenantId, Version, VersionRange,
 };
-use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, PgPool};
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::query::QueryAs;
+use sqlx::{PgConnection, PgPool, Postgres};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -18,7 +19,9 @@ use crate::error::{
 };
 use crate::group::GroupCommit;
 use crate::kept::{Kept, Lent};
-use crate::rejection::{ORDER_ATTEMPTS, Rejection, replayed, resolve_rejection, stream_version_on};
+use crate::rejection::{
+    ORDER_ATTEMPTS, Rejection, replayed, resolve_rejection, settle_in_tx, stream_version_on,
+};
 use crate::row::{
     AppendRow, EventRow, StreamEventRow, load_row, position_from_db, version_from_db, version_to_db,
 };
@@ -70,6 +73,12 @@ impl Columns {
         self.correlation_ids
             .extend_from_slice(&other.correlation_ids);
         self.causation_ids.extend_from_slice(&other.causation_ids);
+    }
+
+    /// The columns of a batch to append, checked first (see [`check_batch`]).
+    pub(crate) fn for_batch(events: Vec<NewEvent>) -> Result<Self, StoreError> {
+        check_batch(&events)?;
+        Self::new(events)
     }
 
     pub(crate) fn new(events: Vec<NewEvent>) -> Result<Self, StoreError> {
@@ -125,7 +134,6 @@ pub(crate) async fn try_append<'c, E: sqlx::PgExecutor<'c>>(
     columns: &Columns,
     pooled: bool,
 ) -> Result<Option<Appended>, sqlx::Error> {
-    let (kind, version) = expectation(expected);
     // One event in the store's own transaction: its columns as scalars.
     let single = pooled && columns.ids.len() == 1;
     let statement = match (pooled, single) {
@@ -133,13 +141,30 @@ pub(crate) async fn try_append<'c, E: sqlx::PgExecutor<'c>>(
         (true, true) => sql::APPEND_ONE,
         (true, false) => sql::APPEND_BATCH,
     };
-    let query = sqlx::query_as(statement)
-        .bind(stream.tenant().as_str())
+    let query = sqlx::query_as(statement).bind(stream.tenant().as_str());
+    let query = bind_append(query, stream, expected, columns, single);
+    // In a caller's transaction: `$13` false, the caller's tenant applies.
+    let query = if pooled { query } else { query.bind(false) };
+    let row: AppendRow = query.fetch_one(executor).await?;
+    appended_from(&row)
+}
+
+/// Binds an append's parameters after its tenant: the stream's type and id, the expectation,
+/// and the events' columns (as scalars when `single`, else as arrays).
+pub(crate) fn bind_append<'q, O>(
+    query: QueryAs<'q, Postgres, O, PgArguments>,
+    stream: &'q StreamId,
+    expected: ExpectedVersion,
+    columns: &'q Columns,
+    single: bool,
+) -> QueryAs<'q, Postgres, O, PgArguments> {
+    let (kind, version) = expectation(expected);
+    let query = query
         .bind(stream.aggregate_type())
         .bind(stream.aggregate_id())
         .bind(kind)
         .bind(version);
-    let query = if single {
+    if single {
         query
             .bind(columns.ids[0])
             .bind(&columns.types[0])
@@ -157,13 +182,14 @@ pub(crate) async fn try_append<'c, E: sqlx::PgExecutor<'c>>(
             .bind(&columns.metadata)
             .bind(&columns.correlation_ids)
             .bind(&columns.causation_ids)
-    };
-    // In a caller's transaction: `$13` false, the caller's tenant applies.
-    let query = if pooled { query } else { query.bind(false) };
-    let row: AppendRow = query.fetch_one(executor).await?;
+    }
+}
+
+/// The append statement's outcome row: `Some` when written, `None` when all `NULL`.
+pub(crate) fn appended_from(row: &AppendRow) -> Result<Option<Appended>, sqlx::Error> {
     let (Some(version), Some(transaction), Some(first), Some(last)) = (
         row.version,
-        row.transaction_id,
+        row.transaction_id.as_deref(),
         row.first_position,
         row.last_position,
     ) else {
@@ -172,8 +198,8 @@ pub(crate) async fn try_append<'c, E: sqlx::PgExecutor<'c>>(
     let corrupt = |e: StoreError| sqlx::Error::Decode(Box::new(e));
     Ok(Some(Appended::new(
         version_from_db(version).map_err(corrupt)?,
-        position_from_db(&transaction, first).map_err(corrupt)?,
-        position_from_db(&transaction, last).map_err(corrupt)?,
+        position_from_db(transaction, first).map_err(corrupt)?,
+        position_from_db(transaction, last).map_err(corrupt)?,
     )))
 }
 
@@ -315,21 +341,11 @@ impl PgEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Appended, StoreError> {
-        check_batch(&events)?;
-        let columns = Columns::new(events)?;
-        match try_append(&mut *conn, stream, expected, &columns, false).await {
-            Ok(Some(appended)) => Ok(appended),
-            Ok(None) => match resolve_rejection(conn, stream, expected, &columns.ids).await? {
-                Rejection::Replayed(appended) => Ok(appended),
-                Rejection::Older => Err(StoreError::RetryTransaction {
-                    stream: stream.clone(),
-                }),
-            },
-            Err(e) if is_unique_violation_of(&e, EVENT_ID_KEY) => {
-                Err(StoreError::Unavailable(Box::new(e)))
-            }
-            Err(e) => Err(store_error(e)),
-        }
+        let columns = Columns::for_batch(events)?;
+        let tried = try_append(&mut *conn, stream, expected, &columns, false).await;
+        settle_in_tx(conn, stream, expected, &columns.ids, tried)
+            .await
+            .map(|(appended, _)| appended)
     }
 
     /// Reads a tenant's log from an instant on, in log order; the events of a tenant "replayed

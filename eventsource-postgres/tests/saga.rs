@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use eventsource_core::{
     Aggregate, CommandContext, CommandDecider, DEADLINE_REACHED, Decided, DomainEvent, DueDeadline,
     EventHandler, EventId, EventStore, ExpectedVersion, Handle, HandledEvent, LogFilter,
-    LogPosition, Metadata, RecordedEvent, Repository, Saga, SagaKey, SagaState, SagaStore,
-    StreamId, TenantId, Version, VersionRange,
+    LogPosition, Metadata, NewEvent, RecordedEvent, Repository, Saga, SagaKey, SagaState,
+    SagaStore, StreamId, TenantId, Version, VersionRange,
 };
 use eventsource_postgres::{PgDeadlineRunner, PgEventStore, PgSagaHandler, PgSagaStore};
 use serde::{Deserialize, Serialize};
@@ -264,6 +264,79 @@ async fn racing_deliveries_retry_the_transaction_and_commit_once() {
             "{key}"
         );
     }
+}
+
+/// Decides each command as a batch stored already (an idempotent replay of it).
+#[derive(Clone)]
+struct Replaying {
+    tenant: TenantId,
+    stored: Vec<(String, NewEvent)>,
+}
+
+impl CommandDecider<(String, (String, u32))> for Replaying {
+    type Error = eventsource_core::CommandError<Never>;
+
+    async fn decide(
+        &self,
+        (sku, _): (String, (String, u32)),
+        _: &CommandContext,
+    ) -> Result<Option<Decided>, Self::Error> {
+        let event = self.stored.iter().find(|(s, _)| *s == sku).expect("stored");
+        let stream = StreamId::new(self.tenant.clone(), "stock", &sku);
+        Ok(Some(Decided::new(
+            stream,
+            ExpectedVersion::NoStream,
+            vec![event.1.clone()],
+        )))
+    }
+}
+
+/// A step's last append runs with its save as one statement, the save only if it wrote. Both
+/// batches stored already: each is a replay, appended once, and the state is still saved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_last_append_still_saves_the_state() {
+    let Some(pool) = support::pool().await else {
+        return;
+    };
+    let tenant = support::tenant("saga-replay");
+    let events = PgEventStore::new(pool.clone());
+    let mut stored = Vec::new();
+    for sku in ["sku-a", "sku-b"] {
+        let event = NewEvent::new("stock-reserved", 1, serde_json::json!({ "order": "o-1" }));
+        let stream = StreamId::new(tenant.clone(), "stock", sku);
+        events
+            .append(&stream, ExpectedVersion::NoStream, vec![event.clone()])
+            .await
+            .expect("stored first");
+        stored.push((sku.to_owned(), event));
+    }
+    let (t, kept) = (tenant.clone(), stored.clone());
+    let handler = PgSagaHandler::new(
+        pool.clone(),
+        Fulfilment,
+        Replaying {
+            tenant: t,
+            stored: kept,
+        },
+    );
+    let placed = order_placed(&tenant, "r-1", "o-1", 10);
+    handler.handle(&placed).await.expect("replayed appends");
+    handler
+        .handle(&placed)
+        .await
+        .expect("a redelivery is a no-op");
+    for (sku, event) in &stored {
+        let log = reservations(&events, &tenant, sku).await;
+        assert_eq!(log.len(), 1, "{sku}: appended once");
+        assert_eq!(log[0].event_id, event.event_id, "{sku}");
+    }
+    let key = SagaKey::new(tenant.clone(), "fulfilment", "r-1");
+    let state = PgSagaStore::new(pool)
+        .load(&key)
+        .await
+        .expect("load")
+        .expect("saved");
+    assert_eq!((state.version, state.state), (1, serde_json::json!(1)));
 }
 
 /// Four runners fire 200 due deadlines concurrently: the log holds each deadline's event

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use eventsource_core::saga::{Plan, plan, route};
 use eventsource_core::{
-    CommandDecider, EventHandler, HandledEvent, RecordedEvent, Saga, SagaError, SagaKey, StoreError,
+    CommandDecider, Decided, EventHandler, HandledEvent, RecordedEvent, Saga, SagaError, SagaKey,
+    StoreError,
 };
 use sqlx::{PgPool, Postgres, Transaction};
 
@@ -18,8 +19,9 @@ const ATTEMPTS: u32 = 16;
 /// Runs a [`Saga`] as an [`EventHandler`] where its state ([`PgSagaStore`]) and the events its
 /// commands append ([`PgEventStore`]) share one PostgreSQL database: **one transaction** per
 /// event loads the instance (locking its row), skips the event if the instance handled it,
-/// lets the saga react, appends each command's events with
-/// [`PgEventStore::append_in_tx`], saves the new state and records the event, and commits.
+/// lets the saga react, appends each command's events as [`PgEventStore::append_in_tx`] does,
+/// saves the new state and records the event, and commits. The last command's append (in the
+/// instance's tenant) and the save are one statement, the save only if the append wrote.
 /// State and events commit together or not at all, so a crash anywhere leaves either both or
 /// neither, and effects are exactly once without relying on redelivery.
 ///
@@ -139,25 +141,44 @@ impl<G: Saga, D: CommandDecider<G::Command>> PgSagaHandler<G, D> {
         else {
             return Ok(()); // dropping `tx` rolls it back: it wrote nothing
         };
-        while let Some((command, ctx)) = reaction.next_command() {
+        // The step's last append, when in the key's tenant, waits for the save and runs with
+        // it as one statement (one round trip fewer). Every other append runs as soon as its
+        // command is decided, before the next command is: the order of today's appends.
+        let mut last: Option<Decided> = None;
+        let mut next = reaction.next_command();
+        while let Some((command, ctx)) = next {
             match self.decider.decide(command, &ctx).await {
                 Ok(decided) => {
-                    if let Some(decided) = decided {
-                        append(&mut tx, key, decided).await.map_err(store)?;
-                    }
                     reaction.succeeded();
+                    next = reaction.next_command();
+                    match decided {
+                        Some(decided)
+                            if next.is_none() && decided.stream.tenant() == key.tenant() =>
+                        {
+                            last = Some(decided);
+                        }
+                        Some(decided) => append(&mut tx, key, decided).await.map_err(store)?,
+                        None => {}
+                    }
                 }
                 Err(e) => match self.decider.rejection(&e) {
-                    Some(rejection) if reaction.rejected(rejection).map_err(Attempt::Fail)? => {}
+                    Some(rejection) if reaction.rejected(rejection).map_err(Attempt::Fail)? => {
+                        next = reaction.next_command();
+                    }
                     _ => return Err(Attempt::Fail(SagaError::Dispatch(e))),
                 },
             }
         }
         let expected = reaction.expected();
         let state = reaction.finish().map_err(Attempt::Fail)?;
-        PgSagaStore::save_in_tx(&mut tx, key, expected, state, handled)
-            .await
-            .map_err(store)?;
+        match last {
+            Some(decided) => {
+                PgSagaStore::append_and_save_in_tx(&mut tx, key, decided, expected, state, handled)
+                    .await
+            }
+            None => PgSagaStore::save_in_tx(&mut tx, key, expected, state, handled).await,
+        }
+        .map_err(store)?;
         tx.commit()
             .await
             .map_err(|e| store(crate::error::store_error(e)))
@@ -168,7 +189,7 @@ impl<G: Saga, D: CommandDecider<G::Command>> PgSagaHandler<G, D> {
 async fn append(
     tx: &mut Transaction<'static, Postgres>,
     key: &SagaKey,
-    decided: eventsource_core::Decided,
+    decided: Decided,
 ) -> Result<(), StoreError> {
     let other_tenant = decided.stream.tenant() != key.tenant();
     if other_tenant {

@@ -2,14 +2,18 @@
 
 use chrono::{DateTime, Utc};
 use eventsource_core::{
-    DueDeadline, HandledEvent, Loaded, LogPosition, SagaKey, SagaState, SagaStore, StoreError,
-    TenantId,
+    Decided, DueDeadline, HandledEvent, Loaded, LogPosition, SagaKey, SagaState, SagaStore,
+    StoreError, TenantId,
 };
-use sqlx::{PgConnection, PgPool};
+use sqlx::postgres::PgArguments;
+use sqlx::query::QueryAs;
+use sqlx::{PgConnection, PgPool, Postgres};
 
 use crate::error::{out_of_range, store_error};
-use crate::row::{DeadlineRow, SagaRow, position_to_db};
+use crate::rejection::settle_in_tx;
+use crate::row::{AppendRow, DeadlineRow, SagaRow, position_to_db};
 use crate::sql;
+use crate::store::{Columns, appended_from, bind_append};
 use crate::tenant::begin_tenant;
 
 /// A [`SagaStore`] on PostgreSQL (tables `saga_instances` and `saga_handled`, migration 0009).
@@ -91,44 +95,54 @@ impl PgSagaStore {
         state: SagaState,
         handled: HandledEvent,
     ) -> Result<(), StoreError> {
-        let (last_transaction, last_position) = position_to_db(state.last_position);
-        let (transaction, position) = position_to_db(handled.position());
-        let version = i64::try_from(state.version).map_err(|_| out_of_range("saga version"))?;
-        let schema_version =
-            i32::try_from(state.schema_version).map_err(|_| out_of_range("saga state version"))?;
-        let query = if expected == 0 {
-            sqlx::query_scalar(sql::CREATE_SAGA)
+        let query = save_query::<(i64,)>(
+            (sql::CREATE_SAGA, sql::MOVE_SAGA),
+            key,
+            expected,
+            &state,
+            handled,
+        )?;
+        let (recorded,) = query.fetch_one(conn).await.map_err(store_error)?;
+        saved(key, expected, recorded)
+    }
+
+    /// As [`PgEventStore::append_in_tx`](crate::PgEventStore::append_in_tx) of `decided` (in
+    /// the key's tenant), then [`save_in_tx`](Self::save_in_tx), in one statement: the save
+    /// runs only if the append wrote. When the append's guard let nothing through, the
+    /// outcome is resolved as `append_in_tx` does, and an idempotent replay of the batch is
+    /// followed by the save on its own.
+    ///
+    /// # Errors
+    ///
+    /// As `append_in_tx`, then as `save_in_tx`.
+    #[tracing::instrument(name = "eventsource.saga.append_save", skip_all, fields(saga = key.saga(), instance = key.instance(), stream = %decided.stream, expected))]
+    pub(crate) async fn append_and_save_in_tx(
+        conn: &mut PgConnection,
+        key: &SagaKey,
+        decided: Decided,
+        expected: u64,
+        state: SagaState,
+        handled: HandledEvent,
+    ) -> Result<(), StoreError> {
+        let columns = Columns::for_batch(decided.events)?;
+        let query = save_query::<AppendSaveRow>(
+            (sql::APPEND_AND_CREATE_SAGA, sql::APPEND_AND_MOVE_SAGA),
+            key,
+            expected,
+            &state,
+            handled,
+        )?;
+        let query = bind_append(query, &decided.stream, decided.expected, &columns, false);
+        let answer = query.fetch_one(&mut *conn).await;
+        let recorded = answer.as_ref().map_or(0, |row| row.recorded.unwrap_or(0));
+        let tried = answer.and_then(|row| appended_from(&row.append));
+        let (_, written) =
+            settle_in_tx(conn, &decided.stream, decided.expected, &columns.ids, tried).await?;
+        if written {
+            saved(key, expected, recorded)
         } else {
-            sqlx::query_scalar(sql::MOVE_SAGA)
-        };
-        let query = query
-            .bind(key.tenant().as_str())
-            .bind(key.saga())
-            .bind(key.instance())
-            .bind(state.state)
-            .bind(schema_version)
-            .bind(version)
-            .bind(last_transaction)
-            .bind(last_position)
-            .bind(state.deadline)
-            .bind(*handled.event_id().as_uuid())
-            .bind(transaction)
-            .bind(position);
-        let query = if expected == 0 {
-            query
-        } else {
-            query.bind(i64::try_from(expected).map_err(|_| out_of_range("saga version"))?)
-        };
-        let recorded: i64 = query.fetch_one(conn).await.map_err(store_error)?;
-        if recorded == 1 {
-            return Ok(());
+            Self::save_in_tx(conn, key, expected, state, handled).await
         }
-        tracing::debug!(%key, expected, "saga state conflict");
-        Err(StoreError::CheckpointConflict {
-            name: key.to_string(),
-            expected: None,
-            actual: None,
-        })
     }
 
     /// Up to `limit` due deadlines of `tenant` (every tenant when `None`), locked in the
@@ -158,6 +172,62 @@ impl PgSagaStore {
             .map_err(store_error)?;
         Ok(marked.is_some())
     }
+}
+
+/// What the append-and-save statements answer: the append's row and the count of records.
+#[derive(sqlx::FromRow)]
+struct AppendSaveRow {
+    #[sqlx(flatten)]
+    append: AppendRow,
+    recorded: Option<i64>,
+}
+
+/// The save statement of `statements` (create, move) for `expected`, its parameters bound: the
+/// key, the state and the handled event, then (moving) the expected version.
+fn save_query<'q, O: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>>(
+    statements: (&'static str, &'static str),
+    key: &'q SagaKey,
+    expected: u64,
+    state: &'q SagaState,
+    handled: HandledEvent,
+) -> Result<QueryAs<'q, Postgres, O, PgArguments>, StoreError> {
+    let (last_transaction, last_position) = position_to_db(state.last_position);
+    let (transaction, position) = position_to_db(handled.position());
+    let version = i64::try_from(state.version).map_err(|_| out_of_range("saga version"))?;
+    let schema_version =
+        i32::try_from(state.schema_version).map_err(|_| out_of_range("saga state version"))?;
+    let (create, moving) = statements;
+    let query = sqlx::query_as(if expected == 0 { create } else { moving })
+        .bind(key.tenant().as_str())
+        .bind(key.saga())
+        .bind(key.instance())
+        .bind(&state.state)
+        .bind(schema_version)
+        .bind(version)
+        .bind(last_transaction)
+        .bind(last_position)
+        .bind(state.deadline)
+        .bind(*handled.event_id().as_uuid())
+        .bind(transaction)
+        .bind(position);
+    Ok(if expected == 0 {
+        query
+    } else {
+        query.bind(i64::try_from(expected).map_err(|_| out_of_range("saga version"))?)
+    })
+}
+
+/// The save's outcome from its count of records: one, or a conflict named after the key.
+fn saved(key: &SagaKey, expected: u64, recorded: i64) -> Result<(), StoreError> {
+    if recorded == 1 {
+        return Ok(());
+    }
+    tracing::debug!(%key, expected, "saga state conflict");
+    Err(StoreError::CheckpointConflict {
+        name: key.to_string(),
+        expected: None,
+        actual: None,
+    })
 }
 
 async fn load(

@@ -187,13 +187,23 @@ pub(crate) async fn sagas(
             .await
             .expect("raw saga schema");
     }
-    for tasks in [1, 16] {
+    // Warm instances (each task drives one instance through every step), then the shape of an
+    // order flow: every step the first event of a new instance.
+    for (tasks, new_instances) in [(1, false), (16, false), (16, true)] {
         let prefix = Uuid::now_v7().simple().to_string();
+        let instance = move |task: usize| {
+            if new_instances {
+                Uuid::now_v7().simple().to_string()
+            } else {
+                format!("{prefix}-{task}")
+            }
+        };
+        let step = move |i: u64| if new_instances { 0 } else { i };
         let repo = Repository::<Counter, _>::new(store.clone()).with_tenant(tenant.clone());
         let handler = PgSagaHandler::new(pool.clone(), Shipping, repo);
-        let (t, p) = (tenant.clone(), prefix.clone());
+        let (t, fw_instance) = (tenant.clone(), instance.clone());
         let fw = move |task: usize, i: u64| {
-            let (handler, event) = (handler.clone(), placed(&t, &format!("{p}-{task}"), i));
+            let (handler, event) = (handler.clone(), placed(&t, &fw_instance(task), step(i)));
             async move {
                 handler.handle(&event).await.expect("saga step");
                 1
@@ -202,13 +212,18 @@ pub(crate) async fn sagas(
         let pool2 = pool.clone();
         let raw = move |task: usize, i: u64| {
             let pool = pool2.clone();
-            let instance = format!("{prefix}-{task}");
-            let position = i64::try_from(i + 1).expect("small");
+            let instance = instance(task);
+            let position = i64::try_from(step(i) + 1).expect("small");
             async move { raw_step(&pool, &instance, Uuid::now_v7(), position).await }
         };
         let (framework, raw) = compare(tasks, fw, raw).await;
+        let shape = if new_instances {
+            "a new instance per step"
+        } else {
+            "warm instances"
+        };
         table.throughput(
-            &format!("saga steps (event, state, 1 command), {tasks} instance(s), steps/s"),
+            &format!("saga steps (event, state, 1 command), {tasks} task(s), {shape}, steps/s"),
             "",
             framework,
             raw,

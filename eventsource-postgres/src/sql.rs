@@ -669,10 +669,12 @@ RETURNING 1
 ";
 
 /// Deletes a saga's records at or below a log position and raises its instances' floors to it.
+/// `global_position > 0` (true of every record) keeps the partial pruning index usable here;
+/// the deduplication look-up, which never states it, cannot use that index (migration 0012).
 pub(crate) const PRUNE_HANDLED: &str = r"
 WITH pruned AS (
     DELETE FROM saga_handled
-    WHERE tenant_id = $1 AND saga = $2
+    WHERE tenant_id = $1 AND saga = $2 AND global_position > 0
       AND (transaction_id, global_position) <= ($3::text::xid8, $4::int8)
     RETURNING 1
 ), floored AS (

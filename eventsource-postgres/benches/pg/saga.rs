@@ -70,7 +70,7 @@ fn placed(tenant: &TenantId, order: &str, i: u64) -> RecordedEvent {
 /// ordered by transaction (`transaction_id` first in its key, as `events`), unique event ids
 /// and stream versions; instances keyed by tenant, saga and instance with an optimistic
 /// version; and one record per handled event with its log position (and the index pruning by
-/// position needs).
+/// position needs, partial like the framework's so the lookup by event cannot pick it).
 const RAW_SAGA_SCHEMA: &[&str] = &[
     "CREATE TABLE raw_saga_events (global_position bigint GENERATED ALWAYS AS IDENTITY, \
      transaction_id xid8 NOT NULL DEFAULT pg_current_xact_id(), tenant_id text NOT NULL, \
@@ -84,7 +84,7 @@ const RAW_SAGA_SCHEMA: &[&str] = &[
      instance text NOT NULL, event_id uuid NOT NULL, transaction_id xid8 NOT NULL, \
      global_position bigint NOT NULL, PRIMARY KEY (tenant_id, saga, instance, event_id))",
     "CREATE INDEX raw_saga_handled_log_idx ON raw_saga_handled \
-     (tenant_id, saga, transaction_id, global_position)",
+     (tenant_id, saga, transaction_id, global_position) WHERE global_position > 0",
     "CREATE TABLE raw_deadlines (instance text PRIMARY KEY, due_at timestamptz NOT NULL, \
      fired boolean NOT NULL DEFAULT false)",
     "CREATE INDEX raw_deadlines_due_idx ON raw_deadlines (due_at) WHERE NOT fired",

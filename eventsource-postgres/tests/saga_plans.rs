@@ -1,0 +1,197 @@
+//! The saga store's look-up "did this instance handle that event" reads one index entry, on
+//! any table, including one without statistics (new, or not yet analysed): it must never be
+//! planned on the pruning index, which shares the primary key's leading columns (tenant, saga)
+//! and would read every record of the saga on every step (migration 0012, ADR 0028).
+//!
+//! The test runs the store on one connection whose `saga_instances` and `saga_handled` are
+//! temporary copies (a temporary table comes first in the search path), so their planner sees
+//! no statistics, as on a fresh database; it then asks PostgreSQL for the generic plan of every
+//! statement the store prepared on them.
+
+mod support;
+
+use eventsource_core::{EventId, HandledEvent, LogPosition, SagaKey, SagaState, SagaStore};
+use eventsource_postgres::PgSagaStore;
+use serde_json::{Value, json};
+use sqlx::{PgConnection, Row as _};
+
+/// The records already in the copy: the look-up then has a saga's worth of rows to avoid.
+const RECORDS: i64 = 2_000;
+
+/// Every index (or `Seq Scan`) the plan reads `saga_handled` with (inserts are not reads).
+fn handled_scans(plan: &Value, found: &mut Vec<String>) {
+    let node = plan.get("Node Type").and_then(Value::as_str).unwrap_or("?");
+    if plan.get("Relation Name").and_then(Value::as_str) == Some("saga_handled")
+        && node.ends_with("Scan")
+    {
+        if node == "Bitmap Heap Scan" {
+            // The indexes are named by the bitmap scans under it.
+            bitmap_indexes(plan, found);
+        } else {
+            let index = plan.get("Index Name").and_then(Value::as_str);
+            found.push(index.unwrap_or(node).to_owned());
+        }
+    }
+    for child in plan
+        .get("Plans")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        handled_scans(child, found);
+    }
+}
+
+/// The indexes of the `Bitmap Index Scan`s under a bitmap heap scan.
+fn bitmap_indexes(plan: &Value, found: &mut Vec<String>) {
+    for child in plan
+        .get("Plans")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(index) = child.get("Index Name").and_then(Value::as_str) {
+            found.push(index.to_owned());
+        }
+        bitmap_indexes(child, found);
+    }
+}
+
+/// The generic plans of the store's prepared statements on `saga_handled`: (statement, scans).
+async fn generic_plans(conn: &mut PgConnection) -> Vec<(String, Vec<String>)> {
+    sqlx::query("SET plan_cache_mode = force_generic_plan")
+        .execute(&mut *conn)
+        .await
+        .expect("generic plans");
+    let prepared = sqlx::query(
+        "SELECT name, statement, cardinality(parameter_types) AS parameters
+         FROM pg_prepared_statements
+         WHERE statement LIKE '%saga_handled%' AND cardinality(parameter_types) > 0
+           AND statement NOT LIKE '%pg_prepared%'",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .expect("the prepared statements");
+    let mut plans = Vec::new();
+    for row in prepared {
+        let (name, statement): (String, String) = (row.get("name"), row.get("statement"));
+        let parameters: i32 = row.get("parameters");
+        let nulls = vec!["NULL"; usize::try_from(parameters).expect("a count")].join(", ");
+        // The name is one PostgreSQL reported (sqlx's own), the arguments literal NULLs.
+        let explain = format!("EXPLAIN (FORMAT JSON) EXECUTE {name}({nulls})");
+        let explain: Value = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
+            .fetch_one(&mut *conn)
+            .await
+            .expect("the generic plan");
+        let mut scans = Vec::new();
+        handled_scans(&explain[0]["Plan"], &mut scans);
+        plans.push((statement, scans));
+    }
+    plans
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handled_lookup_reads_the_primary_key_and_pruning_the_log_index() {
+    // One connection: the store's statements are prepared on the session that holds the copies.
+    let Some(pool) = support::pool_with(1).await else {
+        return;
+    };
+    let mut conn = pool.acquire().await.expect("the connection");
+    for copy in [
+        "CREATE TEMP TABLE saga_instances (LIKE public.saga_instances INCLUDING ALL)",
+        "CREATE TEMP TABLE saga_handled (LIKE public.saga_handled INCLUDING ALL)",
+    ] {
+        sqlx::query(copy).execute(&mut *conn).await.expect("a copy");
+    }
+    let tenant = support::tenant("saga-plans");
+    sqlx::query(
+        "INSERT INTO saga_handled (tenant_id, saga, instance, event_id, transaction_id,
+                                   global_position)
+         SELECT $1, 'shipping', 'order-' || (n % 50), gen_random_uuid(), '5'::xid8, n
+         FROM generate_series(1, $2) AS n",
+    )
+    .bind(tenant.as_str())
+    .bind(RECORDS)
+    .execute(&mut *conn)
+    .await
+    .expect("the records");
+    drop(conn);
+
+    let store = PgSagaStore::new(pool.clone());
+    let key = SagaKey::new(tenant.clone(), "shipping", "order-7");
+    for step in 1..=3_u64 {
+        let event = HandledEvent::new(
+            EventId::new(),
+            LogPosition::new(6, u64::try_from(RECORDS).expect("a count") + step),
+        );
+        let loaded = store.load_for(&key, &event).await.expect("load");
+        assert!(!loaded.handled, "a new event counts as handled");
+        let state = SagaState::new(json!({ "step": step }), 1, step, event.position());
+        store
+            .save(&key, step - 1, state, event)
+            .await
+            .expect("save");
+    }
+    let pruned = store
+        .prune_handled(&tenant, "shipping", LogPosition::new(5, 10))
+        .await
+        .expect("prune");
+    assert_eq!(pruned, 10);
+
+    let mut conn = pool.acquire().await.expect("the connection");
+    let plans = generic_plans(&mut conn).await;
+    let lookups: Vec<_> = plans
+        .iter()
+        .filter(|(statement, _)| statement.contains("h.event_id ="))
+        .collect();
+    // The load and the move (the create guards nothing: a new instance handled nothing).
+    assert!(lookups.len() >= 2, "the store's look-ups: {plans:#?}");
+    for (statement, scans) in lookups {
+        assert!(
+            !scans.is_empty() && scans.iter().all(|scan| scan == "saga_handled_pkey"),
+            "the look-up reads {scans:?}, not only the primary key:\n{statement}"
+        );
+    }
+    // The control: with the pruning index as migration 0009 made it (not partial), the same
+    // look-ups are planned on it, which is what the test exists to catch.
+    for change in [
+        "DROP INDEX pg_temp.saga_handled_tenant_id_saga_transaction_id_global_position_idx",
+        "CREATE INDEX ON saga_handled (tenant_id, saga, transaction_id, global_position)",
+    ] {
+        sqlx::query(change)
+            .execute(&mut *conn)
+            .await
+            .expect("the old index");
+    }
+    let old = generic_plans(&mut conn).await;
+    assert!(
+        old.iter()
+            .filter(|(statement, _)| statement.contains("h.event_id ="))
+            .any(|(_, scans)| scans.iter().any(|scan| scan != "saga_handled_pkey")),
+        "the control no longer shows the hazard: {old:#?}"
+    );
+
+    // Pruning can still use its index: the predicate it states implies the partial index's (a
+    // sequential scan is ruled out, as it wins on a table that holds one saga's records).
+    for change in [
+        "DROP INDEX pg_temp.saga_handled_tenant_id_saga_transaction_id_global_position_idx",
+        "CREATE INDEX ON saga_handled (tenant_id, saga, transaction_id, global_position)
+             WHERE global_position > 0",
+        "ANALYZE saga_handled",
+        "SET enable_seqscan = off",
+    ] {
+        sqlx::query(change)
+            .execute(&mut *conn)
+            .await
+            .expect("the partial index again");
+    }
+    let plans = generic_plans(&mut conn).await;
+    let (statement, scans) = plans
+        .iter()
+        .find(|(statement, _)| statement.contains("DELETE FROM saga_handled"))
+        .expect("the prune's statement");
+    assert!(
+        !scans.is_empty() && scans.iter().all(|scan| scan.contains("global_position")),
+        "pruning reads {scans:?}, not the pruning index:\n{statement}"
+    );
+}

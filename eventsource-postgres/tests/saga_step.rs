@@ -860,3 +860,48 @@ async fn a_state_that_no_longer_decodes_is_a_typed_error_and_is_kept() {
         "never reset"
     );
 }
+
+/// The same saga instance id in two tenants, each step setting the same deadline: two
+/// instances, two deadlines, each fired once in its own tenant. (The deadline event's id was
+/// derived without the tenant: the second tenant's event collided with the first's, and its
+/// deadline runner failed with a duplicate event id on every batch.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_deadline_in_two_tenants_fires_in_each() {
+    let Some(pool) = support::pool().await else {
+        return;
+    };
+    let due = DateTime::from_timestamp(Utc::now().timestamp() - 30, 0).expect("time");
+    let worlds = [
+        World::on(pool.clone(), support::tenant("step-deadline-a")),
+        World::on(pool.clone(), support::tenant("step-deadline-b")),
+    ];
+    for world in &worlds {
+        let mut event = world.step("o-1", 10, &[]);
+        event.payload["deadline"] = serde_json::to_value(due).expect("json");
+        world
+            .handler(&world.probe())
+            .handle(&event)
+            .await
+            .expect("a step setting the deadline");
+    }
+    for world in &worlds {
+        let runner = PgDeadlineRunner::new(pool.clone()).for_tenant(world.tenant.clone());
+        assert_eq!(
+            runner.fire_due(Utc::now()).await.expect("fire"),
+            1,
+            "{}",
+            world.tenant
+        );
+        let stream = StreamId::new(
+            world.tenant.clone(),
+            DEADLINE_STREAM_TYPE,
+            format!("{}/{}", Stepper::NAME, world.key.instance()),
+        );
+        let fired = world
+            .events
+            .read_stream(&stream, VersionRange::all())
+            .await
+            .expect("read");
+        assert_eq!(fired.len(), 1, "{}: fired in its tenant", world.tenant);
+    }
+}

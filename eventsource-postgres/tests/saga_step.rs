@@ -628,6 +628,63 @@ async fn a_step_replaying_stored_commands_appends_nothing_and_saves() {
     assert_eq!((version, steps.labels), (1, labels(&["o-1"])));
 }
 
+/// Decides every command at a version its bin never reaches: each append conflicts.
+#[derive(Clone)]
+struct Stale {
+    tenant: TenantId,
+    calls: Arc<AtomicUsize>,
+}
+
+impl CommandDecider<Command> for Stale {
+    type Error = std::convert::Infallible;
+
+    async fn decide(
+        &self,
+        (bin, (label, _)): Command,
+        _: &CommandContext,
+    ) -> Result<Option<Decided>, Self::Error> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let event = eventsource_core::NewEvent::new(
+            "bin-filled",
+            1,
+            serde_json::json!({ "label": label, "qty": 1 }),
+        );
+        Ok(Some(Decided::new(
+            StreamId::new(self.tenant.clone(), "bin", bin),
+            eventsource_core::ExpectedVersion::Exact(Version::new(7)),
+            vec![event],
+        )))
+    }
+}
+
+/// A step whose append conflicts on every attempt is rolled back and run again, 16 times in
+/// all, then fails with the conflict for the runner to redeliver; nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_that_always_conflicts_gives_up_after_sixteen_attempts() {
+    let Some(world) = World::new("step-conflict").await else {
+        return;
+    };
+    let stale = Stale {
+        tenant: world.tenant.clone(),
+        calls: Arc::new(AtomicUsize::new(0)),
+    };
+    let handler = PgSagaHandler::new(world.pool.clone(), Stepper, stale.clone());
+    let placed = world.step("o-1", 10, &["bin"]);
+    let failed = handler.handle(&placed).await;
+    assert!(
+        matches!(&failed, Err(SagaError::Store(StoreError::Conflict { .. }))),
+        "{failed:?}"
+    );
+    assert!(!handler.is_permanent(failed.as_ref().expect_err("failed")));
+    assert_eq!(
+        stale.calls.load(Ordering::SeqCst),
+        16,
+        "one decision per attempt"
+    );
+    assert!(world.bin("bin").await.is_empty());
+    assert_eq!(world.state().await, None, "no state");
+}
+
 /// A command the bin refuses appends nothing; the reaction's later command is dropped, the
 /// saga hears the refusal and the command it then issues appends in the same transaction,
 /// with the state noting the refusal; a redelivery decides nothing. A saga that does not
@@ -723,13 +780,13 @@ async fn a_deadline_set_in_a_step_is_stored_and_fired() {
             .deadline,
         Some(at(60))
     );
-    let third = world.step("o-3", 30, &[]);
-    handler.handle(&third).await.expect("a step that keeps it");
     assert_eq!(
         runner.fire_due(now).await.expect("fire"),
         1,
         "moved: pending again"
     );
+    let third = world.step("o-3", 30, &[]);
+    handler.handle(&third).await.expect("a step that keeps it");
     assert_eq!(
         runner.fire_due(now).await.expect("fire"),
         0,

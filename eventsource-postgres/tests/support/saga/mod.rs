@@ -13,6 +13,8 @@ use eventsource_postgres::PgEventStore;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+pub mod stepper;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
 pub enum StockEvent {
     #[event(name = "stock-reserved")]

@@ -170,12 +170,19 @@ pub async fn wait_until_gone(admin: &sqlx::PgPool, name: &str) {
 }
 
 /// Lets the application role of [`app_role_pool`](super::app_role_pool) use the saga tables
-/// (row level security still applies to it).
+/// (row level security still applies to it). Under the advisory lock `app_role_pool` takes:
+/// concurrent GRANTs can fail with "tuple concurrently updated".
 pub async fn grant_saga_tables(admin: &sqlx::PgPool) {
+    let mut tx = admin.begin().await.expect("begin");
+    sqlx::query("SELECT pg_advisory_xact_lock(7245001)")
+        .execute(&mut *tx)
+        .await
+        .expect("lock");
     sqlx::query(
         "GRANT SELECT, INSERT, UPDATE, DELETE ON saga_instances, saga_handled TO eventsource_app",
     )
-    .execute(admin)
+    .execute(&mut *tx)
     .await
     .expect("grant the saga tables");
+    tx.commit().await.expect("commit the grant");
 }

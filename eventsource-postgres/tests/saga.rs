@@ -9,15 +9,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use eventsource_core::{
-    Aggregate, CommandContext, CommandDecider, DEADLINE_REACHED, Decided, DomainEvent, DueDeadline,
-    EventHandler, EventId, EventStore, ExpectedVersion, Handle, HandledEvent, LogFilter,
-    LogPosition, Metadata, NewEvent, RecordedEvent, Repository, Saga, SagaKey, SagaState,
-    SagaStore, StreamId, TenantId, Version, VersionRange,
+    DEADLINE_REACHED, DueDeadline, EventHandler, EventId, EventStore, ExpectedVersion,
+    HandledEvent, LogFilter, LogPosition, NewEvent, RecordedEvent, Repository, SagaKey, SagaState,
+    SagaStore, StreamId,
 };
 use eventsource_postgres::{PgDeadlineRunner, PgEventStore, PgSagaHandler, PgSagaStore};
-use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::Notify;
+
+use support::saga::{
+    Fulfilment, Replaying, Stalling, Stock, order_placed, reservations, wait_until_gone,
+};
 
 mod conformance {
     use super::*;
@@ -25,112 +27,6 @@ mod conformance {
     eventsource_core::saga_store_conformance_tests!(optional async async {
         support::pool().await.map(PgSagaStore::new)
     });
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
-enum StockEvent {
-    #[event(name = "stock-reserved")]
-    Reserved { order: String, qty: u32 },
-}
-
-#[derive(Debug, Default, Aggregate)]
-#[aggregate(name = "stock", event = StockEvent)]
-struct Stock {
-    reserved: u32,
-}
-
-impl StockEventHandler for Stock {
-    fn when_reserved(&mut self, e: stock_event::Reserved) {
-        self.reserved += e.qty;
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("never")]
-struct Never;
-
-impl Handle for Stock {
-    type Command = (String, u32);
-    type Error = Never;
-
-    fn handle(&self, (order, qty): (String, u32)) -> Result<Vec<StockEvent>, Never> {
-        Ok(vec![StockEvent::Reserved { order, qty }])
-    }
-}
-
-/// Reserves one unit of `sku-a` and one of `sku-b` per placed order; counts orders.
-#[derive(Clone, Copy)]
-struct Fulfilment;
-
-impl Saga for Fulfilment {
-    const NAME: &'static str = "fulfilment";
-    type State = u32;
-    type Command = (String, (String, u32));
-    type Error = Never;
-
-    fn correlate(&self, event: &RecordedEvent) -> Option<String> {
-        (event.event_type == "order-placed")
-            .then(|| event.payload["saga"].as_str().map(str::to_owned))?
-    }
-
-    fn react(&self, orders: &mut u32, event: &RecordedEvent) -> Result<Vec<Self::Command>, Never> {
-        *orders += 1;
-        let order = event.stream.aggregate_id().to_owned();
-        Ok(vec![
-            ("sku-a".into(), (order.clone(), 1)),
-            ("sku-b".into(), (order, 1)),
-        ])
-    }
-}
-
-/// Decides through a repository; told to, it stops for good at its second command (after the
-/// first command's events were appended in the saga's transaction) and says so.
-#[derive(Clone)]
-struct Stalling {
-    stock: Repository<Stock, PgEventStore>,
-    stall: Arc<AtomicBool>,
-    calls: Arc<AtomicUsize>,
-    stalled: Arc<Notify>,
-}
-
-impl CommandDecider<(String, (String, u32))> for Stalling {
-    type Error = eventsource_core::CommandError<Never>;
-
-    async fn decide(
-        &self,
-        command: (String, (String, u32)),
-        ctx: &CommandContext,
-    ) -> Result<Option<Decided>, Self::Error> {
-        if self.calls.fetch_add(1, Ordering::SeqCst) == 1 && self.stall.load(Ordering::SeqCst) {
-            self.stalled.notify_one();
-            std::future::pending::<()>().await;
-        }
-        self.stock.decide(command, ctx).await
-    }
-}
-
-fn order_placed(tenant: &TenantId, saga: &str, order: &str, position: u64) -> RecordedEvent {
-    RecordedEvent {
-        event_id: EventId::new(),
-        stream: StreamId::new(tenant.clone(), "order", order),
-        version: Version::new(1),
-        position: LogPosition::new(position, position),
-        event_type: "order-placed".into(),
-        schema_version: 1,
-        recorded_at: chrono::Utc::now(),
-        metadata: Metadata::default(),
-        payload: serde_json::json!({ "saga": saga }),
-    }
-}
-
-async fn reservations(store: &PgEventStore, tenant: &TenantId, sku: &str) -> Vec<RecordedEvent> {
-    store
-        .read_stream(
-            &StreamId::new(tenant.clone(), "stock", sku),
-            VersionRange::all(),
-        )
-        .await
-        .expect("read")
 }
 
 /// The saga's connection dies (terminated by the server, as when its process is killed) after
@@ -263,31 +159,6 @@ async fn racing_deliveries_retry_the_transaction_and_commit_once() {
             (4, serde_json::json!(4)),
             "{key}"
         );
-    }
-}
-
-/// Decides each command as a batch stored already (an idempotent replay of it).
-#[derive(Clone)]
-struct Replaying {
-    tenant: TenantId,
-    stored: Vec<(String, NewEvent)>,
-}
-
-impl CommandDecider<(String, (String, u32))> for Replaying {
-    type Error = eventsource_core::CommandError<Never>;
-
-    async fn decide(
-        &self,
-        (sku, _): (String, (String, u32)),
-        _: &CommandContext,
-    ) -> Result<Option<Decided>, Self::Error> {
-        let event = self.stored.iter().find(|(s, _)| *s == sku).expect("stored");
-        let stream = StreamId::new(self.tenant.clone(), "stock", &sku);
-        Ok(Some(Decided::new(
-            stream,
-            ExpectedVersion::NoStream,
-            vec![event.1.clone()],
-        )))
     }
 }
 
@@ -432,12 +303,7 @@ async fn saga_rows_are_tenant_isolated() {
         return;
     };
     let app = support::app_role_pool(&admin).await;
-    sqlx::query(
-        "GRANT SELECT, INSERT, UPDATE, DELETE ON saga_instances, saga_handled TO eventsource_app",
-    )
-    .execute(&admin)
-    .await
-    .expect("grant");
+    support::saga::grant_saga_tables(&admin).await;
     let (a, b) = (support::tenant("saga-rls-a"), support::tenant("saga-rls-b"));
     let sagas = PgSagaStore::new(app.clone());
     let key = SagaKey::new(a.clone(), "fulfilment", "o-1");
@@ -591,23 +457,4 @@ async fn a_deadline_runner_killed_mid_batch_fires_nothing_and_leaves_it_pending(
     );
     assert_eq!(deadline_events().await, 6, "each fired once");
     runner_pool.close().await;
-}
-
-/// Waits until no backend named `name` is left. The client hears a terminated backend's FATAL
-/// before that backend has released its row locks; until it is gone, a runner skips the
-/// locked deadlines (SKIP LOCKED) and would fire none.
-async fn wait_until_gone(admin: &sqlx::PgPool, name: &str) {
-    for _ in 0..500 {
-        let alive: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
-                .bind(name)
-                .fetch_one(admin)
-                .await
-                .expect("activity");
-        if alive == 0 {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    panic!("the terminated backend {name} is still there after 5 s");
 }

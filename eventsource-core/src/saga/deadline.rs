@@ -40,8 +40,9 @@ impl DeadlineReached {
 }
 
 /// The event announcing `deadline` and the stream it goes to: `saga-deadline/<saga>/<instance>`
-/// of the instance's tenant, with an id derived from the saga, the instance and the due
-/// instant, so appending it twice (two runners, a restart) stores it once.
+/// of the instance's tenant, with an id derived from the tenant, the saga, the instance and the
+/// due instant, so appending it twice (two runners, a restart) stores it once, and the same
+/// instance id with the same deadline in another tenant is another event.
 ///
 /// Deadline runners of other backends build their event with it.
 ///
@@ -55,8 +56,11 @@ pub fn deadline_event(deadline: &DueDeadline) -> Result<(StreamId, NewEvent), St
         DEADLINE_STREAM_TYPE,
         format!("{}/{}", key.saga(), key.instance()),
     );
+    // The tenant belongs in the id: event ids are unique across tenants, and without it the
+    // same instance id and deadline in two tenants collide (the second never fires).
     let id_key = format!(
-        "{}/{}/{}",
+        "{}/{}/{}/{}",
+        key.tenant(),
         key.saga(),
         key.instance(),
         deadline.due_at.to_rfc3339()
@@ -154,5 +158,26 @@ impl<T: SagaStore, S: EventStore> DeadlineRunner<T, S> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::deadline_event;
+    use crate::envelope::TenantId;
+    use crate::saga::{DueDeadline, SagaKey};
+
+    #[test]
+    fn a_deadline_event_id_is_stable_and_per_tenant() {
+        let due_at = chrono::DateTime::from_timestamp(1_700_000_000, 0).expect("time");
+        let id = |tenant: &str| {
+            let key = SagaKey::new(TenantId::new(tenant), "checkout", "order-1");
+            deadline_event(&DueDeadline::new(key, due_at))
+                .expect("event")
+                .1
+                .event_id
+        };
+        assert_eq!(id("acme"), id("acme"), "firing twice appends one event");
+        assert_ne!(id("acme"), id("globex"), "another tenant, another event");
     }
 }

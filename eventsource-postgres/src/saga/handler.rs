@@ -18,12 +18,15 @@ const ATTEMPTS: u32 = 16;
 
 /// Runs a [`Saga`] as an [`EventHandler`] where its state ([`PgSagaStore`]) and the events its
 /// commands append ([`PgEventStore`]) share one PostgreSQL database: **one transaction** per
-/// event loads the instance (locking its row), skips the event if the instance handled it,
-/// lets the saga react, appends each command's events as [`PgEventStore::append_in_tx`] does,
-/// saves the new state and records the event, and commits. The last command's append (in the
+/// event loads the instance (locking its row; a new instance has no row yet, so two first
+/// deliveries run side by side and the one whose save finds the instance created runs again),
+/// skips the event if the instance handled it, lets the saga react, appends each command's
+/// events as [`PgEventStore::append_in_tx`] does, saves the new state and records the event,
+/// and commits. The last command's append (in the
 /// instance's tenant) and the save are one statement, the save only if the append wrote.
 /// State and events commit together or not at all, so a crash anywhere leaves either both or
-/// neither, and effects are exactly once without relying on redelivery.
+/// neither: the events of a step never wait for a redelivery to be matched by its state, and
+/// a redelivered event takes effect once.
 ///
 /// Commands are decided by a [`CommandDecider`] (a [`Repository`](eventsource_core::Repository)
 /// decides `(aggregate id, command)`), which loads the aggregate outside the transaction; the
@@ -31,8 +34,9 @@ const ATTEMPTS: u32 = 16;
 /// again, up to 16 times with a short backoff, when the append conflicts (someone else
 /// appended to the aggregate), is refused with [`StoreError::RetryTransaction`] (a younger
 /// transaction appended to the stream first), a concurrent transaction stored the same event
-/// ids, or the state's version moved; then the error goes to the runner, which redelivers.
-/// Command event ids are still derived from the saga instance and the event, as with
+/// ids, the state's version moved (a concurrent delivery saved first or created the instance)
+/// or the database failed transiently ([`StoreError::Unavailable`]); then the error goes to
+/// the runner, which redelivers. Command event ids are still derived from the saga instance and the event, as with
 /// [`SagaHandler`](eventsource_core::SagaHandler).
 ///
 /// A command the aggregate rejects (as [`CommandDecider::rejection`] tells) appends nothing and

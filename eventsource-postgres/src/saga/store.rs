@@ -66,7 +66,9 @@ impl PgSagaStore {
 
     /// Loads the instance and whether it handled `event`, inside the caller's transaction
     /// (scoped to the key's tenant), **locking the instance's row** until the transaction ends:
-    /// a concurrent delivery to the same instance waits, then sees what this one saved.
+    /// a concurrent delivery to the same instance waits, then sees what this one saved. An
+    /// instance not created yet has no row to lock: concurrent first deliveries both load no
+    /// state, and the save of the later one finds the instance created and conflicts.
     ///
     /// # Errors
     ///

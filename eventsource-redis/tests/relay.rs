@@ -362,3 +362,16 @@ async fn a_store_reset_behind_the_stream_is_refused_not_dropped() {
         "the stream is untouched"
     );
 }
+
+/// The relay's old names are deprecated aliases of the new ones: code written against them
+/// keeps compiling (with a deprecation warning).
+#[test]
+#[allow(deprecated)]
+fn the_old_relay_names_still_compile() {
+    use eventsource_redis::{PublisherOptions, RedisPublisher};
+    let options: PublisherOptions = RelayOptions::default().with_batch_size(7);
+    assert_eq!(options.batch_size(), 7);
+    let same: Option<RedisPublisher<InMemoryEventStore, InMemoryCheckpointStore>> =
+        None::<RedisRelay<InMemoryEventStore, InMemoryCheckpointStore>>;
+    assert!(same.is_none());
+}

@@ -62,8 +62,9 @@ const PRIORITIES: [Priority; 4] = [
 ///   latency, but only while connected, and broadcast only.
 ///
 /// Retries follow [`SubscribeOptions::retry`]; a given-up event goes to the dead-letter topic,
-/// or, without one, to the runner's dead-letter stream ([`dead_letter_stream`](crate::dead_letter_stream)) for
-/// [`dead_letters`](crate::dead_letters) and [`requeue_dead_letter`](crate::requeue_dead_letter).
+/// or, without one, to the runner's dead-letter stream
+/// ([`dead_letter_stream`](crate::dead_letter_stream)) for [`dead_letters`](crate::dead_letters)
+/// and [`requeue_dead_letter`](crate::requeue_dead_letter).
 ///
 /// ```no_run
 /// # use std::sync::Arc;

@@ -42,13 +42,15 @@ use refetch::Refetch;
 /// **At-least-once**: an entry is acknowledged only after its handler returned `Ok`, so a crash
 /// between the two re-delivers it (to this consumer on restart, or to another after the idle
 /// threshold). Handlers get exactly-once *effects* by deduplicating on
-/// [`RecordedEvent::position`] or [`RecordedEvent::event_id`] in the same transaction as the
-/// effect (see [`TransactionalProjection`]). See [`RunnerOptions`] for the retry, reclaim and dead-letter
-/// policy.
+/// [`RecordedEvent::position`](eventsource_core::RecordedEvent::position) or
+/// [`RecordedEvent::event_id`](eventsource_core::RecordedEvent::event_id) in the same
+/// transaction as the effect (see [`TransactionalProjection`]). See [`RunnerOptions`] for the
+/// retry, reclaim and dead-letter policy.
 ///
-/// The runner reads each stream key and its requeue stream ([`requeue_stream`](crate::requeue_stream)), creates
-/// its group on both if missing, and handles entries of one aggregate stream one after the
-/// other, in order; different aggregate streams run concurrently up to
+/// The runner reads each stream key and its requeue stream
+/// ([`requeue_stream`](crate::requeue_stream)), creates its group on both if missing (where
+/// [`with_start_id`](Self::with_start_id) says), and handles entries of one aggregate stream
+/// one after the other, in order; different aggregate streams run concurrently up to
 /// [`RunnerOptions::with_concurrency`]. When a handler gives up on an entry, later entries of
 /// the same aggregate stream in that batch are left pending too, so they are retried after it.
 ///

@@ -57,11 +57,11 @@ pub(super) async fn publish(
     events: &[RecordedEvent],
 ) -> Result<Added, RedisStoreError> {
     let mut by_key: HashMap<String, Vec<&RecordedEvent>> = HashMap::new();
-    let mut routed = Vec::with_capacity(2);
+    let mut targets = Vec::with_capacity(2);
     for event in events {
-        routed.clear();
-        router.route(event, &mut routed);
-        for key in routed.drain(..) {
+        targets.clear();
+        router.route(event, &mut targets);
+        for key in targets.drain(..) {
             by_key.entry(key).or_default().push(event);
         }
     }

@@ -32,6 +32,10 @@ pub(super) struct Delivery {
 }
 
 /// What a delivered entry holds, as far as the runner could tell.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "the event is the common case; boxing it would allocate once more per entry"
+)]
 pub(super) enum Content {
     /// Its event, decoded (or refetched from the event store).
     Event(RecordedEvent),

@@ -20,7 +20,7 @@ use eventsource_core::{
     LogFilter, LogPosition, NewEvent, RecordedEvent, StreamId, TenantId,
 };
 use eventsource_redis::{
-    ConsumerRunner, Keys, PerTenant, PublisherOptions, RedisPublisher, RunnerOptions, codec,
+    ConsumerRunner, Keys, PerTenant, RedisRelay, RelayOptions, RunnerOptions, codec,
 };
 use redis::AsyncCommands as _;
 use redis::aio::ConnectionManager;
@@ -77,12 +77,12 @@ async fn relay_throughput(conn: &ConnectionManager, keys: &Keys) -> Row {
     }
     let raw = EVENTS as f64 / started.elapsed().as_secs_f64();
 
-    let mut relay = RedisPublisher::new(
+    let mut relay = RedisRelay::new(
         store.clone(),
         InMemoryCheckpointStore::new(),
         conn.clone(),
         "bench",
-        PublisherOptions::default().with_batch_size(1_000),
+        RelayOptions::default().with_batch_size(1_000),
     )
     .with_router(PerTenant::new(keys.clone()));
     let started = Instant::now();
@@ -112,7 +112,7 @@ async fn runner_throughput(client: &redis::Client, conn: &ConnectionManager, key
 
     // Raw: XREADGROUP COUNT 100 + XACK until the group is through.
     let mut c = conn.clone();
-    eventsource_redis::ensure_group(&mut c, &key, "raw", "0")
+    eventsource_redis::ensure_group(&mut c, &key, "raw", &eventsource_redis::StartId::Beginning)
         .await
         .expect("group");
     let options = StreamReadOptions::default().group("raw", "c").count(BATCH);
@@ -173,12 +173,12 @@ async fn end_to_end(client: &redis::Client, conn: &ConnectionManager, keys: &Key
     let tenant = TenantId::new("latency");
     let key = keys.tenant_stream(&tenant);
     let stop = CancellationToken::new();
-    let relay = RedisPublisher::new(
+    let relay = RedisRelay::new(
         store.clone(),
         InMemoryCheckpointStore::new(),
         conn.clone(),
         "latency",
-        PublisherOptions::default(),
+        RelayOptions::default(),
     )
     .with_router(PerTenant::new(keys.clone()))
     .with_keys(keys);
@@ -193,7 +193,7 @@ async fn end_to_end(client: &redis::Client, conn: &ConnectionManager, keys: &Key
         Latency(lags.clone()),
         RunnerOptions::default(),
     )
-    .with_start_id("$");
+    .with_start_id(eventsource_redis::StartId::New);
     let runner = tokio::spawn(runner.run(stop.clone()));
     tokio::time::sleep(Duration::from_millis(200)).await;
 

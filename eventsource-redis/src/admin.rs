@@ -1,46 +1,16 @@
-//! Operating the streams: trimming, statistics, dead-letter inspection and requeue, health.
+//! Operating the streams: trimming, statistics, health.
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
-use eventsource_core::RecordedEvent;
+use redis::AsyncCommands as _;
 use redis::aio::ConnectionManager;
 use redis::streams::{
-    StreamInfoGroupsReply, StreamPendingReply, StreamRangeReply, StreamTrimOptions,
-    StreamTrimmingMode,
+    StreamInfoGroupsReply, StreamPendingReply, StreamTrimOptions, StreamTrimmingMode,
 };
-use redis::{AsyncCommands as _, Script, Value};
 
-use crate::codec::{self, CodecError};
-use crate::consumer::dead_letter_fields as dlq;
 use crate::error::RedisStoreError;
 use crate::keys;
-
-/// Copies dead letter `ARGV[1]` of `KEYS[1]` without its `dlq_*` fields to `KEYS[2]`, then
-/// deletes it; replies the new id, or nil when there is no such entry.
-static REQUEUE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local e = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
-if #e == 0 then return false end
-local f = e[1][2]
-local out = {}
-for i = 1, #f, 2 do
-  if string.sub(f[i], 1, 4) ~= 'dlq_' then
-    out[#out + 1] = f[i]
-    out[#out + 1] = f[i + 1]
-  end
-end
-if #out == 0 then
-  return redis.error_reply('REQUEUEEMPTY the dead letter carries no fields of the original entry')
-end
-local id = redis.call('XADD', KEYS[2], '*', unpack(out))
-redis.call('XDEL', KEYS[1], ARGV[1])
-return id
-",
-    )
-});
 
 /// What [`trim`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,110 +130,6 @@ pub async fn stats(
         key: key.to_owned(),
         length,
         groups,
-    })
-}
-
-/// An entry of a dead-letter stream.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct DeadLetter {
-    /// Its id in the dead-letter stream.
-    pub id: String,
-    /// The stream it was read from.
-    pub source_stream: Option<String>,
-    /// Its id there.
-    pub source_id: Option<String>,
-    /// The consumer that gave up.
-    pub consumer: Option<String>,
-    /// Why.
-    pub error: Option<String>,
-    /// Deliveries before giving up.
-    pub deliveries: Option<u64>,
-    /// The event, if the fields still decode.
-    pub event: Result<RecordedEvent, CodecError>,
-    /// Every field as stored.
-    pub fields: HashMap<String, Value>,
-}
-
-/// Number of dead letters `group` left for `stream_key`.
-pub async fn dead_letter_count(
-    conn: &mut ConnectionManager,
-    stream_key: &str,
-    group: &str,
-) -> Result<u64, RedisStoreError> {
-    Ok(conn
-        .xlen(keys::dead_letter_stream(stream_key, group))
-        .await?)
-}
-
-/// The oldest `count` dead letters `group` left for `stream_key`.
-pub async fn dead_letters(
-    conn: &mut ConnectionManager,
-    stream_key: &str,
-    group: &str,
-    count: usize,
-) -> Result<Vec<DeadLetter>, RedisStoreError> {
-    let reply: StreamRangeReply = conn
-        .xrange_count(keys::dead_letter_stream(stream_key, group), "-", "+", count)
-        .await?;
-    Ok(reply
-        .ids
-        .into_iter()
-        .map(|entry| {
-            let field = |name| codec::text(&entry.map, name).ok().map(str::to_owned);
-            DeadLetter {
-                source_stream: field(dlq::SOURCE_STREAM),
-                source_id: field(dlq::SOURCE_ID),
-                consumer: field(dlq::CONSUMER),
-                error: field(dlq::ERROR),
-                deliveries: field(dlq::DELIVERIES).and_then(|d| d.parse().ok()),
-                event: codec::decode(&entry.map),
-                id: entry.id,
-                fields: entry.map,
-            }
-        })
-        .collect())
-}
-
-/// Sends dead letter `id` back to `group`: copies its original fields to the group's requeue
-/// stream ([`keys::requeue_stream`], which [`ConsumerRunner`](crate::ConsumerRunner) reads) and
-/// deletes it from the dead-letter stream, atomically. Returns the new entry id.
-///
-/// The entry is not put back into the event stream itself: a fresh id there would sort after
-/// every future log position and make Redis refuse the relay's next entries.
-///
-/// # Errors
-///
-/// [`RedisStoreError::NoSuchEntry`] when there is no such dead letter;
-/// [`RedisStoreError::NothingToRequeue`] when it carries none of the original entry's fields
-/// (the entry was deleted before anyone read it and no event store could refetch it): read the
-/// event from the store by its `dlq_source_id` instead.
-pub async fn requeue_dead_letter(
-    conn: &mut ConnectionManager,
-    stream_key: &str,
-    group: &str,
-    id: &str,
-) -> Result<String, RedisStoreError> {
-    let dead_letters = keys::dead_letter_stream(stream_key, group);
-    let new_id: Option<String> = REQUEUE
-        .key(&dead_letters)
-        .key(keys::requeue_stream(stream_key, group))
-        .arg(id)
-        .invoke_async(conn)
-        .await
-        .map_err(|e| {
-            if e.code() == Some("REQUEUEEMPTY") {
-                RedisStoreError::NothingToRequeue {
-                    key: dead_letters.clone(),
-                    id: id.to_owned(),
-                }
-            } else {
-                RedisStoreError::Redis(e)
-            }
-        })?;
-    new_id.ok_or_else(|| RedisStoreError::NoSuchEntry {
-        key: dead_letters,
-        id: id.to_owned(),
     })
 }
 

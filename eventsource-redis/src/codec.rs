@@ -15,6 +15,8 @@ use eventsource_core::{
 use redis::Value;
 use uuid::Uuid;
 
+use crate::error::CodecError;
+
 /// Field names, in the order [`encode`] writes the values.
 pub const FIELDS: [&str; 11] = [
     "event_id",
@@ -29,23 +31,6 @@ pub const FIELDS: [&str; 11] = [
     "metadata",
     "payload",
 ];
-
-/// Why a stream entry is not a valid event.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum CodecError {
-    /// The entry lacks a field (or was deleted, leaving no fields at all).
-    #[error("entry has no field `{0}`")]
-    Missing(&'static str),
-    /// A field holds something that does not parse.
-    #[error("entry field `{field}` is invalid: {reason}")]
-    Invalid {
-        /// The field's name.
-        field: &'static str,
-        /// What did not parse.
-        reason: String,
-    },
-}
 
 /// The entry id of the event at `position`: `<transaction>-<position>`.
 #[must_use]

@@ -1,4 +1,5 @@
-//! Errors of the relay, the runners and the admin functions.
+//! Errors of the relay, the runners, the codec and the admin functions, and how handler
+//! failures are put into words.
 
 use eventsource_core::{LogPosition, StoreError, StreamId, Version};
 use redis::RedisError;
@@ -156,4 +157,44 @@ pub(crate) fn redis_retryable(e: &RedisError) -> bool {
 /// Whether the error says the consumer group (or its stream) does not exist.
 pub(crate) fn is_no_group(e: &RedisError) -> bool {
     e.code() == Some("NOGROUP")
+}
+
+/// Why a stream entry is not a valid event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The entry lacks a field (or was deleted, leaving no fields at all).
+    #[error("entry has no field `{0}`")]
+    Missing(&'static str),
+    /// A field holds something that does not parse.
+    #[error("entry field `{field}` is invalid: {reason}")]
+    Invalid {
+        /// The field's name.
+        field: &'static str,
+        /// What did not parse.
+        reason: String,
+    },
+}
+
+/// "handler panicked: <message>" for a caught panic's payload (a `&str` or `String`; other
+/// payloads read "a non-string payload").
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string payload".to_owned());
+    format!("handler panicked: {message}")
+}
+
+/// An error and its sources, `: `-separated (`outer: inner: root`).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

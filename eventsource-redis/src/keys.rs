@@ -1,30 +1,34 @@
-//! Every Redis key this crate touches, and the routing of events to stream keys.
-//!
-//! Keys carry a hash tag (`{…}`) so that everything belonging to one tenant lands in one slot of
-//! a Redis Cluster: a stream, its dead-letter and requeue streams live together, and the Lua
-//! scripts that touch two of them at once stay single-slot.
-//!
-//! | key | holds |
-//! |---|---|
-//! | `es:{<tenant>}:events` | the tenant's events ([`PerTenant`], the default) |
-//! | `es:{<tenant>}:type:<aggregate type>` | one aggregate type's events ([`PerAggregateType`]) |
-//! | `es:{<tenant>}:event:<event type>` | one event type's events ([`PerEventType`]) |
-//! | `<stream key>:dlq:<group>` | a group's dead letters for that stream |
-//! | `<stream key>:requeue:<group>` | dead letters sent back to that group |
-//! | `es:relay:{<name>}:lease` | the relay lease |
-//! | `es:bus:{<name>}:<priority>` | a bus's events of one priority (`critical` … `low`) |
-//! | `es:bus:{<name>}:topic:<topic>` | a bus topic's Pub/Sub channel (live subscribers) |
-//! | `es:jobs:{<queue>}:…` | a job queue: its sets, job hashes and events ([`crate::jobs`]) |
-//!
-//! Tenant ids and names are escaped (`%`, `{`, `}`, `:` become `%25`, `%7B`, `%7D`, `%3A`) so a
-//! tenant can never break out of its hash tag or collide with another key.
+//! Every Redis key this crate touches: the formats are a wire contract, documented on
+//! [`Keys`].
 
 use std::fmt::Write as _;
 
+use eventsource_core::TenantId;
 use eventsource_core::bus::Priority;
-use eventsource_core::{RecordedEvent, TenantId};
 
-/// Builds key names under a common prefix (`es` unless changed).
+/// Builds key names under a common prefix (`es` unless changed): the crate's wire contract.
+///
+/// Keys carry a hash tag (`{…}`) so that everything belonging to one tenant lands in one slot of
+/// a Redis Cluster: a stream, its dead-letter and requeue streams live together, and the Lua
+/// scripts that touch two of them at once stay single-slot.
+///
+/// | key | holds |
+/// |---|---|
+/// | `es:{<tenant>}:events` | the tenant's events ([`PerTenant`](crate::PerTenant), the default) |
+/// | `es:{<tenant>}:type:<aggregate type>` | one aggregate type's events ([`PerAggregateType`](crate::PerAggregateType)) |
+/// | `es:{<tenant>}:event:<event type>` | one event type's events ([`PerEventType`](crate::PerEventType)) |
+/// | `<stream key>:dlq:<group>` | a group's dead letters for that stream |
+/// | `<stream key>:requeue:<group>` | dead letters sent back to that group |
+/// | `es:relay:{<name>}:lease` | the relay lease |
+/// | `es:bus:{<name>}:<priority>` | a bus's events of one priority (`critical` … `low`) |
+/// | `es:bus:{<name>}:topic:<topic>` | a bus topic's Pub/Sub channel (live subscribers) |
+/// | `es:jobs:{<queue>}:…` | a job queue: its sets, job hashes and events ([`crate::jobs`]) |
+///
+/// Tenant ids and names are escaped (`%`, `{`, `}`, `:` become `%25`, `%7B`, `%7D`, `%3A`) so a
+/// tenant can never break out of its hash tag or collide with another key. The keys derived
+/// from a stream key come from [`dead_letter_stream`](crate::dead_letter_stream) and
+/// [`requeue_stream`](crate::requeue_stream); a relay's checkpoint name from
+/// [`relay_checkpoint`](crate::relay_checkpoint).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     prefix: String,
@@ -182,92 +186,6 @@ fn escape(raw: &str) -> String {
         }
     }
     out
-}
-
-/// Decides which stream keys an event is published to.
-///
-/// An event may go to several keys (for example its tenant's stream and its type's stream);
-/// each key receives the events routed to it in log order, each exactly once. Changing the
-/// router of a running relay only affects events published afterwards.
-pub trait Router: Send + Sync {
-    /// Appends the keys `event` is published to onto `keys`; none skips the event.
-    fn route(&self, event: &RecordedEvent, keys: &mut Vec<String>);
-}
-
-/// One stream per tenant, `es:{<tenant>}:events` (the default).
-#[derive(Debug, Clone, Default)]
-pub struct PerTenant {
-    keys: Keys,
-}
-
-impl PerTenant {
-    /// Routes under the given key prefix.
-    #[must_use]
-    pub fn new(keys: Keys) -> Self {
-        Self { keys }
-    }
-}
-
-impl Router for PerTenant {
-    fn route(&self, event: &RecordedEvent, keys: &mut Vec<String>) {
-        keys.push(self.keys.tenant_stream(event.tenant()));
-    }
-}
-
-/// One stream per tenant and aggregate type, `es:{<tenant>}:type:<aggregate type>`.
-#[derive(Debug, Clone, Default)]
-pub struct PerAggregateType {
-    keys: Keys,
-}
-
-impl PerAggregateType {
-    /// Routes under the given key prefix.
-    #[must_use]
-    pub fn new(keys: Keys) -> Self {
-        Self { keys }
-    }
-}
-
-impl Router for PerAggregateType {
-    fn route(&self, event: &RecordedEvent, keys: &mut Vec<String>) {
-        keys.push(
-            self.keys
-                .aggregate_type_stream(event.tenant(), event.stream.aggregate_type()),
-        );
-    }
-}
-
-/// One stream per tenant and event type (a category), `es:{<tenant>}:event:<event type>`.
-#[derive(Debug, Clone, Default)]
-pub struct PerEventType {
-    keys: Keys,
-}
-
-impl PerEventType {
-    /// Routes under the given key prefix.
-    #[must_use]
-    pub fn new(keys: Keys) -> Self {
-        Self { keys }
-    }
-}
-
-impl Router for PerEventType {
-    fn route(&self, event: &RecordedEvent, keys: &mut Vec<String>) {
-        keys.push(
-            self.keys
-                .event_type_stream(event.tenant(), &event.event_type),
-        );
-    }
-}
-
-/// Any closure `Fn(&RecordedEvent, &mut Vec<String>)` routes too.
-impl<F> Router for F
-where
-    F: Fn(&RecordedEvent, &mut Vec<String>) + Send + Sync,
-{
-    fn route(&self, event: &RecordedEvent, keys: &mut Vec<String>) {
-        self(event, keys);
-    }
 }
 
 #[cfg(test)]

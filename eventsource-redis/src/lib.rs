@@ -1,32 +1,41 @@
 #![doc = include_str!("../README.md")]
 #![doc(test(attr(deny(warnings))))]
 
-pub mod admin;
+// One directory per concept, each `mod.rs` a table of contents; every module is private and
+// its public items are re-exported here by name, so each has one path (ADR 0026). Public
+// modules are the namespaces users need as such: the wire contract of stream entries
+// (`codec`, `dead_letter_fields`) and the job queue (`jobs`).
+mod admin;
+mod backoff;
 mod bus;
 pub mod codec;
-pub mod consumer;
-pub mod error;
+mod dead_letter;
+mod error;
 pub mod jobs;
-pub mod keys;
-pub mod options;
-mod order;
-pub mod publisher;
-pub mod runner;
+mod keys;
+mod relay;
+mod runner;
 mod wait;
 
-pub use admin::{
-    DeadLetter, GroupStats, Health, StreamStats, Trimmed, dead_letter_count, dead_letters,
-    health_check, requeue_dead_letter, stats, trim,
-};
+pub use admin::{GroupStats, Health, StreamStats, Trimmed, health_check, stats, trim};
 pub use bus::{RedisBus, connect_bus};
-pub use codec::CodecError;
-pub use consumer::ensure_group;
-pub use error::{RedisStoreError, RunnerError};
-pub use keys::{Keys, PerAggregateType, PerEventType, PerTenant, Router};
-pub use options::{PublisherOptions, RunnerOptions};
-pub use publisher::{Published, RedisPublisher};
-pub use runner::projection::{
-    Applied, InMemoryProjection, ProjectionHandler, TransactionalProjection,
+pub use dead_letter::fields as dead_letter_fields;
+pub use dead_letter::{DeadLetter, dead_letter_count, dead_letters, requeue_dead_letter};
+pub use error::{CodecError, RedisStoreError, RunnerError};
+pub use keys::{Keys, dead_letter_stream, relay_checkpoint, requeue_stream};
+pub use relay::{
+    PerAggregateType, PerEventType, PerTenant, Published, RedisRelay, RelayOptions, Router,
 };
-pub use runner::{ConsumerRunner, RunnerCounters};
+pub use runner::{
+    Applied, ConsumerRunner, InMemoryProjection, ProjectionHandler, RunnerCounters, RunnerOptions,
+    StartId, TransactionalProjection, ensure_group,
+};
 pub use wait::RedisEventWaiter;
+
+/// The relay's old name: [`RedisRelay`].
+#[deprecated(note = "renamed to `RedisRelay`")]
+pub type RedisPublisher<S, C> = RedisRelay<S, C>;
+
+/// The relay options' old name: [`RelayOptions`].
+#[deprecated(note = "renamed to `RelayOptions`")]
+pub type PublisherOptions = RelayOptions;

@@ -126,7 +126,7 @@ async fn the_configuration_picks_the_adapter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_events_reach_subscribers_through_the_relay() {
     use eventsource_core::InMemoryCheckpointStore;
-    use eventsource_redis::{PublisherOptions, RedisPublisher};
+    use eventsource_redis::{RedisRelay, RelayOptions};
 
     let Some(url) = support::redis_url() else {
         return;
@@ -154,12 +154,12 @@ async fn committed_events_reach_subscribers_through_the_relay() {
         "Opened",
     )
     .await;
-    let mut relay = RedisPublisher::new(
+    let mut relay = RedisRelay::new(
         store.clone(),
         InMemoryCheckpointStore::new(),
         conn,
         "bus-relay",
-        PublisherOptions::default(),
+        RelayOptions::default(),
     )
     .with_keys(&keys);
     relay.catch_up().await.unwrap();

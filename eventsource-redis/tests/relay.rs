@@ -12,7 +12,7 @@ use eventsource_core::{
     CheckpointStore, InMemoryCheckpointStore, InMemoryEventStore, LogPosition, RecordedEvent,
     StoreError,
 };
-use eventsource_redis::{Keys, PublisherOptions, RedisPublisher, Router, keys};
+use eventsource_redis::{Keys, RedisRelay, RelayOptions, Router, relay_checkpoint};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -60,13 +60,13 @@ fn fresh_relay(
     name: &str,
     keys: &Keys,
     batch_size: usize,
-) -> RedisPublisher<InMemoryEventStore, InMemoryCheckpointStore> {
-    RedisPublisher::new(
+) -> RedisRelay<InMemoryEventStore, InMemoryCheckpointStore> {
+    RedisRelay::new(
         store.clone(),
         InMemoryCheckpointStore::new(),
         conn.clone(),
         name,
-        PublisherOptions::default().with_batch_size(batch_size),
+        RelayOptions::default().with_batch_size(batch_size),
     )
     .with_router(eventsource_redis::PerTenant::new(keys.clone()))
 }
@@ -134,11 +134,11 @@ async fn relay_killed_at_random_points_publishes_each_event_once_in_order() {
     for round in 0..150 {
         let stall = round % 4 == 3;
         checkpoints.stall.store(stall, Ordering::SeqCst);
-        let options = PublisherOptions::default()
+        let options = RelayOptions::default()
             .with_batch_size(rand::random_range(1..40))
             .with_instance_id("relay-under-test")
             .with_lease_ttl(Duration::from_secs(5));
-        let relay = RedisPublisher::new(
+        let relay = RedisRelay::new(
             store.clone(),
             checkpoints.clone(),
             conn.clone(),
@@ -174,12 +174,12 @@ async fn relay_killed_at_random_points_publishes_each_event_once_in_order() {
 
     // A last relay catches up; every key then equals the log.
     checkpoints.stall.store(false, Ordering::SeqCst);
-    let mut relay = RedisPublisher::new(
+    let mut relay = RedisRelay::new(
         store.clone(),
         checkpoints.clone(),
         conn.clone(),
         "killed",
-        PublisherOptions::default(),
+        RelayOptions::default(),
     )
     .with_router(router.clone())
     .with_keys(&keys);
@@ -225,12 +225,12 @@ async fn a_second_relay_waits_for_the_lease() {
     let store = InMemoryEventStore::new();
     let checkpoints = InMemoryCheckpointStore::new();
     let relay = |instance: &str| {
-        RedisPublisher::new(
+        RedisRelay::new(
             store.clone(),
             checkpoints.clone(),
             conn.clone(),
             "leased",
-            PublisherOptions::default()
+            RelayOptions::default()
                 .with_instance_id(instance)
                 .with_lease_ttl(Duration::from_millis(300)),
         )
@@ -281,7 +281,7 @@ async fn a_second_relay_waits_for_the_lease() {
     assert_eq!(holder.as_deref(), Some("b"));
     second_stop.cancel();
     second.await.unwrap().unwrap();
-    let _ = keys::relay_checkpoint("leased");
+    let _ = relay_checkpoint("leased");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -361,4 +361,17 @@ async fn a_store_reset_behind_the_stream_is_refused_not_dropped() {
         5,
         "the stream is untouched"
     );
+}
+
+/// The relay's old names are deprecated aliases of the new ones: code written against them
+/// keeps compiling (with a deprecation warning).
+#[test]
+#[allow(deprecated)]
+fn the_old_relay_names_still_compile() {
+    use eventsource_redis::{PublisherOptions, RedisPublisher};
+    let options: PublisherOptions = RelayOptions::default().with_batch_size(7);
+    assert_eq!(options.batch_size(), 7);
+    let same: Option<RedisPublisher<InMemoryEventStore, InMemoryCheckpointStore>> =
+        None::<RedisRelay<InMemoryEventStore, InMemoryCheckpointStore>>;
+    assert!(same.is_none());
 }

@@ -7,7 +7,7 @@ use eventsource_core::{
     Appended, EventStore, ExpectedVersion, InMemoryCheckpointStore, InMemoryEventStore, LogFilter,
     LogPosition, NewEvent, RecordedEvent, StoreError, StreamId, Version, VersionRange,
 };
-use eventsource_redis::{Keys, PerTenant, PublisherOptions, RedisPublisher, RedisStoreError};
+use eventsource_redis::{Keys, PerTenant, RedisRelay, RedisStoreError, RelayOptions};
 
 /// A store whose log gives the second and third events it holds in swapped order (at the same
 /// positions): a stream's version 3 before its version 2, as a store that broke the contract
@@ -74,12 +74,12 @@ async fn a_stream_out_of_version_order_stops_the_relay_before_anything_is_publis
     let stream = support::stream("acme", "order", "o-1");
     support::append(&store.0, &stream, 3, "Happened").await;
 
-    let mut relay = RedisPublisher::new(
+    let mut relay = RedisRelay::new(
         store.clone(),
         InMemoryCheckpointStore::new(),
         conn.clone(),
         "order-check",
-        PublisherOptions::default().with_batch_size(10),
+        RelayOptions::default().with_batch_size(10),
     )
     .with_router(PerTenant::new(keys.clone()));
     let err = relay
@@ -106,12 +106,12 @@ async fn a_stream_out_of_version_order_stops_the_relay_before_anything_is_publis
     );
 
     // `run` stops with the same error instead of retrying it.
-    let relay = RedisPublisher::new(
+    let relay = RedisRelay::new(
         store,
         InMemoryCheckpointStore::new(),
         conn.clone(),
         "order-check-run",
-        PublisherOptions::default().with_batch_size(10),
+        RelayOptions::default().with_batch_size(10),
     )
     .with_router(PerTenant::new(keys.clone()));
     let outcome = tokio::time::timeout(
@@ -140,12 +140,12 @@ async fn an_ordered_log_passes_the_check_across_batches() {
         support::append(&store, &a, 2, "Happened").await;
         support::append(&store, &b, 1, "Happened").await;
     }
-    let mut relay = RedisPublisher::new(
+    let mut relay = RedisRelay::new(
         store,
         InMemoryCheckpointStore::new(),
         conn.clone(),
         "order-pass",
-        PublisherOptions::default().with_batch_size(2),
+        RelayOptions::default().with_batch_size(2),
     )
     .with_router(PerTenant::new(keys.clone()));
     assert_eq!(
@@ -166,12 +166,12 @@ async fn a_relay_told_to_publish_an_old_log_as_it_is_publishes_it() {
     let store = Swapping::default();
     let stream = support::stream("acme", "order", "o-1");
     support::append(&store.0, &stream, 3, "Happened").await;
-    let mut relay = RedisPublisher::new(
+    let mut relay = RedisRelay::new(
         store,
         InMemoryCheckpointStore::new(),
         conn.clone(),
         "order-lenient",
-        PublisherOptions::default()
+        RelayOptions::default()
             .with_batch_size(10)
             .with_refuse_out_of_order(false),
     )

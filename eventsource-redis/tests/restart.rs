@@ -11,9 +11,7 @@ use eventsource_core::{
     EventHandler, InMemoryCheckpointStore, InMemoryEventStore, LogPosition, RecordedEvent,
     RetryPolicy,
 };
-use eventsource_redis::{
-    ConsumerRunner, Keys, PerTenant, PublisherOptions, RedisPublisher, RunnerOptions,
-};
+use eventsource_redis::{ConsumerRunner, Keys, PerTenant, RedisRelay, RelayOptions, RunnerOptions};
 use redis::aio::ConnectionManagerConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -57,12 +55,12 @@ async fn relay_and_runner_survive_a_redis_restart() {
         .with_max_attempts(u32::MAX)
         .with_base_delay(Duration::from_millis(20))
         .with_max_delay(Duration::from_millis(200));
-    let relay = RedisPublisher::new(
+    let relay = RedisRelay::new(
         store.clone(),
         InMemoryCheckpointStore::new(),
         conn.clone(),
         "restart",
-        PublisherOptions::default()
+        RelayOptions::default()
             .with_batch_size(50)
             .with_error_backoff(backoff),
     )

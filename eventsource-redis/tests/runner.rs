@@ -14,8 +14,8 @@ use eventsource_core::{
     RetryPolicy,
 };
 use eventsource_redis::{
-    ConsumerRunner, InMemoryProjection, Keys, PerTenant, ProjectionHandler, PublisherOptions,
-    RedisPublisher, RunnerOptions,
+    ConsumerRunner, InMemoryProjection, Keys, PerTenant, ProjectionHandler, RedisRelay,
+    RelayOptions, RunnerOptions,
 };
 use redis::AsyncCommands as _;
 use redis::aio::ConnectionManager;
@@ -78,12 +78,12 @@ impl Setup {
     /// Publishes everything in the store to the tenant stream.
     async fn publish(&self) {
         let prefix = self.key.split(':').next().unwrap().to_owned();
-        let mut relay = RedisPublisher::new(
+        let mut relay = RedisRelay::new(
             self.store.clone(),
             InMemoryCheckpointStore::new(),
             self.conn.clone(),
             "test",
-            PublisherOptions::default(),
+            RelayOptions::default(),
         )
         .with_router(PerTenant::new(Keys::new(&prefix)));
         relay.catch_up().await.unwrap();
@@ -341,9 +341,14 @@ async fn a_poison_entry_ends_in_the_dead_letter_stream_and_can_be_requeued() {
 /// Delivers every entry to consumer `dead` without acking, as a consumer that then died.
 async fn deliver_to_dead_consumer(s: &Setup, group: &str) -> Vec<String> {
     let mut conn = s.conn.clone();
-    eventsource_redis::ensure_group(&mut conn, &s.key, group, "0")
-        .await
-        .unwrap();
+    eventsource_redis::ensure_group(
+        &mut conn,
+        &s.key,
+        group,
+        &eventsource_redis::StartId::Beginning,
+    )
+    .await
+    .unwrap();
     let options = StreamReadOptions::default()
         .group(group, "dead")
         .count(1000);
@@ -426,9 +431,14 @@ async fn trimming_never_removes_an_unacknowledged_entry() {
     // Group "fast" read everything and acked the first 4; group "slow" read nothing yet.
     let ids = deliver_to_dead_consumer(&s, "fast").await;
     let _: usize = conn.xack(&s.key, "fast", &ids[..4]).await.unwrap();
-    eventsource_redis::ensure_group(&mut conn, &s.key, "slow", "0")
-        .await
-        .unwrap();
+    eventsource_redis::ensure_group(
+        &mut conn,
+        &s.key,
+        "slow",
+        &eventsource_redis::StartId::Beginning,
+    )
+    .await
+    .unwrap();
 
     let trimmed = eventsource_redis::trim(&mut conn, &s.key).await.unwrap();
     assert_eq!(
@@ -812,7 +822,7 @@ async fn requeueing_a_dead_letter_without_its_event_is_a_clear_error() {
     };
     let s = setup(&url).await;
     let mut conn = s.conn.clone();
-    let dlq = eventsource_redis::keys::dead_letter_stream(&s.key, "g");
+    let dlq = eventsource_redis::dead_letter_stream(&s.key, "g");
     // What a runner without an event store records for an entry deleted while pending.
     let id: String = conn
         .xadd(

@@ -11,7 +11,7 @@ use eventsource_core::{
     EventStore, ExpectedVersion, InMemoryCheckpointStore, InMemoryEventStore, LogPosition,
     NewEvent, StreamId, TenantId, WaitError,
 };
-use eventsource_redis::{Keys, PublisherOptions, RedisEventWaiter, RedisPublisher};
+use eventsource_redis::{Keys, RedisEventWaiter, RedisRelay, RelayOptions};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -42,12 +42,12 @@ async fn replies_published_before_or_during_the_wait_are_found_and_a_timeout_is_
     let (_, waiting_conn) = support::connect(&url).await;
     let keys = Keys::new(&support::prefix());
     let store = InMemoryEventStore::new();
-    let relay = RedisPublisher::new(
+    let relay = RedisRelay::new(
         store.clone(),
         InMemoryCheckpointStore::new(),
         conn.clone(),
         "relay",
-        PublisherOptions::default(),
+        RelayOptions::default(),
     )
     .with_router(eventsource_redis::PerTenant::new(keys.clone()));
     let shutdown = CancellationToken::new();

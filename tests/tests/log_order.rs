@@ -21,7 +21,7 @@ use eventsource_core::{
     StoreError, StreamId, TenantId, Version, read_log,
 };
 use eventsource_postgres::{MIGRATOR, PgCheckpointStore, PgEventStore, begin_tenant};
-use eventsource_redis::{Keys, PublisherOptions, RedisPublisher};
+use eventsource_redis::{Keys, RedisRelay, RelayOptions};
 use futures::TryStreamExt as _;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -385,12 +385,12 @@ async fn every_stream_stays_in_version_order_along_every_reader_under_mixed_writ
     let relays: Vec<_> = tenants
         .iter()
         .map(|tenant| {
-            let relay = RedisPublisher::new(
+            let relay = RedisRelay::new(
                 grouped.clone(),
                 PgCheckpointStore::new(pool.clone()),
                 conn.clone(),
                 format!("order-{}", tenant.as_str()),
-                PublisherOptions::default()
+                RelayOptions::default()
                     .with_batch_size(200)
                     .with_max_idle_poll(Duration::from_millis(20))
                     .with_filter(LogFilter::tenant(tenant.clone())),

@@ -15,7 +15,7 @@ use eventsource_core::{
     NewEvent, RecordedEvent, StreamId, TenantId,
 };
 use eventsource_postgres::{MIGRATOR, PgProjection, PgProjectionError, PgProjectionHandler};
-use eventsource_redis::{ConsumerRunner, Keys, PublisherOptions, RedisPublisher, RunnerOptions};
+use eventsource_redis::{ConsumerRunner, Keys, RedisRelay, RelayOptions, RunnerOptions};
 use sqlx::PgConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
@@ -85,12 +85,12 @@ async fn publish_ten_events(
             .await
             .unwrap();
     }
-    let mut relay = RedisPublisher::new(
+    let mut relay = RedisRelay::new(
         store.clone(),
         InMemoryCheckpointStore::new(),
         conn.clone(),
         "pg",
-        PublisherOptions::default(),
+        RelayOptions::default(),
     )
     .with_keys(keys);
     relay.catch_up().await.unwrap();

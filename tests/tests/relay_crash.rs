@@ -18,7 +18,7 @@ use eventsource_core::{
     TenantId,
 };
 use eventsource_postgres::{MIGRATOR, PgCheckpointStore, PgEventStore};
-use eventsource_redis::{Keys, PublisherOptions, RedisPublisher, Router};
+use eventsource_redis::{Keys, RedisRelay, RelayOptions, Router};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use support::order::{Counter, exactly_once_error, tick, version_order_error};
 use tokio_util::sync::CancellationToken;
@@ -101,12 +101,12 @@ async fn a_relay_killed_at_random_points_publishes_the_postgres_log_once_in_orde
 
     // The last incarnation runs to the end of the log, once the log shows every commit.
     let log = support::tenant_log(&grouped, &tenant, committed.len()).await;
-    let mut last = RedisPublisher::new(
+    let mut last = RedisRelay::new(
         grouped.clone(),
         PgCheckpointStore::new(pool.clone()),
         conn.clone(),
         name.clone(),
-        PublisherOptions::default()
+        RelayOptions::default()
             .with_instance_id("relay-under-test")
             .with_filter(LogFilter::tenant(tenant.clone())),
     )

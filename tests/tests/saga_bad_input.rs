@@ -26,7 +26,7 @@ use eventsource_core::{
 };
 use eventsource_postgres::{MIGRATOR, PgCheckpointStore, PgEventStore, PgSagaHandler, PgSagaStore};
 use eventsource_redis::{
-    ConsumerRunner, Keys, PublisherOptions, RedisPublisher, RunnerCounters, RunnerOptions,
+    ConsumerRunner, Keys, RedisRelay, RelayOptions, RunnerCounters, RunnerOptions,
 };
 use redis::aio::ConnectionManager;
 use serde::de::DeserializeOwned;
@@ -221,12 +221,12 @@ impl Setup {
 
     /// Publishes the tenant's log, as far as it shows, to its Redis stream, as the relay does.
     async fn publish(&self) {
-        RedisPublisher::new(
+        RedisRelay::new(
             self.store.clone(),
             PgCheckpointStore::new(self.pool.clone()),
             self.conn.clone(),
             self.keys.prefix(),
-            PublisherOptions::default().with_filter(LogFilter::tenant(self.tenant.clone())),
+            RelayOptions::default().with_filter(LogFilter::tenant(self.tenant.clone())),
         )
         .with_keys(&self.keys)
         .catch_up()

@@ -11,7 +11,7 @@ use eventsource_core::{
     InMemoryCheckpointStore, InMemoryEventStore, InMemorySagaStore, RecordedEvent, Repository,
     Saga, SagaHandler, TenantId, VersionRange,
 };
-use eventsource_redis::{ConsumerRunner, Keys, PublisherOptions, RedisPublisher, RunnerOptions};
+use eventsource_redis::{ConsumerRunner, Keys, RedisRelay, RelayOptions, RunnerOptions};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -149,12 +149,12 @@ async fn a_saga_in_a_consumer_group_survives_a_killed_consumer() {
     }
 
     let shutdown = CancellationToken::new();
-    let publisher = RedisPublisher::new(
+    let publisher = RedisRelay::new(
         store.clone(),
         InMemoryCheckpointStore::new(),
         conn.clone(),
         "e2e-relay",
-        PublisherOptions::default().with_max_idle_poll(Duration::from_millis(20)),
+        RelayOptions::default().with_max_idle_poll(Duration::from_millis(20)),
     )
     .with_keys(&keys);
     let relay = tokio::spawn(publisher.run(shutdown.clone()));

@@ -16,7 +16,7 @@ use eventsource_core::{
     StreamId, TenantId,
 };
 use eventsource_postgres::{MIGRATOR, PgEventStore};
-use eventsource_redis::{ConsumerRunner, Keys, PublisherOptions, RedisPublisher, RunnerOptions};
+use eventsource_redis::{ConsumerRunner, Keys, RedisRelay, RelayOptions, RunnerOptions};
 use redis::{ErrorKind, TlsCertificates};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use tokio_util::sync::CancellationToken;
@@ -93,12 +93,12 @@ async fn events_travel_from_postgres_to_a_consumer_group_over_tls() {
         .await
         .expect("connect to Redis over TLS as the ACL user");
     let keys = Keys::new(&support::unique("tls"));
-    let mut relay = RedisPublisher::new(
+    let mut relay = RedisRelay::new(
         store,
         InMemoryCheckpointStore::new(),
         conn.clone(),
         "tls",
-        PublisherOptions::default(),
+        RelayOptions::default(),
     )
     .with_keys(&keys);
     relay.catch_up().await.expect("relay over TLS");

@@ -19,7 +19,8 @@ use eventsource_core::bus::{BusEvent, Priority};
 use eventsource_core::{LogPosition, RecordedEvent, StreamId, TenantId, Version};
 use redis::Value;
 
-use crate::codec::{self, CodecError};
+use crate::codec;
+use crate::error::CodecError;
 
 /// The field of a bus entry holding the bus's name.
 pub(crate) const BUS_FIELD: &str = "bus";

@@ -28,8 +28,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::keys::{self, Keys};
-use crate::options::RunnerOptions;
-use crate::runner::ConsumerRunner;
+use crate::runner::{ConsumerRunner, RunnerOptions, StartId};
 use handler::Subscriber;
 
 /// The name front of a broadcast subscription's own group: `broadcast-<subscription id>`.
@@ -63,8 +62,9 @@ const PRIORITIES: [Priority; 4] = [
 ///   latency, but only while connected, and broadcast only.
 ///
 /// Retries follow [`SubscribeOptions::retry`]; a given-up event goes to the dead-letter topic,
-/// or, without one, to the runner's dead-letter stream ([`keys::dead_letter_stream`]) for
-/// [`dead_letters`](crate::dead_letters) and [`requeue_dead_letter`](crate::requeue_dead_letter).
+/// or, without one, to the runner's dead-letter stream
+/// ([`dead_letter_stream`](crate::dead_letter_stream)) for [`dead_letters`](crate::dead_letters)
+/// and [`requeue_dead_letter`](crate::requeue_dead_letter).
 ///
 /// ```no_run
 /// # use std::sync::Arc;
@@ -327,7 +327,7 @@ impl RedisBus {
         self.rebuild(|s| s.live = false)
     }
 
-    /// Also delivers the events a [`RedisPublisher`](crate::RedisPublisher) relays from the
+    /// Also delivers the events a [`RedisRelay`](crate::RedisRelay) relays from the
     /// event store into `streams` (for example [`Keys::tenant_stream`]) to durable
     /// subscriptions, on topic `<aggregate type>.<event type>` (characters a topic cannot
     /// hold become `_`). The relay puts each committed event into its stream exactly once;
@@ -368,7 +368,7 @@ impl RedisBus {
             subscriber,
             self.inner.runner_options.clone(),
         )
-        .with_start_id("$");
+        .with_start_id(StartId::New);
         // Created before returning, so every later publication reaches the subscription.
         runner.ensure_groups().await.map_err(backend)?;
         let stop = CancellationToken::new();

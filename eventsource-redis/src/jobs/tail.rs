@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use super::event::JobEvent;
 use super::queue::Queue;
 use super::relay::RelayError;
-use crate::publisher::sleep_or_cancel;
-use crate::runner::error_chain;
+use crate::backoff::sleep_or_cancel;
+use crate::error::error_chain;
 
 /// A relay's position in a queue's event stream: the last stream id delivered, kept at
 /// `es:jobs:{<queue>}:relay:<name>` so it shares the queue's hash tag.

@@ -15,7 +15,7 @@ use super::error::JobError;
 use super::options::{Backoff, WorkerOptions, millis};
 use super::queue::{Queue, number};
 use super::scripts;
-use crate::runner::{error_chain, panic_message};
+use crate::error::{error_chain, panic_message};
 
 /// The error a handler fails an attempt with; its text (with its sources) is kept as the job's
 /// failed reason.

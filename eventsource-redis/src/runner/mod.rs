@@ -1,107 +1,39 @@
 //! Consumer-group runners: deliver stream entries to an [`EventHandler`], at least once.
+//!
+//! - `delivery`: reading entries (own pending, reclaimed, new), sorting them into lanes, acks;
+//! - `lanes`: one aggregate stream's entries in order, the handler's retries;
+//! - `dead_letter`: the atomic move of a given-up entry to its dead-letter stream;
+//! - `refetch`: entries deleted while pending, found again in the event store;
+//! - `counters`, `group` (where a group starts, idempotent creation), `options`;
+//! - `projection`: read models with exactly-once effects on top of a runner.
 
-pub mod projection;
+mod counters;
+mod dead_letter;
+mod delivery;
+mod group;
+mod lanes;
+mod options;
+mod projection;
+mod refetch;
 
-use std::collections::{HashMap, HashSet};
-
-use futures::FutureExt as _;
-use std::hash::{BuildHasher as _, RandomState};
-use std::pin::Pin;
+use std::hash::RandomState;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use eventsource_core::{
-    EventHandler, EventStore, LogFilter, LogPosition, RecordedEvent, StoreError,
-};
+use eventsource_core::{EventHandler, EventStore};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::streams::{
-    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamPendingCountReply,
-    StreamReadOptions, StreamReadReply,
-};
-use redis::{AsyncCommands as _, Value};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
 
-use crate::codec;
-use crate::consumer::{DEAD_LETTER, create_group, dead_letter_fields as dlq, raw_fields};
+pub use counters::RunnerCounters;
+pub use group::{StartId, ensure_group};
+pub use options::RunnerOptions;
+pub use projection::{Applied, InMemoryProjection, ProjectionHandler, TransactionalProjection};
+
+use crate::backoff::sleep_or_cancel;
 use crate::error::{RedisStoreError, RunnerError, is_no_group};
 use crate::keys;
-use crate::options::RunnerOptions;
-use crate::publisher::sleep_or_cancel;
-
-/// Counters of what a runner did, readable while it runs.
-#[derive(Debug, Default)]
-pub struct RunnerCounters {
-    handled: AtomicU64,
-    failed_attempts: AtomicU64,
-    dead_lettered: AtomicU64,
-    reclaimed: AtomicU64,
-    missing: AtomicU64,
-    refetched: AtomicU64,
-}
-
-impl RunnerCounters {
-    /// Entries handled successfully and acknowledged.
-    #[must_use]
-    pub fn handled(&self) -> u64 {
-        self.handled.load(Ordering::Relaxed)
-    }
-
-    /// Handler calls that failed.
-    #[must_use]
-    pub fn failed_attempts(&self) -> u64 {
-        self.failed_attempts.load(Ordering::Relaxed)
-    }
-
-    /// Entries moved to the dead-letter stream.
-    #[must_use]
-    pub fn dead_lettered(&self) -> u64 {
-        self.dead_lettered.load(Ordering::Relaxed)
-    }
-
-    /// Entries claimed from idle consumers (this one included).
-    #[must_use]
-    pub fn reclaimed(&self) -> u64 {
-        self.reclaimed.load(Ordering::Relaxed)
-    }
-
-    /// Pending entries found deleted from their stream.
-    #[must_use]
-    pub fn missing(&self) -> u64 {
-        self.missing.load(Ordering::Relaxed)
-    }
-
-    /// Missing entries refetched from the event store.
-    #[must_use]
-    pub fn refetched(&self) -> u64 {
-        self.refetched.load(Ordering::Relaxed)
-    }
-}
-
-type RefetchFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<Option<RecordedEvent>, StoreError>> + Send + 'a>>;
-
-/// Finds an event in the store by its log position.
-trait Refetch: Send + Sync {
-    fn refetch(&self, position: LogPosition) -> RefetchFuture<'_>;
-}
-
-impl<S: EventStore> Refetch for S {
-    fn refetch(&self, position: LogPosition) -> RefetchFuture<'_> {
-        Box::pin(async move {
-            let after = match position.position().checked_sub(1) {
-                Some(p) => LogPosition::new(position.transaction(), p),
-                None => match position.transaction().checked_sub(1) {
-                    Some(tx) => LogPosition::new(tx, u64::MAX),
-                    None => return Ok(None),
-                },
-            };
-            let events = self.read_all(after, 1, &LogFilter::all()).await?;
-            Ok(events.into_iter().next().filter(|e| e.position == position))
-        })
-    }
-}
+use group::create_group;
+use refetch::Refetch;
 
 /// Runs an [`EventHandler`] as a consumer of a Redis consumer group.
 ///
@@ -110,13 +42,15 @@ impl<S: EventStore> Refetch for S {
 /// **At-least-once**: an entry is acknowledged only after its handler returned `Ok`, so a crash
 /// between the two re-delivers it (to this consumer on restart, or to another after the idle
 /// threshold). Handlers get exactly-once *effects* by deduplicating on
-/// [`RecordedEvent::position`] or [`RecordedEvent::event_id`] in the same transaction as the
-/// effect (see [`projection`]). See [`RunnerOptions`] for the retry, reclaim and dead-letter
-/// policy.
+/// [`RecordedEvent::position`](eventsource_core::RecordedEvent::position) or
+/// [`RecordedEvent::event_id`](eventsource_core::RecordedEvent::event_id) in the same
+/// transaction as the effect (see [`TransactionalProjection`]). See [`RunnerOptions`] for the
+/// retry, reclaim and dead-letter policy.
 ///
-/// The runner reads each stream key and its requeue stream ([`keys::requeue_stream`]), creates
-/// its group on both if missing, and handles entries of one aggregate stream one after the
-/// other, in order; different aggregate streams run concurrently up to
+/// The runner reads each stream key and its requeue stream
+/// ([`requeue_stream`](crate::requeue_stream)), creates its group on both if missing (where
+/// [`with_start_id`](Self::with_start_id) says), and handles entries of one aggregate stream
+/// one after the other, in order; different aggregate streams run concurrently up to
 /// [`RunnerOptions::with_concurrency`]. When a handler gives up on an entry, later entries of
 /// the same aggregate stream in that batch are left pending too, so they are retried after it.
 ///
@@ -156,7 +90,7 @@ pub struct ConsumerRunner<H> {
     event_streams: usize,
     group: String,
     consumer: String,
-    start_id: String,
+    start: StartId,
     handler: H,
     refetch: Option<Arc<dyn Refetch>>,
     options: RunnerOptions,
@@ -173,33 +107,6 @@ impl<H> std::fmt::Debug for ConsumerRunner<H> {
             .field("options", &self.options)
             .finish_non_exhaustive()
     }
-}
-
-/// What became of one entry in a lane.
-struct LaneOutcome {
-    acks: Vec<(usize, String)>,
-    successes: u32,
-    failures: u32,
-    error: Option<RunnerError>,
-}
-
-/// Why a handler gave up on an entry.
-struct Failure {
-    error: String,
-    /// The error will recur (the handler said so, or it panicked): dead-letter without
-    /// further deliveries.
-    permanent: bool,
-}
-
-/// An entry as delivered, with its decoded event or the reason it has none.
-struct Delivery {
-    key: usize,
-    id: String,
-    fields: HashMap<String, Value>,
-    event: Result<RecordedEvent, String>,
-    /// `false` for ids `XAUTOCLAIM` reported deleted: Redis already dropped them from the
-    /// pending list, so they cannot be delivered again.
-    in_pending: bool,
 }
 
 impl<H: EventHandler> ConsumerRunner<H> {
@@ -233,7 +140,7 @@ impl<H: EventHandler> ConsumerRunner<H> {
             dead_letter_keys,
             group,
             consumer: consumer.into(),
-            start_id: "0".to_owned(),
+            start: StartId::Beginning,
             handler,
             refetch: None,
             options,
@@ -250,11 +157,11 @@ impl<H: EventHandler> ConsumerRunner<H> {
         self
     }
 
-    /// Where a newly created group starts: `"0"` (default, the whole stream) or `"$"` (only
-    /// entries added from now on).
+    /// Where a group this runner creates starts reading (default [`StartId::Beginning`], the
+    /// whole stream); a group that exists keeps its position.
     #[must_use]
-    pub fn with_start_id(mut self, start_id: impl Into<String>) -> Self {
-        self.start_id = start_id.into();
+    pub fn with_start_id(mut self, start: StartId) -> Self {
+        self.start = start;
         self
     }
 
@@ -271,9 +178,14 @@ impl<H: EventHandler> ConsumerRunner<H> {
     }
 
     /// Creates the group on every key it reads, if missing.
+    ///
+    /// # Errors
+    ///
+    /// [`RedisStoreError::Redis`] when Redis fails or refuses (a key holding something other
+    /// than a stream, a [`StartId::After`] id that does not parse).
     pub async fn ensure_groups(&mut self) -> Result<(), RedisStoreError> {
         for key in &self.read_keys {
-            create_group(&mut self.conn, key, &self.group, &self.start_id).await?;
+            create_group(&mut self.conn, key, &self.group, &self.start).await?;
         }
         Ok(())
     }
@@ -298,7 +210,7 @@ impl<H: EventHandler> ConsumerRunner<H> {
             let result = async {
                 if !groups_ready {
                     for key in &self.read_keys {
-                        create_group(&mut self.conn, key, &self.group, &self.start_id).await?;
+                        create_group(&mut self.conn, key, &self.group, &self.start).await?;
                     }
                     groups_ready = true;
                     pending = Some(vec!["0".to_owned(); self.read_keys.len()]);
@@ -368,464 +280,4 @@ impl<H: EventHandler> ConsumerRunner<H> {
         }
         Ok(())
     }
-
-    /// One read (own pending, reclaim, or new entries) and its processing; returns the
-    /// numbers of entries handled and of entries given up on.
-    async fn step(
-        &mut self,
-        shutdown: &CancellationToken,
-        pending: &mut Option<Vec<String>>,
-        last_reclaim: &mut Option<Instant>,
-        blocking: Option<&mut ConnectionManager>,
-    ) -> Result<(u32, u32), RunnerError> {
-        let batch = self.options.batch_size;
-        if let Some(cursors) = pending {
-            let options = StreamReadOptions::default()
-                .group(&self.group, &self.consumer)
-                .count(batch);
-            let reply: Option<StreamReadReply> = self
-                .conn
-                .xread_options(&self.read_keys, cursors, &options)
-                .await?;
-            let mut deliveries = Vec::new();
-            for stream in reply.map(|r| r.keys).unwrap_or_default() {
-                let Some(idx) = self.read_keys.iter().position(|k| *k == stream.key) else {
-                    continue;
-                };
-                if let Some(last) = stream.ids.last() {
-                    cursors[idx].clone_from(&last.id);
-                }
-                deliveries.extend(stream.ids.into_iter().map(|e| Self::delivery(idx, e, true)));
-            }
-            if deliveries.is_empty() {
-                *pending = None;
-                return Ok((0, 0));
-            }
-            return self.process(deliveries, shutdown).await;
-        }
-        let reclaim_every = self.options.idle_reclaim / 2;
-        if last_reclaim.is_none_or(|at| at.elapsed() >= reclaim_every) {
-            *last_reclaim = Some(Instant::now());
-            return self.reclaim(shutdown).await;
-        }
-        let until_reclaim = last_reclaim.map_or(Duration::ZERO, |at| {
-            reclaim_every.saturating_sub(at.elapsed())
-        });
-        let block = self
-            .options
-            .block_timeout
-            .min(until_reclaim)
-            .max(Duration::from_millis(1));
-        let options = StreamReadOptions::default()
-            .group(&self.group, &self.consumer)
-            .count(batch)
-            .block(usize::try_from(block.as_millis()).unwrap_or(usize::MAX));
-        let ids = vec![">"; self.read_keys.len()];
-        let conn = match blocking {
-            Some(conn) => conn,
-            None => &mut self.conn,
-        };
-        let reply: Option<StreamReadReply> = tokio::select! {
-            () = shutdown.cancelled() => return Ok((0, 0)),
-            reply = conn.xread_options(&self.read_keys, &ids, &options) => reply?,
-        };
-        let mut deliveries = Vec::new();
-        for stream in reply.map(|r| r.keys).unwrap_or_default() {
-            let Some(idx) = self.read_keys.iter().position(|k| *k == stream.key) else {
-                continue;
-            };
-            deliveries.extend(stream.ids.into_iter().map(|e| Self::delivery(idx, e, true)));
-        }
-        self.process(deliveries, shutdown).await
-    }
-
-    /// Claims entries idle past the threshold from any consumer of the group and handles them.
-    async fn reclaim(&mut self, shutdown: &CancellationToken) -> Result<(u32, u32), RunnerError> {
-        let idle = u64::try_from(self.options.idle_reclaim.as_millis()).unwrap_or(u64::MAX);
-        let mut totals = (0, 0);
-        for idx in 0..self.read_keys.len() {
-            let mut start = "0-0".to_owned();
-            loop {
-                let reply: StreamAutoClaimReply = self
-                    .conn
-                    .xautoclaim_options(
-                        &self.read_keys[idx],
-                        &self.group,
-                        &self.consumer,
-                        idle,
-                        &start,
-                        StreamAutoClaimOptions::default().count(self.options.batch_size),
-                    )
-                    .await?;
-                let claimed = reply.claimed.len() + reply.deleted_ids.len();
-                if claimed > 0 {
-                    tracing::info!(
-                        stream = %self.read_keys[idx],
-                        group = %self.group,
-                        consumer = %self.consumer,
-                        claimed,
-                        "reclaimed idle entries"
-                    );
-                }
-                self.counters
-                    .reclaimed
-                    .fetch_add(claimed as u64, Ordering::Relaxed);
-                let mut deliveries: Vec<Delivery> = reply
-                    .claimed
-                    .into_iter()
-                    .map(|e| Self::delivery(idx, e, true))
-                    .collect();
-                deliveries.extend(reply.deleted_ids.into_iter().map(|id| {
-                    Self::delivery(
-                        idx,
-                        StreamId {
-                            id,
-                            ..StreamId::default()
-                        },
-                        false,
-                    )
-                }));
-                let (s, f) = self.process(deliveries, shutdown).await?;
-                totals = (totals.0 + s, totals.1 + f);
-                if reply.next_stream_id == "0-0" || shutdown.is_cancelled() {
-                    break;
-                }
-                start = reply.next_stream_id;
-            }
-        }
-        Ok(totals)
-    }
-
-    fn delivery(key: usize, entry: StreamId, in_pending: bool) -> Delivery {
-        let event = if entry.map.is_empty() {
-            Err(String::new())
-        } else {
-            codec::decode(&entry.map).map_err(|e| format!("malformed entry: {e}"))
-        };
-        Delivery {
-            key,
-            id: entry.id,
-            fields: entry.map,
-            event,
-            in_pending,
-        }
-    }
-
-    /// Handles a read batch: resolves deleted entries, dead-letters malformed ones, runs the
-    /// rest in lanes and acknowledges what succeeded.
-    async fn process(
-        &self,
-        mut deliveries: Vec<Delivery>,
-        shutdown: &CancellationToken,
-    ) -> Result<(u32, u32), RunnerError> {
-        if deliveries.is_empty() {
-            return Ok((0, 0));
-        }
-        let mut failures = 0;
-        let mut lanes: Vec<Vec<Delivery>> =
-            (0..self.options.concurrency).map(|_| Vec::new()).collect();
-        for mut d in deliveries.drain(..) {
-            if d.fields.is_empty() {
-                self.resolve_missing(&mut d).await;
-            }
-            match &d.event {
-                Ok(event) => {
-                    let lane =
-                        usize::try_from(self.hasher.hash_one(&event.stream) % lanes.len() as u64)
-                            .unwrap_or(0);
-                    lanes[lane].push(d);
-                }
-                Err(reason) => {
-                    if reason.is_empty() {
-                        // A refetch that failed transiently: leave it pending for a retry.
-                        failures += 1;
-                        continue;
-                    }
-                    tracing::warn!(
-                        stream = %self.read_keys[d.key],
-                        id = %d.id,
-                        reason = %reason,
-                        "dead-lettering unusable entry"
-                    );
-                    self.dead_letter(&d, None, reason, 1).await?;
-                }
-            }
-        }
-        let outcomes = futures::future::join_all(
-            lanes
-                .iter()
-                .filter(|lane| !lane.is_empty())
-                .map(|lane| self.run_lane(lane, shutdown)),
-        )
-        .await;
-        let mut acks: HashMap<usize, Vec<String>> = HashMap::new();
-        let mut successes = 0;
-        let mut error = None;
-        for outcome in outcomes {
-            successes += outcome.successes;
-            failures += outcome.failures;
-            for (key, id) in outcome.acks {
-                acks.entry(key).or_default().push(id);
-            }
-            if error.is_none() {
-                error = outcome.error;
-            }
-        }
-        if !acks.is_empty() {
-            let mut pipe = redis::pipe();
-            for (key, ids) in &acks {
-                pipe.xack(&self.read_keys[*key], &self.group, ids).ignore();
-            }
-            let span = tracing::debug_span!(
-                "eventsource.redis.ack",
-                group = %self.group,
-                entries = acks.values().map(Vec::len).sum::<usize>()
-            );
-            pipe.query_async::<()>(&mut self.conn.clone())
-                .instrument(span)
-                .await?;
-        }
-        match error {
-            Some(e) => Err(e),
-            None => Ok((successes, failures)),
-        }
-    }
-
-    /// Looks a deleted entry up in the store by the position in its id.
-    async fn resolve_missing(&self, d: &mut Delivery) {
-        self.counters.missing.fetch_add(1, Ordering::Relaxed);
-        let stream = &self.read_keys[d.key];
-        // Requeued entries have ids of their own, not log positions.
-        let position = if d.key < self.event_streams {
-            codec::parse_position(&d.id)
-        } else {
-            None
-        };
-        tracing::warn!(
-            stream = %stream,
-            id = %d.id,
-            group = %self.group,
-            "pending entry was deleted from its stream; refetching it from the event store"
-        );
-        d.event = match (&self.refetch, position) {
-            (Some(store), Some(position)) => match store.refetch(position).await {
-                Ok(Some(event)) => {
-                    self.counters.refetched.fetch_add(1, Ordering::Relaxed);
-                    Ok(event)
-                }
-                Ok(None) => Err("entry deleted while pending and not in the event store".into()),
-                Err(e) if d.in_pending => {
-                    tracing::warn!(error = %e, id = %d.id, "refetch failed; will retry");
-                    Err(String::new())
-                }
-                Err(e) => Err(format!("entry deleted while pending; refetch failed: {e}")),
-            },
-            (None, _) => Err("entry deleted while pending; no event store to refetch from".into()),
-            (_, None) => Err("entry deleted while pending; its id is not a log position".into()),
-        };
-    }
-
-    /// Handles a lane's entries in order.
-    async fn run_lane(&self, lane: &[Delivery], shutdown: &CancellationToken) -> LaneOutcome {
-        let mut outcome = LaneOutcome {
-            acks: Vec::new(),
-            successes: 0,
-            failures: 0,
-            error: None,
-        };
-        let mut blocked = HashSet::new();
-        for d in lane {
-            let Ok(event) = &d.event else { continue };
-            if shutdown.is_cancelled() {
-                break;
-            }
-            if d.in_pending && blocked.contains(&event.stream) {
-                continue;
-            }
-            match self.handle(d, event, shutdown).await {
-                Ok(()) => {
-                    self.counters.handled.fetch_add(1, Ordering::Relaxed);
-                    outcome.successes += 1;
-                    outcome.acks.push((d.key, d.id.clone()));
-                }
-                Err(Failure { error, permanent }) => {
-                    outcome.failures += 1;
-                    if shutdown.is_cancelled() && d.in_pending && !permanent {
-                        break;
-                    }
-                    let deliveries = if d.in_pending && !permanent {
-                        match self.delivery_count(d).await {
-                            Ok(n) => n,
-                            Err(e) => {
-                                outcome.error = Some(e);
-                                break;
-                            }
-                        }
-                    } else {
-                        self.options.max_deliveries
-                    };
-                    if deliveries >= self.options.max_deliveries {
-                        tracing::warn!(
-                            stream = %self.read_keys[d.key],
-                            id = %d.id,
-                            deliveries,
-                            error = %error,
-                            "handler gave up; dead-lettering entry"
-                        );
-                        if let Err(e) = self.dead_letter(d, Some(event), &error, deliveries).await {
-                            outcome.error = Some(e);
-                            break;
-                        }
-                    } else {
-                        tracing::info!(
-                            stream = %self.read_keys[d.key],
-                            id = %d.id,
-                            deliveries,
-                            error = %error,
-                            "handler failed; entry stays pending for redelivery"
-                        );
-                        blocked.insert(event.stream.clone());
-                    }
-                }
-            }
-        }
-        outcome
-    }
-
-    /// Calls the handler with in-place retries; the error text of the last failure. A
-    /// permanent error (see [`EventHandler::is_permanent`]) is not retried.
-    async fn handle(
-        &self,
-        d: &Delivery,
-        event: &RecordedEvent,
-        shutdown: &CancellationToken,
-    ) -> Result<(), Failure> {
-        let attempts = self.options.retry.max_attempts();
-        let mut attempt = 1;
-        loop {
-            let span = tracing::debug_span!(
-                "eventsource.redis.handle",
-                stream = %self.read_keys[d.key],
-                id = %d.id,
-                group = %self.group,
-                event_type = %event.event_type,
-                attempt,
-            );
-            let call = std::panic::AssertUnwindSafe(self.handler.handle(event).instrument(span))
-                .catch_unwind();
-            let outcome = match self.options.handler_timeout {
-                Some(limit) => tokio::time::timeout(limit, call).await.map_err(|_| limit),
-                None => Ok(call.await),
-            };
-            // The handler's verdict: the error text and whether it will recur.
-            let (error, permanent) = match outcome {
-                Ok(Ok(Ok(()))) => return Ok(()),
-                Ok(Ok(Err(e))) => (error_chain(&e), self.handler.is_permanent(&e)),
-                // A panicking handler would panic again on every redelivery and take the
-                // runner down each time: dead-letter the entry instead.
-                Ok(Err(panic)) => (panic_message(panic.as_ref()), true),
-                Err(limit) => (format!("handler timed out after {limit:?}"), false),
-            };
-            self.counters
-                .failed_attempts
-                .fetch_add(1, Ordering::Relaxed);
-            if permanent || attempt >= attempts || shutdown.is_cancelled() {
-                return Err(Failure { error, permanent });
-            }
-            tracing::debug!(id = %d.id, attempt, %error, "handler failed; retrying");
-            sleep_or_cancel(shutdown, self.options.retry.delay(attempt)).await;
-            attempt += 1;
-        }
-    }
-
-    /// How often Redis delivered the entry.
-    async fn delivery_count(&self, d: &Delivery) -> Result<u64, RunnerError> {
-        let reply: StreamPendingCountReply = self
-            .conn
-            .clone()
-            .xpending_count(&self.read_keys[d.key], &self.group, &d.id, &d.id, 1)
-            .await?;
-        Ok(reply.ids.first().map_or(1, |p| p.times_delivered as u64))
-    }
-
-    /// Moves the entry to the dead-letter stream and acks it, in one script.
-    async fn dead_letter(
-        &self,
-        d: &Delivery,
-        event: Option<&RecordedEvent>,
-        error: &str,
-        deliveries: u64,
-    ) -> Result<(), RunnerError> {
-        let source = &self.read_keys[d.key];
-        let mut invocation = DEAD_LETTER.prepare_invoke();
-        invocation
-            .key(source)
-            .key(&self.dead_letter_keys[d.key])
-            .arg(&self.group)
-            .arg(&d.id)
-            .arg(&self.consumer)
-            .arg(if d.in_pending { "1" } else { "0" });
-        if d.fields.is_empty() {
-            if let Some(event) = event {
-                for (field, value) in codec::encode_pairs(event) {
-                    invocation.arg(field).arg(value);
-                }
-            }
-        } else {
-            for (field, value) in raw_fields(&d.fields) {
-                if !field.starts_with("dlq_") {
-                    invocation.arg(field).arg(value);
-                }
-            }
-        }
-        invocation
-            .arg(dlq::SOURCE_STREAM)
-            .arg(source)
-            .arg(dlq::SOURCE_ID)
-            .arg(&d.id)
-            .arg(dlq::GROUP)
-            .arg(&self.group)
-            .arg(dlq::CONSUMER)
-            .arg(&self.consumer)
-            .arg(dlq::ERROR)
-            .arg(error)
-            .arg(dlq::DELIVERIES)
-            .arg(deliveries)
-            .arg(dlq::AT)
-            .arg(chrono::Utc::now().to_rfc3339());
-        let acked: i64 = invocation.invoke_async(&mut self.conn.clone()).await?;
-        if acked < 0 {
-            tracing::info!(
-                stream = %source,
-                id = %d.id,
-                "entry was reclaimed by another consumer; leaving it to that consumer"
-            );
-            return Ok(());
-        }
-        self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-}
-
-/// "handler panicked: <message>" for a caught panic's payload (a `&str` or `String`; other
-/// payloads read "a non-string payload").
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    let message = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a non-string payload".to_owned());
-    format!("handler panicked: {message}")
-}
-
-/// An error and its sources, `: `-separated (`outer: inner: root`).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use eventsource_core::{CheckpointStore, EventStore, TenantId};
-use eventsource_redis::{ConsumerRunner, Keys, PublisherOptions, RedisPublisher, RunnerOptions};
+use eventsource_redis::{ConsumerRunner, Keys, RedisRelay, RelayOptions, RunnerOptions};
 
 use crate::hub::{Hub, HubFeed};
 
@@ -17,9 +17,9 @@ pub fn relay<S: EventStore, C: CheckpointStore>(
     conn: redis::aio::ConnectionManager,
     keys: &Keys,
     name: &str,
-) -> RedisPublisher<S, C> {
-    let options = PublisherOptions::default().with_max_idle_poll(Duration::from_millis(50));
-    RedisPublisher::new(store, checkpoints, conn, name, options).with_keys(keys)
+) -> RedisRelay<S, C> {
+    let options = RelayOptions::default().with_max_idle_poll(Duration::from_millis(50));
+    RedisRelay::new(store, checkpoints, conn, name, options).with_keys(keys)
 }
 
 /// The consumer group that feeds `hub` from the streams of `tenants`.
@@ -51,5 +51,5 @@ pub fn feed(
         hub.feed(),
         options,
     )
-    .with_start_id("$")
+    .with_start_id(eventsource_redis::StartId::New)
 }

@@ -20,7 +20,7 @@ use eventsource_core::{
 use eventsource_postgres::{
     MIGRATOR, PgCheckpointStore, PgEventStore, PgProjection, PgProjectionHandler,
 };
-use eventsource_redis::{ConsumerRunner, Keys, PublisherOptions, RedisPublisher, RunnerOptions};
+use eventsource_redis::{ConsumerRunner, Keys, RedisRelay, RelayOptions, RunnerOptions};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
@@ -141,12 +141,12 @@ async fn main() -> anyhow::Result<()> {
     let stream_key = keys.tenant_stream(&tenant);
     let shutdown = CancellationToken::new();
 
-    let relay = RedisPublisher::new(
+    let relay = RedisRelay::new(
         store.clone(),
         PgCheckpointStore::new(pool.clone()),
         conn.clone(),
         "order-flow-relay",
-        PublisherOptions::default().with_max_idle_poll(Duration::from_millis(50)),
+        RelayOptions::default().with_max_idle_poll(Duration::from_millis(50)),
     )
     .with_keys(&keys);
     let relay = tokio::spawn(relay.run(shutdown.clone()));

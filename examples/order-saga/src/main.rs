@@ -32,7 +32,7 @@ use eventsource_postgres::{
     MIGRATOR, PgCheckpointStore, PgDeadlineRunner, PgEventStore, PgSagaHandler, PgSagaRunner,
     PgSagaStore, ProjectionOptions,
 };
-use eventsource_redis::{ConsumerRunner, Keys, PublisherOptions, RedisPublisher, RunnerOptions};
+use eventsource_redis::{ConsumerRunner, Keys, RedisRelay, RelayOptions, RunnerOptions};
 use sqlx::postgres::PgPoolOptions;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -142,12 +142,12 @@ async fn main() -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
 
     let keys = Keys::default();
-    let relay = RedisPublisher::new(
+    let relay = RedisRelay::new(
         store.clone(),
         PgCheckpointStore::new(pool.clone()),
         conn.clone(),
         "order-saga-relay",
-        PublisherOptions::default().with_max_idle_poll(Duration::from_millis(50)),
+        RelayOptions::default().with_max_idle_poll(Duration::from_millis(50)),
     )
     .with_keys(&keys);
     let deadlines = PgDeadlineRunner::new(pool.clone()).with_poll(Duration::from_millis(50));

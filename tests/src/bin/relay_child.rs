@@ -13,7 +13,7 @@ use eventsource_core::{
     CheckpointStore, LogFilter, LogPosition, RecordedEvent, StoreError, TenantId,
 };
 use eventsource_postgres::{PgCheckpointStore, PgEventStore};
-use eventsource_redis::{Keys, PublisherOptions, RedisPublisher, Router};
+use eventsource_redis::{Keys, RedisRelay, RelayOptions, Router};
 use eventsource_tests::child::{say, var};
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
@@ -71,7 +71,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let keys = Keys::new(&var("RELAY_PREFIX")?);
     let tenant = TenantId::new(var("RELAY_TENANT")?);
     let batch: usize = var("RELAY_BATCH")?.parse()?;
-    let relay = RedisPublisher::new(
+    let relay = RedisRelay::new(
         PgEventStore::new(pool.clone()),
         Stalling {
             inner: PgCheckpointStore::new(pool),
@@ -79,7 +79,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         conn,
         var("RELAY_NAME")?,
-        PublisherOptions::default()
+        RelayOptions::default()
             .with_batch_size(batch)
             .with_max_idle_poll(Duration::from_millis(10))
             // Every incarnation is the same instance: it takes the lease its killed

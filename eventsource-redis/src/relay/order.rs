@@ -154,7 +154,7 @@ mod tests {
         order.record(&[event("a", 1, 1)]);
         let bad = [event("a", 3, 2)];
         assert!(refused(&order, &bad).is_some());
-        // Only `record` remembers, and the publisher records only what it published.
+        // Only `record` remembers, and the relay records only what it published.
         assert_eq!(refused(&order, &[event("a", 2, 2)]), None);
     }
 

@@ -1,30 +1,17 @@
-//! Consumer-group plumbing: idempotent group creation and the atomic dead-letter move.
+//! Giving up on an entry: it moves to the group's dead-letter stream, atomically with its ack.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
+use std::sync::atomic::Ordering;
 
-use redis::aio::ConnectionManager;
-use redis::{AsyncCommands as _, Script, Value};
+use eventsource_core::{EventHandler, RecordedEvent};
+use redis::{Script, Value};
 
-use crate::error::RedisStoreError;
-
-/// Names of the fields a dead letter carries besides the original entry's fields.
-pub mod dead_letter_fields {
-    /// The stream the entry was read from.
-    pub const SOURCE_STREAM: &str = "dlq_source_stream";
-    /// The entry's id in that stream.
-    pub const SOURCE_ID: &str = "dlq_source_id";
-    /// The consumer group that gave up.
-    pub const GROUP: &str = "dlq_group";
-    /// The consumer that gave up.
-    pub const CONSUMER: &str = "dlq_consumer";
-    /// The last error (handler error, decode error, or why the entry vanished).
-    pub const ERROR: &str = "dlq_error";
-    /// Deliveries before it was given up.
-    pub const DELIVERIES: &str = "dlq_deliveries";
-    /// When it was dead-lettered (RFC 3339).
-    pub const AT: &str = "dlq_at";
-}
+use super::ConsumerRunner;
+use super::delivery::Delivery;
+use crate::codec;
+use crate::dead_letter_fields as dlq;
+use crate::error::RunnerError;
 
 /// Adds a dead letter to `KEYS[2]` and acks `ARGV[2]` in `KEYS[1]` for group `ARGV[1]`,
 /// atomically, if consumer `ARGV[3]` still owns the entry. `ARGV[4]` is `1` when the entry
@@ -32,44 +19,66 @@ pub mod dead_letter_fields {
 /// `ARGV[5..]` are the dead letter's field/value pairs. Replies the XACK count, or `-1` when
 /// another consumer has taken the entry over (reclaimed while this one was still working on
 /// it): that consumer decides its fate, so nothing is written.
-pub(crate) static DEAD_LETTER: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if ARGV[4] == '1' then
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-  if #p == 0 or p[1][2] ~= ARGV[3] then
-    return -1
-  end
-end
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 5))
-return redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-",
-    )
-});
+static DEAD_LETTER: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/dead_letter.lua")));
 
-/// Creates `group` on `key` (and the stream if missing), starting at `start_id`
-/// (`"0"`: from the first entry, `"$"`: only new ones).
-///
-/// Idempotent: an existing group (`BUSYGROUP`) is success and is left where it is.
-pub async fn ensure_group(
-    conn: &mut ConnectionManager,
-    key: &str,
-    group: &str,
-    start_id: &str,
-) -> Result<(), RedisStoreError> {
-    Ok(create_group(conn, key, group, start_id).await?)
-}
-
-pub(crate) async fn create_group(
-    conn: &mut ConnectionManager,
-    key: &str,
-    group: &str,
-    start_id: &str,
-) -> Result<(), redis::RedisError> {
-    let created: Result<(), _> = conn.xgroup_create_mkstream(key, group, start_id).await;
-    match created {
-        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-        other => other,
+impl<H: EventHandler> ConsumerRunner<H> {
+    /// Moves the entry to the dead-letter stream and acks it, in one script.
+    pub(super) async fn dead_letter(
+        &self,
+        d: &Delivery,
+        event: Option<&RecordedEvent>,
+        error: &str,
+        deliveries: u64,
+    ) -> Result<(), RunnerError> {
+        let source = &self.read_keys[d.key];
+        let mut invocation = DEAD_LETTER.prepare_invoke();
+        invocation
+            .key(source)
+            .key(&self.dead_letter_keys[d.key])
+            .arg(&self.group)
+            .arg(&d.id)
+            .arg(&self.consumer)
+            .arg(if d.in_pending { "1" } else { "0" });
+        if d.fields.is_empty() {
+            if let Some(event) = event {
+                for (field, value) in codec::encode_pairs(event) {
+                    invocation.arg(field).arg(value);
+                }
+            }
+        } else {
+            for (field, value) in raw_fields(&d.fields) {
+                if !field.starts_with("dlq_") {
+                    invocation.arg(field).arg(value);
+                }
+            }
+        }
+        invocation
+            .arg(dlq::SOURCE_STREAM)
+            .arg(source)
+            .arg(dlq::SOURCE_ID)
+            .arg(&d.id)
+            .arg(dlq::GROUP)
+            .arg(&self.group)
+            .arg(dlq::CONSUMER)
+            .arg(&self.consumer)
+            .arg(dlq::ERROR)
+            .arg(error)
+            .arg(dlq::DELIVERIES)
+            .arg(deliveries)
+            .arg(dlq::AT)
+            .arg(chrono::Utc::now().to_rfc3339());
+        let acked: i64 = invocation.invoke_async(&mut self.conn.clone()).await?;
+        if acked < 0 {
+            tracing::info!(
+                stream = %source,
+                id = %d.id,
+                "entry was reclaimed by another consumer; leaving it to that consumer"
+            );
+            return Ok(());
+        }
+        self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -92,7 +101,11 @@ pub(crate) fn raw_fields(map: &HashMap<String, Value>) -> Vec<(String, Vec<u8>)>
 
 #[cfg(test)]
 mod tests {
+    use redis::AsyncCommands as _;
+    use redis::aio::ConnectionManager;
+
     use super::*;
+    use crate::runner::group::{StartId, create_group};
 
     /// `REDIS_URL`, or `None` outside CI (a panic under `CI`, where the service must exist).
     fn redis_url() -> Option<String> {
@@ -134,7 +147,9 @@ mod tests {
         let mut conn = client.get_connection_manager().await.unwrap();
         let key = format!("test-{}:{{t}}:events", uuid::Uuid::new_v4().simple());
         let dlq = format!("{key}:dlq:g");
-        create_group(&mut conn, &key, "g", "0").await.unwrap();
+        create_group(&mut conn, &key, "g", &StartId::Beginning)
+            .await
+            .unwrap();
         let id: String = conn.xadd(&key, "1-1", &[("f", "v")]).await.unwrap();
         let _: Value = redis::cmd("XREADGROUP")
             .arg("GROUP")

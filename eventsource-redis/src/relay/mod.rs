@@ -1,148 +1,33 @@
 //! The relay: publishes the event store's global log to Redis streams, each event exactly once.
+//!
+//! - `lease`: one instance per relay name publishes at a time;
+//! - `publish`: a batch into Redis, one script call per stream key (`lua/publish.lua`);
+//! - `order`: the check that the log keeps every stream in version order;
+//! - `routing`: which stream keys an event goes to;
+//! - `options`: [`RelayOptions`].
 
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock};
+mod lease;
+mod options;
+mod order;
+mod publish;
+mod routing;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eventsource_core::{CheckpointStore, EventStore, LogPosition, RecordedEvent};
-use redis::Script;
+use eventsource_core::{CheckpointStore, EventStore, LogPosition};
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::codec::{self, FIELDS};
+pub use options::RelayOptions;
+pub use publish::Published;
+pub use routing::{PerAggregateType, PerEventType, PerTenant, Router};
+
+use crate::backoff::sleep_or_cancel;
 use crate::error::RedisStoreError;
-use crate::keys::{self, Keys, PerTenant, Router};
-use crate::options::PublisherOptions;
-use crate::order::StreamOrder;
-
-/// XADDs a batch of entries with explicit ids to `KEYS[1]`, skipping those Redis rejects as
-/// "equal or smaller than the target stream top item" (already published) and stopping at any
-/// other error.
-///
-/// A rejected id is a re-send only if the stream holds that very event at that id, or held it
-/// and lost it to trimming (the id is below the first entry) or deletion (at or below the
-/// stream's `max-deleted-entry-id`). An entry at that id with another `event_id`, or a missing id
-/// inside the stream that was never deleted, means the event store and the stream disagree — a
-/// store restored or reset behind Redis's back — and the script refuses rather than drop the
-/// event silently. (A reset whose new ids all fall below a trimmed stream's first entry cannot be
-/// told from a re-send; `check_transaction_ids` in eventsource-postgres guards that case.)
-///
-/// `ARGV = [n, field_1 .. field_n, id_1, value_1_1 .. value_1_n, id_2, …]`; replies
-/// `{added, skipped}`.
-static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local n = tonumber(ARGV[1])
-local added, skipped = 0, 0
-local args = {}
-local i = n + 2
-local total = #ARGV
-local event_field = nil
-for j = 1, n do
-  if ARGV[1 + j] == 'event_id' then event_field = j end
-end
-local function id_less(a, b)
-  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
-  local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
-  if #ams ~= #bms then return #ams < #bms end
-  if ams ~= bms then return ams < bms end
-  if #aseq ~= #bseq then return #aseq < #bseq end
-  return aseq < bseq
-end
-while i <= total do
-  local id = ARGV[i]
-  for j = 1, n do
-    args[2 * j - 1] = ARGV[1 + j]
-    args[2 * j] = ARGV[i + j]
-  end
-  local r = redis.pcall('XADD', KEYS[1], id, unpack(args, 1, 2 * n))
-  if type(r) == 'table' and r.err then
-    if not string.find(r.err, 'equal or smaller', 1, true) then
-      return redis.error_reply('PUBLISHREFUSED ' .. id .. ' ' .. r.err)
-    end
-    local found = redis.call('XRANGE', KEYS[1], id, id)
-    if #found == 1 then
-      if event_field then
-        local stored = nil
-        local fields = found[1][2]
-        for k = 1, #fields, 2 do
-          if fields[k] == 'event_id' then stored = fields[k + 1] end
-        end
-        if stored ~= ARGV[i + event_field] then
-          return redis.error_reply('PUBLISHREFUSED ' .. id ..
-            ' the stream holds event ' .. tostring(stored) .. ' at this id, not ' ..
-            ARGV[i + event_field] .. ': the event store and the stream disagree')
-        end
-      end
-    else
-      -- Missing: trimmed (below the first entry) or deleted (at or below the stream's
-      -- max-deleted-entry-id, which XDEL moves); otherwise never published here, so the store
-      -- and the stream disagree.
-      local info = redis.call('XINFO', 'STREAM', KEYS[1])
-      local max_deleted, first_entry = '0-0', nil
-      for k = 1, #info, 2 do
-        if info[k] == 'max-deleted-entry-id' then max_deleted = info[k + 1] end
-        if info[k] == 'first-entry' and type(info[k + 1]) == 'table' then
-          first_entry = info[k + 1][1]
-        end
-      end
-      local trimmed = first_entry ~= nil and id_less(id, first_entry)
-      if not trimmed and id_less(max_deleted, id) then
-        return redis.error_reply('PUBLISHREFUSED ' .. id ..
-          ' was never in the stream: the event store and the stream disagree')
-      end
-    end
-    skipped = skipped + 1
-  else
-    added = added + 1
-  end
-  i = i + n + 1
-end
-return {added, skipped}
-",
-    )
-});
-
-/// Takes or renews the lease `KEYS[1]` for holder `ARGV[1]` for `ARGV[2]` ms; 1 if held.
-static LEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local v = redis.call('GET', KEYS[1])
-if v == false or v == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-",
-    )
-});
-
-/// Releases the lease `KEYS[1]` if holder `ARGV[1]` still has it.
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-",
-    )
-});
-
-/// What one published batch did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Published {
-    /// Events read from the log.
-    pub events: usize,
-    /// Entries added to streams.
-    pub added: u64,
-    /// Entries Redis already had (re-sent after a crash) and rejected.
-    pub skipped: u64,
-    /// The checkpoint after the batch.
-    pub checkpoint: Option<LogPosition>,
-}
+use crate::keys::{self, Keys};
+use order::StreamOrder;
 
 /// Relays the global log of an [`EventStore`] to Redis streams.
 ///
@@ -150,51 +35,51 @@ pub struct Published {
 /// `es:{<tenant>}:events`) with the entry id `<transaction>-<position>` of its
 /// [`LogPosition`]. Those ids sort like the log, so a batch re-sent after a crash is rejected
 /// by Redis entry by entry: **each event appears exactly once per key, in log order**, whatever
-/// point the publisher dies at. The checkpoint (in the [`CheckpointStore`], under
-/// [`keys::relay_checkpoint`]) is saved only after Redis answered.
+/// point the relay dies at. The checkpoint (in the [`CheckpointStore`], under
+/// [`relay_checkpoint`](crate::relay_checkpoint)) is saved only after Redis answered.
 ///
 /// Never `DEL` a published stream (that resets its last id, and a replay would duplicate) and
 /// run Redis with `maxmemory-policy noeviction`.
 ///
 /// ```no_run
 /// # use eventsource_core::{InMemoryCheckpointStore, InMemoryEventStore};
-/// # use eventsource_redis::{PublisherOptions, RedisPublisher};
+/// # use eventsource_redis::{RelayOptions, RedisRelay};
 /// # use tokio_util::sync::CancellationToken;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let conn = redis::Client::open("redis://127.0.0.1/")?.get_connection_manager().await?;
 /// let store = InMemoryEventStore::new();
-/// let publisher = RedisPublisher::new(
+/// let relay = RedisRelay::new(
 ///     store.clone(),
 ///     InMemoryCheckpointStore::new(),
 ///     conn,
 ///     "main",
-///     PublisherOptions::default(),
+///     RelayOptions::default(),
 /// );
 /// let shutdown = CancellationToken::new();
-/// let relay = tokio::spawn(publisher.run(shutdown.clone()));
+/// let task = tokio::spawn(relay.run(shutdown.clone()));
 /// // ... on SIGTERM:
 /// shutdown.cancel();
-/// relay.await??;
+/// task.await??;
 /// # Ok(()) }
 /// ```
-pub struct RedisPublisher<S, C> {
+pub struct RedisRelay<S, C> {
     store: S,
     checkpoints: C,
     conn: ConnectionManager,
     name: String,
     router: Arc<dyn Router>,
     custom_router: bool,
-    options: PublisherOptions,
+    options: RelayOptions,
     lease_key: String,
     checkpoint: Option<LogPosition>,
     loaded: bool,
     order: StreamOrder,
 }
 
-impl<S, C> std::fmt::Debug for RedisPublisher<S, C> {
+impl<S, C> std::fmt::Debug for RedisRelay<S, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisPublisher")
+        f.debug_struct("RedisRelay")
             .field("name", &self.name)
             .field("options", &self.options)
             .field("checkpoint", &self.checkpoint)
@@ -202,15 +87,15 @@ impl<S, C> std::fmt::Debug for RedisPublisher<S, C> {
     }
 }
 
-impl<S: EventStore, C: CheckpointStore> RedisPublisher<S, C> {
-    /// A publisher called `name` (its checkpoint and lease are named after it), routing per
+impl<S: EventStore, C: CheckpointStore> RedisRelay<S, C> {
+    /// A relay called `name` (its checkpoint and lease are named after it), routing per
     /// tenant under the `es` prefix.
     pub fn new(
         store: S,
         checkpoints: C,
         conn: ConnectionManager,
         name: impl Into<String>,
-        options: PublisherOptions,
+        options: RelayOptions,
     ) -> Self {
         let name = name.into();
         let keys = Keys::default();
@@ -293,7 +178,9 @@ impl<S: EventStore, C: CheckpointStore> RedisPublisher<S, C> {
             from = %after,
             to = %last,
         );
-        let (added, skipped) = self.publish(&events).instrument(span).await?;
+        let added = publish::publish(&self.conn, self.router.as_ref(), &events)
+            .instrument(span)
+            .await?;
         self.checkpoints
             .save(&keys::relay_checkpoint(&self.name), self.checkpoint, last)
             .await
@@ -302,8 +189,8 @@ impl<S: EventStore, C: CheckpointStore> RedisPublisher<S, C> {
         self.order.record(&events);
         Ok(Published {
             events: events.len(),
-            added,
-            skipped,
+            added: added.added,
+            skipped: added.skipped,
             checkpoint: self.checkpoint,
         })
     }
@@ -318,37 +205,6 @@ impl<S: EventStore, C: CheckpointStore> RedisPublisher<S, C> {
             }
             total += published.events as u64;
         }
-    }
-
-    async fn publish(&self, events: &[RecordedEvent]) -> Result<(u64, u64), RedisStoreError> {
-        let mut by_key: HashMap<String, Vec<&RecordedEvent>> = HashMap::new();
-        let mut routed = Vec::with_capacity(2);
-        for event in events {
-            routed.clear();
-            self.router.route(event, &mut routed);
-            for key in routed.drain(..) {
-                by_key.entry(key).or_default().push(event);
-            }
-        }
-        let calls = by_key.into_iter().map(|(key, events)| {
-            let mut invocation = PUBLISH.prepare_invoke();
-            invocation.key(&key).arg(FIELDS.len()).arg(&FIELDS[..]);
-            for event in &events {
-                invocation
-                    .arg(codec::entry_id(event.position))
-                    .arg(&codec::encode(event)[..]);
-            }
-            let mut conn = self.conn.clone();
-            async move {
-                let reply: Result<(u64, u64), redis::RedisError> =
-                    invocation.invoke_async(&mut conn).await;
-                reply.map_err(|e| refused(&key, e))
-            }
-        });
-        let replies = futures::future::try_join_all(calls).await?;
-        Ok(replies
-            .into_iter()
-            .fold((0, 0), |(a, s), (added, skipped)| (a + added, s + skipped)))
     }
 
     /// Runs until `shutdown` is cancelled: waits for the lease, then tails the log, publishing
@@ -424,27 +280,19 @@ impl<S: EventStore, C: CheckpointStore> RedisPublisher<S, C> {
             }
         }
         if renewed.is_some() {
-            let released: Result<i64, _> = RELEASE
-                .key(&self.lease_key)
-                .arg(&self.options.instance_id)
-                .invoke_async(&mut self.conn)
-                .await;
-            if let Err(e) = released {
-                tracing::debug!(error = %e, "relay lease not released; it will expire");
-            }
+            lease::release(&mut self.conn, &self.lease_key, &self.options.instance_id).await;
         }
         Ok(())
     }
 
     async fn take_lease(&mut self) -> Result<bool, RedisStoreError> {
-        let ms = u64::try_from(self.options.lease_ttl.as_millis()).unwrap_or(u64::MAX);
-        let held: i64 = LEASE
-            .key(&self.lease_key)
-            .arg(&self.options.instance_id)
-            .arg(ms)
-            .invoke_async(&mut self.conn)
-            .await?;
-        Ok(held == 1)
+        Ok(lease::take(
+            &mut self.conn,
+            &self.lease_key,
+            &self.options.instance_id,
+            self.options.lease_ttl,
+        )
+        .await?)
     }
 
     async fn back_off(
@@ -463,26 +311,5 @@ impl<S: EventStore, C: CheckpointStore> RedisPublisher<S, C> {
         tracing::warn!(relay = %self.name, error = %error, ?delay, "relay batch failed; retrying");
         sleep_or_cancel(shutdown, delay).await;
         Ok(())
-    }
-}
-
-/// Maps the publish script's own refusal to [`RedisStoreError::PublishRefused`].
-fn refused(key: &str, e: redis::RedisError) -> RedisStoreError {
-    if e.code() == Some("PUBLISHREFUSED") {
-        let detail = e.detail().unwrap_or_default();
-        let (id, reason) = detail.split_once(' ').unwrap_or((detail, ""));
-        return RedisStoreError::PublishRefused {
-            key: key.to_owned(),
-            id: id.to_owned(),
-            reason: reason.to_owned(),
-        };
-    }
-    RedisStoreError::Redis(e)
-}
-
-pub(crate) async fn sleep_or_cancel(shutdown: &CancellationToken, delay: Duration) {
-    tokio::select! {
-        () = shutdown.cancelled() => {}
-        () = tokio::time::sleep(delay) => {}
     }
 }

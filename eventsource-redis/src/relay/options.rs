@@ -1,0 +1,111 @@
+//! Tuning of the relay.
+
+use std::time::Duration;
+
+use eventsource_core::{LogFilter, RetryPolicy};
+
+/// Tuning of a [`RedisRelay`](crate::RedisRelay).
+///
+/// ```
+/// # use eventsource_redis::RelayOptions;
+/// # use std::time::Duration;
+/// let options = RelayOptions::default()
+///     .with_batch_size(2_000)
+///     .with_lease_ttl(Duration::from_secs(5));
+/// assert_eq!(options.batch_size(), 2_000);
+/// ```
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    pub(crate) batch_size: usize,
+    pub(crate) max_idle_poll: Duration,
+    pub(crate) lease_ttl: Duration,
+    pub(crate) instance_id: String,
+    pub(crate) filter: LogFilter,
+    pub(crate) error_backoff: RetryPolicy,
+    pub(crate) refuse_out_of_order: bool,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 1_000,
+            max_idle_poll: Duration::from_millis(250),
+            lease_ttl: Duration::from_secs(10),
+            instance_id: uuid::Uuid::new_v4().to_string(),
+            filter: LogFilter::all(),
+            error_backoff: RetryPolicy::default()
+                .with_max_attempts(u32::MAX)
+                .with_base_delay(Duration::from_millis(50))
+                .with_max_delay(Duration::from_secs(5)),
+            refuse_out_of_order: true,
+        }
+    }
+}
+
+impl RelayOptions {
+    /// Whether a batch that gives a stream out of version order is refused
+    /// ([`RedisStoreError::OutOfOrder`](crate::RedisStoreError::OutOfOrder), the default) or
+    /// published as the log gives it, with a warning per event out of order. Turn it off only
+    /// to publish a log written before the store kept streams in order (`eventsource-postgres`
+    /// before migration 0007), whose inversions cannot be undone; the crate README says how
+    /// to find them.
+    #[must_use]
+    pub fn with_refuse_out_of_order(mut self, refuse: bool) -> Self {
+        self.refuse_out_of_order = refuse;
+        self
+    }
+
+    /// Events read from the log and published per batch (default 1,000).
+    #[must_use]
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// Longest wait between two polls of an idle log (default 250 ms). After a full batch the
+    /// next poll is immediate; after an empty one the wait doubles from 1 ms up to this bound.
+    /// A local append wakes the relay at once through [`EventStore::append_notify`].
+    ///
+    /// [`EventStore::append_notify`]: eventsource_core::EventStore::append_notify
+    #[must_use]
+    pub fn with_max_idle_poll(mut self, max_idle_poll: Duration) -> Self {
+        self.max_idle_poll = max_idle_poll;
+        self
+    }
+
+    /// How long the lease lives without renewal (default 10 s). A second instance waits until
+    /// the first stops renewing; it is renewed every third of this.
+    #[must_use]
+    pub fn with_lease_ttl(mut self, lease_ttl: Duration) -> Self {
+        self.lease_ttl = lease_ttl.max(Duration::from_millis(30));
+        self
+    }
+
+    /// A stable id of this instance (default: random). An instance restarted with the same id
+    /// takes its own lease back at once instead of waiting for it to expire.
+    #[must_use]
+    pub fn with_instance_id(mut self, instance_id: impl Into<String>) -> Self {
+        self.instance_id = instance_id.into();
+        self
+    }
+
+    /// Which events of the log are published (default: all).
+    #[must_use]
+    pub fn with_filter(mut self, filter: LogFilter) -> Self {
+        self.filter = filter;
+        self
+    }
+
+    /// Backoff between attempts after a transient Redis or store failure.
+    #[must_use]
+    pub fn with_error_backoff(mut self, backoff: RetryPolicy) -> Self {
+        self.error_backoff = backoff;
+        self
+    }
+
+    /// Events per batch.
+    #[must_use]
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+}

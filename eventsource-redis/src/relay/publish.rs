@@ -1,0 +1,104 @@
+//! One batch into Redis: events grouped per stream key, each key's entries added by one script.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use eventsource_core::{LogPosition, RecordedEvent};
+use redis::Script;
+use redis::aio::ConnectionManager;
+
+use super::routing::Router;
+use crate::codec::{self, FIELDS};
+use crate::error::RedisStoreError;
+
+/// XADDs a batch of entries with explicit ids to `KEYS[1]`, skipping those Redis rejects as
+/// "equal or smaller than the target stream top item" (already published) and stopping at any
+/// other error.
+///
+/// A rejected id is a re-send only if the stream holds that very event at that id, or held it
+/// and lost it to trimming (the id is below the first entry) or deletion (at or below the
+/// stream's `max-deleted-entry-id`). An entry at that id with another `event_id`, or a missing id
+/// inside the stream that was never deleted, means the event store and the stream disagree — a
+/// store restored or reset behind Redis's back — and the script refuses rather than drop the
+/// event silently. (A reset whose new ids all fall below a trimmed stream's first entry cannot be
+/// told from a re-send; `check_transaction_ids` in eventsource-postgres guards that case.)
+///
+/// `ARGV = [n, field_1 .. field_n, id_1, value_1_1 .. value_1_n, id_2, …]`; replies
+/// `{added, skipped}`.
+static PUBLISH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/publish.lua")));
+
+/// What one published batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Published {
+    /// Events read from the log.
+    pub events: usize,
+    /// Entries added to streams.
+    pub added: u64,
+    /// Entries Redis already had (re-sent after a crash) and rejected.
+    pub skipped: u64,
+    /// The checkpoint after the batch.
+    pub checkpoint: Option<LogPosition>,
+}
+
+/// What Redis did with a batch, summed over its stream keys.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Added {
+    /// Entries added.
+    pub(super) added: u64,
+    /// Entries Redis already had.
+    pub(super) skipped: u64,
+}
+
+/// Adds `events` to the keys `router` picks, one script call per key, all keys at once.
+pub(super) async fn publish(
+    conn: &ConnectionManager,
+    router: &dyn Router,
+    events: &[RecordedEvent],
+) -> Result<Added, RedisStoreError> {
+    let mut by_key: HashMap<String, Vec<&RecordedEvent>> = HashMap::new();
+    let mut targets = Vec::with_capacity(2);
+    for event in events {
+        targets.clear();
+        router.route(event, &mut targets);
+        for key in targets.drain(..) {
+            by_key.entry(key).or_default().push(event);
+        }
+    }
+    let calls = by_key.into_iter().map(|(key, events)| {
+        let mut invocation = PUBLISH.prepare_invoke();
+        invocation.key(&key).arg(FIELDS.len()).arg(&FIELDS[..]);
+        for event in &events {
+            invocation
+                .arg(codec::entry_id(event.position))
+                .arg(&codec::encode(event)[..]);
+        }
+        let mut conn = conn.clone();
+        async move {
+            let reply: Result<(u64, u64), redis::RedisError> =
+                invocation.invoke_async(&mut conn).await;
+            reply.map_err(|e| refused(&key, e))
+        }
+    });
+    let replies = futures::future::try_join_all(calls).await?;
+    Ok(replies
+        .into_iter()
+        .fold(Added::default(), |total, (added, skipped)| Added {
+            added: total.added + added,
+            skipped: total.skipped + skipped,
+        }))
+}
+
+/// Maps the publish script's own refusal to [`RedisStoreError::PublishRefused`].
+fn refused(key: &str, e: redis::RedisError) -> RedisStoreError {
+    if e.code() == Some("PUBLISHREFUSED") {
+        let detail = e.detail().unwrap_or_default();
+        let (id, reason) = detail.split_once(' ').unwrap_or((detail, ""));
+        return RedisStoreError::PublishRefused {
+            key: key.to_owned(),
+            id: id.to_owned(),
+            reason: reason.to_owned(),
+        };
+    }
+    RedisStoreError::Redis(e)
+}

@@ -7,6 +7,7 @@ mod error;
 mod group;
 mod kept;
 pub mod metrics;
+mod pooler;
 mod projection;
 mod rejection;
 mod row;

@@ -12,6 +12,7 @@ use super::{
     save_checkpoint,
 };
 use crate::checkpoint::PgCheckpointStore;
+use crate::pooler::Autocommit;
 use crate::projection::error::PgProjectionError;
 use crate::projection::lease::PgLease;
 use crate::row::{EventRow, position_to_db};
@@ -54,10 +55,12 @@ impl<P: PgRebuildable> PgRebuild<P> {
             return Ok(Some(0));
         }
         let prefix = format!("{}/shard-", building.checkpoint_name);
+        let mut conn = Autocommit::acquire(&self.pool).await?;
         let names: Vec<String> = sqlx::query_scalar(sql::CHECKPOINTS_STARTING_WITH)
             .bind(&prefix)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await?;
+        conn.commit().await?;
         // `<generation checkpoint>/shard-<k>-of-<n>`: a resumed fill keeps its shards.
         let of = names
             .iter()
@@ -226,7 +229,12 @@ impl<P: PgRebuildable> PgRebuild<P> {
                 tx.commit().await?;
                 rows
             }
-            None => query.fetch_all(self.store.pool()).await?,
+            None => {
+                let mut conn = Autocommit::acquire(self.store.pool()).await?;
+                let rows = query.fetch_all(&mut *conn).await?;
+                conn.commit().await?;
+                rows
+            }
         };
         rows.into_iter()
             .map(RecordedEvent::try_from)

@@ -9,6 +9,7 @@ mod kept;
 pub mod metrics;
 mod pooler;
 mod projection;
+mod read;
 mod rejection;
 mod row;
 mod saga;

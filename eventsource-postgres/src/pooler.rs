@@ -12,12 +12,45 @@
 //! caches no statement, so both round trips reach one server connection. A connection that
 //! caches statements (a direct connection with sqlx's default cache) caches one with its first
 //! statement: from then on nothing is wrapped, so it pays one extra transaction at most. See
+//!
+//! With the cache off, sqlx 0.9 also loses the unnamed statement by itself, once per connection
+//! and type: the first time a statement's result holds a type sqlx does not know (`xid8`), it
+//! looks the type up with a query of its own between preparing and binding, and re-prepares
+//! only non-persistent statements afterwards (launchbadge/sqlx#4305). Binding then fails with
+//! SQLSTATE 26000, whether in a transaction or not; the connection has cached the type, so
+//! [`again_if_unprepared!`] runs the statement once more. See
 //! `docs/adr/0027-behind-pgbouncer.md`.
 
 use std::ops::{Deref, DerefMut};
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
+
+/// `invalid_sql_statement_name`: sqlx has no predicate for it.
+const UNPREPARED: &str = "26000";
+
+/// Whether `err` says the statement to bind does not exist (see the module documentation).
+pub(crate) fn is_unprepared(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .and_then(sqlx::error::DatabaseError::code)
+        .is_some_and(|code| code == UNPREPARED)
+}
+
+/// Evaluates `$attempt` (an awaited `Result<_, sqlx::Error>`) once more when it failed because
+/// the unnamed statement was gone (see the module documentation). `$attempt` must run in a
+/// transaction of its own or none: the failure ends the transaction it ran in.
+macro_rules! again_if_unprepared {
+    ($attempt:expr) => {
+        match $attempt {
+            Err(e) if $crate::pooler::is_unprepared(&e) => {
+                tracing::debug!("unnamed statement lost to a type lookup; running it again");
+                $attempt
+            }
+            done => done,
+        }
+    };
+}
+pub(crate) use again_if_unprepared;
 
 /// A connection for one lone statement: in a transaction of its own when the connection caches
 /// no statement (behind a transaction pooler), as is otherwise. Run the statement on it, then

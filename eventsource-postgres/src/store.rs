@@ -19,13 +19,12 @@ use crate::error::{
 };
 use crate::group::GroupCommit;
 use crate::kept::{Kept, Lent};
-use crate::pooler::Autocommit;
+use crate::pooler::{Autocommit, again_if_unprepared};
+use crate::read;
 use crate::rejection::{
     ORDER_ATTEMPTS, Rejection, replayed, resolve_rejection, settle_in_tx, stream_version_on,
 };
-use crate::row::{
-    AppendRow, EventRow, StreamEventRow, load_row, position_from_db, version_from_db, version_to_db,
-};
+use crate::row::{AppendRow, EventRow, load_row, position_from_db, version_from_db, version_to_db};
 use crate::sql;
 use crate::tenant::{begin_tenant, begin_tenant_on};
 
@@ -522,17 +521,8 @@ impl EventStore for PgEventStore {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         // One round trip: autocommit, the function scopes itself to the tenant.
         let mut lent = self.lend().await?;
-        let mut conn = Autocommit::on(&mut lent.conn).await.map_err(store_error)?;
-        let rows: Vec<StreamEventRow> = sqlx::query_as(sql::READ_STREAM)
-            .bind(stream.tenant().as_str())
-            .bind(stream.aggregate_type())
-            .bind(stream.aggregate_id())
-            .bind(version_to_db(range.start()))
-            .bind(version_to_db(range.end()))
-            .fetch_all(&mut *conn)
-            .await
+        let rows = again_if_unprepared!(read::stream_rows(&mut lent.conn, stream, range).await)
             .map_err(store_error)?;
-        conn.commit().await.map_err(store_error)?;
         self.keep(lent);
         tracing::trace!(events = rows.len(), "stream read");
         rows.into_iter().map(|row| row.into_event(stream)).collect()
@@ -591,37 +581,19 @@ impl EventStore for PgEventStore {
         limit: usize,
         filter: &LogFilter,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let (transaction, position) = crate::row::position_to_db(after);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut lent = self.lend().await?;
-        let rows: Vec<EventRow> = if let Some(tenant) = &filter.tenant {
-            let mut tx = begin_tenant_on(&mut lent.conn, tenant)
-                .await
-                .map_err(store_error)?;
-            let rows = sqlx::query_as(sql::READ_ALL_TENANT)
-                .bind(transaction)
-                .bind(position)
-                .bind(filter.since)
-                .bind(limit)
-                .bind(tenant.as_str())
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(store_error)?;
-            tx.commit().await.map_err(store_error)?;
-            rows
-        } else {
-            let mut conn = Autocommit::on(&mut lent.conn).await.map_err(store_error)?;
-            let rows = sqlx::query_as(sql::READ_ALL)
-                .bind(transaction)
-                .bind(position)
-                .bind(filter.since)
-                .bind(limit)
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(store_error)?;
-            conn.commit().await.map_err(store_error)?;
-            rows
-        };
+        let rows = again_if_unprepared!(
+            read::log_rows(
+                &mut lent.conn,
+                crate::row::position_to_db(after),
+                filter.since,
+                limit,
+                filter.tenant.as_ref(),
+            )
+            .await
+        )
+        .map_err(store_error)?;
         self.keep(lent);
         tracing::trace!(events = rows.len(), "log batch read");
         to_events(rows)
@@ -634,16 +606,10 @@ impl EventStore for PgEventStore {
         correlation_id: Uuid,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let mut lent = self.lend().await?;
-        let mut tx = begin_tenant_on(&mut lent.conn, tenant)
-            .await
-            .map_err(store_error)?;
-        let rows: Vec<EventRow> = sqlx::query_as(sql::READ_BY_CORRELATION)
-            .bind(tenant.as_str())
-            .bind(correlation_id)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(store_error)?;
-        tx.commit().await.map_err(store_error)?;
+        let rows = again_if_unprepared!(
+            read::correlation_rows(&mut lent.conn, tenant, correlation_id).await
+        )
+        .map_err(store_error)?;
         self.keep(lent);
         to_events(rows)
     }

@@ -27,6 +27,14 @@ mod conformance {
     });
 }
 
+mod conformance_through_pgbouncer {
+    use super::*;
+
+    eventsource_core::saga_store_conformance_tests!(optional async async {
+        support::bouncer_pool(8).await.map(PgSagaStore::new)
+    });
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
 enum StockEvent {
     #[event(name = "stock-reserved")]
@@ -346,6 +354,19 @@ async fn concurrent_runners_fire_each_deadline_once() {
     let Some(pool) = support::pool().await else {
         return;
     };
+    runners_fire_each_deadline_once(pool).await;
+}
+
+/// The same through PgBouncer in transaction mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_pgbouncer_concurrent_runners_fire_each_deadline_once() {
+    let Some(pool) = support::bouncer_pool(8).await else {
+        return;
+    };
+    runners_fire_each_deadline_once(pool).await;
+}
+
+async fn runners_fire_each_deadline_once(pool: sqlx::PgPool) {
     let tenant = support::tenant("saga-deadlines");
     let sagas = PgSagaStore::new(pool.clone());
     let due_at = chrono::Utc::now() - chrono::Duration::minutes(1);

@@ -222,20 +222,13 @@ impl<P: PgRebuildable> PgRebuild<P> {
             )
             .bind(i64::from(shard.of))
             .bind(i64::from(shard.index));
-        let rows = match &filter.tenant {
-            Some(tenant) => {
-                let mut tx = begin_tenant(self.store.pool(), tenant).await?;
-                let rows = query.fetch_all(&mut *tx).await?;
-                tx.commit().await?;
-                rows
-            }
-            None => {
-                let mut conn = Autocommit::acquire(self.store.pool()).await?;
-                let rows = query.fetch_all(&mut *conn).await?;
-                conn.commit().await?;
-                rows
-            }
+        let mut conn = if let Some(tenant) = &filter.tenant {
+            Autocommit::Wrapped(begin_tenant(self.store.pool(), tenant).await?)
+        } else {
+            Autocommit::acquire(self.store.pool()).await?
         };
+        let rows = query.fetch_all(&mut *conn).await?;
+        conn.commit().await?;
         rows.into_iter()
             .map(RecordedEvent::try_from)
             .collect::<Result<_, StoreError>>()

@@ -4,6 +4,7 @@ use eventsource_core::{CheckpointStore, LogPosition, StoreError};
 use sqlx::{PgConnection, PgPool};
 
 use crate::error::store_error;
+use crate::pooler::Autocommit;
 use crate::row::{CheckpointRow, position_to_db};
 use crate::sql;
 
@@ -91,8 +92,10 @@ impl PgCheckpointStore {
 
 impl CheckpointStore for PgCheckpointStore {
     async fn load(&self, name: &str) -> Result<Option<LogPosition>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(store_error)?;
-        Self::load_in_tx(&mut conn, name).await
+        let mut conn = Autocommit::acquire(&self.pool).await.map_err(store_error)?;
+        let loaded = Self::load_in_tx(&mut conn, name).await?;
+        conn.commit().await.map_err(store_error)?;
+        Ok(loaded)
     }
 
     async fn save(
@@ -101,7 +104,10 @@ impl CheckpointStore for PgCheckpointStore {
         expected: Option<LogPosition>,
         position: LogPosition,
     ) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(store_error)?;
-        Self::save_in_tx(&mut conn, name, expected, position).await
+        // Behind a transaction pooler the compare-and-set and the reread after a conflict
+        // share one transaction; they need not, but each needs one of its own (`pooler.rs`).
+        let mut conn = Autocommit::acquire(&self.pool).await.map_err(store_error)?;
+        Self::save_in_tx(&mut conn, name, expected, position).await?;
+        conn.commit().await.map_err(store_error)
     }
 }

@@ -34,9 +34,10 @@ use tokio::sync::{Notify, Semaphore, oneshot};
 use uuid::Uuid;
 
 use crate::kept::Kept;
+use crate::pooler::Autocommit;
 use crate::row::{GroupEventRow, GroupRow, position_from_db, version_from_db};
 use crate::sql;
-use crate::store::{Columns, expectation, try_append};
+use crate::store::{Columns, expectation, try_append_lone};
 
 /// A queued append. The reply is `Some` when written, `None` when rejected; a dropped sender
 /// means "retry alone".
@@ -269,12 +270,11 @@ async fn run(pool: &PgPool, kept: &Kept, batch: &[Request]) -> Vec<Answer> {
     };
     if let [request] = batch {
         // Alone: the plain append statement, without the group's arrays.
-        let outcome = try_append(
-            &mut *lent.conn,
+        let outcome = try_append_lone(
+            &mut lent.conn,
             &request.stream,
             request.expected,
             &request.columns,
-            true,
         )
         .await;
         if outcome.is_ok() {
@@ -424,7 +424,10 @@ async fn run_one_tenant(
     let query =
         arrays.bind_appends(sqlx::query_as(sql::APPEND_MANY_ONE_TENANT).bind(arrays.tenants[0]));
     let query = query.bind(&stream_types).bind(&stream_ids).bind(&below);
-    let rows: Vec<GroupEventRow> = arrays.bind_events(query).fetch_all(conn).await?;
+    // A lone statement: in a transaction of its own behind a transaction pooler.
+    let mut conn = Autocommit::on(conn).await?;
+    let rows: Vec<GroupEventRow> = arrays.bind_events(query).fetch_all(&mut *conn).await?;
+    conn.commit().await?;
     Ok(fold(batch, &rows))
 }
 
@@ -507,7 +510,10 @@ async fn run_tenants(
     }
     let query = arrays.bind_appends(sqlx::query_as(sql::APPEND_MANY).bind(&arrays.tenants));
     let query = query.bind(&append_of).bind(&offsets);
-    let rows: Vec<GroupRow> = arrays.bind_events(query).fetch_all(conn).await?;
+    // A lone statement: in a transaction of its own behind a transaction pooler.
+    let mut conn = Autocommit::on(conn).await?;
+    let rows: Vec<GroupRow> = arrays.bind_events(query).fetch_all(&mut *conn).await?;
+    conn.commit().await?;
     let mut answers = vec![None; batch.len()];
     for row in rows {
         let slot = usize::try_from(row.n)

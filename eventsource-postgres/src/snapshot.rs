@@ -4,6 +4,7 @@ use eventsource_core::{Snapshot, SnapshotStore, StoreError, StreamId};
 use sqlx::PgPool;
 
 use crate::error::{out_of_range, store_error};
+use crate::pooler::Autocommit;
 use crate::row::{SnapshotRow, version_from_db, version_to_db};
 use crate::sql;
 use crate::tenant::begin_tenant;
@@ -35,15 +36,18 @@ impl SnapshotStore for PgSnapshotStore {
         schema_version: u32,
     ) -> Result<Option<Snapshot>, StoreError> {
         let schema = i32::try_from(schema_version).map_err(|_| out_of_range("schema version"))?;
-        // One round trip: autocommit, the function scopes itself to the tenant.
+        // One round trip (three behind a transaction pooler): autocommit, the function scopes
+        // itself to the tenant.
+        let mut conn = Autocommit::acquire(&self.pool).await.map_err(store_error)?;
         let row: Option<SnapshotRow> = sqlx::query_as(sql::LOAD_SNAPSHOT)
             .bind(stream.tenant().as_str())
             .bind(stream.aggregate_type())
             .bind(stream.aggregate_id())
             .bind(schema)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *conn)
             .await
             .map_err(store_error)?;
+        conn.commit().await.map_err(store_error)?;
         row.map(|row| {
             let mut snapshot = Snapshot::new(
                 stream.clone(),

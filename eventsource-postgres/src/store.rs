@@ -19,12 +19,12 @@ use crate::error::{
 };
 use crate::group::GroupCommit;
 use crate::kept::{Kept, Lent};
+use crate::pooler::{Autocommit, again_if_unprepared};
+use crate::read;
 use crate::rejection::{
     ORDER_ATTEMPTS, Rejection, replayed, resolve_rejection, settle_in_tx, stream_version_on,
 };
-use crate::row::{
-    AppendRow, EventRow, StreamEventRow, load_row, position_from_db, version_from_db, version_to_db,
-};
+use crate::row::{AppendRow, EventRow, load_row, position_from_db, version_from_db, version_to_db};
 use crate::sql;
 use crate::tenant::{begin_tenant, begin_tenant_on};
 
@@ -147,6 +147,20 @@ pub(crate) async fn try_append<'c, E: sqlx::PgExecutor<'c>>(
     let query = if pooled { query } else { query.bind(false) };
     let row: AppendRow = query.fetch_one(executor).await?;
     appended_from(&row)
+}
+
+/// [`try_append`] of a pooled append, as a lone statement on `conn` (in a transaction of its
+/// own behind a transaction pooler: see `pooler.rs`).
+pub(crate) async fn try_append_lone(
+    conn: &mut PgConnection,
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    columns: &Columns,
+) -> Result<Option<Appended>, sqlx::Error> {
+    let mut conn = Autocommit::on(conn).await?;
+    let appended = try_append(&mut *conn, stream, expected, columns, true).await?;
+    conn.commit().await?;
+    Ok(appended)
 }
 
 /// Binds an append's parameters after its tenant: the stream's type and id, the expectation,
@@ -435,7 +449,7 @@ impl PgEventStore {
     ) -> Result<Option<Appended>, StoreError> {
         // One round trip: autocommit, the statement scopes itself to the tenant.
         let mut lent = self.lend().await?;
-        let outcome = try_append(&mut *lent.conn, stream, expected, columns, true).await;
+        let outcome = try_append_lone(&mut lent.conn, stream, expected, columns).await;
         if outcome.is_ok() {
             self.keep(lent);
         } else {
@@ -507,14 +521,7 @@ impl EventStore for PgEventStore {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         // One round trip: autocommit, the function scopes itself to the tenant.
         let mut lent = self.lend().await?;
-        let rows: Vec<StreamEventRow> = sqlx::query_as(sql::READ_STREAM)
-            .bind(stream.tenant().as_str())
-            .bind(stream.aggregate_type())
-            .bind(stream.aggregate_id())
-            .bind(version_to_db(range.start()))
-            .bind(version_to_db(range.end()))
-            .fetch_all(&mut *lent.conn)
-            .await
+        let rows = again_if_unprepared!(read::stream_rows(&mut lent.conn, stream, range).await)
             .map_err(store_error)?;
         self.keep(lent);
         tracing::trace!(events = rows.len(), "stream read");
@@ -531,6 +538,7 @@ impl EventStore for PgEventStore {
     ) -> Result<Vec<StreamEvent>, StoreError> {
         // One round trip: autocommit, the statement scopes itself to the tenant.
         let mut lent = self.lend().await?;
+        let mut conn = Autocommit::on(&mut lent.conn).await.map_err(store_error)?;
         let events = sqlx::query(sql::READ_STREAM_EVENTS)
             .bind(stream.tenant().as_str())
             .bind(stream.aggregate_type())
@@ -541,9 +549,10 @@ impl EventStore for PgEventStore {
                 let mut last_type = None;
                 move |row: PgRow| load_row(&row, &mut last_type)
             })
-            .fetch_all(&mut *lent.conn)
+            .fetch_all(&mut *conn)
             .await
             .map_err(store_error)?;
+        conn.commit().await.map_err(store_error)?;
         self.keep(lent);
         tracing::trace!(events = events.len(), "stream read for a load");
         Ok(events)
@@ -552,13 +561,15 @@ impl EventStore for PgEventStore {
     #[tracing::instrument(name = "eventsource.stream_version", skip_all, fields(stream = %stream))]
     async fn stream_version(&self, stream: &StreamId) -> Result<Version, StoreError> {
         let mut lent = self.lend().await?;
+        let mut conn = Autocommit::on(&mut lent.conn).await.map_err(store_error)?;
         let version: Option<i64> = sqlx::query_scalar(sql::STREAM_VERSION_SCOPED)
             .bind(stream.tenant().as_str())
             .bind(stream.aggregate_type())
             .bind(stream.aggregate_id())
-            .fetch_one(&mut *lent.conn)
+            .fetch_one(&mut *conn)
             .await
             .map_err(store_error)?;
+        conn.commit().await.map_err(store_error)?;
         self.keep(lent);
         version.map_or(Ok(Version::ZERO), version_from_db)
     }
@@ -570,34 +581,19 @@ impl EventStore for PgEventStore {
         limit: usize,
         filter: &LogFilter,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let (transaction, position) = crate::row::position_to_db(after);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut lent = self.lend().await?;
-        let rows: Vec<EventRow> = if let Some(tenant) = &filter.tenant {
-            let mut tx = begin_tenant_on(&mut lent.conn, tenant)
-                .await
-                .map_err(store_error)?;
-            let rows = sqlx::query_as(sql::READ_ALL_TENANT)
-                .bind(transaction)
-                .bind(position)
-                .bind(filter.since)
-                .bind(limit)
-                .bind(tenant.as_str())
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(store_error)?;
-            tx.commit().await.map_err(store_error)?;
-            rows
-        } else {
-            sqlx::query_as(sql::READ_ALL)
-                .bind(transaction)
-                .bind(position)
-                .bind(filter.since)
-                .bind(limit)
-                .fetch_all(&mut *lent.conn)
-                .await
-                .map_err(store_error)?
-        };
+        let rows = again_if_unprepared!(
+            read::log_rows(
+                &mut lent.conn,
+                crate::row::position_to_db(after),
+                filter.since,
+                limit,
+                filter.tenant.as_ref(),
+            )
+            .await
+        )
+        .map_err(store_error)?;
         self.keep(lent);
         tracing::trace!(events = rows.len(), "log batch read");
         to_events(rows)
@@ -610,16 +606,10 @@ impl EventStore for PgEventStore {
         correlation_id: Uuid,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let mut lent = self.lend().await?;
-        let mut tx = begin_tenant_on(&mut lent.conn, tenant)
-            .await
-            .map_err(store_error)?;
-        let rows: Vec<EventRow> = sqlx::query_as(sql::READ_BY_CORRELATION)
-            .bind(tenant.as_str())
-            .bind(correlation_id)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(store_error)?;
-        tx.commit().await.map_err(store_error)?;
+        let rows = again_if_unprepared!(
+            read::correlation_rows(&mut lent.conn, tenant, correlation_id).await
+        )
+        .map_err(store_error)?;
         self.keep(lent);
         to_events(rows)
     }
@@ -648,13 +638,16 @@ impl EventStore for PgEventStore {
             tx.commit().await.map_err(store_error)?;
             count
         } else {
-            sqlx::query_scalar(sql::COUNT_AFTER)
+            let mut conn = Autocommit::on(&mut lent.conn).await.map_err(store_error)?;
+            let count = sqlx::query_scalar(sql::COUNT_AFTER)
                 .bind(transaction)
                 .bind(position)
                 .bind(filter.since)
-                .fetch_one(&mut *lent.conn)
+                .fetch_one(&mut *conn)
                 .await
-                .map_err(store_error)?
+                .map_err(store_error)?;
+            conn.commit().await.map_err(store_error)?;
+            count
         };
         self.keep(lent);
         u64::try_from(count).map_err(|_| StoreError::Corrupt(format!("negative count {count}")))

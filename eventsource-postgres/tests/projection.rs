@@ -101,7 +101,10 @@ impl PgProjection for Rows {
 }
 
 async fn setup() -> Option<(PgPool, PgEventStore, TenantId, String)> {
-    let pool = support::pool().await?;
+    Some(setup_on(support::pool().await?).await)
+}
+
+async fn setup_on(pool: PgPool) -> (PgPool, PgEventStore, TenantId, String) {
     let mut tx = pool.begin().await.unwrap();
     // Concurrent CREATE TABLE IF NOT EXISTS can collide: one at a time.
     sqlx::query("SELECT pg_advisory_xact_lock(7245016)")
@@ -113,7 +116,7 @@ async fn setup() -> Option<(PgPool, PgEventStore, TenantId, String)> {
     let store = PgEventStore::new(pool.clone());
     let tenant = support::tenant("projection");
     let name = format!("projection-{}", Uuid::now_v7().simple());
-    Some((pool, store, tenant, name))
+    (pool, store, tenant, name)
 }
 
 /// Appends events numbered `from..to`, one per append, to a few streams of `tenant`.
@@ -195,6 +198,25 @@ async fn the_runner_applies_each_event_once_with_its_checkpoint_in_the_same_tran
     let Some((pool, store, tenant, name)) = setup().await else {
         return;
     };
+    applies_each_event_once(pool, store, tenant, name).await;
+}
+
+/// The same through PgBouncer in transaction mode: catch-up, the live run, the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_pgbouncer_the_runner_applies_each_event_once() {
+    let Some(pool) = support::bouncer_pool(16).await else {
+        return;
+    };
+    let (pool, store, tenant, name) = setup_on(pool).await;
+    applies_each_event_once(pool, store, tenant, name).await;
+}
+
+async fn applies_each_event_once(
+    pool: PgPool,
+    store: PgEventStore,
+    tenant: TenantId,
+    name: String,
+) {
     append(&store, &tenant, 0, 25).await;
     let runner = PgProjectionRunner::new(
         store.clone(),

@@ -29,6 +29,14 @@ mod conformance {
     });
 }
 
+mod conformance_through_pgbouncer {
+    use super::*;
+
+    eventsource_core::saga_store_conformance_tests!(optional async async {
+        support::bouncer_pool(8).await.map(PgSagaStore::new)
+    });
+}
+
 /// The saga's connection dies (terminated by the server, as when its process is killed) after
 /// the first command's events were appended in its transaction and before the commit: neither
 /// those events nor the state exist. Redelivered, the event commits both commands' events and
@@ -217,6 +225,19 @@ async fn concurrent_runners_fire_each_deadline_once() {
     let Some(pool) = support::pool().await else {
         return;
     };
+    runners_fire_each_deadline_once(pool).await;
+}
+
+/// The same through PgBouncer in transaction mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_pgbouncer_concurrent_runners_fire_each_deadline_once() {
+    let Some(pool) = support::bouncer_pool(8).await else {
+        return;
+    };
+    runners_fire_each_deadline_once(pool).await;
+}
+
+async fn runners_fire_each_deadline_once(pool: sqlx::PgPool) {
     let tenant = support::tenant("saga-deadlines");
     let sagas = PgSagaStore::new(pool.clone());
     let due_at = chrono::Utc::now() - chrono::Duration::minutes(1);

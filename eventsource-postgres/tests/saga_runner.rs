@@ -166,17 +166,20 @@ struct World {
 
 impl World {
     async fn new(prefix: &str) -> Option<Self> {
-        let pool = support::pool().await?;
+        Some(Self::on(support::pool().await?, prefix))
+    }
+
+    fn on(pool: PgPool, prefix: &str) -> Self {
         let store = PgEventStore::new(pool.clone());
         let tenant = support::tenant(prefix);
-        Some(Self {
+        Self {
             orders: Repository::new(store.clone()).with_tenant(tenant.clone()),
             stock: Repository::new(store.clone()).with_tenant(tenant.clone()),
             pool,
             store,
             tenant,
             saga: Reservation::default(),
-        })
+        }
     }
 
     fn handler(&self) -> Handler {
@@ -348,6 +351,28 @@ async fn the_log_and_at_least_once_delivery_reach_the_same_outcomes() {
     assert_eq!(delivered.outcomes(12).await, expected(12));
     assert_eq!(from_log.reservations().await, 9);
     assert_eq!(delivered.reservations().await, 9);
+}
+
+/// Through PgBouncer in transaction mode: the runner catches up, then follows the log live
+/// under its lease, to the same outcomes, each reservation once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_pgbouncer_the_runner_catches_up_and_follows_the_log() {
+    let Some(pool) = support::bouncer_pool(16).await else {
+        return;
+    };
+    let world = World::on(pool, "pgb-saga");
+    world.place(0, 6).await;
+    let runner = world.runner("pgb-1");
+    world.catch_up_to(&runner, 6).await;
+    let shutdown = CancellationToken::new();
+    let live = tokio::spawn(world.runner("pgb-1").run(shutdown.clone()));
+    world.place(6, 12).await;
+    world.wait_for_outcomes(12, "the live runner").await;
+    shutdown.cancel();
+    live.await.unwrap().unwrap();
+    assert_eq!(world.outcomes(12).await, expected(12));
+    assert_eq!(world.reservations().await, 9, "each reservation once");
+    assert!(world.checkpoint(runner.name()).await.is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -227,6 +227,38 @@ async fn appends_under_row_level_security_keep_tenants_apart() {
         return;
     };
     let app = support::app_role_pool_with(&admin, 4).await;
+    appends_keep_tenants_apart(&admin, &app).await;
+}
+
+/// The same through PgBouncer in transaction mode: each transaction may run on another server
+/// connection, and the tenant setting must never travel with one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_pgbouncer_appends_under_row_level_security_keep_tenants_apart() {
+    if support::bouncer().is_none() {
+        return;
+    }
+    let Some(admin) = support::pool().await else {
+        return;
+    };
+    let app = support::app_role_bouncer_pool(&admin, 4).await;
+    appends_keep_tenants_apart(&admin, &app).await;
+}
+
+/// As [`a_reused_pooled_connection_never_shows_another_tenants_rows`], through PgBouncer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_pgbouncer_no_connection_shows_another_tenants_rows() {
+    if support::bouncer().is_none() {
+        return;
+    }
+    let Some(admin) = support::pool().await else {
+        return;
+    };
+    let app = support::app_role_bouncer_pool(&admin, 4).await;
+    let (a, b) = tenants_apart_through_the_store(&app).await;
+    a_forgotten_predicate_sees_one_tenant(&app, &a, &b).await;
+}
+
+async fn appends_keep_tenants_apart(admin: &PgPool, app: &PgPool) {
     let store = PgEventStore::new(app.clone());
     let (a, b) = (support::tenant("group-a"), support::tenant("group-b"));
     let one_tenant: Vec<StreamId> = (0..12)
@@ -316,7 +348,7 @@ async fn appends_under_row_level_security_keep_tenants_apart() {
     for (tenant, events) in [(&a, 18 * 3_i64), (&b, 6 * 3 + 4)] {
         let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE tenant_id = $1")
             .bind(tenant.as_str())
-            .fetch_one(&admin)
+            .fetch_one(admin)
             .await
             .unwrap();
         assert_eq!(rows, events, "{tenant}");

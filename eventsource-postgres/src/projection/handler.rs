@@ -7,6 +7,7 @@ use sqlx::PgPool;
 
 use super::PgProjection;
 use super::error::PgProjectionError;
+use crate::pooler::Autocommit;
 use crate::row::position_to_db;
 use crate::sql;
 use crate::tenant::begin_tenant;
@@ -86,12 +87,14 @@ impl<P: PgProjection> PgProjectionHandler<P> {
     /// When the statement fails.
     pub async fn prune_below(&self, floor: LogPosition) -> Result<u64, sqlx::Error> {
         let (transaction, position) = position_to_db(floor);
+        let mut conn = Autocommit::acquire(&self.pool).await?;
         let done = sqlx::query(sql::PRUNE_APPLIED)
             .bind(self.projection.name())
             .bind(transaction)
             .bind(position)
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await?;
+        conn.commit().await?;
         Ok(done.rows_affected())
     }
 }

@@ -7,6 +7,7 @@ use sqlx::{PgConnection, PgExecutor, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use super::error::LeaseError;
+use crate::pooler::Autocommit;
 use crate::sql;
 
 /// A lease on a name (a projection's), held by one holder at a time, across processes.
@@ -73,12 +74,14 @@ impl PgLease {
     ) -> Result<Self, LeaseError> {
         let (name, holder) = (name.into(), holder.into());
         loop {
+            let mut conn = Autocommit::acquire(pool).await?;
             let token: Option<i64> = sqlx::query_scalar(sql::ACQUIRE_LEASE)
                 .bind(&name)
                 .bind(&holder)
                 .bind(millis(ttl))
-                .fetch_optional(pool)
+                .fetch_optional(&mut *conn)
                 .await?;
+            conn.commit().await?;
             if let Some(token) = token {
                 tracing::debug!(lease = %name, %holder, token, "lease taken");
                 return Ok(Self {
@@ -151,7 +154,10 @@ impl PgLease {
     ///
     /// [`LeaseError::Lost`] when it was taken over; [`LeaseError::Database`].
     pub async fn renew(&self) -> Result<(), LeaseError> {
-        self.renew_on(&self.pool).await
+        let mut conn = Autocommit::acquire(&self.pool).await?;
+        self.renew_on(&mut *conn).await?;
+        conn.commit().await?;
+        Ok(())
     }
 
     /// Extends the lease inside the caller's transaction, which then holds the lease's row
@@ -194,11 +200,13 @@ impl PgLease {
     ///
     /// [`LeaseError::Database`]; the lease then runs out on its own.
     pub async fn release(self) -> Result<(), LeaseError> {
+        let mut conn = Autocommit::acquire(&self.pool).await?;
         sqlx::query(sql::RELEASE_LEASE)
             .bind(&self.name)
             .bind(self.token)
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await?;
+        conn.commit().await?;
         tracing::debug!(lease = %self.name, holder = %self.holder, "lease released");
         Ok(())
     }
@@ -229,10 +237,13 @@ impl PgLease {
 }
 
 async fn holder_of(pool: &PgPool, name: &str) -> Result<Option<HolderRow>, sqlx::Error> {
-    sqlx::query_as(sql::LEASE_HOLDER)
+    let mut conn = Autocommit::acquire(pool).await?;
+    let holder = sqlx::query_as(sql::LEASE_HOLDER)
         .bind(name)
-        .fetch_optional(pool)
-        .await
+        .fetch_optional(&mut *conn)
+        .await?;
+    conn.commit().await?;
+    Ok(holder)
 }
 
 fn millis(ttl: Duration) -> f64 {

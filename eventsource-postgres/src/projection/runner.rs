@@ -10,6 +10,7 @@ use super::lease::PgLease;
 use super::options::ProjectionOptions;
 use super::tail::{self, LogReader};
 use crate::checkpoint::PgCheckpointStore;
+use crate::pooler::Autocommit;
 use crate::sql;
 use crate::store::PgEventStore;
 use crate::tenant::begin_tenant;
@@ -276,6 +277,17 @@ impl<P: PgProjection> LogReader for PgProjectionRunner<P> {
 }
 
 impl<P: PgProjection> PgProjectionRunner<P> {
+    /// The generation the read model serves, as a lone statement (`pooler.rs`).
+    async fn serving_generation(&self) -> Result<Option<i64>, sqlx::Error> {
+        let mut conn = Autocommit::acquire(&self.pool).await?;
+        let generation = sqlx::query_scalar(sql::SERVING_GENERATION)
+            .bind(self.projection.name())
+            .fetch_optional(&mut *conn)
+            .await?;
+        conn.commit().await?;
+        Ok(generation)
+    }
+
     /// Tells a cutover from a zombie when the checkpoint moved under a batch. The first
     /// rebuild's cutover has no serving generation to lock, so a batch that started before it
     /// finds the checkpoint moved: if the serving generation changed since the cursor was
@@ -289,10 +301,7 @@ impl<P: PgProjection> PgProjectionRunner<P> {
         if !matches!(error, PgProjectionError::CheckpointMoved { .. }) {
             return Failure::Other(error);
         }
-        let serving: Result<Option<i64>, sqlx::Error> = sqlx::query_scalar(sql::SERVING_GENERATION)
-            .bind(self.projection.name())
-            .fetch_optional(&self.pool)
-            .await;
+        let serving = self.serving_generation().await;
         match serving {
             Ok(generation) if generation != cursor.generation => Failure::Generation,
             Ok(_) => Failure::Other(error),

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::handler::PgSagaHandler;
 use crate::checkpoint::PgCheckpointStore;
+use crate::pooler::Autocommit;
 use crate::projection::tail::{self, LogReader};
 use crate::projection::{PgLease, PgProjectionError, ProjectionOptions};
 use crate::store::PgEventStore;
@@ -187,10 +188,12 @@ impl<G: Saga, D: CommandDecider<G::Command>> LogReader for PgSagaRunner<G, D> {
     }
 
     async fn load_cursor(&self) -> Result<Option<LogPosition>, PgProjectionError<Self::Error>> {
-        let mut conn = self.handler.pool().acquire().await?;
-        PgCheckpointStore::load_in_tx(&mut conn, &self.name)
+        let mut conn = Autocommit::acquire(self.handler.pool()).await?;
+        let cursor = PgCheckpointStore::load_in_tx(&mut conn, &self.name)
             .await
-            .map_err(PgProjectionError::Store)
+            .map_err(PgProjectionError::Store)?;
+        conn.commit().await?;
+        Ok(cursor)
     }
 
     #[tracing::instrument(name = "eventsource.saga.batch", skip_all,

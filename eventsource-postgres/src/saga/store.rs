@@ -10,6 +10,7 @@ use sqlx::query::QueryAs;
 use sqlx::{PgConnection, PgPool, Postgres};
 
 use crate::error::{out_of_range, store_error};
+use crate::pooler::Autocommit;
 use crate::rejection::settle_in_tx;
 use crate::row::{AppendRow, DeadlineRow, SagaRow, position_to_db};
 use crate::sql;
@@ -312,8 +313,10 @@ impl SagaStore for PgSagaStore {
 
     /// Lists every tenant's deadlines: needs a role that bypasses row level security.
     async fn due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueDeadline>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(store_error)?;
-        due(&mut conn, sql::DUE_DEADLINES, None, now, limit).await
+        let mut conn = Autocommit::acquire(&self.pool).await.map_err(store_error)?;
+        let due = due(&mut conn, sql::DUE_DEADLINES, None, now, limit).await?;
+        conn.commit().await.map_err(store_error)?;
+        Ok(due)
     }
 
     async fn mark_fired(&self, deadline: &DueDeadline) -> Result<bool, StoreError> {

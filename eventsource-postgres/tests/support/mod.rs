@@ -93,6 +93,48 @@ async fn ensure_database(server: &PgConnectOptions) {
     admin.close().await;
 }
 
+/// Connect options for PgBouncer (in transaction mode) in `PGBOUNCER_URL`, as the README asks:
+/// no statement cache. `None` (after a notice) when unset.
+///
+/// # Panics
+///
+/// When `PGBOUNCER_URL` is unset and `CI` is set.
+pub fn bouncer() -> Option<PgConnectOptions> {
+    let Ok(url) = std::env::var("PGBOUNCER_URL") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "PGBOUNCER_URL must be set in CI: the PgBouncer tests cannot be skipped there"
+        );
+        eprintln!("PGBOUNCER_URL is not set: skipping this PgBouncer test");
+        return None;
+    };
+    Some(
+        PgConnectOptions::from_str(&url)
+            .expect("PGBOUNCER_URL is a valid PostgreSQL URL")
+            .statement_cache_capacity(0)
+            .disable_statement_logging(),
+    )
+}
+
+/// A pool of `max` connections through PgBouncer to the shared test database, migrated first
+/// through `DATABASE_URL` (migrations do not go through the pooler); `None` when the tests are
+/// skipped.
+pub async fn bouncer_pool(max: u32) -> Option<PgPool> {
+    let options = bouncer()?;
+    pool().await?.close().await;
+    Some(bouncer_pool_on(options.database(&test_database()), max).await)
+}
+
+/// A pool of `max` connections with `options`, configured as the README asks.
+pub async fn bouncer_pool_on(options: PgConnectOptions, max: u32) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .test_before_acquire(false)
+        .connect_with(options)
+        .await
+        .expect("connect through PgBouncer")
+}
+
 /// A tenant no other test uses.
 pub fn tenant(prefix: &str) -> TenantId {
     TenantId::new(format!("{prefix}-{}", Uuid::now_v7().simple()))
@@ -108,6 +150,37 @@ pub async fn app_role_pool(admin: &PgPool) -> PgPool {
 /// As [`app_role_pool`], with room for `max` connections.
 pub async fn app_role_pool_with(admin: &PgPool, max: u32) -> PgPool {
     let server = server().expect("a server");
+    ensure_app_role(admin).await;
+    PgPoolOptions::new()
+        .max_connections(max)
+        .test_before_acquire(false)
+        .connect_with(
+            server
+                .database(&test_database())
+                .username("eventsource_app")
+                .password("app"),
+        )
+        .await
+        .expect("connect as the app role")
+}
+
+/// As [`app_role_pool_with`], through PgBouncer (`admin` reaches the database directly or
+/// through PgBouncer).
+pub async fn app_role_bouncer_pool(admin: &PgPool, max: u32) -> PgPool {
+    let options = bouncer().expect("PgBouncer");
+    ensure_app_role(admin).await;
+    bouncer_pool_on(
+        options
+            .database(&test_database())
+            .username("eventsource_app")
+            .password("app"),
+        max,
+    )
+    .await
+}
+
+/// Creates `eventsource_app` and grants it the tables, unless done.
+async fn ensure_app_role(admin: &PgPool) {
     // CREATE ROLE has no IF NOT EXISTS and concurrent GRANTs can fail with "tuple concurrently
     // updated": tests set the role up one at a time, under an advisory lock.
     let mut tx = admin.begin().await.expect("begin");
@@ -134,17 +207,6 @@ pub async fn app_role_pool_with(admin: &PgPool, max: u32) -> PgPool {
     .await
     .expect("grant the app role");
     tx.commit().await.expect("commit the role set-up");
-    PgPoolOptions::new()
-        .max_connections(max)
-        .test_before_acquire(false)
-        .connect_with(
-            server
-                .database(&test_database())
-                .username("eventsource_app")
-                .password("app"),
-        )
-        .await
-        .expect("connect as the app role")
 }
 
 /// The directory of the TLS test material `scripts/test` generates (`EVENTSOURCE_TEST_TLS_DIR`):

@@ -33,6 +33,7 @@ use super::error::PgProjectionError;
 use super::lease::PgLease;
 use crate::checkpoint::PgCheckpointStore;
 use crate::error::is_lock_timeout;
+use crate::pooler::Autocommit;
 use crate::row::position_to_db;
 use crate::sql;
 use crate::store::PgEventStore;
@@ -370,6 +371,7 @@ impl<P: PgRebuildable> PgRebuild<P> {
         checkpoint: Option<LogPosition>,
     ) -> Result<u64, PgProjectionError<P::Error>> {
         let (transaction, position) = position_to_db(checkpoint.unwrap_or(self.options.start));
+        let mut conn = Autocommit::acquire(&self.pool).await?;
         let n: i64 = sqlx::query_scalar(sql::COUNT_LOG_AFTER)
             .bind(transaction)
             .bind(position)
@@ -381,8 +383,9 @@ impl<P: PgRebuildable> PgRebuild<P> {
                     .map(eventsource_core::TenantId::as_str),
             )
             .bind(self.options.filter.since)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *conn)
             .await?;
+        conn.commit().await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 

@@ -12,6 +12,7 @@ use super::{
     save_checkpoint,
 };
 use crate::checkpoint::PgCheckpointStore;
+use crate::pooler::Autocommit;
 use crate::projection::error::PgProjectionError;
 use crate::projection::lease::PgLease;
 use crate::row::{EventRow, position_to_db};
@@ -54,10 +55,12 @@ impl<P: PgRebuildable> PgRebuild<P> {
             return Ok(Some(0));
         }
         let prefix = format!("{}/shard-", building.checkpoint_name);
+        let mut conn = Autocommit::acquire(&self.pool).await?;
         let names: Vec<String> = sqlx::query_scalar(sql::CHECKPOINTS_STARTING_WITH)
             .bind(&prefix)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await?;
+        conn.commit().await?;
         // `<generation checkpoint>/shard-<k>-of-<n>`: a resumed fill keeps its shards.
         let of = names
             .iter()
@@ -219,15 +222,13 @@ impl<P: PgRebuildable> PgRebuild<P> {
             )
             .bind(i64::from(shard.of))
             .bind(i64::from(shard.index));
-        let rows = match &filter.tenant {
-            Some(tenant) => {
-                let mut tx = begin_tenant(self.store.pool(), tenant).await?;
-                let rows = query.fetch_all(&mut *tx).await?;
-                tx.commit().await?;
-                rows
-            }
-            None => query.fetch_all(self.store.pool()).await?,
+        let mut conn = if let Some(tenant) = &filter.tenant {
+            Autocommit::Wrapped(begin_tenant(self.store.pool(), tenant).await?)
+        } else {
+            Autocommit::acquire(self.store.pool()).await?
         };
+        let rows = query.fetch_all(&mut *conn).await?;
+        conn.commit().await?;
         rows.into_iter()
             .map(RecordedEvent::try_from)
             .collect::<Result<_, StoreError>>()

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::naming::{prefix_of, staging_schema};
 use super::{PgRebuild, PgRebuildable, RebuildReport, enter_path, restore_path};
 use crate::checkpoint::PgCheckpointStore;
+use crate::pooler::Autocommit;
 use crate::projection::error::PgProjectionError;
 use crate::projection::lease::PgLease;
 use crate::sql;
@@ -89,10 +90,12 @@ impl<P: PgTenantRebuildable> PgRebuild<P> {
         let started = Instant::now();
         let name = self.projection.name();
         let prefix = prefix_of(name, self.options.schema_prefix.as_deref());
+        let mut conn = Autocommit::acquire(&self.pool).await?;
         let serving: Option<i64> = sqlx::query_scalar(sql::SERVING_GENERATION)
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *conn)
             .await?;
+        conn.commit().await?;
         if serving.is_none() {
             return Err(PgProjectionError::NotServing {
                 projection: name.to_owned(),
@@ -254,10 +257,11 @@ impl<P: PgTenantRebuildable> PgRebuild<P> {
     }
 
     async fn drop_staging(&self, staging: &Staging) -> Result<(), sqlx::Error> {
+        let mut conn = Autocommit::acquire(&self.pool).await?;
         sqlx::query(sql::DROP_GENERATION_SCHEMA)
             .bind(&staging.schema)
-            .execute(&self.pool)
-            .await
-            .map(drop)
+            .execute(&mut *conn)
+            .await?;
+        conn.commit().await
     }
 }

@@ -121,29 +121,40 @@ async fn setup_on(pool: PgPool) -> (PgPool, PgEventStore, TenantId, String) {
 
 /// Appends events numbered `from..to`, one per append, to a few streams of `tenant`.
 async fn append(store: &PgEventStore, tenant: &TenantId, from: i64, to: i64) {
+    append_as(store, tenant, from..to, "Numbered").await;
+}
+
+/// Appends event `n` of type `event_type`, as [`append`] does.
+async fn append_typed(store: &PgEventStore, tenant: &TenantId, n: i64, event_type: &str) {
+    append_as(store, tenant, n..n + 1, event_type).await;
+}
+
+/// Appends one event of `event_type` per number, then waits until the log shows them: the log
+/// shows an event once every older transaction on the server has ended, another test's open
+/// transaction may hide these for a moment, and the tests index and count the log.
+async fn append_as(
+    store: &PgEventStore,
+    tenant: &TenantId,
+    numbers: std::ops::Range<i64>,
+    event_type: &str,
+) {
     let before = log(store, tenant).await.len();
-    for n in from..to {
-        append_typed(store, tenant, n, "Numbered").await;
+    let expected = before + usize::try_from(numbers.end - numbers.start).unwrap_or(0);
+    for n in numbers {
+        let stream = StreamId::new(tenant.clone(), "counter", format!("c-{}", n % 3));
+        store
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                vec![NewEvent::new(event_type, 1, json!({ "n": n }))],
+            )
+            .await
+            .unwrap();
     }
-    // The log shows an event once every older transaction on the server has ended; another
-    // test's open transaction may hide these for a moment, and the assertions count them.
-    let expected = before + usize::try_from(to - from).unwrap_or(0);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while log(store, tenant).await.len() < expected && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-}
-
-async fn append_typed(store: &PgEventStore, tenant: &TenantId, n: i64, event_type: &str) {
-    let stream = StreamId::new(tenant.clone(), "counter", format!("c-{}", n % 3));
-    store
-        .append(
-            &stream,
-            ExpectedVersion::Any,
-            vec![NewEvent::new(event_type, 1, json!({ "n": n }))],
-        )
-        .await
-        .unwrap();
 }
 
 /// The tenant's log.

@@ -233,8 +233,9 @@ pub trait SagaStore: Send + Sync {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Forgets the handled events at or before `floor` of every instance of `saga` in `tenant`,
-    /// and remembers the floor: from then on every event at or before it counts as handled.
-    /// Returns how many records were removed.
+    /// and remembers the floor on each of those instances: from then on every event at or
+    /// before it counts as handled by them. An instance created later has no floor (it handled
+    /// nothing before it). Returns how many records were removed.
     ///
     /// Call it only with a position up to which **every** event was fully handled (the
     /// committed checkpoint of a runner reading the log in order); an event at or below the

@@ -57,14 +57,13 @@ pub fn deadline_event(deadline: &DueDeadline) -> Result<(StreamId, NewEvent), St
         format!("{}/{}", key.saga(), key.instance()),
     );
     // The tenant belongs in the id: event ids are unique across tenants, and without it the
-    // same instance id and deadline in two tenants collide (the second never fires).
-    let id_key = format!(
-        "{}/{}/{}/{}",
-        key.tenant(),
-        key.saga(),
-        key.instance(),
-        deadline.due_at.to_rfc3339()
-    );
+    // same instance id and deadline in two tenants collide (the second never fires). Each part
+    // is prefixed with its length, so parts holding `/` cannot shift into each other.
+    let due = deadline.due_at.to_rfc3339();
+    let id_key: String = [key.tenant().as_str(), key.saga(), key.instance(), &due]
+        .iter()
+        .map(|part| format!("{}:{part}", part.len()))
+        .collect();
     let payload = DeadlineReached {
         saga: key.saga().to_owned(),
         instance: key.instance().to_owned(),
@@ -179,5 +178,19 @@ mod tests {
         };
         assert_eq!(id("acme"), id("acme"), "firing twice appends one event");
         assert_ne!(id("acme"), id("globex"), "another tenant, another event");
+    }
+
+    #[test]
+    fn a_deadline_event_id_keeps_its_parts_apart() {
+        let due_at = chrono::DateTime::from_timestamp(1_700_000_000, 0).expect("time");
+        let id = |tenant: &str, instance: &str| {
+            let key = SagaKey::new(TenantId::new(tenant), "s", instance);
+            deadline_event(&DueDeadline::new(key, due_at))
+                .expect("event")
+                .1
+                .event_id
+        };
+        // Joined by `/`, both would read `a/s/b/s/c`.
+        assert_ne!(id("a", "b/s/c"), id("a/s/b", "c"));
     }
 }

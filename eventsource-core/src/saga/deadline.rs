@@ -60,10 +60,12 @@ pub fn deadline_event(deadline: &DueDeadline) -> Result<(StreamId, NewEvent), St
     // same instance id and deadline in two tenants collide (the second never fires). Each part
     // is prefixed with its length, so parts holding `/` cannot shift into each other.
     let due = deadline.due_at.to_rfc3339();
-    let id_key: String = [key.tenant().as_str(), key.saga(), key.instance(), &due]
-        .iter()
-        .map(|part| format!("{}:{part}", part.len()))
-        .collect();
+    let mut id_key = String::new();
+    for part in [key.tenant().as_str(), key.saga(), key.instance(), &due] {
+        id_key.push_str(&part.len().to_string());
+        id_key.push(':');
+        id_key.push_str(part);
+    }
     let payload = DeadlineReached {
         saga: key.saga().to_owned(),
         instance: key.instance().to_owned(),

@@ -12,7 +12,7 @@ use super::{
     save_checkpoint,
 };
 use crate::checkpoint::PgCheckpointStore;
-use crate::pooler::Autocommit;
+use crate::pooler::{Autocommit, again_if_unprepared};
 use crate::projection::error::PgProjectionError;
 use crate::projection::lease::PgLease;
 use crate::row::{EventRow, position_to_db};
@@ -72,10 +72,11 @@ impl<P: PgRebuildable> PgRebuild<P> {
         let mut shards = Vec::new();
         for index in 0..of {
             let checkpoint_name = format!("{prefix}{index}-of-{of}");
-            let mut conn = self.pool.acquire().await?;
+            let mut conn = Autocommit::acquire(&self.pool).await?;
             let checkpoint = PgCheckpointStore::load_in_tx(&mut conn, &checkpoint_name)
                 .await
                 .map_err(PgProjectionError::Store)?;
+            conn.commit().await?;
             shards.push(Shard {
                 index,
                 of,
@@ -206,6 +207,16 @@ impl<P: PgRebuildable> PgRebuild<P> {
         &self,
         shard: &Shard,
     ) -> Result<Vec<RecordedEvent>, PgProjectionError<P::Error>> {
+        // Rows carry an `xid8`: read again once if its type lookup dropped the statement.
+        let rows = again_if_unprepared!(self.read_shard_rows(shard).await)?;
+        rows.into_iter()
+            .map(RecordedEvent::try_from)
+            .collect::<Result<_, StoreError>>()
+            .map_err(PgProjectionError::Store)
+    }
+
+    /// One attempt at [`read_shard`](Self::read_shard)'s rows, in a transaction of its own.
+    async fn read_shard_rows(&self, shard: &Shard) -> Result<Vec<EventRow>, sqlx::Error> {
         let (transaction, position) =
             position_to_db(shard.checkpoint.unwrap_or(self.options.start));
         let filter = &self.options.filter;
@@ -229,9 +240,6 @@ impl<P: PgRebuildable> PgRebuild<P> {
         };
         let rows = query.fetch_all(&mut *conn).await?;
         conn.commit().await?;
-        rows.into_iter()
-            .map(RecordedEvent::try_from)
-            .collect::<Result<_, StoreError>>()
-            .map_err(PgProjectionError::Store)
+        Ok(rows)
     }
 }

@@ -226,10 +226,12 @@ impl<P: PgTenantRebuildable> PgRebuild<P> {
 
     /// The live checkpoint.
     async fn live_checkpoint(&self) -> Result<Option<LogPosition>, PgProjectionError<P::Error>> {
-        let mut conn = self.pool.acquire().await?;
-        PgCheckpointStore::load_in_tx(&mut conn, self.projection.name())
+        let mut conn = Autocommit::acquire(&self.pool).await?;
+        let checkpoint = PgCheckpointStore::load_in_tx(&mut conn, self.projection.name())
             .await
-            .map_err(PgProjectionError::Store)
+            .map_err(PgProjectionError::Store)?;
+        conn.commit().await?;
+        Ok(checkpoint)
     }
 
     /// The tenant's events after `after`, up to `upto` (none when `upto` is `None`: the live

@@ -79,7 +79,6 @@ WITH tenant AS MATERIALIZED (
 macro_rules! move_stream {
     ($count:literal) => {
         concat!(
-            scope_to_tenant!(),
             r"
 stream AS (
     INSERT INTO streams AS s (tenant_id, aggregate_type, aggregate_id, version, last_xid)
@@ -128,12 +127,52 @@ inserted AS (
     ORDER BY b.n
     RETURNING global_position
 )
+"
+    };
+}
+
+/// The outcome row of a batch's append (`inserted` after `stream`): all `NULL` when the guard
+/// let nothing through.
+macro_rules! batch_outcome {
+    () => {
+        r"
 SELECT (SELECT version FROM stream) AS version,
        pg_current_xact_id_if_assigned()::text AS transaction_id,
        min(global_position) AS first_position,
        max(global_position) AS last_position
 FROM inserted
 "
+    };
+}
+
+/// A batch appended inside a caller's transaction that is scoped to the stream's tenant `$1`
+/// already, as CTEs ending in `appended`, the outcome row (see `batch_outcome!`): the guarded
+/// streams row and events insert of [`APPEND_BATCH`], after a stored-id pre-check. A stored
+/// id leaves `tenant` without a row, so nothing is written and no error raised: the caller's
+/// transaction stays usable, as after [`APPEND`]. Each id is probed by a correlated scalar
+/// subquery, an equality on the unique `event_id`: the planner expects at most one row, so
+/// the primary-key probe wins in every plan, even one made while `events` was empty. (As
+/// `event_id = ANY(..)` under `EXISTS`, a generic plan made on a new table expected ten
+/// matches and scanned the table to stop at the first: a scan that grew with the log until
+/// the next `ANALYZE`.) Plain SQL, not the `eventsource_append`
+/// call of [`APPEND`]: a PL/pgSQL call with `SET` clauses costs a large share of a step's
+/// server time (ADR 0030).
+macro_rules! append_in_tx {
+    () => {
+        concat!(
+            r"
+tenant AS MATERIALIZED (
+    SELECT $1::text AS tenant_id
+    WHERE NOT EXISTS (SELECT 1 FROM UNNEST($6::uuid[]) AS b(event_id)
+                      WHERE (SELECT true FROM events e WHERE e.event_id = b.event_id))
+),",
+            move_stream!("cardinality($6::uuid[])"),
+            insert_events!(),
+            ",
+appended AS MATERIALIZED (",
+            batch_outcome!(),
+            "),"
+        )
     };
 }
 
@@ -172,11 +211,15 @@ SELECT (SELECT version FROM stream) AS version,
 /// Row level security holds by construction: every row the statement reads or writes in a
 /// tenant's table comes from `tenant`, after it set the tenant. (An `UPDATE` would not do: it
 /// checks the rows it scans, and the planner may scan them before `tenant` runs.)
-pub(crate) const APPEND_BATCH: &str =
-    concat!(move_stream!("cardinality($6::uuid[])"), insert_events!());
+pub(crate) const APPEND_BATCH: &str = concat!(
+    scope_to_tenant!(),
+    move_stream!("cardinality($6::uuid[])"),
+    insert_events!(),
+    batch_outcome!()
+);
 
 /// As [`APPEND_BATCH`], for one event given as scalars: the usual command's append.
-pub(crate) const APPEND_ONE: &str = concat!(move_stream!("1"), insert_event!());
+pub(crate) const APPEND_ONE: &str = concat!(scope_to_tenant!(), move_stream!("1"), insert_event!());
 
 /// Several appends to distinct streams in one transaction and round trip (group commit): one
 /// row per append, `n` numbering them from 1 (`eventsource_append_many`, `0005`, `0006`).
@@ -495,199 +538,6 @@ SELECT (SELECT transaction_id FROM events ORDER BY transaction_id DESC LIMIT 1):
 /// A round trip that proves the database answers.
 pub(crate) const HEALTH_CHECK: &str = "SELECT 1";
 
-// ---- Sagas (migration 0009) -------------------------------------------------------------------
-
-/// The body of the saga loads: the instance's state, and whether it handled the event `$4` at
-/// log position `($5, $6)` (recorded, or at or below the floor its record was pruned to).
-macro_rules! load_saga {
-    () => {
-        r"
-SELECT s.state, s.state_version, s.version,
-       s.last_transaction_id::text AS last_transaction_id, s.last_position, s.deadline_at,
-       (EXISTS (SELECT 1 FROM saga_handled h
-                WHERE h.tenant_id = $1 AND h.saga = $2 AND h.instance = $3 AND h.event_id = $4)
-        OR (s.floor_position IS NOT NULL
-            AND ($5::text::xid8, $6::int8) <= (s.floor_transaction_id, s.floor_position)))
-           AS handled
-FROM saga_instances s
-WHERE s.tenant_id = $1 AND s.saga = $2 AND s.instance = $3
-"
-    };
-}
-
-/// A saga instance's state and whether it handled an event.
-pub(crate) const LOAD_SAGA: &str = load_saga!();
-
-/// As [`LOAD_SAGA`], locking the instance's row until the transaction ends.
-pub(crate) const LOAD_SAGA_LOCKED: &str = concat!(load_saga!(), "FOR UPDATE OF s");
-
-/// The save of a saga step, as one statement: `$appended` the CTEs before it (empty, or the
-/// append it follows), `$create` (in `INSERT ... SELECT`) and `$move` (after the `UPDATE`'s
-/// conditions) the guard on them, `$answer` the select list over `recorded`, the record of the
-/// event: one row when the state was saved and the event recorded.
-macro_rules! save_saga {
-    (create, $appended:expr, $guard:expr, $answer:expr) => {
-        concat!(
-            "WITH ",
-            $appended,
-            r"
-created AS (
-    INSERT INTO saga_instances (tenant_id, saga, instance, state, state_version, version,
-                                last_transaction_id, last_position, deadline_at)
-    SELECT $1, $2, $3, $4::jsonb, $5::int4, $6::int8, $7::text::xid8, $8::int8, $9::timestamptz
-    ",
-            $guard,
-            r"
-    ON CONFLICT (tenant_id, saga, instance) DO NOTHING
-    RETURNING 1
-), recorded AS (
-    INSERT INTO saga_handled (tenant_id, saga, instance, event_id, transaction_id, global_position)
-    SELECT $1, $2, $3, $10, $11::text::xid8, $12 FROM created
-    ON CONFLICT DO NOTHING
-    RETURNING 1
-)
-SELECT ",
-            $answer
-        )
-    };
-    (move, $appended:expr, $guard:expr, $answer:expr) => {
-        concat!(
-            "WITH ",
-            $appended,
-            r"
-moved AS (
-    UPDATE saga_instances s
-    SET state = $4, state_version = $5, version = $6,
-        last_transaction_id = $7::text::xid8, last_position = $8,
-        deadline_fired = s.deadline_fired AND s.deadline_at IS NOT DISTINCT FROM $9,
-        deadline_at = $9, updated_at = now()
-    WHERE s.tenant_id = $1 AND s.saga = $2 AND s.instance = $3 AND s.version = $13
-      AND NOT EXISTS (SELECT 1 FROM saga_handled h
-                      WHERE h.tenant_id = $1 AND h.saga = $2 AND h.instance = $3
-                        AND h.event_id = $10)
-      AND (s.floor_position IS NULL
-           OR ($11::text::xid8, $12::int8) > (s.floor_transaction_id, s.floor_position))
-      ",
-            $guard,
-            r"
-    RETURNING 1
-), recorded AS (
-    INSERT INTO saga_handled (tenant_id, saga, instance, event_id, transaction_id, global_position)
-    SELECT $1, $2, $3, $10, $11::text::xid8, $12 FROM moved
-    ON CONFLICT DO NOTHING
-    RETURNING 1
-)
-SELECT ",
-            $answer
-        )
-    };
-}
-
-/// Creates an instance and records its first event; `0` when the instance exists.
-pub(crate) const CREATE_SAGA: &str = save_saga!(create, "", "", "count(*) FROM recorded");
-
-/// Moves an instance from version `$13` and records the event `$10`, unless the version moved
-/// or the event counts as handled already; `0` then, and nothing written. The fired mark of
-/// the deadline survives only if the deadline stays the same.
-pub(crate) const MOVE_SAGA: &str = save_saga!(move, "", "", "count(*) FROM recorded");
-
-/// A step's one append (the `eventsource_append` call of [`APPEND`], in the caller's
-/// transaction and tenant, the stream's tenant being the saga's `$1`; its other parameters
-/// follow the save's), then the save, only if the append wrote: an append the guard let
-/// nothing through leaves the state unsaved, and the caller resolves it as after [`APPEND`].
-/// The answer is [`APPEND`]'s row and `recorded`, as [`CREATE_SAGA`] and [`MOVE_SAGA`] count.
-macro_rules! appended {
-    ($($p:literal),*) => {
-        concat!(
-            r"
-appended AS MATERIALIZED (
-    SELECT version, transaction_id, first_position, last_position
-    FROM eventsource_append($1",
-            $(", $", $p,)*
-            r", false)
-),"
-        )
-    };
-}
-
-/// What the append-and-save statements answer.
-macro_rules! appended_answer {
-    () => {
-        r"a.version, a.transaction_id, a.first_position, a.last_position,
-       (SELECT count(*) FROM recorded) AS recorded
-FROM appended a
-"
-    };
-}
-
-/// [`CREATE_SAGA`] after the step's append (`$13`..`$23`).
-pub(crate) const APPEND_AND_CREATE_SAGA: &str = save_saga!(
-    create,
-    appended!(
-        "13", "14", "15", "16", "17", "18", "19", "20", "21", "22", "23"
-    ),
-    "FROM appended WHERE appended.version IS NOT NULL",
-    appended_answer!()
-);
-
-/// [`MOVE_SAGA`] after the step's append (`$14`..`$24`).
-pub(crate) const APPEND_AND_MOVE_SAGA: &str = save_saga!(
-    move,
-    appended!(
-        "14", "15", "16", "17", "18", "19", "20", "21", "22", "23", "24"
-    ),
-    "AND EXISTS (SELECT 1 FROM appended WHERE appended.version IS NOT NULL)",
-    appended_answer!()
-);
-
-/// The body of the due-deadline queries: deadlines due at `$1` not fired yet, earliest first,
-/// at most `$2`, of the tenant `$3` (every tenant when NULL).
-macro_rules! due_deadlines {
-    () => {
-        r"
-SELECT tenant_id, saga, instance, deadline_at
-FROM saga_instances
-WHERE deadline_at IS NOT NULL AND NOT deadline_fired AND deadline_at <= $1
-  AND ($3::text IS NULL OR tenant_id = $3)
-ORDER BY deadline_at
-LIMIT $2
-"
-    };
-}
-
-/// Due deadlines, as listed by `SagaStore::due`.
-pub(crate) const DUE_DEADLINES: &str = due_deadlines!();
-
-/// Due deadlines, locked for firing; rows another runner holds are skipped.
-pub(crate) const CLAIM_DEADLINES: &str = concat!(due_deadlines!(), "FOR UPDATE SKIP LOCKED");
-
-/// Marks a deadline fired if it is still the instance's pending one.
-pub(crate) const MARK_FIRED: &str = r"
-UPDATE saga_instances SET deadline_fired = true, updated_at = now()
-WHERE tenant_id = $1 AND saga = $2 AND instance = $3 AND deadline_at = $4 AND NOT deadline_fired
-RETURNING 1
-";
-
-/// Deletes a saga's records at or below a log position and raises its instances' floors to it.
-/// `global_position > 0` (true of every record) keeps the partial pruning index usable here;
-/// the deduplication look-up, which never states it, cannot use that index (migration 0012).
-pub(crate) const PRUNE_HANDLED: &str = r"
-WITH pruned AS (
-    DELETE FROM saga_handled
-    WHERE tenant_id = $1 AND saga = $2 AND global_position > 0
-      AND (transaction_id, global_position) <= ($3::text::xid8, $4::int8)
-    RETURNING 1
-), floored AS (
-    UPDATE saga_instances
-    SET floor_transaction_id = $3::text::xid8, floor_position = $4
-    WHERE tenant_id = $1 AND saga = $2
-      AND (floor_position IS NULL
-           OR (floor_transaction_id, floor_position) < ($3::text::xid8, $4::int8))
-    RETURNING 1
-)
-SELECT count(*) FROM pruned
-";
-
 /// The serving generation of projection `$1`, locked FOR SHARE until the transaction ends (a
 /// cutover waits for it), and the transaction's `search_path` before it is set to the
 /// generation's schema alone, so the projection's unqualified statements write to it and a
@@ -839,3 +689,9 @@ LIMIT $4
 pub(crate) const CHECKPOINTS_STARTING_WITH: &str = r"
 SELECT name FROM checkpoints WHERE starts_with(name, $1)
 ";
+
+/// [`APPEND_BATCH`] inside a caller's transaction, as the CTEs a saga step's save follows.
+const APPEND_IN_TX: &str = append_in_tx!();
+
+mod saga;
+pub(crate) use saga::*;

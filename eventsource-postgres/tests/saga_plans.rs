@@ -3,6 +3,9 @@
 //! planned on the pruning index, which shares the primary key's leading columns (tenant, saga)
 //! and would read every record of the saga on every step (migration 0012, ADR 0028).
 //!
+//! A step's append, fused with the save (`PgSagaHandler`), probes the ids it is about to store
+//! by their unique index in every plan too: never by a scan of the log (ADR 0030).
+//!
 //! The test runs the store on one connection whose `saga_instances` and `saga_handled` are
 //! temporary copies (a temporary table comes first in the search path), so their planner sees
 //! no statistics, as on a fresh database; it then asks PostgreSQL for the generic plan of every
@@ -10,19 +13,23 @@
 
 mod support;
 
-use eventsource_core::{EventId, HandledEvent, LogPosition, SagaKey, SagaState, SagaStore};
+use eventsource_core::{
+    EventHandler as _, EventId, HandledEvent, LogPosition, SagaKey, SagaState, SagaStore,
+};
 use eventsource_postgres::PgSagaStore;
 use serde_json::{Value, json};
-use sqlx::{PgConnection, Row as _};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Executor as _, PgConnection, Row as _};
+
+use support::saga::stepper::World;
 
 /// The records already in the copy: the look-up then has a saga's worth of rows to avoid.
 const RECORDS: i64 = 2_000;
 
-/// Every index (or `Seq Scan`) the plan reads `saga_handled` with (inserts are not reads).
-fn handled_scans(plan: &Value, found: &mut Vec<String>) {
+/// Every index (or `Seq Scan`) the plan reads `relation` with (inserts are not reads).
+fn scans_of(relation: &str, plan: &Value, found: &mut Vec<String>) {
     let node = plan.get("Node Type").and_then(Value::as_str).unwrap_or("?");
-    if plan.get("Relation Name").and_then(Value::as_str) == Some("saga_handled")
-        && node.ends_with("Scan")
+    if plan.get("Relation Name").and_then(Value::as_str) == Some(relation) && node.ends_with("Scan")
     {
         if node == "Bitmap Heap Scan" {
             // The indexes are named by the bitmap scans under it.
@@ -38,7 +45,7 @@ fn handled_scans(plan: &Value, found: &mut Vec<String>) {
         .into_iter()
         .flatten()
     {
-        handled_scans(child, found);
+        scans_of(relation, child, found);
     }
 }
 
@@ -57,8 +64,14 @@ fn bitmap_indexes(plan: &Value, found: &mut Vec<String>) {
     }
 }
 
-/// The generic plans of the store's prepared statements on `saga_handled`: (statement, scans).
+/// The generic plans of the store's prepared statements on `saga_handled`: (statement, scans
+/// of `saga_handled`).
 async fn generic_plans(conn: &mut PgConnection) -> Vec<(String, Vec<String>)> {
+    generic_plans_of(conn, "saga_handled").await
+}
+
+/// The generic plans of the prepared statements that name `relation`: (statement, scans of it).
+async fn generic_plans_of(conn: &mut PgConnection, relation: &str) -> Vec<(String, Vec<String>)> {
     sqlx::query("SET plan_cache_mode = force_generic_plan")
         .execute(&mut *conn)
         .await
@@ -66,9 +79,10 @@ async fn generic_plans(conn: &mut PgConnection) -> Vec<(String, Vec<String>)> {
     let prepared = sqlx::query(
         "SELECT name, statement, cardinality(parameter_types) AS parameters
          FROM pg_prepared_statements
-         WHERE statement LIKE '%saga_handled%' AND cardinality(parameter_types) > 0
+         WHERE strpos(statement, $1) > 0 AND cardinality(parameter_types) > 0
            AND statement NOT LIKE '%pg_prepared%'",
     )
+    .bind(relation)
     .fetch_all(&mut *conn)
     .await
     .expect("the prepared statements");
@@ -84,7 +98,7 @@ async fn generic_plans(conn: &mut PgConnection) -> Vec<(String, Vec<String>)> {
             .await
             .expect("the generic plan");
         let mut scans = Vec::new();
-        handled_scans(&explain[0]["Plan"], &mut scans);
+        scans_of(relation, &explain[0]["Plan"], &mut scans);
         plans.push((statement, scans));
     }
     plans
@@ -193,5 +207,85 @@ async fn the_handled_lookup_reads_the_primary_key_and_pruning_the_log_index() {
     assert!(
         !scans.is_empty() && scans.iter().all(|scan| scan.contains("global_position")),
         "pruning reads {scans:?}, not the pruning index:\n{statement}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steps_append_probes_stored_ids_by_their_unique_index_on_a_new_log() {
+    // Migrated, then every connection of the store's own pool gets copies of the log's tables
+    // without statistics. Each step fills a bin of its own: the bin's stream is loaded on
+    // whichever connection is free, and a temporary table is seen by its session only.
+    let Some(migrated) = support::pool_with(1).await else {
+        return;
+    };
+    migrated.close().await;
+    let server = support::server().expect("the server");
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute(
+                    "CREATE TEMP TABLE events (LIKE public.events INCLUDING ALL);
+                     CREATE TEMP TABLE streams (LIKE public.streams INCLUDING ALL)",
+                )
+                .await
+                .map(|_| ())
+            })
+        })
+        .connect_with(server.database(&support::test_database()))
+        .await
+        .expect("the pool");
+    let world = World::on(pool.clone(), support::tenant("saga-plans-append"));
+    let probe = world.probe();
+    let handler = world.handler(&probe);
+    for step in 1..=3_u64 {
+        let event = world.step(&format!("s{step}"), step, &[&format!("bin-{step}")]);
+        handler.handle(&event).await.expect("a step");
+    }
+    assert_eq!(probe.calls(), 3, "every step appended");
+
+    let (mut first, mut second) = (
+        pool.acquire().await.expect("a connection"),
+        pool.acquire().await.expect("another connection"),
+    );
+    let mut plans = generic_plans_of(&mut first, "saga_handled").await;
+    plans.extend(generic_plans_of(&mut second, "saga_handled").await);
+    let mut appends = Vec::new();
+    for (statement, _) in plans
+        .iter()
+        .filter(|(s, _)| s.contains("INSERT INTO events"))
+    {
+        for conn in [&mut first, &mut second] {
+            appends.extend(
+                generic_plans_of(conn, "events")
+                    .await
+                    .into_iter()
+                    .filter(|(s, _)| s == statement),
+            );
+        }
+    }
+    assert!(!appends.is_empty(), "the fused appends: {plans:#?}");
+    for (statement, scans) in appends {
+        assert!(
+            !scans.is_empty() && scans.iter().all(|scan| scan.contains("event_id")),
+            "the stored-id probe reads {scans:?}, not only the unique index:\n{statement}"
+        );
+    }
+    // The control: the probe as `event_id = ANY(..)` under `EXISTS` scans the log.
+    first
+        .execute(
+            "PREPARE any_probe(uuid[]) AS SELECT EXISTS (SELECT 1 FROM events
+                                                        WHERE event_id = ANY($1))",
+        )
+        .await
+        .expect("the control");
+    let control = generic_plans_of(&mut first, "events").await;
+    let (_, scans) = control
+        .iter()
+        .find(|(s, _)| s.contains("ANY($1)"))
+        .expect("the control's plan");
+    assert!(
+        scans.iter().any(|scan| scan == "Seq Scan"),
+        "the control no longer shows the hazard: {scans:?}"
     );
 }

@@ -129,7 +129,10 @@ impl PgSagaStore {
     ) -> Result<(), StoreError> {
         let columns = Columns::for_batch(decided.events)?;
         let query = save_query::<AppendSaveRow>(
-            (sql::APPEND_AND_CREATE_SAGA, sql::APPEND_AND_MOVE_SAGA),
+            (
+                sql::APPEND_AND_CREATE_SAGA.as_str(),
+                sql::APPEND_AND_MOVE_SAGA.as_str(),
+            ),
             key,
             expected,
             &state,

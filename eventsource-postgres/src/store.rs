@@ -339,7 +339,7 @@ impl PgEventStore {
     /// append to that stream in this transaction can succeed. Roll back and run the whole
     /// transaction again.
     /// Under row level security the transaction must be scoped to the stream's tenant (open it
-    /// with [`begin_tenant`](crate::begin_tenant)). In-process readers are not woken: the store
+    /// with [`begin_tenant`]). In-process readers are not woken: the store
     /// cannot see the caller's commit.
     ///
     /// # Errors

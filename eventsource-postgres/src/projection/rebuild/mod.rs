@@ -426,7 +426,7 @@ impl<P: PgRebuildable> PgRebuild<P> {
     }
 
     /// Applies `events` to the generation in one transaction with its checkpoint moved and the
-    /// lease renewed: as a batch ([`PgProjection::apply_batch`]), or `one_by_one` when the
+    /// lease renewed: as a batch ([`PgProjection::apply_batch`](crate::PgProjection::apply_batch)), or `one_by_one` when the
     /// batch failed, then commits those before a failing event and names it.
     async fn commit(
         &self,

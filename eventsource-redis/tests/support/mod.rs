@@ -23,6 +23,72 @@ pub fn redis_url() -> Option<String> {
     }
 }
 
+/// `REDIS_CLUSTER_URLS` (comma-separated node URLs of a Redis Cluster), or `None` after a
+/// notice (a panic under `CI`: `scripts/test` starts the cluster).
+pub fn redis_cluster_urls() -> Option<Vec<String>> {
+    match std::env::var("REDIS_CLUSTER_URLS") {
+        Ok(urls) => Some(
+            urls.split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        ),
+        Err(e) if std::env::var_os("CI").is_some() => {
+            panic!("REDIS_CLUSTER_URLS must be set in CI: {e}")
+        }
+        Err(_) => {
+            eprintln!("REDIS_CLUSTER_URLS is not set; skipping this Redis Cluster test");
+            None
+        }
+    }
+}
+
+/// Where a test runs: one Redis node (`REDIS_URL`) or a Redis Cluster (`REDIS_CLUSTER_URLS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    Single,
+    Cluster,
+}
+
+/// A client and a connection of `topology`, or `None` when its variable is unset outside CI
+/// (a panic under `CI`).
+pub async fn connect_to(
+    topology: Topology,
+) -> Option<(
+    eventsource_redis::RedisClient,
+    eventsource_redis::RedisConnection,
+)> {
+    let client = match topology {
+        Topology::Single => eventsource_redis::RedisClient::open(redis_url()?.as_str()),
+        Topology::Cluster => eventsource_redis::RedisClient::open_cluster(redis_cluster_urls()?),
+    }
+    .unwrap();
+    let conn = client.connect().await.unwrap();
+    Some((client, conn))
+}
+
+/// Generates, for each `async fn name(topology: Topology)` named, a module `name` with the
+/// tests `single` and `cluster` running it on each topology.
+macro_rules! on_both_topologies {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn single() {
+                    super::$name(super::support::Topology::Single).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn cluster() {
+                    super::$name(super::support::Topology::Cluster).await;
+                }
+            }
+        )+
+    };
+}
+pub(crate) use on_both_topologies;
+
 /// A fresh, unique key prefix.
 pub fn prefix() -> String {
     format!("test-{}", uuid::Uuid::new_v4().simple())
@@ -66,7 +132,10 @@ pub async fn log(store: &InMemoryEventStore) -> Vec<RecordedEvent> {
 }
 
 /// Every entry of a stream as (id, decoded event).
-pub async fn entries(conn: &mut ConnectionManager, key: &str) -> Vec<(String, RecordedEvent)> {
+pub async fn entries<C: redis::aio::ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    key: &str,
+) -> Vec<(String, RecordedEvent)> {
     let reply: redis::streams::StreamRangeReply =
         redis::AsyncCommands::xrange_all(conn, key).await.unwrap();
     reply

@@ -268,6 +268,11 @@ pub(crate) fn slot_groups(keys: &[String], cluster: bool) -> Vec<Vec<usize>> {
     groups.into_iter().map(|(_, members)| members).collect()
 }
 
+/// Whether two keys hash to the same cluster slot.
+pub(crate) fn same_slot(a: &str, b: &str) -> bool {
+    Slot::for_key(a) == Slot::for_key(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +290,20 @@ mod tests {
         assert_eq!(slot_groups(&keys, true), [vec![0, 2], vec![1, 3]]);
         assert_eq!(slot_groups(&keys, false), [vec![0, 1, 2, 3]]);
         assert!(slot_groups(&[], false).is_empty());
+    }
+
+    #[test]
+    fn derived_keys_share_the_slot_of_a_tagged_stream_only() {
+        let tagged = "es:{acme}:events";
+        assert!(same_slot(
+            tagged,
+            &crate::keys::dead_letter_stream(tagged, "g{x}")
+        ));
+        assert!(same_slot(tagged, &crate::keys::requeue_stream(tagged, "g")));
+        assert!(!same_slot(
+            "orders",
+            &crate::keys::dead_letter_stream("orders", "g")
+        ));
     }
 
     #[test]

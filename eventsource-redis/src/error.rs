@@ -108,6 +108,16 @@ pub enum RunnerError {
     /// The runner was configured with no stream to read.
     #[error("a runner needs at least one stream key")]
     NoStreams,
+    /// On a Redis Cluster, this stream key and its dead-letter and requeue streams lie in
+    /// different hash slots, so the scripts that touch two of them at once cannot run: the key
+    /// needs a hash tag (`{...}`), as every key [`Keys`](crate::Keys) builds has.
+    #[error(
+        "stream key {key:?} has no hash tag: on a Redis Cluster its dead-letter and requeue streams would lie in other slots"
+    )]
+    SplitSlots {
+        /// The stream key.
+        key: String,
+    },
 }
 
 impl RunnerError {
@@ -117,7 +127,7 @@ impl RunnerError {
         match self {
             Self::Redis(e) => redis_retryable(e),
             Self::Store(e) => e.is_retryable(),
-            Self::NoStreams => false,
+            Self::NoStreams | Self::SplitSlots { .. } => false,
         }
     }
 }

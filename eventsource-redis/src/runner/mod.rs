@@ -29,7 +29,7 @@ pub use options::RunnerOptions;
 pub use projection::{Applied, InMemoryProjection, ProjectionHandler, TransactionalProjection};
 
 use crate::backoff::sleep_or_cancel;
-use crate::connection::{RedisClient, RedisConnection, slot_groups};
+use crate::connection::{RedisClient, RedisConnection, same_slot, slot_groups};
 use crate::error::{RedisStoreError, RunnerError, is_no_group};
 use crate::keys;
 use group::create_group;
@@ -207,11 +207,26 @@ impl<H: EventHandler> ConsumerRunner<H> {
     /// handler's concurrency ([`RunnerOptions::with_concurrency`]) applies per loop. A
     /// non-retryable error in one loop stops them all.
     ///
+    /// # Errors
+    ///
+    /// [`RunnerError::NoStreams`] without keys; on a cluster, [`RunnerError::SplitSlots`] for
+    /// a stream key without a hash tag; otherwise the first non-retryable failure.
+    ///
     /// On shutdown the entries being handled are finished and acknowledged; the rest of the
     /// batch stays pending for this consumer's next start.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RunnerError> {
         if self.read_keys.is_empty() {
             return Err(RunnerError::NoStreams);
+        }
+        if self.conn.is_cluster() {
+            // A dead letter moves atomically (one script over the stream and its dead-letter
+            // stream), so both must share a slot; found out here rather than at the first
+            // poison entry.
+            for (key, dead_letters) in self.read_keys.iter().zip(&self.dead_letter_keys) {
+                if !same_slot(key, dead_letters) {
+                    return Err(RunnerError::SplitSlots { key: key.clone() });
+                }
+            }
         }
         let stop = shutdown.child_token();
         let this = &self;

@@ -42,70 +42,6 @@ impl Recorder {
     }
 }
 
-/// The address (`host:port`) of the master serving `key`, from `CLUSTER KEYSLOT` and
-/// `CLUSTER SLOTS`.
-async fn master_of(conn: &mut RedisConnection, key: &str) -> String {
-    let slot: i64 = redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(key)
-        .query_async(conn)
-        .await
-        .unwrap();
-    let ranges: Vec<redis::Value> = redis::cmd("CLUSTER")
-        .arg("SLOTS")
-        .query_async(conn)
-        .await
-        .unwrap();
-    for range in ranges {
-        let redis::Value::Array(parts) = range else {
-            continue;
-        };
-        let (start, end): (i64, i64) = (
-            redis::from_redis_value(parts[0].clone()).unwrap(),
-            redis::from_redis_value(parts[1].clone()).unwrap(),
-        );
-        if (start..=end).contains(&slot) {
-            let (host, port): (String, i64) = match &parts[2] {
-                redis::Value::Array(node) => (
-                    redis::from_redis_value(node[0].clone()).unwrap(),
-                    redis::from_redis_value(node[1].clone()).unwrap(),
-                ),
-                other => panic!("unexpected CLUSTER SLOTS node {other:?}"),
-            };
-            return format!("{host}:{port}");
-        }
-    }
-    panic!("no master serves slot {slot}");
-}
-
-/// `n` tenants whose streams under `keys` lie on `n` different masters (on a single node, the
-/// first `n` candidates), with those masters' addresses.
-async fn tenants_on_distinct_masters(
-    topology: Topology,
-    conn: &mut RedisConnection,
-    keys: &Keys,
-    n: usize,
-) -> Vec<(String, String)> {
-    let mut chosen: Vec<(String, String)> = Vec::new();
-    for i in 0..1000 {
-        let tenant = format!("tenant-{i}");
-        let master = match topology {
-            Topology::Single => String::new(),
-            Topology::Cluster => {
-                master_of(conn, &keys.tenant_stream(&tenant.as_str().into())).await
-            }
-        };
-        if topology == Topology::Cluster && chosen.iter().any(|(_, m)| *m == master) {
-            continue;
-        }
-        chosen.push((tenant, master));
-        if chosen.len() == n {
-            return chosen;
-        }
-    }
-    panic!("no {n} tenants on distinct masters");
-}
-
 struct Setup {
     client: RedisClient,
     conn: RedisConnection,
@@ -165,7 +101,7 @@ async fn relay_to_one_runner_over_tenants_on_three_masters(topology: Topology) {
     let Some(mut s) = Setup::new(topology).await else {
         return;
     };
-    let tenants = tenants_on_distinct_masters(topology, &mut s.conn, &s.keys, 3).await;
+    let tenants = support::tenants_on_distinct_masters(topology, &mut s.conn, &s.keys, 3).await;
     if topology == Topology::Cluster {
         let masters: std::collections::HashSet<&String> = tenants.iter().map(|(_, m)| m).collect();
         assert_eq!(
@@ -245,7 +181,8 @@ async fn a_paused_master_does_not_hold_up_the_other_slots() {
     let Some(mut s) = Setup::new(Topology::Cluster).await else {
         return;
     };
-    let tenants = tenants_on_distinct_masters(Topology::Cluster, &mut s.conn, &s.keys, 3).await;
+    let tenants =
+        support::tenants_on_distinct_masters(Topology::Cluster, &mut s.conn, &s.keys, 3).await;
     let recorder = Recorder::default();
     let stop = CancellationToken::new();
     let task = tokio::spawn(s.runner(&tenants, &recorder).run(stop.clone()));
@@ -345,3 +282,57 @@ async fn a_stream_key_without_a_hash_tag_is_refused_on_a_cluster() {
     );
     assert!(!err.is_retryable());
 }
+
+/// With replicas asked for, the checkpoint moves only once a replica holds the batch: on the
+/// cluster (one replica per master) it does; on a single node without replicas the batch
+/// fails, retryably, and the checkpoint stays.
+async fn the_checkpoint_waits_for_replicas(topology: Topology) {
+    let Some(s) = Setup::new(topology).await else {
+        return;
+    };
+    support::append(
+        &s.store,
+        &support::stream("acme", "order", "o-1"),
+        5,
+        "Placed",
+    )
+    .await;
+    let mut relay = RedisRelay::new(
+        s.store.clone(),
+        s.checkpoints.clone(),
+        s.conn.clone(),
+        "replicated",
+        RelayOptions::default().with_replicas(1, Duration::from_millis(300)),
+    )
+    .with_keys(&s.keys);
+    let published = relay.publish_batch().await;
+    let checkpoint = eventsource_core::CheckpointStore::load(
+        &s.checkpoints,
+        &eventsource_redis::relay_checkpoint("replicated"),
+    )
+    .await
+    .unwrap();
+    match topology {
+        Topology::Cluster => {
+            assert_eq!(published.unwrap().events, 5);
+            assert!(checkpoint.is_some());
+        }
+        Topology::Single => {
+            let err = published.expect_err("no replica to wait for");
+            assert!(
+                matches!(
+                    err,
+                    eventsource_redis::RedisStoreError::NotReplicated {
+                        wanted: 1,
+                        acknowledged: 0
+                    }
+                ),
+                "{err:?}"
+            );
+            assert!(err.is_retryable());
+            assert_eq!(checkpoint, None, "the checkpoint did not move");
+        }
+    }
+}
+
+on_both_topologies!(the_checkpoint_waits_for_replicas);

@@ -183,6 +183,9 @@ impl<S: EventStore, C: CheckpointStore> RedisRelay<S, C> {
         let added = publish::publish(&self.conn, self.router.as_ref(), &events)
             .instrument(span)
             .await?;
+        if let Some((wanted, timeout)) = self.options.replicas {
+            self.wait_for_replicas(wanted, timeout).await?;
+        }
         self.checkpoints
             .save(&keys::relay_checkpoint(&self.name), self.checkpoint, last)
             .await
@@ -283,6 +286,28 @@ impl<S: EventStore, C: CheckpointStore> RedisRelay<S, C> {
         }
         if renewed.is_some() {
             lease::release(&mut self.conn, &self.lease_key, &self.options.instance_id).await;
+        }
+        Ok(())
+    }
+
+    /// `WAIT`s for `wanted` replicas to hold everything sent so far on the connection (the
+    /// batch's scripts went through clones of it, which share its sockets).
+    async fn wait_for_replicas(
+        &mut self,
+        wanted: u32,
+        timeout: Duration,
+    ) -> Result<(), RedisStoreError> {
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let acknowledged: u64 = redis::cmd("WAIT")
+            .arg(wanted)
+            .arg(ms)
+            .query_async(&mut self.conn)
+            .await?;
+        if acknowledged < u64::from(wanted) {
+            return Err(RedisStoreError::NotReplicated {
+                wanted,
+                acknowledged,
+            });
         }
         Ok(())
     }

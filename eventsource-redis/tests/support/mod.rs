@@ -70,6 +70,7 @@ pub async fn connect_to(
 
 /// Generates, for each `async fn name(topology: Topology)` named, a module `name` with the
 /// tests `single` and `cluster` running it on each topology.
+#[allow(unused_macros, reason = "not every test file runs on both topologies")]
 macro_rules! on_both_topologies {
     ($($name:ident),+ $(,)?) => {
         $(
@@ -87,6 +88,7 @@ macro_rules! on_both_topologies {
         )+
     };
 }
+#[allow(unused_imports, reason = "not every test file runs on both topologies")]
 pub(crate) use on_both_topologies;
 
 /// A fresh, unique key prefix.
@@ -266,11 +268,33 @@ fn free_port() -> u16 {
 /// One node of an [`OwnCluster`].
 pub struct ClusterNode {
     pub port: u16,
+    bus: u16,
     dir: PathBuf,
     child: Option<Child>,
 }
 
 impl ClusterNode {
+    /// Starts the node's redis-server; its `nodes.conf` in its directory makes a restarted
+    /// node rejoin the cluster.
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--cluster-port", &self.bus.to_string()])
+            .args(["--bind", "127.0.0.1", "--cluster-enabled", "yes"])
+            .args(["--cluster-config-file", "nodes.conf"])
+            .args(["--cluster-node-timeout", "1000"])
+            .args(["--cluster-replica-validity-factor", "0"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--maxmemory-policy", "noeviction"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
     /// The node's process id while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -309,30 +333,14 @@ impl OwnCluster {
             let bus = free_port();
             let dir = base.join(port.to_string());
             std::fs::create_dir_all(&dir).unwrap();
-            let child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--cluster-port",
-                    &bus.to_string(),
-                ])
-                .args(["--bind", "127.0.0.1", "--cluster-enabled", "yes"])
-                .args(["--cluster-config-file", "nodes.conf"])
-                .args(["--cluster-node-timeout", "1000"])
-                .args(["--cluster-replica-validity-factor", "0"])
-                .args(["--save", "", "--appendonly", "no"])
-                .args(["--maxmemory-policy", "noeviction"])
-                .arg("--dir")
-                .arg(&dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            nodes.push(ClusterNode {
+            let mut node = ClusterNode {
                 port,
+                bus,
                 dir,
-                child: Some(child),
-            });
+                child: None,
+            };
+            node.spawn();
+            nodes.push(node);
         }
         let cluster = Self { nodes };
         for node in &cluster.nodes {
@@ -416,6 +424,14 @@ impl OwnCluster {
             .find(|l| l.contains(&format!("127.0.0.1:{port}@")))
             .unwrap_or_default()
             .to_owned()
+    }
+
+    /// Starts the node on `port` again (it rejoins, as a replica if its slots moved on).
+    pub fn restart(&mut self, port: u16) {
+        let node = self.nodes.iter_mut().find(|n| n.port == port).unwrap();
+        if node.child.is_none() {
+            node.spawn();
+        }
     }
 
     /// Kills the node on `port` with SIGKILL.

@@ -142,6 +142,10 @@ pub struct RedisClient {
 }
 
 #[derive(Clone)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a client lives once per relay or runner; boxing saves nothing that matters"
+)]
 enum ClientInner {
     Single(redis::Client),
     Cluster(ClusterClient),

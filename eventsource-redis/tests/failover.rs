@@ -14,7 +14,7 @@ use eventsource_core::{
     RetryPolicy,
 };
 use eventsource_redis::{
-    ConsumerRunner, Keys, RedisClient, RedisRelay, RelayOptions, RunnerOptions,
+    ConsumerRunner, Keys, RedisClient, RedisConnection, RedisRelay, RelayOptions, RunnerOptions,
 };
 use support::{OwnCluster, Topology};
 use tokio_util::sync::CancellationToken;
@@ -51,23 +51,9 @@ async fn a_killed_master_loses_nothing_and_duplicates_no_entry() {
     let store = InMemoryEventStore::new();
     let stop = CancellationToken::new();
 
-    // Writers append to the three tenants for the whole run.
+    // A writer appends to the three tenants for the whole run.
     let writing = CancellationToken::new();
-    let writer = {
-        let store = store.clone();
-        let tenants: Vec<String> = tenants.iter().map(|(t, _)| t.clone()).collect();
-        let writing = writing.clone();
-        tokio::spawn(async move {
-            let mut i = 0usize;
-            while !writing.is_cancelled() {
-                let tenant = &tenants[i % tenants.len()];
-                let stream = support::stream(tenant, "order", &format!("o-{}", i % 5));
-                support::append(&store, &stream, 1, "Placed").await;
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(3)).await;
-            }
-        })
-    };
+    let writer = spawn_writer(&store, &tenants, &writing);
 
     // The relay holds its checkpoint until a replica has each batch, so a master that dies
     // right after answering cannot take published entries with it.
@@ -79,12 +65,7 @@ async fn a_killed_master_loses_nothing_and_duplicates_no_entry() {
         RelayOptions::default()
             .with_replicas(1, Duration::from_secs(1))
             .with_lease_ttl(Duration::from_secs(2))
-            .with_error_backoff(
-                RetryPolicy::default()
-                    .with_max_attempts(u32::MAX)
-                    .with_base_delay(Duration::from_millis(50))
-                    .with_max_delay(Duration::from_millis(500)),
-            ),
+            .with_error_backoff(backoff()),
     )
     .with_keys(&keys);
     let relay_task = tokio::spawn(relay.run(stop.clone()));
@@ -102,12 +83,7 @@ async fn a_killed_master_loses_nothing_and_duplicates_no_entry() {
         RunnerOptions::default()
             .with_block_timeout(Duration::from_millis(200))
             .with_idle_reclaim(Duration::from_secs(2))
-            .with_error_backoff(
-                RetryPolicy::default()
-                    .with_max_attempts(u32::MAX)
-                    .with_base_delay(Duration::from_millis(50))
-                    .with_max_delay(Duration::from_millis(500)),
-            ),
+            .with_error_backoff(backoff()),
     );
     let runner_task = tokio::spawn(runner.run(stop.clone()));
 
@@ -130,12 +106,12 @@ async fn a_killed_master_loses_nothing_and_duplicates_no_entry() {
     let witness = cluster.nodes.iter().find(|n| n.port != port).unwrap().port;
     let promoted = support::eventually(Duration::from_secs(30), || {
         // Marked failed (`fail`, not the suspicion `fail?`) and every slot served again.
-        let line = cluster.node_line(witness, port);
+        let line = OwnCluster::node_line(witness, port);
         let failed = line
             .split_whitespace()
             .nth(2)
             .is_some_and(|flags| flags.split(',').any(|f| f == "fail"));
-        let ok = failed && cluster.wait_ok(witness, Duration::from_millis(1));
+        let ok = failed && OwnCluster::wait_ok(witness, Duration::from_millis(1));
         async move { ok }
     })
     .await;
@@ -154,7 +130,7 @@ async fn a_killed_master_loses_nothing_and_duplicates_no_entry() {
         .iter()
         .map(|e| e.position)
         .collect();
-    let caught_up = support::eventually(Duration::from_secs(60), || {
+    let caught_up = support::eventually(Duration::from_mins(1), || {
         let done = recorder.distinct() == all;
         async move { done }
     })
@@ -168,23 +144,62 @@ async fn a_killed_master_loses_nothing_and_duplicates_no_entry() {
     relay_task.await.unwrap().unwrap();
     runner_task.await.unwrap().unwrap();
 
-    // Every tenant stream holds exactly its tenant's events, once each, in log order.
-    let mut expected: BTreeMap<String, Vec<RecordedEvent>> = BTreeMap::new();
-    for event in support::log(&store).await {
-        expected
-            .entry(keys.tenant_stream(event.tenant()))
-            .or_default()
-            .push(event);
-    }
-    for (key, events) in &expected {
-        let entries = support::entries(&mut conn, key).await;
-        let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
-        let want: Vec<String> = events.iter().map(|e| e.position.to_string()).collect();
-        assert_eq!(ids, want, "{key} holds each event once, in order");
-    }
+    assert_each_event_once(&mut conn, &keys, &store).await;
     let handled = recorder.0.lock().unwrap().len();
     eprintln!(
         "{total} events; {handled} deliveries ({} redelivered after the failover)",
         handled - total
     );
+}
+
+/// Appends one event at a time to the tenants' streams, round robin, until `writing` is
+/// cancelled.
+fn spawn_writer(
+    store: &InMemoryEventStore,
+    tenants: &[(String, String)],
+    writing: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let store = store.clone();
+    let tenants: Vec<String> = tenants.iter().map(|(t, _)| t.clone()).collect();
+    let writing = writing.clone();
+    tokio::spawn(async move {
+        let mut i = 0usize;
+        while !writing.is_cancelled() {
+            let tenant = &tenants[i % tenants.len()];
+            let stream = support::stream(tenant, "order", &format!("o-{}", i % 5));
+            support::append(&store, &stream, 1, "Placed").await;
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+    })
+}
+
+/// Short retries: the failover takes seconds.
+fn backoff() -> RetryPolicy {
+    RetryPolicy::default()
+        .with_max_attempts(u32::MAX)
+        .with_base_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_millis(500))
+}
+
+/// Every tenant stream holds exactly its tenant's events, once each, in log order.
+async fn assert_each_event_once(
+    conn: &mut RedisConnection,
+    keys: &Keys,
+    store: &InMemoryEventStore,
+) {
+    let mut expected: BTreeMap<String, Vec<RecordedEvent>> = BTreeMap::new();
+    for event in support::log(store).await {
+        expected
+            .entry(keys.tenant_stream(event.tenant()))
+            .or_default()
+            .push(event);
+    }
+    assert_eq!(expected.len(), 3);
+    for (key, events) in &expected {
+        let entries = support::entries(conn, key).await;
+        let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
+        let want: Vec<String> = events.iter().map(|e| e.position.to_string()).collect();
+        assert_eq!(ids, want, "{key} holds each event once, in order");
+    }
 }

@@ -109,14 +109,8 @@ impl<H: EventHandler> ConsumerRunner<H> {
             .count(batch)
             .block(usize::try_from(block.as_millis()).unwrap_or(usize::MAX));
         let ids = vec![">"; names.len()];
-        let mut shared;
-        let conn = match blocking {
-            Some(conn) => conn,
-            None => {
-                shared = self.conn.clone();
-                &mut shared
-            }
-        };
+        let mut shared = self.conn.clone();
+        let conn = blocking.unwrap_or(&mut shared);
         let reply: Option<StreamReadReply> = tokio::select! {
             () = shutdown.cancelled() => return Ok((0, 0)),
             reply = conn.xread_options(&names, &ids, &options) => reply?,

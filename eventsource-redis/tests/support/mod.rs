@@ -368,7 +368,7 @@ impl OwnCluster {
         assert!(status.success(), "redis-cli --cluster create failed");
         for node in &cluster.nodes {
             assert!(
-                cluster.wait_ok(node.port, Duration::from_secs(20)),
+                Self::wait_ok(node.port, Duration::from_secs(20)),
                 "node {} never reached cluster_state:ok",
                 node.port
             );
@@ -385,7 +385,7 @@ impl OwnCluster {
     }
 
     /// Waits until the node on `port` reports `cluster_state:ok`.
-    pub fn wait_ok(&self, port: u16, timeout: Duration) -> bool {
+    pub fn wait_ok(port: u16, timeout: Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
         while std::time::Instant::now() < deadline {
             let info = Command::new("redis-cli")
@@ -407,7 +407,7 @@ impl OwnCluster {
     }
 
     /// The `CLUSTER NODES` line of the node on `port`, as seen by the node on `from`.
-    pub fn node_line(&self, from: u16, port: u16) -> String {
+    pub fn node_line(from: u16, port: u16) -> String {
         let out = Command::new("redis-cli")
             .args([
                 "-h",

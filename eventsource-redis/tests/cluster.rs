@@ -336,3 +336,15 @@ async fn the_checkpoint_waits_for_replicas(topology: Topology) {
 }
 
 on_both_topologies!(the_checkpoint_waits_for_replicas);
+
+/// `health_check` answers on both topologies.
+async fn health_check_answers(topology: Topology) {
+    let Some(mut s) = Setup::new(topology).await else {
+        return;
+    };
+    let health = eventsource_redis::health_check(&mut s.conn).await.unwrap();
+    assert!(health.eviction_policy.is_some(), "{health:?}");
+    assert!(health.latency < Duration::from_secs(5), "{health:?}");
+}
+
+on_both_topologies!(health_check_answers);

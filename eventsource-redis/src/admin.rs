@@ -160,9 +160,8 @@ impl Health {
 /// Pings the server and reads its eviction policy.
 ///
 /// On a cluster connection both go through redis-rs's routing (`PING` to the primaries it
-/// reaches, the policy from one node): an answer says the cluster answers, not that every node
-/// is up (watch `CLUSTER INFO` for that); give
-/// every node the same `maxmemory-policy`.
+/// reaches, the policy from one node): an answer says the cluster answers, not that every
+/// node is up (watch `CLUSTER INFO` for that); give every node the same `maxmemory-policy`.
 pub async fn health_check<C: ConnectionLike + Send + Sync>(
     conn: &mut C,
 ) -> Result<Health, RedisStoreError> {

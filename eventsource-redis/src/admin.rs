@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands as _;
-use redis::aio::ConnectionManager;
+use redis::aio::ConnectionLike;
 use redis::streams::{
     StreamInfoGroupsReply, StreamPendingReply, StreamTrimOptions, StreamTrimmingMode,
 };
@@ -30,7 +30,10 @@ pub struct Trimmed {
 /// lowest floor. A stream without groups is left alone. Group positions only move forward, so
 /// the result stays safe even if groups progress meanwhile; do not create a new group that
 /// starts at `0` while trimming.
-pub async fn trim(conn: &mut ConnectionManager, key: &str) -> Result<Trimmed, RedisStoreError> {
+pub async fn trim<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    key: &str,
+) -> Result<Trimmed, RedisStoreError> {
     let exists: bool = conn.exists(key).await?;
     if !exists {
         return Ok(Trimmed {
@@ -103,8 +106,8 @@ pub struct StreamStats {
 }
 
 /// Length, and per group pending entries, lag and dead letters of `key`.
-pub async fn stats(
-    conn: &mut ConnectionManager,
+pub async fn stats<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
     key: &str,
 ) -> Result<StreamStats, RedisStoreError> {
     let length: u64 = conn.xlen(key).await?;
@@ -155,7 +158,13 @@ impl Health {
 }
 
 /// Pings the server and reads its eviction policy.
-pub async fn health_check(conn: &mut ConnectionManager) -> Result<Health, RedisStoreError> {
+///
+/// On a cluster connection both go through redis-rs's routing (`PING` to the primaries it
+/// reaches, the policy from one node): an answer says the cluster answers, not that every
+/// node is up (watch `CLUSTER INFO` for that); give every node the same `maxmemory-policy`.
+pub async fn health_check<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+) -> Result<Health, RedisStoreError> {
     let started = Instant::now();
     let _: String = redis::cmd("PING").query_async(conn).await?;
     let latency = started.elapsed();

@@ -47,6 +47,16 @@ pub enum RedisStoreError {
         /// The lease key.
         key: String,
     },
+    /// Fewer replicas than [`RelayOptions::with_replicas`](crate::RelayOptions::with_replicas)
+    /// asks for acknowledged a batch in time; its checkpoint did not move, the relay re-sends
+    /// it.
+    #[error("only {acknowledged} of {wanted} replicas acknowledged the batch in time")]
+    NotReplicated {
+        /// Replicas asked for.
+        wanted: u32,
+        /// Replicas that acknowledged (on a cluster, the fewest of any master).
+        acknowledged: u64,
+    },
     /// A dead letter asked for does not exist.
     #[error("no dead letter {id} in {key}")]
     NoSuchEntry {
@@ -74,7 +84,7 @@ impl RedisStoreError {
         match self {
             Self::Redis(e) => redis_retryable(e),
             Self::Store(e) => e.is_retryable(),
-            Self::LeaseLost { .. } => true,
+            Self::LeaseLost { .. } | Self::NotReplicated { .. } => true,
             Self::PublishRefused { .. }
             | Self::OutOfOrder { .. }
             | Self::NoSuchEntry { .. }
@@ -108,6 +118,16 @@ pub enum RunnerError {
     /// The runner was configured with no stream to read.
     #[error("a runner needs at least one stream key")]
     NoStreams,
+    /// On a Redis Cluster, this stream key and its dead-letter and requeue streams lie in
+    /// different hash slots, so the scripts that touch two of them at once cannot run: the key
+    /// needs a hash tag (`{...}`), as every key [`Keys`](crate::Keys) builds has.
+    #[error(
+        "stream key {key:?} has no hash tag: on a Redis Cluster its dead-letter and requeue streams would lie in other slots"
+    )]
+    SplitSlots {
+        /// The stream key.
+        key: String,
+    },
 }
 
 impl RunnerError {
@@ -117,7 +137,7 @@ impl RunnerError {
         match self {
             Self::Redis(e) => redis_retryable(e),
             Self::Store(e) => e.is_retryable(),
-            Self::NoStreams => false,
+            Self::NoStreams | Self::SplitSlots { .. } => false,
         }
     }
 }

@@ -9,6 +9,7 @@ mod admin;
 mod backoff;
 mod bus;
 pub mod codec;
+mod connection;
 mod dead_letter;
 mod error;
 pub mod jobs;
@@ -19,6 +20,7 @@ mod wait;
 
 pub use admin::{GroupStats, Health, StreamStats, Trimmed, health_check, stats, trim};
 pub use bus::{RedisBus, connect_bus};
+pub use connection::{RedisClient, RedisConnection};
 pub use dead_letter::fields as dead_letter_fields;
 pub use dead_letter::{DeadLetter, dead_letter_count, dead_letters, requeue_dead_letter};
 pub use error::{CodecError, RedisStoreError, RunnerError};

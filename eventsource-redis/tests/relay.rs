@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::{Topology, on_both_topologies};
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +14,9 @@ use eventsource_core::{
     CheckpointStore, InMemoryCheckpointStore, InMemoryEventStore, LogPosition, RecordedEvent,
     StoreError,
 };
-use eventsource_redis::{Keys, RedisRelay, RelayOptions, Router, relay_checkpoint};
+use eventsource_redis::{
+    Keys, RedisConnection, RedisRelay, RelayOptions, Router, relay_checkpoint,
+};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -56,7 +60,7 @@ fn router(keys: Keys) -> impl Router + Clone + 'static {
 /// starts from the beginning of the log, as a relay that lost its checkpoint does.
 fn fresh_relay(
     store: &InMemoryEventStore,
-    conn: &redis::aio::ConnectionManager,
+    conn: &RedisConnection,
     name: &str,
     keys: &Keys,
     batch_size: usize,
@@ -72,7 +76,7 @@ fn fresh_relay(
 }
 
 async fn assert_streams_equal_log(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut RedisConnection,
     store: &InMemoryEventStore,
     router: &impl Router,
 ) -> usize {
@@ -95,12 +99,10 @@ async fn assert_streams_equal_log(
     expected.len()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn relay_killed_at_random_points_publishes_each_event_once_in_order() {
-    let Some(url) = support::redis_url() else {
+async fn relay_killed_at_random_points_publishes_each_event_once_in_order(topology: Topology) {
+    let Some((_client, mut conn)) = support::connect_to(topology).await else {
         return;
     };
-    let (_client, mut conn) = support::connect(&url).await;
     let keys = Keys::new(&support::prefix());
     let router = router(keys.clone());
     let store = InMemoryEventStore::new();
@@ -189,12 +191,10 @@ async fn relay_killed_at_random_points_publishes_each_event_once_in_order() {
     assert!(store.len() > 200, "only {} events written", store.len());
 }
 
-#[tokio::test]
-async fn republishing_from_an_old_checkpoint_adds_nothing() {
-    let Some(url) = support::redis_url() else {
+async fn republishing_from_an_old_checkpoint_adds_nothing(topology: Topology) {
+    let Some((_client, mut conn)) = support::connect_to(topology).await else {
         return;
     };
-    let (_client, mut conn) = support::connect(&url).await;
     let keys = Keys::new(&support::prefix());
     let store = InMemoryEventStore::new();
     support::append(
@@ -215,12 +215,10 @@ async fn republishing_from_an_old_checkpoint_adds_nothing() {
     assert_eq!(support::entries(&mut conn, &key).await.len(), 25);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_relay_waits_for_the_lease() {
-    let Some(url) = support::redis_url() else {
+async fn a_second_relay_waits_for_the_lease(topology: Topology) {
+    let Some((_client, mut conn)) = support::connect_to(topology).await else {
         return;
     };
-    let (_client, mut conn) = support::connect(&url).await;
     let keys = Keys::new(&support::prefix());
     let store = InMemoryEventStore::new();
     let checkpoints = InMemoryCheckpointStore::new();
@@ -284,12 +282,10 @@ async fn a_second_relay_waits_for_the_lease() {
     let _ = relay_checkpoint("leased");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn re_sending_trimmed_entries_is_still_a_no_op() {
-    let Some(url) = support::redis_url() else {
+async fn re_sending_trimmed_entries_is_still_a_no_op(topology: Topology) {
+    let Some((_client, mut conn)) = support::connect_to(topology).await else {
         return;
     };
-    let (_client, mut conn) = support::connect(&url).await;
     let keys = Keys::new(&support::prefix());
     let store = InMemoryEventStore::new();
     support::append(
@@ -329,12 +325,10 @@ async fn re_sending_trimmed_entries_is_still_a_no_op() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_store_reset_behind_the_stream_is_refused_not_dropped() {
-    let Some(url) = support::redis_url() else {
+async fn a_store_reset_behind_the_stream_is_refused_not_dropped(topology: Topology) {
+    let Some((_client, mut conn)) = support::connect_to(topology).await else {
         return;
     };
-    let (_client, mut conn) = support::connect(&url).await;
     let keys = Keys::new(&support::prefix());
     let order = support::stream("acme", "order", "o-1");
     let old = InMemoryEventStore::new();
@@ -375,3 +369,11 @@ fn the_old_relay_names_still_compile() {
         None::<RedisRelay<InMemoryEventStore, InMemoryCheckpointStore>>;
     assert!(same.is_none());
 }
+
+on_both_topologies!(
+    relay_killed_at_random_points_publishes_each_event_once_in_order,
+    republishing_from_an_old_checkpoint_adds_nothing,
+    a_second_relay_waits_for_the_lease,
+    re_sending_trimmed_entries_is_still_a_no_op,
+    a_store_reset_behind_the_stream_is_refused_not_dropped,
+);

@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::{Topology, on_both_topologies};
+
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,11 +16,10 @@ use eventsource_core::{
     RetryPolicy,
 };
 use eventsource_redis::{
-    ConsumerRunner, InMemoryProjection, Keys, PerTenant, ProjectionHandler, RedisRelay,
-    RelayOptions, RunnerOptions,
+    ConsumerRunner, InMemoryProjection, Keys, PerTenant, ProjectionHandler, RedisClient,
+    RedisConnection, RedisRelay, RelayOptions, RunnerOptions,
 };
 use redis::AsyncCommands as _;
-use redis::aio::ConnectionManager;
 use redis::streams::{StreamPendingReply, StreamReadOptions, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
@@ -57,21 +58,23 @@ impl EventHandler for Recorder {
 }
 
 struct Setup {
-    client: redis::Client,
-    conn: ConnectionManager,
+    client: RedisClient,
+    conn: RedisConnection,
     store: InMemoryEventStore,
     key: String,
 }
 
-async fn setup(url: &str) -> Setup {
-    let (client, conn) = support::connect(url).await;
+/// A client, a connection and a fresh tenant stream on `topology`; `None` when it is not
+/// configured outside CI.
+async fn setup(topology: Topology) -> Option<Setup> {
+    let (client, conn) = support::connect_to(topology).await?;
     let keys = Keys::new(&support::prefix());
-    Setup {
+    Some(Setup {
         client,
         conn,
         store: InMemoryEventStore::new(),
         key: keys.tenant_stream(&"acme".into()),
-    }
+    })
 }
 
 impl Setup {
@@ -134,12 +137,10 @@ async fn wait(what: &str, check: impl Fn() -> bool) {
     assert!(ok, "timed out waiting until {what}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handles_every_entry_in_order_and_acks_it() {
-    let Some(url) = support::redis_url() else {
+async fn handles_every_entry_in_order_and_acks_it(topology: Topology) {
+    let Some(s) = setup(topology).await else {
         return;
     };
-    let s = setup(&url).await;
     for i in 0..5 {
         support::append(
             &s.store,
@@ -198,12 +199,12 @@ fn add(total: &mut i64, event: &RecordedEvent) {
     *total += event.payload["n"].as_i64().unwrap_or(0) + 1;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_consumer_killed_between_handling_and_ack_is_reclaimed_and_the_read_model_stays_right() {
-    let Some(url) = support::redis_url() else {
+async fn a_consumer_killed_between_handling_and_ack_is_reclaimed_and_the_read_model_stays_right(
+    topology: Topology,
+) {
+    let Some(s) = setup(topology).await else {
         return;
     };
-    let s = setup(&url).await;
     support::append(
         &s.store,
         &support::stream("acme", "order", "o-1"),
@@ -243,12 +244,10 @@ async fn a_consumer_killed_between_handling_and_ack_is_reclaimed_and_the_read_mo
     assert_eq!(s.pending("proj").await, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_poison_entry_ends_in_the_dead_letter_stream_and_can_be_requeued() {
-    let Some(url) = support::redis_url() else {
+async fn a_poison_entry_ends_in_the_dead_letter_stream_and_can_be_requeued(topology: Topology) {
+    let Some(s) = setup(topology).await else {
         return;
     };
-    let s = setup(&url).await;
     let order = support::stream("acme", "order", "o-1");
     support::append(&s.store, &order, 3, "Placed").await;
     support::append(&s.store, &order, 1, "Poison").await;
@@ -359,12 +358,10 @@ async fn deliver_to_dead_consumer(s: &Setup, group: &str) -> Vec<String> {
     reply.keys[0].ids.iter().map(|e| e.id.clone()).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_entry_deleted_while_pending_is_reported_and_refetched() {
-    let Some(url) = support::redis_url() else {
+async fn an_entry_deleted_while_pending_is_reported_and_refetched(topology: Topology) {
+    let Some(s) = setup(topology).await else {
         return;
     };
-    let s = setup(&url).await;
     support::append(
         &s.store,
         &support::stream("acme", "order", "o-1"),
@@ -413,12 +410,10 @@ async fn an_entry_deleted_while_pending_is_reported_and_refetched() {
     assert_eq!(s.pending("g2").await, 0);
 }
 
-#[tokio::test]
-async fn trimming_never_removes_an_unacknowledged_entry() {
-    let Some(url) = support::redis_url() else {
+async fn trimming_never_removes_an_unacknowledged_entry(topology: Topology) {
+    let Some(s) = setup(topology).await else {
         return;
     };
-    let s = setup(&url).await;
     support::append(
         &s.store,
         &support::stream("acme", "order", "o-1"),
@@ -484,13 +479,10 @@ impl EventHandler for Slow {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_finishes_the_in_flight_entry_and_acks_it() {
-    let Some(url) = support::redis_url() else {
+async fn shutdown_finishes_the_in_flight_entry_and_acks_it(topology: Topology) {
+    let Some(s) = setup(topology).await else {
         return;
     };
-
-    let s = setup(&url).await;
     support::append(
         &s.store,
         &support::stream("acme", "order", "o-1"),
@@ -532,12 +524,10 @@ impl EventHandler for Broken {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_circuit_breaker_pauses_a_handler_whose_sink_keeps_failing() {
-    let Some(url) = support::redis_url() else {
+async fn the_circuit_breaker_pauses_a_handler_whose_sink_keeps_failing(topology: Topology) {
+    let Some(s) = setup(topology).await else {
         return;
     };
-    let s = setup(&url).await;
     for i in 0..5 {
         support::append(
             &s.store,
@@ -603,12 +593,10 @@ impl EventHandler for KnowsOnlyPlaced {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_permanent_error_is_dead_lettered_on_the_first_delivery() {
-    let Some(url) = support::redis_url() else {
+async fn a_permanent_error_is_dead_lettered_on_the_first_delivery(topology: Topology) {
+    let Some(s) = setup(topology).await else {
         return;
     };
-    let s = setup(&url).await;
     let order = support::stream("acme", "order", "o-1");
     support::append(&s.store, &order, 2, "Placed").await;
     support::append(&s.store, &order, 1, "Renamed").await;
@@ -652,12 +640,10 @@ impl EventHandler for Panicky {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panicking_handler_dead_letters_the_entry_and_keeps_running() {
-    let Some(url) = support::redis_url() else {
+async fn a_panicking_handler_dead_letters_the_entry_and_keeps_running(topology: Topology) {
+    let Some(s) = setup(topology).await else {
         return;
     };
-    let s = setup(&url).await;
     let order = support::stream("acme", "order", "o-1");
     support::append(&s.store, &order, 2, "Placed").await;
     support::append(&s.store, &order, 1, "Cursed").await;
@@ -715,12 +701,10 @@ impl EventHandler for FlakyOnce {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_entry_is_retried_before_later_entries_of_its_stream() {
-    let Some(url) = support::redis_url() else {
+async fn a_failed_entry_is_retried_before_later_entries_of_its_stream(topology: Topology) {
+    let Some(s) = setup(topology).await else {
         return;
     };
-    let s = setup(&url).await;
     for id in ["o-1", "o-2"] {
         support::append(&s.store, &support::stream("acme", "order", id), 6, "Placed").await;
     }
@@ -771,12 +755,10 @@ impl EventHandler for Stuck {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stuck_handler_times_out_and_the_entry_is_dead_lettered() {
-    let Some(url) = support::redis_url() else {
+async fn a_stuck_handler_times_out_and_the_entry_is_dead_lettered(topology: Topology) {
+    let Some(s) = setup(topology).await else {
         return;
     };
-    let s = setup(&url).await;
     let order = support::stream("acme", "order", "o-1");
     support::append(&s.store, &order, 1, "Placed").await;
     support::append(&s.store, &order, 1, "Stuck").await;
@@ -815,12 +797,10 @@ async fn a_stuck_handler_times_out_and_the_entry_is_dead_lettered() {
     task.await.unwrap().unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requeueing_a_dead_letter_without_its_event_is_a_clear_error() {
-    let Some(url) = support::redis_url() else {
+async fn requeueing_a_dead_letter_without_its_event_is_a_clear_error(topology: Topology) {
+    let Some(s) = setup(topology).await else {
         return;
     };
-    let s = setup(&url).await;
     let mut conn = s.conn.clone();
     let dlq = eventsource_redis::dead_letter_stream(&s.key, "g");
     // What a runner without an event store records for an entry deleted while pending.
@@ -863,3 +843,18 @@ async fn requeueing_a_dead_letter_without_its_event_is_a_clear_error() {
         "the dead letter stays for inspection"
     );
 }
+
+on_both_topologies!(
+    shutdown_finishes_the_in_flight_entry_and_acks_it,
+    handles_every_entry_in_order_and_acks_it,
+    a_consumer_killed_between_handling_and_ack_is_reclaimed_and_the_read_model_stays_right,
+    a_poison_entry_ends_in_the_dead_letter_stream_and_can_be_requeued,
+    an_entry_deleted_while_pending_is_reported_and_refetched,
+    trimming_never_removes_an_unacknowledged_entry,
+    the_circuit_breaker_pauses_a_handler_whose_sink_keeps_failing,
+    a_permanent_error_is_dead_lettered_on_the_first_delivery,
+    a_panicking_handler_dead_letters_the_entry_and_keeps_running,
+    a_failed_entry_is_retried_before_later_entries_of_its_stream,
+    a_stuck_handler_times_out_and_the_entry_is_dead_lettered,
+    requeueing_a_dead_letter_without_its_event_is_a_clear_error,
+);

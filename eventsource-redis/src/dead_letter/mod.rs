@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use eventsource_core::RecordedEvent;
-use redis::aio::ConnectionManager;
+use redis::aio::ConnectionLike;
 use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands as _, Script, Value};
 
@@ -60,8 +60,11 @@ pub struct DeadLetter {
 }
 
 /// Number of dead letters `group` left for `stream_key`.
-pub async fn dead_letter_count(
-    conn: &mut ConnectionManager,
+///
+/// `conn` is any async connection: a [`RedisConnection`](crate::RedisConnection), a single
+/// node's `ConnectionManager`, a cluster's `ClusterConnection`.
+pub async fn dead_letter_count<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
     stream_key: &str,
     group: &str,
 ) -> Result<u64, RedisStoreError> {
@@ -71,8 +74,8 @@ pub async fn dead_letter_count(
 }
 
 /// The oldest `count` dead letters `group` left for `stream_key`.
-pub async fn dead_letters(
-    conn: &mut ConnectionManager,
+pub async fn dead_letters<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
     stream_key: &str,
     group: &str,
     count: usize,
@@ -112,8 +115,8 @@ pub async fn dead_letters(
 /// [`RedisStoreError::NothingToRequeue`] when it carries none of the original entry's fields
 /// (the entry was deleted before anyone read it and no event store could refetch it): read the
 /// event from the store by its `dlq_source_id` instead.
-pub async fn requeue_dead_letter(
-    conn: &mut ConnectionManager,
+pub async fn requeue_dead_letter<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
     stream_key: &str,
     group: &str,
     id: &str,

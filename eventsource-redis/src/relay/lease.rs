@@ -4,7 +4,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::Script;
-use redis::aio::ConnectionManager;
+
+use crate::connection::RedisConnection;
 
 /// Takes or renews the lease `KEYS[1]` for holder `ARGV[1]` for `ARGV[2]` ms; 1 if held.
 static LEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/lease.lua")));
@@ -15,7 +16,7 @@ static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lu
 /// Takes the lease `key` for `holder`, or renews it if `holder` has it, for `ttl`; whether
 /// `holder` holds it now.
 pub(super) async fn take(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     key: &str,
     holder: &str,
     ttl: Duration,
@@ -31,7 +32,7 @@ pub(super) async fn take(
 }
 
 /// Gives the lease `key` up if `holder` still has it; a failure only leaves it to expire.
-pub(super) async fn release(conn: &mut ConnectionManager, key: &str, holder: &str) {
+pub(super) async fn release(conn: &mut RedisConnection, key: &str, holder: &str) {
     let released: Result<i64, _> = RELEASE.key(key).arg(holder).invoke_async(conn).await;
     if let Err(e) = released {
         tracing::debug!(error = %e, "relay lease not released; it will expire");

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use eventsource_core::{CheckpointStore, EventStore, LogPosition};
-use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -25,6 +24,7 @@ pub use publish::Published;
 pub use routing::{PerAggregateType, PerEventType, PerTenant, Router};
 
 use crate::backoff::sleep_or_cancel;
+use crate::connection::RedisConnection;
 use crate::error::RedisStoreError;
 use crate::keys::{self, Keys};
 use order::StreamOrder;
@@ -66,7 +66,7 @@ use order::StreamOrder;
 pub struct RedisRelay<S, C> {
     store: S,
     checkpoints: C,
-    conn: ConnectionManager,
+    conn: RedisConnection,
     name: String,
     router: Arc<dyn Router>,
     custom_router: bool,
@@ -89,11 +89,13 @@ impl<S, C> std::fmt::Debug for RedisRelay<S, C> {
 
 impl<S: EventStore, C: CheckpointStore> RedisRelay<S, C> {
     /// A relay called `name` (its checkpoint and lease are named after it), routing per
-    /// tenant under the `es` prefix.
+    /// tenant under the `es` prefix, publishing through `conn`: a single node's
+    /// [`ConnectionManager`](redis::aio::ConnectionManager), a cluster's
+    /// [`ClusterConnection`](redis::cluster_async::ClusterConnection) or a [`RedisConnection`].
     pub fn new(
         store: S,
         checkpoints: C,
-        conn: ConnectionManager,
+        conn: impl Into<RedisConnection>,
         name: impl Into<String>,
         options: RelayOptions,
     ) -> Self {
@@ -103,7 +105,7 @@ impl<S: EventStore, C: CheckpointStore> RedisRelay<S, C> {
         Self {
             store,
             checkpoints,
-            conn,
+            conn: conn.into(),
             lease_key: keys.relay_lease(&name),
             router: Arc::new(PerTenant::new(keys)),
             custom_router: false,
@@ -181,6 +183,9 @@ impl<S: EventStore, C: CheckpointStore> RedisRelay<S, C> {
         let added = publish::publish(&self.conn, self.router.as_ref(), &events)
             .instrument(span)
             .await?;
+        if let Some((wanted, timeout)) = self.options.replicas {
+            self.wait_for_replicas(wanted, timeout).await?;
+        }
         self.checkpoints
             .save(&keys::relay_checkpoint(&self.name), self.checkpoint, last)
             .await
@@ -281,6 +286,28 @@ impl<S: EventStore, C: CheckpointStore> RedisRelay<S, C> {
         }
         if renewed.is_some() {
             lease::release(&mut self.conn, &self.lease_key, &self.options.instance_id).await;
+        }
+        Ok(())
+    }
+
+    /// `WAIT`s for `wanted` replicas to hold everything sent so far on the connection (the
+    /// batch's scripts went through clones of it, which share its sockets).
+    async fn wait_for_replicas(
+        &mut self,
+        wanted: u32,
+        timeout: Duration,
+    ) -> Result<(), RedisStoreError> {
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let acknowledged: u64 = redis::cmd("WAIT")
+            .arg(wanted)
+            .arg(ms)
+            .query_async(&mut self.conn)
+            .await?;
+        if acknowledged < u64::from(wanted) {
+            return Err(RedisStoreError::NotReplicated {
+                wanted,
+                acknowledged,
+            });
         }
         Ok(())
     }

@@ -23,6 +23,8 @@ pub struct RelayOptions {
     pub(crate) filter: LogFilter,
     pub(crate) error_backoff: RetryPolicy,
     pub(crate) refuse_out_of_order: bool,
+    /// Replicas that must hold a batch before the checkpoint moves, and how long to wait.
+    pub(crate) replicas: Option<(u32, Duration)>,
 }
 
 impl Default for RelayOptions {
@@ -38,6 +40,7 @@ impl Default for RelayOptions {
                 .with_base_delay(Duration::from_millis(50))
                 .with_max_delay(Duration::from_secs(5)),
             refuse_out_of_order: true,
+            replicas: None,
         }
     }
 }
@@ -100,6 +103,24 @@ impl RelayOptions {
     #[must_use]
     pub fn with_error_backoff(mut self, backoff: RetryPolicy) -> Self {
         self.error_backoff = backoff;
+        self
+    }
+
+    /// Waits, after each batch and before its checkpoint moves, until `replicas` replicas of
+    /// every master have it (Redis `WAIT`; on a cluster sent to every primary), for at most
+    /// `timeout` (default: off, `0` turns it off).
+    ///
+    /// Redis replicates asynchronously: a master that dies right after answering can take the
+    /// last entries with it, and the replica promoted in its place never had them. With the
+    /// checkpoint held back until a replica has the batch, the relay re-sends whatever the
+    /// failover lost (and Redis skips what the new master already holds). Fewer replicas than
+    /// asked within `timeout` fail the batch with the retryable
+    /// [`RedisStoreError::NotReplicated`](crate::RedisStoreError::NotReplicated): with
+    /// `replicas` above what the deployment runs, the relay never moves on.
+    #[must_use]
+    pub fn with_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        // `WAIT n 0` would block forever.
+        self.replicas = (replicas > 0).then_some((replicas, timeout.max(Duration::from_millis(1))));
         self
     }
 

@@ -5,10 +5,10 @@ use std::sync::LazyLock;
 
 use eventsource_core::{LogPosition, RecordedEvent};
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use super::routing::Router;
 use crate::codec::{self, FIELDS};
+use crate::connection::RedisConnection;
 use crate::error::RedisStoreError;
 
 /// XADDs a batch of entries with explicit ids to `KEYS[1]`, skipping those Redis rejects as
@@ -52,7 +52,7 @@ pub(super) struct Added {
 
 /// Adds `events` to the keys `router` picks, one script call per key, all keys at once.
 pub(super) async fn publish(
-    conn: &ConnectionManager,
+    conn: &RedisConnection,
     router: &dyn Router,
     events: &[RecordedEvent],
 ) -> Result<Added, RedisStoreError> {

@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use eventsource_core::{EventHandler, RecordedEvent};
-use redis::aio::ConnectionManager;
 use redis::streams::{
     StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
 };
@@ -16,6 +15,7 @@ use tracing::Instrument as _;
 
 use super::ConsumerRunner;
 use crate::codec;
+use crate::connection::RedisConnection;
 use crate::error::RunnerError;
 
 /// An entry as delivered, with what it holds.
@@ -51,32 +51,38 @@ pub(super) enum Content {
 }
 
 impl<H: EventHandler> ConsumerRunner<H> {
-    /// One read (own pending, reclaim, or new entries) and its processing; returns the
-    /// numbers of entries handled and of entries given up on.
+    /// One read of the read keys `keys` (own pending, reclaim, or new entries) and its
+    /// processing; returns the numbers of entries handled and of entries given up on.
+    ///
+    /// `keys` lie in one hash slot (or on a single node), so each read is one `XREADGROUP`.
     pub(super) async fn step(
-        &mut self,
+        &self,
+        keys: &[usize],
         shutdown: &CancellationToken,
         pending: &mut Option<Vec<String>>,
         last_reclaim: &mut Option<Instant>,
-        blocking: Option<&mut ConnectionManager>,
+        blocking: Option<&mut RedisConnection>,
     ) -> Result<(u32, u32), RunnerError> {
         let batch = self.options.batch_size;
+        let names: Vec<&str> = keys.iter().map(|&k| self.read_keys[k].as_str()).collect();
         if let Some(cursors) = pending {
             let options = StreamReadOptions::default()
                 .group(&self.group, &self.consumer)
                 .count(batch);
             let reply: Option<StreamReadReply> = self
                 .conn
-                .xread_options(&self.read_keys, cursors, &options)
+                .clone()
+                .xread_options(&names, cursors, &options)
                 .await?;
             let mut deliveries = Vec::new();
             for stream in reply.map(|r| r.keys).unwrap_or_default() {
-                let Some(idx) = self.read_keys.iter().position(|k| *k == stream.key) else {
+                let Some(at) = names.iter().position(|k| *k == stream.key) else {
                     continue;
                 };
                 if let Some(last) = stream.ids.last() {
-                    cursors[idx].clone_from(&last.id);
+                    cursors[at].clone_from(&last.id);
                 }
+                let idx = keys[at];
                 deliveries.extend(stream.ids.into_iter().map(|e| Self::delivery(idx, e, true)));
             }
             if deliveries.is_empty() {
@@ -88,7 +94,7 @@ impl<H: EventHandler> ConsumerRunner<H> {
         let reclaim_every = self.options.idle_reclaim / 2;
         if last_reclaim.is_none_or(|at| at.elapsed() >= reclaim_every) {
             *last_reclaim = Some(Instant::now());
-            return self.reclaim(shutdown).await;
+            return self.reclaim(keys, shutdown).await;
         }
         let until_reclaim = last_reclaim.map_or(Duration::ZERO, |at| {
             reclaim_every.saturating_sub(at.elapsed())
@@ -102,37 +108,38 @@ impl<H: EventHandler> ConsumerRunner<H> {
             .group(&self.group, &self.consumer)
             .count(batch)
             .block(usize::try_from(block.as_millis()).unwrap_or(usize::MAX));
-        let ids = vec![">"; self.read_keys.len()];
-        let conn = match blocking {
-            Some(conn) => conn,
-            None => &mut self.conn,
-        };
+        let ids = vec![">"; names.len()];
+        let mut shared = self.conn.clone();
+        let conn = blocking.unwrap_or(&mut shared);
         let reply: Option<StreamReadReply> = tokio::select! {
             () = shutdown.cancelled() => return Ok((0, 0)),
-            reply = conn.xread_options(&self.read_keys, &ids, &options) => reply?,
+            reply = conn.xread_options(&names, &ids, &options) => reply?,
         };
         let mut deliveries = Vec::new();
         for stream in reply.map(|r| r.keys).unwrap_or_default() {
-            let Some(idx) = self.read_keys.iter().position(|k| *k == stream.key) else {
+            let Some(at) = names.iter().position(|k| *k == stream.key) else {
                 continue;
             };
+            let idx = keys[at];
             deliveries.extend(stream.ids.into_iter().map(|e| Self::delivery(idx, e, true)));
         }
         self.process(deliveries, shutdown).await
     }
 
-    /// Claims entries idle past the threshold from any consumer of the group and handles them.
+    /// Claims entries of the read keys `keys` idle past the threshold from any consumer of the
+    /// group and handles them.
     pub(super) async fn reclaim(
-        &mut self,
+        &self,
+        keys: &[usize],
         shutdown: &CancellationToken,
     ) -> Result<(u32, u32), RunnerError> {
         let idle = u64::try_from(self.options.idle_reclaim.as_millis()).unwrap_or(u64::MAX);
         let mut totals = (0, 0);
-        for idx in 0..self.read_keys.len() {
+        let mut conn = self.conn.clone();
+        for &idx in keys {
             let mut start = "0-0".to_owned();
             loop {
-                let reply: StreamAutoClaimReply = self
-                    .conn
+                let reply: StreamAutoClaimReply = conn
                     .xautoclaim_options(
                         &self.read_keys[idx],
                         &self.group,
@@ -259,6 +266,7 @@ impl<H: EventHandler> ConsumerRunner<H> {
             }
         }
         if !acks.is_empty() {
+            // One pipeline: the keys of a batch lie in one hash slot (see `step`).
             let mut pipe = redis::pipe();
             for (key, ids) in &acks {
                 pipe.xack(&self.read_keys[*key], &self.group, ids).ignore();

@@ -1,7 +1,7 @@
 //! Consumer groups: where a new group starts reading, and idempotent creation.
 
 use redis::AsyncCommands as _;
-use redis::aio::ConnectionManager;
+use redis::aio::ConnectionLike;
 
 use crate::error::RedisStoreError;
 
@@ -41,8 +41,8 @@ impl StartId {
 ///
 /// [`RedisStoreError::Redis`] when Redis fails or refuses, e.g. `key` holds something other
 /// than a stream or a [`StartId::After`] id does not parse.
-pub async fn ensure_group(
-    conn: &mut ConnectionManager,
+pub async fn ensure_group<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
     key: &str,
     group: &str,
     start: &StartId,
@@ -50,8 +50,8 @@ pub async fn ensure_group(
     Ok(create_group(conn, key, group, start).await?)
 }
 
-pub(crate) async fn create_group(
-    conn: &mut ConnectionManager,
+pub(crate) async fn create_group<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
     key: &str,
     group: &str,
     start: &StartId,
@@ -67,6 +67,7 @@ pub(crate) async fn create_group(
 
 #[cfg(test)]
 mod tests {
+    use redis::aio::ConnectionManager;
     use redis::streams::{StreamReadOptions, StreamReadReply};
 
     use super::*;

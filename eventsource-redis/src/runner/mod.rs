@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use eventsource_core::{EventHandler, EventStore};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio_util::sync::CancellationToken;
 
 pub use counters::RunnerCounters;
@@ -30,6 +29,7 @@ pub use options::RunnerOptions;
 pub use projection::{Applied, InMemoryProjection, ProjectionHandler, TransactionalProjection};
 
 use crate::backoff::sleep_or_cancel;
+use crate::connection::{RedisClient, RedisConnection, same_slot, slot_groups};
 use crate::error::{RedisStoreError, RunnerError, is_no_group};
 use crate::keys;
 use group::create_group;
@@ -55,7 +55,8 @@ use refetch::Refetch;
 /// the same aggregate stream in that batch are left pending too, so they are retried after it.
 ///
 /// Blocking reads use their own connection, opened from the `client` with a response timeout
-/// longer than the block; everything else goes through the shared [`ConnectionManager`].
+/// longer than the block; everything else goes through the shared connection. On a Redis
+/// Cluster the keys are read per hash slot, see [`run`](Self::run).
 ///
 /// ```no_run
 /// # use eventsource_core::{EventHandler, RecordedEvent};
@@ -80,8 +81,8 @@ use refetch::Refetch;
 /// # Ok(()) }
 /// ```
 pub struct ConsumerRunner<H> {
-    conn: ConnectionManager,
-    client: redis::Client,
+    conn: RedisConnection,
+    client: RedisClient,
     /// Every key read: the event streams, then their requeue streams.
     read_keys: Vec<String>,
     /// Per read key, its dead-letter stream.
@@ -114,9 +115,14 @@ impl<H: EventHandler> ConsumerRunner<H> {
     ///
     /// Give each process a stable consumer name (host name, pod name): a restarted consumer
     /// then finds its own pending entries at once instead of waiting for the idle threshold.
+    ///
+    /// `conn` carries acks, scripts and reclaims; `client` opens the connection of the
+    /// blocking reads. Both are of the same topology: a single node's `ConnectionManager` and
+    /// `redis::Client`, a cluster's `ClusterConnection` and `ClusterClient`, or this crate's
+    /// [`RedisConnection`] and [`RedisClient`].
     pub fn new(
-        conn: ConnectionManager,
-        client: redis::Client,
+        conn: impl Into<RedisConnection>,
+        client: impl Into<RedisClient>,
         streams: impl IntoIterator<Item = impl Into<String>>,
         group: impl Into<String>,
         consumer: impl Into<String>,
@@ -133,8 +139,8 @@ impl<H: EventHandler> ConsumerRunner<H> {
             .collect();
         dead_letter_keys.extend_from_within(..);
         Self {
-            conn,
-            client,
+            conn: conn.into(),
+            client: client.into(),
             event_streams: streams.len(),
             read_keys,
             dead_letter_keys,
@@ -184,51 +190,98 @@ impl<H: EventHandler> ConsumerRunner<H> {
     /// [`RedisStoreError::Redis`] when Redis fails or refuses (a key holding something other
     /// than a stream, a [`StartId::After`] id that does not parse).
     pub async fn ensure_groups(&mut self) -> Result<(), RedisStoreError> {
+        let mut conn = self.conn.clone();
         for key in &self.read_keys {
-            create_group(&mut self.conn, key, &self.group, &self.start).await?;
+            create_group(&mut conn, key, &self.group, &self.start).await?;
         }
         Ok(())
     }
 
     /// Runs until `shutdown` is cancelled: creates the groups, drains this consumer's pending
     /// entries, then reads new ones, reclaiming idle entries periodically. Transient Redis
-    /// failures are retried with backoff (the connection manager reconnects).
+    /// failures are retried with backoff (the connections reconnect).
+    ///
+    /// On a cluster the keys are read per hash slot (one `XREADGROUP` may only name keys of
+    /// one slot): one read loop per slot, all in this task, each with its own blocking
+    /// connection, so a slow or failing node holds up only the loop of its own slots. The
+    /// handler's concurrency ([`RunnerOptions::with_concurrency`]) applies per loop. A
+    /// non-retryable error in one loop stops them all.
+    ///
+    /// # Errors
+    ///
+    /// [`RunnerError::NoStreams`] without keys; on a cluster, [`RunnerError::SplitSlots`] for
+    /// a stream key without a hash tag; otherwise the first non-retryable failure.
     ///
     /// On shutdown the entries being handled are finished and acknowledged; the rest of the
     /// batch stays pending for this consumer's next start.
-    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), RunnerError> {
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), RunnerError> {
         if self.read_keys.is_empty() {
             return Err(RunnerError::NoStreams);
         }
+        if self.conn.is_cluster() {
+            // A dead letter moves atomically (one script over the stream and its dead-letter
+            // stream), so both must share a slot; found out here rather than at the first
+            // poison entry.
+            for (key, dead_letters) in self.read_keys.iter().zip(&self.dead_letter_keys) {
+                if !same_slot(key, dead_letters) {
+                    return Err(RunnerError::SplitSlots { key: key.clone() });
+                }
+            }
+        }
+        let stop = shutdown.child_token();
+        let this = &self;
+        let loops = slot_groups(&self.read_keys, self.conn.is_cluster())
+            .into_iter()
+            .map(|keys| {
+                let stop = &stop;
+                async move {
+                    let result = this.run_slot(&keys, stop).await;
+                    if result.is_err() {
+                        stop.cancel();
+                    }
+                    result
+                }
+            });
+        for result in futures::future::join_all(loops).await {
+            result?;
+        }
+        Ok(())
+    }
+
+    /// The read loop of the read keys `keys` (indexes into `read_keys`), which one
+    /// `XREADGROUP` may read together.
+    async fn run_slot(
+        &self,
+        keys: &[usize],
+        shutdown: &CancellationToken,
+    ) -> Result<(), RunnerError> {
         let mut failures = 0u32;
         let mut groups_ready = false;
-        let mut blocking: Option<ConnectionManager> = None;
+        // A blocked `XREADGROUP` holds up every command queued behind it on a multiplexed
+        // connection: blocking reads get a connection of their own, per loop.
+        let mut blocking: Option<RedisConnection> = None;
         let mut pending: Option<Vec<String>> = None;
         let mut last_reclaim: Option<Instant> = None;
         let mut breaker = 0u32;
         while !shutdown.is_cancelled() {
             let result = async {
                 if !groups_ready {
-                    for key in &self.read_keys {
-                        create_group(&mut self.conn, key, &self.group, &self.start).await?;
+                    let mut conn = self.conn.clone();
+                    for &key in keys {
+                        create_group(&mut conn, &self.read_keys[key], &self.group, &self.start)
+                            .await?;
                     }
                     groups_ready = true;
-                    pending = Some(vec!["0".to_owned(); self.read_keys.len()]);
+                    pending = Some(vec!["0".to_owned(); keys.len()]);
                 }
                 if blocking.is_none() {
                     let timeout = self.options.block_timeout + Duration::from_secs(5);
-                    let config = ConnectionManagerConfig::new()
-                        .set_response_timeout(Some(timeout))
-                        .set_connection_timeout(Some(Duration::from_secs(2)));
-                    blocking = Some(
-                        self.client
-                            .get_connection_manager_with_config(config)
-                            .await?,
-                    );
+                    blocking = Some(self.client.connect_blocking(timeout).await?);
                 }
                 let (successes, failed) = self
                     .step(
-                        &shutdown,
+                        keys,
+                        shutdown,
                         &mut pending,
                         &mut last_reclaim,
                         blocking.as_mut(),
@@ -244,7 +297,7 @@ impl<H: EventHandler> ConsumerRunner<H> {
                         // Entries that failed, and the later entries of their streams held back
                         // behind them, are still pending: handle them again, in order, before
                         // reading anything new, so a stream's order holds across batches.
-                        pending = Some(vec!["0".to_owned(); self.read_keys.len()]);
+                        pending = Some(vec!["0".to_owned(); keys.len()]);
                     }
                     if successes > 0 {
                         breaker = 0;
@@ -258,7 +311,7 @@ impl<H: EventHandler> ConsumerRunner<H> {
                             cooldown = ?self.options.breaker_cooldown,
                             "handler keeps failing; circuit breaker open"
                         );
-                        sleep_or_cancel(&shutdown, self.options.breaker_cooldown).await;
+                        sleep_or_cancel(shutdown, self.options.breaker_cooldown).await;
                         breaker = self.options.breaker_threshold - 1;
                     }
                 }
@@ -270,7 +323,7 @@ impl<H: EventHandler> ConsumerRunner<H> {
                     failures += 1;
                     let delay = self.options.error_backoff.delay(failures);
                     tracing::warn!(group = %self.group, error = %e, ?delay, "runner step failed; retrying");
-                    sleep_or_cancel(&shutdown, delay).await;
+                    sleep_or_cancel(shutdown, delay).await;
                 }
                 Err(e) => {
                     tracing::error!(group = %self.group, error = %e, "runner stopped");

@@ -17,7 +17,8 @@
 //!   the application maps to domain events to an event store, once each.
 //!
 //! Every transition is one Lua script (atomic). The keys, `es:jobs:{<queue>}:…`, carry the
-//! queue name as hash tag, so a queue works on Redis Cluster.
+//! queue name as hash tag, so each script touches one slot; the queue still takes a single
+//! node's connection (not Redis Cluster yet).
 //!
 //! | key | type | holds |
 //! |---|---|---|

@@ -35,7 +35,7 @@ use uuid::Uuid;
 
 use crate::kept::Kept;
 use crate::pooler::Autocommit;
-use crate::row::{GroupEventRow, GroupRow, position_from_db, version_from_db};
+use crate::row::{GroupEventRow, position_from_db, version_from_db};
 use crate::sql;
 use crate::store::{Columns, expectation, try_append_lone};
 
@@ -285,8 +285,8 @@ async fn run(pool: &PgPool, kept: &Kept, batch: &[Request]) -> Vec<Answer> {
     let one_tenant = batch
         .iter()
         .all(|r| r.stream.tenant() == batch[0].stream.tenant());
-    // One tenant (the usual group): the plain statement. Several: the function, which scopes
-    // each tenant's share in turn.
+    // One tenant (the usual group): the plain statement. Several: that statement per tenant,
+    // in one transaction.
     let outcome = if one_tenant {
         run_one_tenant(&mut lent.conn, batch).await
     } else {
@@ -403,9 +403,40 @@ fn count_to_db(count: usize) -> i64 {
     i64::try_from(count).unwrap_or(i64::MAX)
 }
 
-/// A group of one tenant's appends (`sql::APPEND_MANY_ONE_TENANT`): the rows of the events
-/// written, folded into each append's answer.
+/// A group of one tenant's appends (`sql::APPEND_MANY_ONE_TENANT`), as a lone statement: in a
+/// transaction of its own behind a transaction pooler.
 async fn run_one_tenant(
+    conn: &mut PgConnection,
+    batch: &[Request],
+) -> Result<Vec<Answer>, sqlx::Error> {
+    let mut conn = Autocommit::on(conn).await?;
+    let answers = one_tenant(&mut conn, batch).await?;
+    conn.commit().await?;
+    Ok(answers)
+}
+
+/// A group of several tenants' appends, in one transaction: each tenant's share (contiguous,
+/// the batch being sorted by stream, tenant first) as the one-tenant statement, in turn. So
+/// every group, one tenant's or several, and every caller's transaction that appends in stream
+/// order lock streams rows in one order: stream order. (`eventsource_append_many`, which ran
+/// such groups until ADR 0033, locked `Exact`/`StreamExists` rows before the others and could
+/// deadlock with a transaction appending to a new stream, then an existing one.)
+async fn run_tenants(
+    conn: &mut PgConnection,
+    batch: &[Request],
+) -> Result<Vec<Answer>, sqlx::Error> {
+    let mut tx = sqlx::Connection::begin(conn).await?;
+    let mut answers = Vec::with_capacity(batch.len());
+    for share in batch.chunk_by(|a, b| a.stream.tenant() == b.stream.tenant()) {
+        answers.extend(one_tenant(&mut tx, share).await?);
+    }
+    tx.commit().await?;
+    Ok(answers)
+}
+
+/// One tenant's appends as `sql::APPEND_MANY_ONE_TENANT` on `conn`: the rows of the events
+/// written, folded into each append's answer.
+async fn one_tenant(
     conn: &mut PgConnection,
     batch: &[Request],
 ) -> Result<Vec<Answer>, sqlx::Error> {
@@ -424,10 +455,7 @@ async fn run_one_tenant(
     let query =
         arrays.bind_appends(sqlx::query_as(sql::APPEND_MANY_ONE_TENANT).bind(arrays.tenants[0]));
     let query = query.bind(&stream_types).bind(&stream_ids).bind(&below);
-    // A lone statement: in a transaction of its own behind a transaction pooler.
-    let mut conn = Autocommit::on(conn).await?;
     let rows: Vec<GroupEventRow> = arrays.bind_events(query).fetch_all(&mut *conn).await?;
-    conn.commit().await?;
     Ok(fold(batch, &rows))
 }
 
@@ -491,57 +519,6 @@ impl Default for Written<'_> {
             transaction: None,
         }
     }
-}
-
-/// A group of several tenants' appends (`eventsource_append_many`): one row per append.
-async fn run_tenants(
-    conn: &mut PgConnection,
-    batch: &[Request],
-) -> Result<Vec<Answer>, sqlx::Error> {
-    let arrays = Arrays::new(batch);
-    let total = arrays.event_ids.len();
-    // Per event: its append (numbered from 1) and its place in it (from 1).
-    let mut append_of: Vec<i32> = Vec::with_capacity(total);
-    let mut offsets: Vec<i64> = Vec::with_capacity(total);
-    for (n, request) in (1_i32..).zip(batch) {
-        let count = request.columns.ids.len();
-        append_of.extend(std::iter::repeat_n(n, count));
-        offsets.extend(1..=count_to_db(count));
-    }
-    let query = arrays.bind_appends(sqlx::query_as(sql::APPEND_MANY).bind(&arrays.tenants));
-    let query = query.bind(&append_of).bind(&offsets);
-    // A lone statement: in a transaction of its own behind a transaction pooler.
-    let mut conn = Autocommit::on(conn).await?;
-    let rows: Vec<GroupRow> = arrays.bind_events(query).fetch_all(&mut *conn).await?;
-    conn.commit().await?;
-    let mut answers = vec![None; batch.len()];
-    for row in rows {
-        let slot = usize::try_from(row.n)
-            .ok()
-            .and_then(|n| n.checked_sub(1))
-            .and_then(|i| answers.get_mut(i));
-        if let (Some(slot), Ok(answer)) = (slot, appended(&row)) {
-            *slot = Some(answer);
-        }
-    }
-    Ok(answers)
-}
-
-/// The answer a row carries: `Ok(None)` for a rejected append, `Err` for an undecodable row.
-fn appended(row: &GroupRow) -> Result<Option<Appended>, eventsource_core::StoreError> {
-    let (Some(version), Some(transaction), Some(first), Some(last)) = (
-        row.version,
-        row.transaction_id.as_deref(),
-        row.first_position,
-        row.last_position,
-    ) else {
-        return Ok(None);
-    };
-    Ok(Some(Appended::new(
-        version_from_db(version)?,
-        position_from_db(transaction, first)?,
-        position_from_db(transaction, last)?,
-    )))
 }
 
 #[cfg(test)]

@@ -212,16 +212,6 @@ pub(crate) struct AppendRow {
     pub(crate) last_position: Option<i64>,
 }
 
-/// One append's answer from `eventsource_append_many`, numbered from 1.
-#[derive(Debug, sqlx::FromRow)]
-pub(crate) struct GroupRow {
-    pub(crate) n: i32,
-    pub(crate) version: Option<i64>,
-    pub(crate) transaction_id: Option<String>,
-    pub(crate) first_position: Option<i64>,
-    pub(crate) last_position: Option<i64>,
-}
-
 /// One event written by a one-tenant group (`sql::APPEND_MANY_ONE_TENANT`), read by position.
 #[derive(Debug)]
 pub(crate) struct GroupEventRow {

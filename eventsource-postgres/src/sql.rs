@@ -221,15 +221,9 @@ pub(crate) const APPEND_BATCH: &str = concat!(
 /// As [`APPEND_BATCH`], for one event given as scalars: the usual command's append.
 pub(crate) const APPEND_ONE: &str = concat!(scope_to_tenant!(), move_stream!("1"), insert_event!());
 
-/// Several appends to distinct streams in one transaction and round trip (group commit): one
-/// row per append, `n` numbering them from 1 (`eventsource_append_many`, `0005`, `0006`).
-pub(crate) const APPEND_MANY: &str = r"
-SELECT n, version, transaction_id, first_position, last_position
-FROM eventsource_append_many($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-";
-
-/// Group commit of appends of one tenant, as one plain statement: the usual group. Distinct
-/// streams, as for [`APPEND_MANY`]. Per append (`$2`..`$6`: type, id, expectation, expected
+/// Group commit of appends of one tenant, as one plain statement: the usual group (a group of
+/// several tenants runs it per tenant, in one transaction). Distinct streams, in stream order.
+/// Per append (`$2`..`$6`: type, id, expectation, expected
 /// version, event count) the streams row moves as in [`APPEND_BATCH`]; the guard of an existing
 /// row reads the append's expectation from the arguments. Per event (`$7`..`$9`: its stream's
 /// type and id, and how far it stands below its append's last event; then the event columns)

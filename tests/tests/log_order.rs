@@ -6,7 +6,9 @@
 //! and one without, through the repository (cached and not), and inside transactions held open
 //! for up to 25 ms, some rolled back; a transaction told to retry is retried whole with the
 //! same events. Each writer records the labels of the events it committed; every reader must
-//! show exactly those, once each, every stream in version order.
+//! show exactly those, once each, every stream in version order. And no writer deadlocks:
+//! groups of one tenant or several, and transactions appending in stream order, lock streams
+//! rows in that one order.
 
 mod support;
 
@@ -379,6 +381,7 @@ async fn every_stream_stays_in_version_order_along_every_reader_under_mixed_writ
         TenantId::new(support::unique("order-b")),
     ];
     let start = support::order::log_start(&pool).await;
+    let deadlocks_before = deadlocks(&db_url).await;
 
     // The relays tail each tenant's log while the writers run, as in production.
     let stop = CancellationToken::new();
@@ -446,11 +449,67 @@ async fn every_stream_stays_in_version_order_along_every_reader_under_mixed_writ
     }
 
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    for tenant in &tenants {
+    // A backend reports its deadlocks to the statistics when it ends, at the latest.
+    pool.close().await;
+    assert_eq!(
+        deadlocks(&db_url).await,
+        deadlocks_before,
+        "writers deadlocked (the server log names the statements)"
+    );
+    assert_streams_were_hot(&db_url, &tenants).await;
+}
+
+/// The deadlocks the server detected in the test's database so far, read on a connection of
+/// its own with fresh statistics.
+async fn deadlocks(db_url: &str) -> i64 {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(PgConnectOptions::from_str(db_url).expect("DATABASE_URL"))
+        .await
+        .expect("connect to DATABASE_URL");
+    // Backends flush their statistics as they exit: wait (a while at most) for the test's
+    // closed connections to be gone.
+    for _ in 0..100 {
+        let others: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("the other backends");
+        if others == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&pool)
+        .await
+        .expect("fresh statistics");
+    let count = sqlx::query_scalar(
+        "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("the deadlock count");
+    pool.close().await;
+    count
+}
+
+/// Each tenant's hot streams took many appends: the writers contended on them.
+async fn assert_streams_were_hot(db_url: &str, tenants: &[TenantId]) {
+    let store = PgEventStore::new(
+        PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(PgConnectOptions::from_str(db_url).expect("DATABASE_URL"))
+            .await
+            .expect("connect to DATABASE_URL"),
+    );
+    for tenant in tenants {
         for k in 0..HOT_STREAMS {
             let hot = StreamId::new(tenant.clone(), "counter", format!("hot-{k}"));
             assert!(
-                grouped.stream_version(&hot).await.expect("version") > Version::new(20),
+                store.stream_version(&hot).await.expect("version") > Version::new(20),
                 "{hot} was not hot"
             );
         }

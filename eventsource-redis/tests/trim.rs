@@ -182,7 +182,7 @@ async fn the_retention_window_holds(topology: Topology) {
     let ids = s.ids().await;
     s.read("g", 100, |_| true).await;
 
-    let day = Duration::from_secs(24 * 3_600);
+    let day = Duration::from_hours(24);
     let trimmed = eventsource_redis::trim_with_retention(&mut conn, &s.key, day)
         .await
         .unwrap();
@@ -190,7 +190,7 @@ async fn the_retention_window_holds(topology: Topology) {
         trimmed.removed, 0,
         "everything is younger than a day: {trimmed:?}"
     );
-    let hour = Duration::from_secs(3_600);
+    let hour = Duration::from_hours(1);
     let trimmed = eventsource_redis::trim_with_retention(&mut conn, &s.key, hour)
         .await
         .unwrap();
@@ -251,8 +251,8 @@ fn runner<H: EventHandler>(
 fn trimming_is_on_by_default_keeping_a_day() {
     let options = RunnerOptions::default();
     let trim = options.trim().expect("on by default");
-    assert_eq!(trim.retention(), Duration::from_secs(24 * 3_600));
-    assert_eq!(trim.interval(), Duration::from_secs(60));
+    assert_eq!(trim.retention(), Duration::from_hours(24));
+    assert_eq!(trim.interval(), Duration::from_mins(1));
     assert!(RunnerOptions::default().without_trim().trim().is_none());
 }
 
@@ -416,7 +416,7 @@ async fn trimming_beside_busy_consumers_never_loses_an_unacknowledged_entry(topo
         .iter()
         .map(|e| e.position)
         .collect();
-    let done = support::eventually(Duration::from_secs(60), || {
+    let done = support::eventually(Duration::from_mins(1), || {
         let done = flaky.seen.lock().unwrap().len() == all.len();
         async move { done }
     })

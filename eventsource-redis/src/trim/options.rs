@@ -16,9 +16,9 @@ use std::time::Duration;
 /// # use eventsource_redis::TrimOptions;
 /// # use std::time::Duration;
 /// let options = TrimOptions::default()
-///     .with_interval(Duration::from_secs(300))
-///     .with_retention(Duration::from_secs(3_600));
-/// assert_eq!(options.retention(), Duration::from_secs(3_600));
+///     .with_interval(Duration::from_mins(5))
+///     .with_retention(Duration::from_hours(1));
+/// assert_eq!(options.retention(), Duration::from_hours(1));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrimOptions {
@@ -29,8 +29,8 @@ pub struct TrimOptions {
 impl Default for TrimOptions {
     fn default() -> Self {
         Self {
-            interval: Duration::from_secs(60),
-            retention: Duration::from_secs(24 * 3_600),
+            interval: Duration::from_mins(1),
+            retention: Duration::from_hours(24),
         }
     }
 }

@@ -320,6 +320,74 @@ async fn a_runner_without_trim_trims_nothing(topology: Topology) {
     assert_eq!((counters.trimmed(), counters.trim().passes()), (0, 0));
 }
 
+/// Blocks on every entry until released.
+#[derive(Clone, Default)]
+struct Gate(Arc<std::sync::atomic::AtomicBool>);
+impl EventHandler for Gate {
+    type Error = std::convert::Infallible;
+    async fn handle(&self, _: &RecordedEvent) -> Result<(), Self::Error> {
+        while !self.0.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+}
+
+async fn a_runner_does_not_trim_while_its_own_group_is_missing(topology: Topology) {
+    let Some(s) = setup(topology).await else {
+        return;
+    };
+    let ids = s.publish(10).await;
+    // Another group is through: its floor alone would trim all but the last entry.
+    s.read("other", 100, |_| true).await;
+    let gate = Gate::default();
+    let options = RunnerOptions::default().with_trim(
+        TrimOptions::default()
+            .with_interval(Duration::from_millis(10))
+            .with_retention(Duration::ZERO),
+    );
+    let runner = runner(&s, "c", gate.clone(), options);
+    let counters = runner.counters();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runner.run(stop.clone()));
+    // The runner holds its first entry; then its group disappears (destroyed by hand, as a
+    // group not created yet would be).
+    let pending = support::eventually(Duration::from_secs(10), || {
+        let mut conn = s.conn.clone();
+        let key = s.key.clone();
+        async move {
+            let reply: redis::streams::StreamPendingReply =
+                conn.xpending(&key, "g").await.unwrap_or_default();
+            reply.count() > 0
+        }
+    })
+    .await;
+    assert!(pending, "the runner never read");
+    let _: () = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(&s.key)
+        .arg("g")
+        .query_async(&mut s.conn.clone())
+        .await
+        .unwrap();
+    let passes = counters.trim().passes();
+    let more_passes = support::eventually(Duration::from_secs(10), || {
+        let done = counters.trim().passes() >= passes + 5;
+        async move { done }
+    })
+    .await;
+    assert!(more_passes, "the trimmer stopped running");
+    assert_eq!(
+        s.ids().await,
+        ids,
+        "nothing trimmed while the runner's group is missing"
+    );
+    assert_eq!(counters.trimmed(), 0);
+    gate.0.store(true, Ordering::SeqCst);
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
+
 /// Records every position handled; fails some first attempts, and is slow now and then, so
 /// entries stay pending while the trimmers run.
 #[derive(Clone, Default)]
@@ -448,5 +516,6 @@ on_both_topologies!(
     a_stream_without_groups_is_never_trimmed,
     a_runner_trims_on_its_interval_without_being_asked,
     a_runner_without_trim_trims_nothing,
+    a_runner_does_not_trim_while_its_own_group_is_missing,
     trimming_beside_busy_consumers_never_loses_an_unacknowledged_entry,
 );

@@ -2,7 +2,14 @@
 //!
 //! Run: `REDIS_URL=redis://127.0.0.1:6379/ cargo bench -p eventsource-redis --bench relay`
 //! (Redis with `maxmemory-policy noeviction`; the bench writes keys under a fresh prefix and
-//! deletes them at the end).
+//! deletes them at the end). With `REDIS_CLUSTER_URLS` (comma-separated node URLs) set too,
+//! the relay and runner rows are repeated on the Redis Cluster beside raw redis-rs cluster
+//! commands.
+//!
+//! Shapes: relay rows publish 100,000 events of one tenant (997 aggregate streams, a ~90-byte
+//! JSON payload) in batches of 1,000 (raw: pipelines of 1,000 `XADD`s with the same ids and
+//! fields); runner rows read that stream with one group, batches of 100 and one handler at a
+//! time (raw: `XREADGROUP COUNT 100` + `XACK`).
 #![allow(
     missing_docs,
     clippy::print_stdout,
@@ -20,7 +27,8 @@ use eventsource_core::{
     LogFilter, LogPosition, NewEvent, RecordedEvent, StreamId, TenantId,
 };
 use eventsource_redis::{
-    ConsumerRunner, Keys, PerTenant, RedisRelay, RelayOptions, RunnerOptions, codec,
+    ConsumerRunner, Keys, PerTenant, RedisClient, RedisConnection, RedisRelay, RelayOptions,
+    RunnerOptions, codec,
 };
 use redis::AsyncCommands as _;
 use redis::aio::ConnectionManager;
@@ -237,6 +245,140 @@ async fn end_to_end(client: &redis::Client, conn: &ConnectionManager, keys: &Key
     ]
 }
 
+/// The relay row on a Redis Cluster: the relay through a cluster [`RedisConnection`], raw
+/// pipelines through redis-rs's own cluster connection (one tenant: one slot).
+async fn cluster_relay_throughput(
+    conn: &RedisConnection,
+    raw_conn: &redis::cluster_async::ClusterConnection,
+    keys: &Keys,
+) -> Row {
+    let store = InMemoryEventStore::new();
+    fill(&store, "bench", EVENTS).await;
+    let events = store
+        .read_all(LogPosition::START, usize::MAX, &LogFilter::all())
+        .await
+        .expect("read");
+
+    // The raw key shares the tenant stream's hash tag, so a pipeline stays in one slot.
+    let raw_key = format!("{}:raw-relay", keys.tenant_stream(&TenantId::new("bench")));
+    let mut c = raw_conn.clone();
+    let started = Instant::now();
+    for chunk in events.chunks(1_000) {
+        let mut pipe = redis::pipe();
+        for event in chunk {
+            pipe.xadd(
+                &raw_key,
+                codec::entry_id(event.position),
+                &codec::encode_pairs(event),
+            )
+            .ignore();
+        }
+        pipe.query_async::<()>(&mut c).await.expect("raw xadd");
+    }
+    let raw = EVENTS as f64 / started.elapsed().as_secs_f64();
+
+    let mut relay = RedisRelay::new(
+        store.clone(),
+        InMemoryCheckpointStore::new(),
+        conn.clone(),
+        "bench",
+        RelayOptions::default().with_batch_size(1_000),
+    )
+    .with_router(PerTenant::new(keys.clone()));
+    let started = Instant::now();
+    let n = relay.catch_up().await.expect("relay");
+    let framework = n as f64 / started.elapsed().as_secs_f64();
+    let _: () = c.del(&raw_key).await.expect("del");
+    Row {
+        scenario: "cluster: relay, events/s (batch 1000)",
+        framework: format!("{framework:.0}"),
+        raw: format!("{raw:.0}"),
+        ratio: format!("{:.2}x", framework / raw),
+    }
+}
+
+/// The runner row on a Redis Cluster, over the stream [`cluster_relay_throughput`] wrote.
+async fn cluster_runner_throughput(
+    client: &RedisClient,
+    conn: &RedisConnection,
+    raw_conn: &redis::cluster_async::ClusterConnection,
+    keys: &Keys,
+) -> Row {
+    let key = keys.tenant_stream(&TenantId::new("bench"));
+    let mut c = raw_conn.clone();
+    let total: u64 = c.xlen(&key).await.expect("xlen");
+
+    eventsource_redis::ensure_group(&mut c, &key, "raw", &eventsource_redis::StartId::Beginning)
+        .await
+        .expect("group");
+    let options = StreamReadOptions::default().group("raw", "c").count(BATCH);
+    let started = Instant::now();
+    let mut seen = 0u64;
+    while seen < total {
+        let reply: StreamReadReply = c
+            .xread_options(&[&key], &[">"], &options)
+            .await
+            .expect("read");
+        let ids: Vec<String> = reply.keys[0].ids.iter().map(|e| e.id.clone()).collect();
+        seen += ids.len() as u64;
+        let _: usize = c.xack(&key, "raw", &ids).await.expect("ack");
+    }
+    let raw = total as f64 / started.elapsed().as_secs_f64();
+
+    let count = Arc::new(AtomicU64::new(0));
+    let runner = ConsumerRunner::new(
+        conn.clone(),
+        client.clone(),
+        [key.clone()],
+        "framework",
+        "c",
+        Count(count.clone()),
+        RunnerOptions::default().with_batch_size(BATCH),
+    );
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let task = tokio::spawn(runner.run(stop.clone()));
+    while count.load(Ordering::Relaxed) < total {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let framework = total as f64 / started.elapsed().as_secs_f64();
+    stop.cancel();
+    task.await.expect("join").expect("runner");
+    let _: () = c.del(&key).await.expect("del");
+    Row {
+        scenario: "cluster: runner, entries/s (batch 100)",
+        framework: format!("{framework:.0}"),
+        raw: format!("{raw:.0}"),
+        ratio: format!("{:.2}x", framework / raw),
+    }
+}
+
+/// The cluster rows, when `REDIS_CLUSTER_URLS` is set.
+async fn cluster_rows() -> Vec<Row> {
+    let Ok(urls) = std::env::var("REDIS_CLUSTER_URLS") else {
+        println!("REDIS_CLUSTER_URLS is not set; no cluster rows");
+        return Vec::new();
+    };
+    let urls: Vec<String> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let client = RedisClient::open_cluster(urls.clone()).expect("REDIS_CLUSTER_URLS");
+    let conn = client.connect().await.expect("connect");
+    let raw_conn = redis::cluster::ClusterClient::new(urls)
+        .expect("REDIS_CLUSTER_URLS")
+        .get_async_connection()
+        .await
+        .expect("connect");
+    let keys = Keys::new(&format!("bench-cluster-{}", uuid::Uuid::new_v4().simple()));
+    vec![
+        cluster_relay_throughput(&conn, &raw_conn, &keys).await,
+        cluster_runner_throughput(&client, &conn, &raw_conn, &keys).await,
+    ]
+}
+
 #[tokio::main]
 async fn main() {
     let Ok(url) = std::env::var("REDIS_URL") else {
@@ -250,6 +392,7 @@ async fn main() {
     let mut rows = vec![relay_throughput(&conn, &keys).await];
     rows.push(runner_throughput(&client, &conn, &keys).await);
     rows.extend(end_to_end(&client, &conn, &keys).await);
+    rows.extend(cluster_rows().await);
 
     println!("| scenario | eventsource-redis | raw redis-rs | ratio |");
     println!("|---|---:|---:|---:|");

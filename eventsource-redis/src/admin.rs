@@ -1,78 +1,14 @@
-//! Operating the streams: trimming, statistics, health.
+//! Operating the streams: statistics, health (trimming is in `trim`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands as _;
 use redis::aio::ConnectionLike;
-use redis::streams::{
-    StreamInfoGroupsReply, StreamPendingReply, StreamTrimOptions, StreamTrimmingMode,
-};
+use redis::streams::StreamInfoGroupsReply;
 
 use crate::error::RedisStoreError;
 use crate::keys;
-
-/// What [`trim`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Trimmed {
-    /// Entries removed.
-    pub removed: u64,
-    /// The `MINID` used: the oldest entry some group still needs; `None` when the stream has
-    /// no group (nothing was trimmed).
-    pub min_id: Option<String>,
-}
-
-/// Trims `key` with `MINID` below what its slowest consumer group still needs.
-///
-/// For each group the floor is its oldest pending (delivered, unacknowledged) entry, or its
-/// last-delivered id when nothing is pending; the stream keeps every entry at or above the
-/// lowest floor. A stream without groups is left alone. Group positions only move forward, so
-/// the result stays safe even if groups progress meanwhile; do not create a new group that
-/// starts at `0` while trimming.
-pub async fn trim<C: ConnectionLike + Send + Sync>(
-    conn: &mut C,
-    key: &str,
-) -> Result<Trimmed, RedisStoreError> {
-    let exists: bool = conn.exists(key).await?;
-    if !exists {
-        return Ok(Trimmed {
-            removed: 0,
-            min_id: None,
-        });
-    }
-    let groups: StreamInfoGroupsReply = conn.xinfo_groups(key).await?;
-    let mut floor: Option<(u64, u64, String)> = None;
-    for group in &groups.groups {
-        let pending: StreamPendingReply = conn.xpending(key, &group.name).await?;
-        let id = match pending {
-            StreamPendingReply::Data(data) if data.count > 0 => data.start_id,
-            _ => group.last_delivered_id.clone(),
-        };
-        let parsed = parse_id(&id);
-        if floor.as_ref().is_none_or(|f| parsed < (f.0, f.1)) {
-            floor = Some((parsed.0, parsed.1, id));
-        }
-    }
-    let Some((_, _, min_id)) = floor else {
-        return Ok(Trimmed {
-            removed: 0,
-            min_id: None,
-        });
-    };
-    let options = StreamTrimOptions::minid(StreamTrimmingMode::Exact, min_id.clone());
-    let removed: u64 = conn.xtrim_options(key, &options).await?;
-    tracing::debug!(stream = %key, %min_id, removed, "trimmed stream");
-    Ok(Trimmed {
-        removed,
-        min_id: Some(min_id),
-    })
-}
-
-fn parse_id(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
-}
 
 /// One consumer group's state on a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]

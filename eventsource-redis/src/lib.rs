@@ -16,9 +16,10 @@ pub mod jobs;
 mod keys;
 mod relay;
 mod runner;
+mod trim;
 mod wait;
 
-pub use admin::{GroupStats, Health, StreamStats, Trimmed, health_check, stats, trim};
+pub use admin::{GroupStats, Health, StreamStats, health_check, stats};
 pub use bus::{RedisBus, connect_bus};
 pub use connection::{RedisClient, RedisConnection};
 pub use dead_letter::fields as dead_letter_fields;
@@ -32,6 +33,7 @@ pub use runner::{
     Applied, ConsumerRunner, InMemoryProjection, ProjectionHandler, RunnerCounters, RunnerOptions,
     StartId, TransactionalProjection, ensure_group,
 };
+pub use trim::{TrimCounters, TrimOptions, Trimmed, Trimmer, trim, trim_with_retention};
 pub use wait::RedisEventWaiter;
 
 /// The relay's old name: [`RedisRelay`].

@@ -1,6 +1,9 @@
 //! What a runner did, counted while it runs.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::trim::TrimCounters;
 
 /// Counters of what a runner did, readable while it runs.
 #[derive(Debug, Default)]
@@ -11,6 +14,7 @@ pub struct RunnerCounters {
     pub(super) reclaimed: AtomicU64,
     pub(super) missing: AtomicU64,
     pub(super) refetched: AtomicU64,
+    pub(super) trim: Arc<TrimCounters>,
 }
 
 impl RunnerCounters {
@@ -48,5 +52,18 @@ impl RunnerCounters {
     #[must_use]
     pub fn refetched(&self) -> u64 {
         self.refetched.load(Ordering::Relaxed)
+    }
+
+    /// Entries the runner's scheduled trimming removed from its streams
+    /// ([`RunnerOptions::with_trim`](crate::RunnerOptions::with_trim)).
+    #[must_use]
+    pub fn trimmed(&self) -> u64 {
+        self.trim.removed()
+    }
+
+    /// The scheduled trimming's own counters (passes, removed, failures).
+    #[must_use]
+    pub fn trim(&self) -> &TrimCounters {
+        &self.trim
     }
 }

@@ -32,6 +32,7 @@ use crate::backoff::sleep_or_cancel;
 use crate::connection::{RedisClient, RedisConnection, same_slot, slot_groups};
 use crate::error::{RedisStoreError, RunnerError, is_no_group};
 use crate::keys;
+use crate::trim::Trimmer;
 use group::create_group;
 use refetch::Refetch;
 
@@ -205,7 +206,8 @@ impl<H: EventHandler> ConsumerRunner<H> {
     /// one slot): one read loop per slot, all in this task, each with its own blocking
     /// connection, so a slow or failing node holds up only the loop of its own slots. The
     /// handler's concurrency ([`RunnerOptions::with_concurrency`]) applies per loop. A
-    /// non-retryable error in one loop stops them all.
+    /// non-retryable error in one loop stops them all. Beside the loops, the streams are
+    /// trimmed on a schedule unless [`RunnerOptions::without_trim`] turned it off.
     ///
     /// # Errors
     ///
@@ -242,7 +244,18 @@ impl<H: EventHandler> ConsumerRunner<H> {
                     result
                 }
             });
-        for result in futures::future::join_all(loops).await {
+        // Trimming runs beside the loops, in this task, until they stop; its failures are
+        // logged and retried at the next pass, never stopping the runner.
+        let trim = async {
+            if let Some(options) = &self.options.trim {
+                Trimmer::new(self.conn.clone(), self.read_keys.clone(), options.clone())
+                    .for_group(&self.group, Arc::clone(&self.counters.trim))
+                    .run(stop.clone())
+                    .await;
+            }
+        };
+        let (results, ()) = tokio::join!(futures::future::join_all(loops), trim);
+        for result in results {
             result?;
         }
         Ok(())

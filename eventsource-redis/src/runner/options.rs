@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use eventsource_core::RetryPolicy;
 
+use crate::trim::TrimOptions;
+
 /// Tuning of a [`ConsumerRunner`](crate::ConsumerRunner).
 ///
 /// # Delivery and reclaim policy
@@ -26,6 +28,15 @@ use eventsource_core::RetryPolicy;
 ///   runner pauses for [`breaker_cooldown`](Self::with_breaker_cooldown) (circuit breaker),
 ///   then tries one batch again.
 ///
+/// # Trimming
+///
+/// By default the runner also trims its streams (and their requeue streams) on a schedule:
+/// every minute, `MINID` below the oldest entry any consumer group of the stream has not
+/// acknowledged or not yet read, keeping at least the last 24 hours (see [`TrimOptions`] and
+/// [`Trimmer`](crate::Trimmer)). A stream is trimmed only once this runner's group exists on
+/// it; a stream without groups never is. [`with_trim`](Self::with_trim) changes the schedule,
+/// [`without_trim`](Self::without_trim) turns it off.
+///
 /// ```
 /// # use eventsource_redis::RunnerOptions;
 /// # use std::time::Duration;
@@ -47,6 +58,7 @@ pub struct RunnerOptions {
     pub(crate) breaker_cooldown: Duration,
     pub(crate) error_backoff: RetryPolicy,
     pub(crate) handler_timeout: Option<Duration>,
+    pub(crate) trim: Option<TrimOptions>,
 }
 
 impl Default for RunnerOptions {
@@ -68,6 +80,7 @@ impl Default for RunnerOptions {
                 .with_base_delay(Duration::from_millis(50))
                 .with_max_delay(Duration::from_secs(5)),
             handler_timeout: None,
+            trim: Some(TrimOptions::default()),
         }
     }
 }
@@ -146,6 +159,27 @@ impl RunnerOptions {
     pub fn with_error_backoff(mut self, backoff: RetryPolicy) -> Self {
         self.error_backoff = backoff;
         self
+    }
+
+    /// Trims the runner's streams on this schedule (default [`TrimOptions::default`]: every
+    /// minute, keeping 24 hours).
+    #[must_use]
+    pub fn with_trim(mut self, trim: TrimOptions) -> Self {
+        self.trim = Some(trim);
+        self
+    }
+
+    /// Turns scheduled trimming off: the streams grow until trimmed some other way.
+    #[must_use]
+    pub fn without_trim(mut self) -> Self {
+        self.trim = None;
+        self
+    }
+
+    /// The trimming schedule, `None` when off.
+    #[must_use]
+    pub fn trim(&self) -> Option<&TrimOptions> {
+        self.trim.as_ref()
     }
 
     /// Entries per read.

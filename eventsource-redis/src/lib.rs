@@ -33,7 +33,7 @@ pub use relay::{
 };
 pub use runner::{
     Applied, ConsumerRunner, InMemoryProjection, ProjectionHandler, RunnerCounters, RunnerOptions,
-    StartId, TransactionalProjection, ensure_group,
+    StartId, TenantDiscovery, TransactionalProjection, ensure_group,
 };
 pub use wait::RedisEventWaiter;
 

@@ -115,12 +115,26 @@ async fn three_relays_share_three_shards_and_take_over_a_dead_ones(topology: Top
     let checkpoints = InMemoryCheckpointStore::new();
     let tenants = tenants(&prefix, 12, 3);
     let shutdown = CancellationToken::new();
-    let mut relays: Vec<_> = (0..3)
+    let mut relays: BTreeMap<String, _> = (0..3)
         .map(|i| {
-            let relay = sharded_relay(&store, &checkpoints, &conn, &keys, &format!("relay-{i}"));
-            tokio::spawn(relay.run(shutdown.clone()))
+            let instance = format!("relay-{i}");
+            let relay = sharded_relay(&store, &checkpoints, &conn, &keys, &instance);
+            (instance, tokio::spawn(relay.run(shutdown.clone())))
         })
         .collect();
+    let lease = keys.relay_shard_lease("sharded", 0, 3);
+    let holder = || {
+        let (mut conn, lease) = (conn.clone(), lease.clone());
+        async move {
+            let holder: Option<String> = redis::AsyncCommands::get(&mut conn, &lease).await.unwrap();
+            holder
+        }
+    };
+    assert!(
+        support::eventually(Duration::from_secs(5), || async { holder().await.is_some() }).await,
+        "shard 0 taken"
+    );
+    let victim = holder().await.unwrap();
     for round in 0..6 {
         for tenant in &tenants {
             let stream = support::stream(tenant, "order", &format!("o{}", round % 2));
@@ -128,7 +142,7 @@ async fn three_relays_share_three_shards_and_take_over_a_dead_ones(topology: Top
         }
         if round == 2 {
             // A crash: the task is gone, its leases stay until they expire.
-            relays.remove(0).abort();
+            relays.remove(&victim).unwrap().abort();
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -138,6 +152,11 @@ async fn three_relays_share_three_shards_and_take_over_a_dead_ones(topology: Top
     })
     .await;
     assert!(done, "every event published after the takeover");
+    let successor = holder().await;
+    assert!(
+        successor.is_some() && successor.as_ref() != Some(&victim),
+        "shard 0 taken over from {victim}: {successor:?}"
+    );
     // Every shard moved its own checkpoint to the end of the log.
     let last = support::log(&store).await.last().unwrap().position;
     for index in 0..3 {
@@ -155,7 +174,7 @@ async fn three_relays_share_three_shards_and_take_over_a_dead_ones(topology: Top
         assert!(reached, "shard {index} checkpoint at the end of the log");
     }
     shutdown.cancel();
-    for relay in relays {
+    for relay in relays.into_values() {
         relay.await.unwrap().unwrap();
     }
     assert!(streams_match_log(&mut conn, &store, &keys).await);

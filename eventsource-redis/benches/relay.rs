@@ -290,7 +290,9 @@ const SHARD_TENANTS: usize = 12;
 /// tenants' events with the same ids and fields, pipelines of 1,000 per key.
 async fn shard_rows(urls: &[String]) -> Vec<Row> {
     let store = InMemoryEventStore::new();
-    let tenants: Vec<String> = (0..SHARD_TENANTS).map(|i| format!("shard-bench-{i}")).collect();
+    let tenants: Vec<String> = (0..SHARD_TENANTS)
+        .map(|i| format!("shard-bench-{i}"))
+        .collect();
     for tenant in &tenants {
         fill(&store, tenant, SHARD_EVENTS / SHARD_TENANTS).await;
     }

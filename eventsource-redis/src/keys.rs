@@ -264,8 +264,14 @@ mod tests {
     #[test]
     fn one_shard_keeps_the_names_of_an_unsharded_relay() {
         let keys = Keys::default();
-        assert_eq!(keys.relay_shard_lease("main", 0, 1), keys.relay_lease("main"));
-        assert_eq!(relay_shard_checkpoint("main", 0, 1), relay_checkpoint("main"));
+        assert_eq!(
+            keys.relay_shard_lease("main", 0, 1),
+            keys.relay_lease("main")
+        );
+        assert_eq!(
+            relay_shard_checkpoint("main", 0, 1),
+            relay_checkpoint("main")
+        );
         assert_eq!(
             keys.relay_shard_lease("main", 2, 3),
             "es:relay:{main}:shard:2-of-3:lease"

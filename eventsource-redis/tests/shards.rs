@@ -13,8 +13,8 @@ use eventsource_core::{
     EventHandler, InMemoryCheckpointStore, InMemoryEventStore, RecordedEvent, TenantId,
 };
 use eventsource_redis::{
-    ConsumerRunner, Keys, RedisClient, RedisConnection, RedisRelay, RedisStoreError,
-    RelayOptions, RunnerOptions, TenantDiscovery, relay_checkpoint, shard_of,
+    ConsumerRunner, Keys, RedisClient, RedisConnection, RedisRelay, RedisStoreError, RelayOptions,
+    RunnerOptions, TenantDiscovery, relay_checkpoint, shard_of,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -90,7 +90,10 @@ async fn streams_match_log(
     }
     for (key, events) in &expected {
         let entries = support::entries(conn, key).await;
-        assert!(entries.len() <= events.len(), "{key} has more entries than events");
+        assert!(
+            entries.len() <= events.len(),
+            "{key} has more entries than events"
+        );
         for ((id, got), want) in entries.iter().zip(events) {
             assert_eq!(id, &want.position.to_string(), "entry id in {key}");
             assert_eq!(got, want, "entry {id} in {key}");
@@ -126,12 +129,16 @@ async fn three_relays_share_three_shards_and_take_over_a_dead_ones(topology: Top
     let holder = || {
         let (mut conn, lease) = (conn.clone(), lease.clone());
         async move {
-            let holder: Option<String> = redis::AsyncCommands::get(&mut conn, &lease).await.unwrap();
+            let holder: Option<String> =
+                redis::AsyncCommands::get(&mut conn, &lease).await.unwrap();
             holder
         }
     };
     assert!(
-        support::eventually(Duration::from_secs(5), || async { holder().await.is_some() }).await,
+        support::eventually(Duration::from_secs(5), || async {
+            holder().await.is_some()
+        })
+        .await,
         "shard 0 taken"
     );
     let victim = holder().await.unwrap();
@@ -204,7 +211,13 @@ async fn a_running_runner_picks_up_a_new_tenant(topology: Topology) {
     // Tenants in several slots on a cluster: a new read loop each.
     for (i, tenant) in ["alpha", "beta", "gamma"].iter().enumerate() {
         let tenant = format!("{prefix}-{tenant}");
-        support::append(&store, &support::stream(&tenant, "order", "1"), 3 + i, "Placed").await;
+        support::append(
+            &store,
+            &support::stream(&tenant, "order", "1"),
+            3 + i,
+            "Placed",
+        )
+        .await;
         let got = support::eventually(Duration::from_secs(15), || {
             let (seen, tenant) = (seen.clone(), tenant.clone());
             async move { seen.of_tenant(&tenant).len() == 3 + i }
@@ -258,9 +271,9 @@ async fn a_sharded_relay_refuses_a_key_shared_by_tenants(topology: Topology) {
         InMemoryCheckpointStore::new(),
         conn.clone(),
         "global",
-        RelayOptions::default().with_shards(2).with_shard(
-            shard_of(&TenantId::new(prefix.as_str()), 2),
-        ),
+        RelayOptions::default()
+            .with_shards(2)
+            .with_shard(shard_of(&TenantId::new(prefix.as_str()), 2)),
     )
     .with_router(move |_: &RecordedEvent, out: &mut Vec<String>| out.push(target.clone()));
     let refused = relay.publish_batch().await;
@@ -340,7 +353,13 @@ async fn discovery_never_scans_the_keyspace() {
     let relay = tokio::spawn(relay.run(shutdown.clone()));
     let (runner, seen) = discovering_runner(&client, &conn, &keys, Some("kept".to_owned()));
     let runner = tokio::spawn(runner.run(shutdown.clone()));
-    support::append(&store, &support::stream("skipped", "order", "1"), 2, "Placed").await;
+    support::append(
+        &store,
+        &support::stream("skipped", "order", "1"),
+        2,
+        "Placed",
+    )
+    .await;
     support::append(&store, &support::stream("kept", "order", "1"), 4, "Placed").await;
     let got = support::eventually(Duration::from_secs(15), || {
         let seen = seen.clone();
@@ -359,7 +378,10 @@ async fn discovery_never_scans_the_keyspace() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert!(stats.contains("cmdstat_scard:"), "the registry was watched: {stats}");
+    assert!(
+        stats.contains("cmdstat_scard:"),
+        "the registry was watched: {stats}"
+    );
     assert!(!stats.contains("cmdstat_scan:"), "{stats}");
     assert!(!stats.contains("cmdstat_keys:"), "{stats}");
 }

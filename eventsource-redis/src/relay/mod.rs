@@ -26,8 +26,8 @@ use tracing::Instrument as _;
 
 pub use options::RelayOptions;
 pub use publish::Published;
-pub use routing::{PerAggregateType, PerEventType, PerTenant, Router};
 pub use registry::registered_tenants;
+pub use routing::{PerAggregateType, PerEventType, PerTenant, Router};
 pub use shards::shard_of;
 
 use crate::backoff::sleep_or_cancel;
@@ -321,7 +321,9 @@ impl<S: EventStore, C: CheckpointStore> RedisRelay<S, C> {
             let (stop, held) = (&stop, &held);
             let first_wait = (pool && shard.index != home).then_some(this.options.lease_ttl / 3);
             async move {
-                let result = this.run_shard(&mut shard, stop, held, pool, first_wait).await;
+                let result = this
+                    .run_shard(&mut shard, stop, held, pool, first_wait)
+                    .await;
                 if result.is_err() {
                     stop.cancel();
                 }

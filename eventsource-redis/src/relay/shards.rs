@@ -89,7 +89,11 @@ mod tests {
     fn the_shard_function_is_pinned() {
         // FNV-1a 32 of the bytes: changing the function would move tenants between shards
         // of running relays.
-        let hashes = [("", 0x811c_9dc5_u32), ("a", 0xe40c_292c), ("acme", 0x45fd_71af)];
+        let hashes = [
+            ("", 0x811c_9dc5_u32),
+            ("a", 0xe40c_292c),
+            ("acme", 0x45fd_71af),
+        ];
         for (tenant, hash) in hashes {
             for count in [1, 2, 3, 7] {
                 assert_eq!(

@@ -59,7 +59,10 @@ impl TenantDiscovery {
 
     /// Only the tenants `filter` keeps.
     #[must_use]
-    pub fn with_filter(mut self, filter: impl Fn(&TenantId) -> bool + Send + Sync + 'static) -> Self {
+    pub fn with_filter(
+        mut self,
+        filter: impl Fn(&TenantId) -> bool + Send + Sync + 'static,
+    ) -> Self {
         self.filter = Some(Arc::new(filter));
         self
     }

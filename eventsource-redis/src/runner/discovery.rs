@@ -10,6 +10,9 @@ use eventsource_core::TenantId;
 use crate::connection::RedisConnection;
 use crate::keys::Keys;
 
+/// A predicate on tenant ids.
+type TenantFilter = Arc<dyn Fn(&TenantId) -> bool + Send + Sync>;
+
 /// Which tenants' streams a [`ConsumerRunner`](crate::ConsumerRunner) discovers, and how
 /// often it looks ([`ConsumerRunner::with_discovery`](crate::ConsumerRunner::with_discovery)).
 ///
@@ -31,7 +34,7 @@ use crate::keys::Keys;
 #[derive(Clone)]
 pub struct TenantDiscovery {
     keys: Keys,
-    filter: Option<Arc<dyn Fn(&TenantId) -> bool + Send + Sync>>,
+    filter: Option<TenantFilter>,
     poll_interval: Duration,
 }
 

@@ -213,7 +213,7 @@ async fn a_running_runner_picks_up_a_new_tenant(topology: Topology) {
     let slots: HashSet<_> = names
         .iter()
         .map(|t| {
-            redis::cluster_routing::Slot::for_key(&keys.tenant_stream(&TenantId::new(t.as_str())))
+            redis::cluster_routing::Slot::for_key(keys.tenant_stream(&TenantId::new(t.as_str())))
         })
         .collect();
     assert!(slots.len() >= 2, "the tenants share one slot; pick others");

@@ -58,48 +58,12 @@ async fn a_pool_of_sharded_relays_killed_at_random_publishes_once_in_order() {
     let prefix = support::unique("shards");
     let keys = Keys::new(&prefix);
     let name = support::unique("shard-relay");
-    // Tenants covering every shard, two each at least.
-    let mut tenants: Vec<TenantId> = Vec::new();
-    let mut per_shard = [0usize; SHARDS as usize];
-    while per_shard.iter().any(|n| *n < 2) {
-        let tenant = TenantId::new(support::unique("shard"));
-        per_shard[shard_of(&tenant, SHARDS) as usize] += 1;
-        tenants.push(tenant);
-    }
+    let tenants = shard_tenants();
     let since = chrono::Utc::now() - chrono::Duration::seconds(1);
     let store = PgEventStore::new(pool.clone());
 
     let done = CancellationToken::new();
-    let writers: Vec<_> = (0..4u64)
-        .map(|w| {
-            let (store, tenants, done) = (store.clone(), tenants.clone(), done.clone());
-            tokio::spawn(async move {
-                let mut committed = Vec::new();
-                let mut next = w * 10_000_000;
-                while !done.is_cancelled() {
-                    let tenant = &tenants[rand::random_range(0..tenants.len())];
-                    let kind = if rand::random_bool(0.5) {
-                        "counter"
-                    } else {
-                        "ledger"
-                    };
-                    let stream = StreamId::new(
-                        tenant.clone(),
-                        kind,
-                        format!("s-{}", rand::random_range(0..4u32)),
-                    );
-                    let size = rand::random_range(1..=3u64);
-                    let labels: Vec<u64> = (next + 1..=next + size).collect();
-                    next += size;
-                    append_until_known(&store, &stream, labels.iter().map(|l| tick(*l)).collect())
-                        .await;
-                    committed.extend(labels);
-                    tokio::time::sleep(Duration::from_micros(rand::random_range(0..3_000))).await;
-                }
-                committed
-            })
-        })
-        .collect();
+    let writers = spawn_writers(&store, &tenants, &done);
 
     let spawn = |i: usize| {
         support::child::sharded_relay(
@@ -138,25 +102,8 @@ async fn a_pool_of_sharded_relays_killed_at_random_publishes_once_in_order() {
         committed.extend(writer.await.expect("a writer panicked"));
     }
     // The pool, still running, publishes the rest.
-    let mut log = Vec::new();
-    support::wait_for("the log shows every commit", async || {
-        log.clear();
-        for tenant in &tenants {
-            log.extend(support::tenant_log(&store, tenant, 0).await);
-        }
-        log.len() >= committed.len()
-    })
-    .await;
-    log.sort_by_key(|e| e.position);
-    let mut expected: BTreeMap<String, Vec<RecordedEvent>> = BTreeMap::new();
-    let router = TenantAndType(keys.clone());
-    for event in &log {
-        let mut targets = Vec::new();
-        router.route(event, &mut targets);
-        for key in targets {
-            expected.entry(key).or_default().push(event.clone());
-        }
-    }
+    let log = tenants_log(&store, &tenants, committed.len()).await;
+    let expected = routed(&log, &keys);
     let mut redis = conn.clone();
     support::wait_for("the pool publishes every event", async || {
         for (key, want) in &expected {
@@ -186,8 +133,70 @@ async fn a_pool_of_sharded_relays_killed_at_random_publishes_once_in_order() {
 
     let mut failures = Vec::new();
     failures.extend(exactly_once_error("the store's log", &log, &committed));
-    for (key, want) in &expected {
-        let entries = support::order::redis_entries(&mut redis, key).await;
+    failures.extend(compare_keys(&mut redis, &expected).await);
+    eprintln!(
+        "{KILLS} kills, {} events of {} tenants over {} keys",
+        log.len(),
+        tenants.len(),
+        expected.len()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Tenants covering every shard, two each at least.
+fn shard_tenants() -> Vec<TenantId> {
+    let mut tenants: Vec<TenantId> = Vec::new();
+    let mut per_shard = [0usize; SHARDS as usize];
+    while per_shard.iter().any(|n| *n < 2) {
+        let tenant = TenantId::new(support::unique("shard"));
+        per_shard[shard_of(&tenant, SHARDS) as usize] += 1;
+        tenants.push(tenant);
+    }
+    tenants
+}
+
+/// The events of `tenants` in log order, once the log shows `count` of them.
+async fn tenants_log(
+    store: &PgEventStore,
+    tenants: &[TenantId],
+    count: usize,
+) -> Vec<RecordedEvent> {
+    let mut log = Vec::new();
+    support::wait_for("the log shows every commit", async || {
+        log.clear();
+        for tenant in tenants {
+            log.extend(support::tenant_log(store, tenant, 0).await);
+        }
+        log.len() >= count
+    })
+    .await;
+    log.sort_by_key(|e| e.position);
+    log
+}
+
+/// The events of `log` per key the children's router sends them to.
+fn routed(log: &[RecordedEvent], keys: &Keys) -> BTreeMap<String, Vec<RecordedEvent>> {
+    let mut expected: BTreeMap<String, Vec<RecordedEvent>> = BTreeMap::new();
+    let router = TenantAndType(keys.clone());
+    for event in log {
+        let mut targets = Vec::new();
+        router.route(event, &mut targets);
+        for key in targets {
+            expected.entry(key).or_default().push(event.clone());
+        }
+    }
+    expected
+}
+
+/// How each key differs from the events the log routes to it, and where it breaks version
+/// order.
+async fn compare_keys(
+    redis: &mut redis::aio::ConnectionManager,
+    expected: &BTreeMap<String, Vec<RecordedEvent>>,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    for (key, want) in expected {
+        let entries = support::order::redis_entries(redis, key).await;
         let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
         let positions: Vec<String> = want.iter().map(|e| e.position.to_string()).collect();
         if ids != positions {
@@ -203,13 +212,46 @@ async fn a_pool_of_sharded_relays_killed_at_random_publishes_once_in_order() {
         }
         failures.extend(version_order_error(key, &got));
     }
-    eprintln!(
-        "{KILLS} kills, {} events of {} tenants over {} keys",
-        log.len(),
-        tenants.len(),
-        expected.len()
-    );
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    failures
+}
+
+/// Four writers appending one to three events to random streams of random `tenants` until
+/// `done`; each returns the labels it committed.
+fn spawn_writers(
+    store: &PgEventStore,
+    tenants: &[TenantId],
+    done: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<Vec<u64>>> {
+    (0..4u64)
+        .map(|w| {
+            let (store, tenants, done) = (store.clone(), tenants.to_vec(), done.clone());
+            tokio::spawn(async move {
+                let mut committed = Vec::new();
+                let mut next = w * 10_000_000;
+                while !done.is_cancelled() {
+                    let tenant = &tenants[rand::random_range(0..tenants.len())];
+                    let kind = if rand::random_bool(0.5) {
+                        "counter"
+                    } else {
+                        "ledger"
+                    };
+                    let stream = StreamId::new(
+                        tenant.clone(),
+                        kind,
+                        format!("s-{}", rand::random_range(0..4u32)),
+                    );
+                    let size = rand::random_range(1..=3u64);
+                    let labels: Vec<u64> = (next + 1..=next + size).collect();
+                    next += size;
+                    append_until_known(&store, &stream, labels.iter().map(|l| tick(*l)).collect())
+                        .await;
+                    committed.extend(labels);
+                    tokio::time::sleep(Duration::from_micros(rand::random_range(0..3_000))).await;
+                }
+                committed
+            })
+        })
+        .collect()
 }
 
 /// Appends with `Any`, retrying with the same events while the store is unavailable.

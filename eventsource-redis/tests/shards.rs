@@ -331,7 +331,67 @@ async fn shards_start_from_the_unsharded_checkpoint(topology: Topology) {
     assert_eq!(published.checkpoint, old);
 }
 
+/// Instances started together whose ids hash to different shards take one shard each.
+async fn instances_started_together_take_a_shard_each(topology: Topology) {
+    let Some((_client, conn)) = support::connect_to(topology).await else {
+        return;
+    };
+    let prefix = support::prefix();
+    let keys = Keys::new(&prefix);
+    let store = InMemoryEventStore::new();
+    let checkpoints = InMemoryCheckpointStore::new();
+    // One instance id per shard, by the hash the relay uses to pick its first shard.
+    let mut ids: BTreeMap<u32, String> = BTreeMap::new();
+    for i in 0.. {
+        let id = format!("{prefix}-instance-{i}");
+        ids.entry(shard_of(&TenantId::new(id.as_str()), 3))
+            .or_insert(id);
+        if ids.len() == 3 {
+            break;
+        }
+    }
+    let shutdown = CancellationToken::new();
+    let relays: Vec<_> = ids
+        .values()
+        .map(|id| {
+            let relay = RedisRelay::new(
+                store.clone(),
+                checkpoints.clone(),
+                conn.clone(),
+                "spread",
+                RelayOptions::default()
+                    .with_shards(3)
+                    .with_lease_ttl(Duration::from_secs(1))
+                    .with_instance_id(id.as_str()),
+            )
+            .with_keys(&keys);
+            tokio::spawn(relay.run(shutdown.clone()))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let mut holders = BTreeMap::new();
+    let mut conn = conn;
+    for index in 0..3 {
+        let lease = keys.relay_shard_lease("spread", index, 3);
+        let holder: Option<String> = redis::AsyncCommands::get(&mut conn, &lease).await.unwrap();
+        holders.insert(index, holder);
+    }
+    let expected: BTreeMap<u32, Option<String>> = ids
+        .into_iter()
+        .map(|(shard, id)| (shard, Some(id)))
+        .collect();
+    assert_eq!(
+        holders, expected,
+        "each instance holds the shard its id hashes to"
+    );
+    shutdown.cancel();
+    for relay in relays {
+        relay.await.unwrap().unwrap();
+    }
+}
+
 on_both_topologies!(
+    instances_started_together_take_a_shard_each,
     three_relays_share_three_shards_and_take_over_a_dead_ones,
     a_running_runner_picks_up_a_new_tenant,
     a_sharded_relay_refuses_a_key_shared_by_tenants,

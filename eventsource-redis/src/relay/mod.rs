@@ -297,11 +297,12 @@ impl<S: EventStore, C: CheckpointStore> RedisRelay<S, C> {
     /// batches and renewing the lease. Transient failures (Redis down, store unavailable) are
     /// retried with backoff; leases are released on shutdown.
     ///
-    /// Running for any shard, an instance tries first the shard its instance id hashes to,
-    /// the others a third of a lease later, and the more shards it holds the longer it waits
-    /// before trying a free one: instances started together spread over the shards, and a
-    /// shard whose relay died is taken over, when its lease expires, by whichever instance
-    /// holds the fewest. Nothing bounds how many shards one instance holds.
+    /// Running for any shard, an instance tries first the shard its instance id hashes to
+    /// ([`shard_of`] the id), the others a third of a lease later, and the more shards it
+    /// holds the longer it waits before trying a free one: instances started together whose
+    /// ids hash to different shards take one each, and a shard whose relay died is taken
+    /// over, when its lease expires, preferably by an instance holding fewer shards. Nothing
+    /// bounds how many shards one instance holds.
     ///
     /// # Errors
     ///

@@ -248,8 +248,9 @@ impl<H: EventHandler> ConsumerRunner<H> {
     /// # Errors
     ///
     /// [`RunnerError::NoStreams`] without keys (and without
-    /// [`with_discovery`](Self::with_discovery), which waits for tenants); on a cluster, [`RunnerError::SplitSlots`] for
-    /// a stream key without a hash tag; otherwise the first non-retryable failure.
+    /// [`with_discovery`](Self::with_discovery), which waits for tenants); on a cluster,
+    /// [`RunnerError::SplitSlots`] for a stream key without a hash tag; otherwise the first
+    /// non-retryable failure.
     ///
     /// On shutdown the entries being handled are finished and acknowledged; the rest of the
     /// batch stays pending for this consumer's next start.

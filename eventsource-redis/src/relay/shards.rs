@@ -29,7 +29,6 @@ pub fn shard_of(tenant: &TenantId, count: u32) -> u32 {
 
 /// What one shard of a relay keeps: its lease and checkpoint names, where it is, what it
 /// checked and registered.
-#[derive(Debug)]
 pub(super) struct ShardState {
     pub(super) index: u32,
     pub(super) lease_key: String,
@@ -42,6 +41,17 @@ pub(super) struct ShardState {
     pub(super) loaded: bool,
     pub(super) order: StreamOrder,
     registered: HashSet<TenantId>,
+}
+
+impl std::fmt::Debug for ShardState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the registered tenants: up to a hundred thousand of them.
+        f.debug_struct("ShardState")
+            .field("index", &self.index)
+            .field("lease_key", &self.lease_key)
+            .field("checkpoint", &self.checkpoint)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ShardState {

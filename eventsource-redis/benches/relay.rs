@@ -4,7 +4,7 @@
 //! (Redis with `maxmemory-policy noeviction`; the bench writes keys under a fresh prefix and
 //! deletes them at the end). With `REDIS_CLUSTER_URLS` (comma-separated node URLs) set too,
 //! the relay and runner rows are repeated on the Redis Cluster beside raw redis-rs cluster
-//! commands.
+//! commands, and relay rows with 1, 2 and 3 shards are added (see `shard_rows`).
 //!
 //! Shapes: relay rows publish 100,000 events of one tenant (997 aggregate streams, a ~90-byte
 //! JSON payload) in batches of 1,000 (raw: pipelines of 1,000 `XADD`s with the same ids and
@@ -393,6 +393,10 @@ async fn main() {
     rows.push(runner_throughput(&client, &conn, &keys).await);
     rows.extend(end_to_end(&client, &conn, &keys).await);
     rows.extend(cluster_rows().await);
+    if let Ok(urls) = std::env::var("REDIS_CLUSTER_URLS") {
+        let urls: Vec<String> = urls.split(',').map(str::to_owned).collect();
+        rows.extend(shard_rows(&urls).await);
+    }
 
     println!("| scenario | eventsource-redis | raw redis-rs | ratio |");
     println!("|---|---:|---:|---:|");
@@ -408,4 +412,135 @@ async fn main() {
         let key = keys.tenant_stream(&TenantId::new(tenant));
         let _: () = c.del(&key).await.expect("del");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Relay shards on the cluster (issue 17, item 3): kept apart from the rows above.
+
+const SHARD_EVENTS: usize = 60_000;
+const SHARD_TENANTS: usize = 12;
+
+/// Relay throughput on the cluster with 1, 2 and 3 shards, beside raw redis-rs doing the same
+/// XADDs from as many concurrent tasks.
+///
+/// Shape: the log holds `SHARD_EVENTS` events of `SHARD_TENANTS` tenants (spread over the
+/// cluster's masters); with `k` shards, `k` relays (each a tokio task with its own cluster
+/// connection and `with_shard(i)`) catch up from an empty checkpoint, batches of 1,000, and the
+/// figure is all events over the time until the last relay is done. Each relay reads the whole
+/// in-memory log and publishes its tenants' share. Raw: `k` tasks, each XADDing its shard's
+/// tenants' events with the same ids and fields, pipelines of 1,000 per key.
+async fn shard_rows(urls: &[String]) -> Vec<Row> {
+    let store = InMemoryEventStore::new();
+    let tenants: Vec<String> = (0..SHARD_TENANTS)
+        .map(|i| format!("shard-bench-{i}"))
+        .collect();
+    for tenant in &tenants {
+        fill(&store, tenant, SHARD_EVENTS / SHARD_TENANTS).await;
+    }
+    let events = store
+        .read_all(LogPosition::START, usize::MAX, &LogFilter::all())
+        .await
+        .expect("read");
+    let mut rows = Vec::new();
+    for shards in 1..=3u32 {
+        let keys = Keys::new(&format!("bench-{}", uuid::Uuid::new_v4().simple()));
+        let raw = raw_sharded(urls, &keys, &events, shards).await;
+        let started = Instant::now();
+        let relays = (0..shards).map(|index| {
+            let store = store.clone();
+            let keys = keys.clone();
+            let urls = urls.to_vec();
+            tokio::spawn(async move {
+                let conn = RedisConnection::open_cluster(urls).await.expect("cluster");
+                let mut relay = RedisRelay::new(
+                    store,
+                    InMemoryCheckpointStore::new(),
+                    conn,
+                    "bench",
+                    RelayOptions::default()
+                        .with_batch_size(1_000)
+                        .with_shards(shards)
+                        .with_shard(index),
+                )
+                .with_keys(&keys);
+                relay.catch_up().await.expect("relay")
+            })
+        });
+        for relay in futures::future::join_all(relays).await {
+            relay.expect("relay task");
+        }
+        let framework = events.len() as f64 / started.elapsed().as_secs_f64();
+        cleanup(urls, &keys, &tenants).await;
+        rows.push(Row {
+            scenario: match shards {
+                1 => "cluster relay, 1 shard (1 relay task), events/s",
+                2 => "cluster relay, 2 shards (2 relay tasks), events/s",
+                _ => "cluster relay, 3 shards (3 relay tasks), events/s",
+            },
+            framework: format!("{framework:.0}"),
+            raw: format!("{raw:.0}"),
+            ratio: format!("{:.2}x", framework / raw),
+        });
+    }
+    rows
+}
+
+/// Raw redis-rs: `shards` tasks XADD the events of their shard's tenants, per key pipelines of
+/// 1,000; events/s over all of them.
+async fn raw_sharded(urls: &[String], keys: &Keys, events: &[RecordedEvent], shards: u32) -> f64 {
+    let started = Instant::now();
+    let tasks = (0..shards).map(|index| {
+        let mine: Vec<RecordedEvent> = events
+            .iter()
+            .filter(|e| eventsource_redis::shard_of(e.tenant(), shards) == index)
+            .cloned()
+            .collect();
+        let urls = urls.to_vec();
+        let keys = keys.clone();
+        tokio::spawn(async move {
+            let mut conn = RedisConnection::open_cluster(urls).await.expect("cluster");
+            let mut by_key: std::collections::BTreeMap<String, Vec<RecordedEvent>> =
+                std::collections::BTreeMap::new();
+            for event in mine {
+                let key = format!("{}:raw", keys.tenant_stream(event.tenant()));
+                by_key.entry(key).or_default().push(event);
+            }
+            let sends = by_key.into_iter().map(|(key, events)| {
+                let mut conn = conn.clone();
+                async move {
+                    for chunk in events.chunks(1_000) {
+                        let mut pipe = redis::pipe();
+                        for event in chunk {
+                            pipe.xadd(
+                                &key,
+                                codec::entry_id(event.position),
+                                &codec::encode_pairs(event),
+                            )
+                            .ignore();
+                        }
+                        pipe.query_async::<()>(&mut conn).await.expect("raw xadd");
+                    }
+                }
+            });
+            futures::future::join_all(sends).await;
+            let _: redis::RedisResult<()> = redis::cmd("PING").query_async(&mut conn).await;
+        })
+    });
+    for task in futures::future::join_all(tasks).await {
+        task.expect("raw task");
+    }
+    events.len() as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn cleanup(urls: &[String], keys: &Keys, tenants: &[String]) {
+    let mut conn = RedisConnection::open_cluster(urls.to_vec())
+        .await
+        .expect("cluster");
+    for tenant in tenants {
+        let stream = keys.tenant_stream(&TenantId::new(tenant.as_str()));
+        let raw = format!("{stream}:raw");
+        // One slot per tenant: both keys in one DEL.
+        let _: () = conn.del(&[stream, raw]).await.expect("del");
+    }
+    let _: () = conn.del(keys.tenant_registry()).await.expect("del");
 }

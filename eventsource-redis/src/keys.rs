@@ -19,7 +19,9 @@ use eventsource_core::bus::Priority;
 /// | `es:{<tenant>}:event:<event type>` | one event type's events ([`PerEventType`](crate::PerEventType)) |
 /// | `<stream key>:dlq:<group>` | a group's dead letters for that stream |
 /// | `<stream key>:requeue:<group>` | dead letters sent back to that group |
-/// | `es:relay:{<name>}:lease` | the relay lease |
+/// | `es:relay:{<name>}:lease` | the relay lease (one shard, the default) |
+/// | `es:relay:{<name>}:shard:<i>-of-<n>:lease` | the lease of shard `i` of `n` ([`RelayOptions::with_shards`](crate::RelayOptions::with_shards)) |
+/// | `es:registry:{tenants}` | the set of tenant ids the relay published to (tenant discovery) |
 /// | `es:bus:{<name>}:<priority>` | a bus's events of one priority (`critical` … `low`) |
 /// | `es:bus:{<name>}:topic:<topic>` | a bus topic's Pub/Sub channel (live subscribers) |
 /// | `es:jobs:{<queue>}:…` | a job queue: its sets, job hashes and events ([`crate::jobs`]) |
@@ -134,6 +136,29 @@ impl Keys {
     pub fn relay_lease(&self, name: &str) -> String {
         format!("{}:relay:{{{}}}:lease", self.prefix, escape(name))
     }
+
+    /// The lease of shard `index` of `count` of the relay named `name`:
+    /// `es:relay:{<name>}:shard:<index>-of-<count>:lease`. With one shard the relay uses
+    /// [`relay_lease`](Self::relay_lease), as before shards existed.
+    #[must_use]
+    pub fn relay_shard_lease(&self, name: &str, index: u32, count: u32) -> String {
+        if count <= 1 {
+            return self.relay_lease(name);
+        }
+        format!(
+            "{}:relay:{{{}}}:shard:{index}-of-{count}:lease",
+            self.prefix,
+            escape(name)
+        )
+    }
+
+    /// The tenant registry, `es:registry:{tenants}`: a set of the tenant ids the relay has
+    /// published to, written before a tenant's first entry. One key, so one slot on a cluster;
+    /// runners read it with `SCARD`/`SMEMBERS`, never `KEYS` or `SCAN`.
+    #[must_use]
+    pub fn tenant_registry(&self) -> String {
+        format!("{}:registry:{{tenants}}", self.prefix)
+    }
 }
 
 impl Keys {
@@ -170,8 +195,19 @@ pub fn relay_checkpoint(name: &str) -> String {
     format!("redis-relay:{name}")
 }
 
+/// The checkpoint name of shard `index` of `count` of the relay called `name`:
+/// `redis-relay:<name>:shard:<index>-of-<count>`; with one shard, [`relay_checkpoint`] (the
+/// name relays used before shards existed, so their checkpoints keep working).
+#[must_use]
+pub fn relay_shard_checkpoint(name: &str, index: u32, count: u32) -> String {
+    if count <= 1 {
+        return relay_checkpoint(name);
+    }
+    format!("redis-relay:{name}:shard:{index}-of-{count}")
+}
+
 /// Escapes the characters that would break a key's structure or its hash tag.
-fn escape(raw: &str) -> String {
+pub(crate) fn escape(raw: &str) -> String {
     if !raw.contains(['%', '{', '}', ':']) {
         return raw.to_owned();
     }
@@ -223,6 +259,28 @@ mod tests {
         let keys = Keys::default();
         assert_eq!(keys.job_queue("mail"), "es:jobs:{mail}:");
         assert_eq!(keys.job_queue("a}b"), "es:jobs:{a%7Db}:");
+    }
+
+    #[test]
+    fn one_shard_keeps_the_names_of_an_unsharded_relay() {
+        let keys = Keys::default();
+        assert_eq!(
+            keys.relay_shard_lease("main", 0, 1),
+            keys.relay_lease("main")
+        );
+        assert_eq!(
+            relay_shard_checkpoint("main", 0, 1),
+            relay_checkpoint("main")
+        );
+        assert_eq!(
+            keys.relay_shard_lease("main", 2, 3),
+            "es:relay:{main}:shard:2-of-3:lease"
+        );
+        assert_eq!(
+            relay_shard_checkpoint("main", 2, 3),
+            "redis-relay:main:shard:2-of-3"
+        );
+        assert_eq!(keys.tenant_registry(), "es:registry:{tenants}");
     }
 
     #[test]

@@ -25,13 +25,16 @@ pub use connection::{RedisClient, RedisConnection};
 pub use dead_letter::fields as dead_letter_fields;
 pub use dead_letter::{DeadLetter, dead_letter_count, dead_letters, requeue_dead_letter};
 pub use error::{CodecError, RedisStoreError, RunnerError};
-pub use keys::{Keys, dead_letter_stream, relay_checkpoint, requeue_stream};
+pub use keys::{
+    Keys, dead_letter_stream, relay_checkpoint, relay_shard_checkpoint, requeue_stream,
+};
 pub use relay::{
     PerAggregateType, PerEventType, PerTenant, Published, RedisRelay, RelayOptions, Router,
+    registered_tenants, shard_of,
 };
 pub use runner::{
     Applied, ConsumerRunner, InMemoryProjection, ProjectionHandler, RunnerCounters, RunnerOptions,
-    StartId, TransactionalProjection, ensure_group,
+    StartId, TenantDiscovery, TransactionalProjection, ensure_group,
 };
 pub use trim::{TrimCounters, TrimOptions, Trimmed, Trimmer, trim, trim_with_retention};
 pub use wait::RedisEventWaiter;

@@ -4,15 +4,20 @@
 //! - `publish`: a batch into Redis, one script call per stream key (`lua/publish.lua`);
 //! - `order`: the check that the log keeps every stream in version order;
 //! - `routing`: which stream keys an event goes to;
+//! - `shards`: the tenant partition ([`shard_of`]) and each shard's own state;
+//! - `registry`: the tenant registry runners discover new tenants from;
 //! - `options`: [`RelayOptions`].
 
 mod lease;
 mod options;
 mod order;
 mod publish;
+mod registry;
 mod routing;
+mod shards;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use eventsource_core::{CheckpointStore, EventStore, LogPosition};
@@ -21,13 +26,15 @@ use tracing::Instrument as _;
 
 pub use options::RelayOptions;
 pub use publish::Published;
+pub use registry::registered_tenants;
 pub use routing::{PerAggregateType, PerEventType, PerTenant, Router};
+pub use shards::shard_of;
 
 use crate::backoff::sleep_or_cancel;
 use crate::connection::RedisConnection;
 use crate::error::RedisStoreError;
 use crate::keys::{self, Keys};
-use order::StreamOrder;
+use shards::ShardState;
 
 /// Relays the global log of an [`EventStore`] to Redis streams.
 ///
@@ -71,10 +78,9 @@ pub struct RedisRelay<S, C> {
     router: Arc<dyn Router>,
     custom_router: bool,
     options: RelayOptions,
-    lease_key: String,
-    checkpoint: Option<LogPosition>,
-    loaded: bool,
-    order: StreamOrder,
+    keys: Keys,
+    /// The shards this instance publishes: one, or all of them for "any shard it can get".
+    shards: Vec<ShardState>,
 }
 
 impl<S, C> std::fmt::Debug for RedisRelay<S, C> {
@@ -82,7 +88,7 @@ impl<S, C> std::fmt::Debug for RedisRelay<S, C> {
         f.debug_struct("RedisRelay")
             .field("name", &self.name)
             .field("options", &self.options)
-            .field("checkpoint", &self.checkpoint)
+            .field("shards", &self.shards)
             .finish_non_exhaustive()
     }
 }
@@ -92,6 +98,9 @@ impl<S: EventStore, C: CheckpointStore> RedisRelay<S, C> {
     /// tenant under the `es` prefix, publishing through `conn`: a single node's
     /// [`ConnectionManager`](redis::aio::ConnectionManager), a cluster's
     /// [`ClusterConnection`](redis::cluster_async::ClusterConnection) or a [`RedisConnection`].
+    ///
+    /// With [`RelayOptions::with_shards`] it publishes one shard of the tenants
+    /// ([`RelayOptions::with_shard`]) or every shard whose lease it can get.
     pub fn new(
         store: S,
         checkpoints: C,
@@ -101,20 +110,39 @@ impl<S: EventStore, C: CheckpointStore> RedisRelay<S, C> {
     ) -> Self {
         let name = name.into();
         let keys = Keys::default();
-        let order = StreamOrder::new(options.filter.since.is_none());
-        Self {
+        let mut relay = Self {
             store,
             checkpoints,
             conn: conn.into(),
-            lease_key: keys.relay_lease(&name),
-            router: Arc::new(PerTenant::new(keys)),
+            router: Arc::new(PerTenant::new(keys.clone())),
             custom_router: false,
+            keys,
             name,
             options,
-            checkpoint: None,
-            loaded: false,
-            order,
-        }
+            shards: Vec::new(),
+        };
+        relay.shards = relay.shard_states();
+        relay
+    }
+
+    fn shard_states(&self) -> Vec<ShardState> {
+        let count = self.options.shards;
+        let dense = self.options.filter.since.is_none();
+        let indexes: Vec<u32> = match self.options.shard {
+            Some(index) => vec![index % count],
+            None => (0..count).collect(),
+        };
+        indexes
+            .into_iter()
+            .map(|index| {
+                ShardState::new(
+                    index,
+                    self.keys.relay_shard_lease(&self.name, index, count),
+                    keys::relay_shard_checkpoint(&self.name, index, count),
+                    dense,
+                )
+            })
+            .collect()
     }
 
     /// Routes events with `router` instead of one stream per tenant.
@@ -125,19 +153,22 @@ impl<S: EventStore, C: CheckpointStore> RedisRelay<S, C> {
         self
     }
 
-    /// Puts the lease key, and the per-tenant streams unless a custom router is set, under
-    /// `keys`' prefix.
+    /// Puts the lease keys and the tenant registry, and the per-tenant streams unless a custom
+    /// router is set, under `keys`' prefix.
     #[must_use]
     pub fn with_keys(mut self, keys: &Keys) -> Self {
-        self.lease_key = keys.relay_lease(&self.name);
+        self.keys = keys.clone();
+        self.shards = self.shard_states();
         if !self.custom_router {
             self.router = Arc::new(PerTenant::new(keys.clone()));
         }
         self
     }
 
-    /// Publishes one batch: reads up to `batch_size` events after the checkpoint, adds them to
-    /// their streams and then saves the checkpoint. Does not take the lease.
+    /// Publishes one batch per shard of this instance: reads up to `batch_size` events after
+    /// the shard's checkpoint, adds its tenants' events to their streams (after recording new
+    /// tenants in the [tenant registry](Keys::tenant_registry)) and then saves the checkpoint.
+    /// Does not take the lease. With several shards, the sums, and the lowest checkpoint.
     ///
     /// Before it publishes anything, it checks that the batch continues every stream it
     /// touches at the next version (for each stream read since the checkpoint was loaded, up
@@ -149,58 +180,106 @@ impl<S: EventStore, C: CheckpointStore> RedisRelay<S, C> {
     /// Dropping the future at any point loses nothing and duplicates nothing: the checkpoint
     /// has not moved, and the next call re-sends, which Redis rejects per entry.
     pub async fn publish_batch(&mut self) -> Result<Published, RedisStoreError> {
-        if !self.loaded {
-            self.order.forget();
-            self.checkpoint = self
-                .checkpoints
-                .load(&keys::relay_checkpoint(&self.name))
-                .await?;
-            self.loaded = true;
+        let mut shards = std::mem::take(&mut self.shards);
+        let mut total: Option<Published> = None;
+        let mut result = Ok(());
+        for shard in &mut shards {
+            match self.publish_shard(shard).await {
+                Ok(p) => {
+                    total = Some(match total {
+                        None => p,
+                        Some(t) => Published {
+                            events: t.events + p.events,
+                            added: t.added + p.added,
+                            skipped: t.skipped + p.skipped,
+                            checkpoint: t.checkpoint.min(p.checkpoint),
+                        },
+                    });
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
         }
-        let after = self.checkpoint.unwrap_or(LogPosition::START);
-        let events = self
+        self.shards = shards;
+        result.map(|()| total.unwrap_or_default())
+    }
+
+    /// One batch of `shard`.
+    async fn publish_shard(&self, shard: &mut ShardState) -> Result<Published, RedisStoreError> {
+        if !shard.loaded {
+            shard.order.forget();
+            shard.stored = self.checkpoints.load(&shard.checkpoint_name).await?;
+            shard.checkpoint = shard.stored;
+            if shard.stored.is_none() && self.options.shards > 1 {
+                // Everything the unsharded relay checkpointed is published: start there.
+                shard.checkpoint = self
+                    .checkpoints
+                    .load(&keys::relay_checkpoint(&self.name))
+                    .await?;
+            }
+            shard.loaded = true;
+        }
+        let after = shard.checkpoint.unwrap_or(LogPosition::START);
+        let mut events = self
             .store
             .read_all(after, self.options.batch_size, &self.options.filter)
             .await?;
         let Some(last) = events.last().map(|e| e.position) else {
             return Ok(Published {
-                checkpoint: self.checkpoint,
+                checkpoint: shard.checkpoint,
                 ..Published::default()
             });
         };
+        let read = events.len();
+        let count = self.options.shards;
+        if count > 1 {
+            events.retain(|e| shard_of(e.tenant(), count) == shard.index);
+        }
         if self.options.refuse_out_of_order {
-            self.order.check(&events)?;
+            shard.order.check(&events)?;
         } else {
-            self.order.warn(&events);
+            shard.order.warn(&events);
         }
         let span = tracing::debug_span!(
             "eventsource.redis.publish",
             relay = %self.name,
+            shard = shard.index,
             events = events.len(),
             from = %after,
             to = %last,
         );
-        let added = publish::publish(&self.conn, self.router.as_ref(), &events)
-            .instrument(span)
-            .await?;
+        let added = async {
+            let tenants = shard.unregistered(&events);
+            if !tenants.is_empty() {
+                registry::register(&self.conn, &self.keys.tenant_registry(), &tenants).await?;
+                shard.registered(tenants);
+            }
+            publish::publish(&self.conn, self.router.as_ref(), &events, count > 1).await
+        }
+        .instrument(span)
+        .await?;
         if let Some((wanted, timeout)) = self.options.replicas {
             self.wait_for_replicas(wanted, timeout).await?;
         }
         self.checkpoints
-            .save(&keys::relay_checkpoint(&self.name), self.checkpoint, last)
+            .save(&shard.checkpoint_name, shard.stored, last)
             .await
-            .inspect_err(|_| self.loaded = false)?;
-        self.checkpoint = Some(last);
-        self.order.record(&events);
+            .inspect_err(|_| shard.loaded = false)?;
+        shard.checkpoint = Some(last);
+        shard.stored = Some(last);
+        shard.order.record(&events);
         Ok(Published {
-            events: events.len(),
+            events: read,
             added: added.added,
             skipped: added.skipped,
-            checkpoint: self.checkpoint,
+            checkpoint: shard.checkpoint,
         })
     }
 
-    /// Publishes until the log is exhausted; returns the number of events read.
+    /// Publishes until the log is exhausted; returns the number of events read (with several
+    /// shards, summed over them: each reads the whole log).
     pub async fn catch_up(&mut self) -> Result<u64, RedisStoreError> {
         let mut total = 0u64;
         loop {
@@ -212,37 +291,108 @@ impl<S: EventStore, C: CheckpointStore> RedisRelay<S, C> {
         }
     }
 
-    /// Runs until `shutdown` is cancelled: waits for the lease, then tails the log, publishing
+    /// Runs until `shutdown` is cancelled: for each shard of this instance (one, or with
+    /// [`RelayOptions::with_shards`] and no [`RelayOptions::with_shard`] all of them,
+    /// concurrently in this task) waits for the shard's lease, then tails the log, publishing
     /// batches and renewing the lease. Transient failures (Redis down, store unavailable) are
-    /// retried with backoff; the lease is released on shutdown.
+    /// retried with backoff; leases are released on shutdown.
+    ///
+    /// Running for any shard, an instance tries first the shard its instance id hashes to
+    /// ([`shard_of`] the id), the others a third of a lease later, and the more shards it
+    /// holds the longer it waits before trying a free one: instances started together whose
+    /// ids hash to different shards take one each, and a shard whose relay died is taken
+    /// over, when its lease expires, preferably by an instance holding fewer shards. Nothing
+    /// bounds how many shards one instance holds.
     ///
     /// # Errors
     ///
     /// Non-transient failures: Redis refusing an entry for another reason than a re-send, a
-    /// corrupt store.
+    /// corrupt store. One shard failing so stops the others.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), RedisStoreError> {
+        let shards = std::mem::take(&mut self.shards);
+        let pool = shards.len() > 1;
+        let home = shard_of(
+            &eventsource_core::TenantId::new(self.options.instance_id.as_str()),
+            self.options.shards,
+        );
+        let held = AtomicUsize::new(0);
+        let stop = shutdown.child_token();
+        let this = &self;
+        let loops = shards.into_iter().map(|mut shard| {
+            let (stop, held) = (&stop, &held);
+            let first_wait = (pool && shard.index != home).then_some(this.options.lease_ttl / 3);
+            async move {
+                let result = this
+                    .run_shard(&mut shard, stop, held, pool, first_wait)
+                    .await;
+                if result.is_err() {
+                    stop.cancel();
+                }
+                result
+            }
+        });
+        let mut result = Ok(());
+        for r in futures::future::join_all(loops).await {
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
+
+    /// The lease and publish loop of one shard.
+    async fn run_shard(
+        &self,
+        shard: &mut ShardState,
+        shutdown: &CancellationToken,
+        held: &AtomicUsize,
+        pool: bool,
+        first_wait: Option<Duration>,
+    ) -> Result<(), RedisStoreError> {
         let notify = self.store.append_notify();
         let ttl = self.options.lease_ttl;
+        let mut conn = self.conn.clone();
         let mut renewed: Option<Instant> = None;
         let mut idle = Duration::ZERO;
         let mut failures = 0u32;
+        if let Some(wait) = first_wait {
+            sleep_or_cancel(shutdown, wait).await;
+        }
         while !shutdown.is_cancelled() {
             // Lease: held, renewed every third of its life.
             if renewed.is_none_or(|at| at.elapsed() >= ttl / 3) {
-                match self.take_lease().await {
-                    Ok(true) => renewed = Some(Instant::now()),
+                if pool && renewed.is_none() {
+                    // Instances holding fewer shards get to a free one first.
+                    let others = u32::try_from(held.load(Ordering::SeqCst)).unwrap_or(u32::MAX);
+                    if others > 0 {
+                        sleep_or_cancel(shutdown, ttl / 3 * others).await;
+                        if shutdown.is_cancelled() {
+                            break;
+                        }
+                    }
+                }
+                match lease::take(&mut conn, &shard.lease_key, &self.options.instance_id, ttl).await
+                {
+                    Ok(true) => {
+                        if renewed.is_none() {
+                            held.fetch_add(1, Ordering::SeqCst);
+                            tracing::debug!(relay = %self.name, shard = shard.index, "relay shard lease taken");
+                        }
+                        renewed = Some(Instant::now());
+                    }
                     Ok(false) => {
                         if renewed.is_some() {
-                            tracing::warn!(relay = %self.name, "relay lease lost to another instance");
+                            held.fetch_sub(1, Ordering::SeqCst);
+                            tracing::warn!(relay = %self.name, shard = shard.index, "relay lease lost to another instance");
                         }
                         renewed = None;
-                        self.loaded = false;
-                        sleep_or_cancel(&shutdown, ttl / 3).await;
+                        shard.loaded = false;
+                        sleep_or_cancel(shutdown, ttl / 3).await;
                         continue;
                     }
                     Err(e) => {
                         failures += 1;
-                        self.back_off(&shutdown, e, failures).await?;
+                        self.back_off(shard, shutdown, e.into(), failures).await?;
                         continue;
                     }
                 }
@@ -252,7 +402,7 @@ impl<S: EventStore, C: CheckpointStore> RedisRelay<S, C> {
             if let Some(n) = notified.as_mut().as_pin_mut() {
                 n.enable();
             }
-            match self.publish_batch().await {
+            match self.publish_shard(shard).await {
                 Ok(published) if published.events >= self.options.batch_size => {
                     failures = 0;
                     idle = Duration::ZERO;
@@ -280,12 +430,13 @@ impl<S: EventStore, C: CheckpointStore> RedisRelay<S, C> {
                 }
                 Err(e) => {
                     failures += 1;
-                    self.back_off(&shutdown, e, failures).await?;
+                    self.back_off(shard, shutdown, e, failures).await?;
                 }
             }
         }
         if renewed.is_some() {
-            lease::release(&mut self.conn, &self.lease_key, &self.options.instance_id).await;
+            held.fetch_sub(1, Ordering::SeqCst);
+            lease::release(&mut conn, &shard.lease_key, &self.options.instance_id).await;
         }
         Ok(())
     }
@@ -293,7 +444,7 @@ impl<S: EventStore, C: CheckpointStore> RedisRelay<S, C> {
     /// `WAIT`s for `wanted` replicas to hold everything sent so far on the connection (the
     /// batch's scripts went through clones of it, which share its sockets).
     async fn wait_for_replicas(
-        &mut self,
+        &self,
         wanted: u32,
         timeout: Duration,
     ) -> Result<(), RedisStoreError> {
@@ -301,7 +452,7 @@ impl<S: EventStore, C: CheckpointStore> RedisRelay<S, C> {
         let acknowledged: u64 = redis::cmd("WAIT")
             .arg(wanted)
             .arg(ms)
-            .query_async(&mut self.conn)
+            .query_async(&mut self.conn.clone())
             .await?;
         if acknowledged < u64::from(wanted) {
             return Err(RedisStoreError::NotReplicated {
@@ -312,18 +463,9 @@ impl<S: EventStore, C: CheckpointStore> RedisRelay<S, C> {
         Ok(())
     }
 
-    async fn take_lease(&mut self) -> Result<bool, RedisStoreError> {
-        Ok(lease::take(
-            &mut self.conn,
-            &self.lease_key,
-            &self.options.instance_id,
-            self.options.lease_ttl,
-        )
-        .await?)
-    }
-
     async fn back_off(
-        &mut self,
+        &self,
+        shard: &mut ShardState,
         shutdown: &CancellationToken,
         error: RedisStoreError,
         failures: u32,
@@ -333,7 +475,7 @@ impl<S: EventStore, C: CheckpointStore> RedisRelay<S, C> {
             return Err(error);
         }
         // Whatever happened, re-read the checkpoint before the next batch.
-        self.loaded = false;
+        shard.loaded = false;
         let delay = self.options.error_backoff.delay(failures);
         tracing::warn!(relay = %self.name, error = %error, ?delay, "relay batch failed; retrying");
         sleep_or_cancel(shutdown, delay).await;

@@ -25,6 +25,10 @@ pub struct RelayOptions {
     pub(crate) refuse_out_of_order: bool,
     /// Replicas that must hold a batch before the checkpoint moves, and how long to wait.
     pub(crate) replicas: Option<(u32, Duration)>,
+    /// How many shards the tenants are partitioned into (1: no sharding).
+    pub(crate) shards: u32,
+    /// The one shard this instance publishes, or `None`: any shard whose lease it can get.
+    pub(crate) shard: Option<u32>,
 }
 
 impl Default for RelayOptions {
@@ -41,6 +45,8 @@ impl Default for RelayOptions {
                 .with_max_delay(Duration::from_secs(5)),
             refuse_out_of_order: true,
             replicas: None,
+            shards: 1,
+            shard: None,
         }
     }
 }
@@ -122,6 +128,45 @@ impl RelayOptions {
         // `WAIT n 0` would block forever.
         self.replicas = (replicas > 0).then_some((replicas, timeout.max(Duration::from_millis(1))));
         self
+    }
+
+    /// Partitions the tenants into `count` shards (default 1; 0 is taken as 1), each with its
+    /// own lease and checkpoint, so that several relay processes share the log. A tenant's
+    /// shard is [`shard_of`](crate::shard_of) its id.
+    ///
+    /// Without [`with_shard`](Self::with_shard) an instance publishes every shard whose lease
+    /// it can get: start the same relay (same name, same `count`) in several processes and
+    /// each takes free shards, renews their leases, and takes over the shard of a process that
+    /// died once its lease expired. Each shard reads the whole log and publishes only its
+    /// tenants' events (see the crate README and ADR 0031 for the cost).
+    ///
+    /// With more than one shard, every key the router picks must carry the event's tenant as
+    /// its hash tag (as the crate's routers do): two shards writing one key would interleave
+    /// log positions, which Redis refuses. A key without it fails the batch with
+    /// [`RedisStoreError::PublishRefused`](crate::RedisStoreError::PublishRefused).
+    ///
+    /// Changing `count` changes the shards' checkpoint and lease names: a shard without a
+    /// checkpoint starts from the unsharded relay's checkpoint (or the start of the log), and
+    /// whatever it re-sends Redis skips.
+    #[must_use]
+    pub fn with_shards(mut self, count: u32) -> Self {
+        self.shards = count.max(1);
+        self
+    }
+
+    /// Publishes only shard `index` (counted from 0) of [`with_shards`](Self::with_shards),
+    /// under that shard's lease: for deployments that give each process its shard. An index
+    /// not below the shard count is taken modulo the count.
+    #[must_use]
+    pub fn with_shard(mut self, index: u32) -> Self {
+        self.shard = Some(index);
+        self
+    }
+
+    /// The number of shards.
+    #[must_use]
+    pub fn shards(&self) -> u32 {
+        self.shards
     }
 
     /// Events per batch.

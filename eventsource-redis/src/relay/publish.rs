@@ -10,6 +10,7 @@ use super::routing::Router;
 use crate::codec::{self, FIELDS};
 use crate::connection::RedisConnection;
 use crate::error::RedisStoreError;
+use crate::keys;
 
 /// XADDs a batch of entries with explicit ids to `KEYS[1]`, skipping those Redis rejects as
 /// "equal or smaller than the target stream top item" (already published) and stopping at any
@@ -51,16 +52,33 @@ pub(super) struct Added {
 }
 
 /// Adds `events` to the keys `router` picks, one script call per key, all keys at once.
+///
+/// `tenant_tagged`: every key must carry its event's tenant as hash tag (a sharded relay, so
+/// that no two shards write one key); a key without it refuses the batch before anything is
+/// sent.
 pub(super) async fn publish(
     conn: &RedisConnection,
     router: &dyn Router,
     events: &[RecordedEvent],
+    tenant_tagged: bool,
 ) -> Result<Added, RedisStoreError> {
     let mut by_key: HashMap<String, Vec<&RecordedEvent>> = HashMap::new();
     let mut targets = Vec::with_capacity(2);
     for event in events {
         targets.clear();
         router.route(event, &mut targets);
+        if tenant_tagged {
+            let tag = format!("{{{}}}", keys::escape(event.tenant().as_str()));
+            if let Some(key) = targets.iter().find(|k| !k.contains(&tag)) {
+                return Err(RedisStoreError::PublishRefused {
+                    key: key.clone(),
+                    id: codec::entry_id(event.position),
+                    reason: format!(
+                        "a sharded relay only publishes to keys with the hash tag {tag} of the event's tenant"
+                    ),
+                });
+            }
+        }
         for key in targets.drain(..) {
             by_key.entry(key).or_default().push(event);
         }

@@ -4,26 +4,30 @@
 //! - `lanes`: one aggregate stream's entries in order, the handler's retries;
 //! - `dead_letter`: the atomic move of a given-up entry to its dead-letter stream;
 //! - `refetch`: entries deleted while pending, found again in the event store;
+//! - `discovery`: new tenants' streams picked up from the relay's tenant registry;
 //! - `counters`, `group` (where a group starts, idempotent creation), `options`;
 //! - `projection`: read models with exactly-once effects on top of a runner.
 
 mod counters;
 mod dead_letter;
 mod delivery;
+mod discovery;
 mod group;
 mod lanes;
 mod options;
 mod projection;
 mod refetch;
 
+use std::collections::HashSet;
 use std::hash::RandomState;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eventsource_core::{EventHandler, EventStore};
+use eventsource_core::{EventHandler, EventStore, TenantId};
 use tokio_util::sync::CancellationToken;
 
 pub use counters::RunnerCounters;
+pub use discovery::TenantDiscovery;
 pub use group::{StartId, ensure_group};
 pub use options::RunnerOptions;
 pub use projection::{Applied, InMemoryProjection, ProjectionHandler, TransactionalProjection};
@@ -84,6 +88,11 @@ use refetch::Refetch;
 pub struct ConsumerRunner<H> {
     conn: RedisConnection,
     client: RedisClient,
+    /// The event stream keys.
+    streams: Vec<String>,
+    /// Read keys whose group starts at the beginning whatever `start` says (discovered).
+    from_beginning: HashSet<String>,
+    discovery: Option<TenantDiscovery>,
     /// Every key read: the event streams, then their requeue streams.
     read_keys: Vec<String>,
     /// Per read key, its dead-letter stream.
@@ -130,22 +139,16 @@ impl<H: EventHandler> ConsumerRunner<H> {
         handler: H,
         options: RunnerOptions,
     ) -> Self {
-        let group = group.into();
-        let streams: Vec<String> = streams.into_iter().map(Into::into).collect();
-        let mut read_keys = streams.clone();
-        read_keys.extend(streams.iter().map(|s| keys::requeue_stream(s, &group)));
-        let mut dead_letter_keys: Vec<String> = streams
-            .iter()
-            .map(|s| keys::dead_letter_stream(s, &group))
-            .collect();
-        dead_letter_keys.extend_from_within(..);
-        Self {
+        let mut runner = Self {
             conn: conn.into(),
             client: client.into(),
-            event_streams: streams.len(),
-            read_keys,
-            dead_letter_keys,
-            group,
+            streams: streams.into_iter().map(Into::into).collect(),
+            from_beginning: HashSet::new(),
+            discovery: None,
+            event_streams: 0,
+            read_keys: Vec::new(),
+            dead_letter_keys: Vec::new(),
+            group: group.into(),
             consumer: consumer.into(),
             start: StartId::Beginning,
             handler,
@@ -153,7 +156,42 @@ impl<H: EventHandler> ConsumerRunner<H> {
             options,
             counters: Arc::default(),
             hasher: RandomState::new(),
-        }
+        };
+        runner.derive_keys();
+        runner
+    }
+
+    /// Derives the read keys (the streams, then their requeue streams) and their dead-letter
+    /// streams from `streams`.
+    fn derive_keys(&mut self) {
+        let group = &self.group;
+        let mut read_keys = self.streams.clone();
+        read_keys.extend(self.streams.iter().map(|s| keys::requeue_stream(s, group)));
+        let mut dead_letter_keys: Vec<String> = self
+            .streams
+            .iter()
+            .map(|s| keys::dead_letter_stream(s, group))
+            .collect();
+        dead_letter_keys.extend_from_within(..);
+        self.event_streams = self.streams.len();
+        self.read_keys = read_keys;
+        self.dead_letter_keys = dead_letter_keys;
+    }
+
+    /// Also reads the streams of the tenants `discovery` finds in the relay's tenant
+    /// registry, those there at start and those that appear while the runner runs, without a
+    /// restart (see [`TenantDiscovery`]). The streams given to [`new`](Self::new) are read too
+    /// (none is fine).
+    ///
+    /// A group on a tenant's stream found at start begins where
+    /// [`with_start_id`](Self::with_start_id) says; on a stream found later, at its beginning.
+    /// When new tenants appear, the read loops stop as on shutdown (entries being handled are
+    /// finished and acknowledged) and start again with the new keys, on a cluster with one
+    /// more loop per new slot.
+    #[must_use]
+    pub fn with_discovery(mut self, discovery: TenantDiscovery) -> Self {
+        self.discovery = Some(discovery);
+        self
     }
 
     /// Refetches entries deleted while pending from `store`, by the log position in their id.
@@ -193,7 +231,7 @@ impl<H: EventHandler> ConsumerRunner<H> {
     pub async fn ensure_groups(&mut self) -> Result<(), RedisStoreError> {
         let mut conn = self.conn.clone();
         for key in &self.read_keys {
-            create_group(&mut conn, key, &self.group, &self.start).await?;
+            create_group(&mut conn, key, &self.group, self.start_of(key)).await?;
         }
         Ok(())
     }
@@ -211,15 +249,112 @@ impl<H: EventHandler> ConsumerRunner<H> {
     ///
     /// # Errors
     ///
-    /// [`RunnerError::NoStreams`] without keys; on a cluster, [`RunnerError::SplitSlots`] for
-    /// a stream key without a hash tag; otherwise the first non-retryable failure.
+    /// [`RunnerError::NoStreams`] without keys (and without
+    /// [`with_discovery`](Self::with_discovery), which waits for tenants); on a cluster,
+    /// [`RunnerError::SplitSlots`] for a stream key without a hash tag; otherwise the first
+    /// non-retryable failure.
     ///
     /// On shutdown the entries being handled are finished and acknowledged; the rest of the
     /// batch stays pending for this consumer's next start.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), RunnerError> {
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), RunnerError> {
+        if let Some(discovery) = self.discovery.take() {
+            return self.run_discovering(&discovery, &shutdown).await;
+        }
         if self.read_keys.is_empty() {
             return Err(RunnerError::NoStreams);
         }
+        self.run_loops(&shutdown).await
+    }
+
+    /// Where the group on `key` starts if this runner creates it.
+    fn start_of(&self, key: &str) -> &StartId {
+        if self.from_beginning.contains(key) {
+            &StartId::Beginning
+        } else {
+            &self.start
+        }
+    }
+
+    /// [`run`](Self::run) with tenant discovery: read loops over the keys known so far, until
+    /// the registry shows new tenants; then again with their keys.
+    async fn run_discovering(
+        mut self,
+        discovery: &TenantDiscovery,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RunnerError> {
+        let mut known: HashSet<TenantId> = HashSet::new();
+        let mut size: Option<u64> = None;
+        let mut conn = self.conn.clone();
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            let found = match discovery.new_tenants(&mut conn, &known).await {
+                Ok(found) => found,
+                Err(e) => {
+                    failures += 1;
+                    let delay = self.options.error_backoff.delay(failures);
+                    tracing::warn!(group = %self.group, error = %e, ?delay, "tenant registry not read; retrying");
+                    sleep_or_cancel(shutdown, delay).await;
+                    continue;
+                }
+            };
+            failures = 0;
+            let first = size.is_none();
+            size = Some(found.0);
+            for tenant in found.1 {
+                let stream = discovery.stream(&tenant);
+                known.insert(tenant);
+                if self.streams.contains(&stream) {
+                    continue;
+                }
+                if !first {
+                    // Published before this runner saw the tenant: start at the beginning.
+                    self.from_beginning
+                        .insert(keys::requeue_stream(&stream, &self.group));
+                    self.from_beginning.insert(stream.clone());
+                }
+                tracing::debug!(group = %self.group, %stream, "reading a discovered tenant's stream");
+                self.streams.push(stream);
+            }
+            self.derive_keys();
+            let generation = shutdown.child_token();
+            let seen = size.unwrap_or(0);
+            let loops = async {
+                let result = if self.read_keys.is_empty() {
+                    generation.cancelled().await;
+                    Ok(())
+                } else {
+                    self.run_loops(&generation).await
+                };
+                generation.cancel();
+                result
+            };
+            let watch = async {
+                let mut conn = self.conn.clone();
+                loop {
+                    sleep_or_cancel(&generation, discovery.poll_interval()).await;
+                    if generation.is_cancelled() {
+                        return;
+                    }
+                    match discovery.size(&mut conn).await {
+                        Ok(now) if now != seen => {
+                            generation.cancel();
+                            return;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::debug!(group = %self.group, error = %e, "tenant registry size not read");
+                        }
+                    }
+                }
+            };
+            let (result, ()) = tokio::join!(loops, watch);
+            result?;
+        }
+        Ok(())
+    }
+
+    /// One read loop per slot group of the read keys, until `shutdown`.
+    async fn run_loops(&self, shutdown: &CancellationToken) -> Result<(), RunnerError> {
         if self.conn.is_cluster() {
             // A dead letter moves atomically (one script over the stream and its dead-letter
             // stream), so both must share a slot; found out here rather than at the first
@@ -281,8 +416,8 @@ impl<H: EventHandler> ConsumerRunner<H> {
                 if !groups_ready {
                     let mut conn = self.conn.clone();
                     for &key in keys {
-                        create_group(&mut conn, &self.read_keys[key], &self.group, &self.start)
-                            .await?;
+                        let key = &self.read_keys[key];
+                        create_group(&mut conn, key, &self.group, self.start_of(key)).await?;
                     }
                     groups_ready = true;
                     pending = Some(vec!["0".to_owned(); keys.len()]);

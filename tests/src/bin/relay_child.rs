@@ -6,7 +6,13 @@
 //! `RELAY_BATCH` (events per batch) and `RELAY_STALL`: when set, the relay stops for good in
 //! its first checkpoint save, after Redis answered, so the parent can kill it exactly between
 //! publish and checkpoint. It prints `ready` once connected and `stalled` when it stops there.
+//!
+//! Sharded (`RELAY_SHARDS` set): instead of `RELAY_TENANT`, it reads the log from
+//! `RELAY_SINCE` (RFC 3339) on and publishes only the tenants of `RELAY_TENANTS`
+//! (comma-separated), as instance `RELAY_INSTANCE` of a pool over `RELAY_SHARDS` shards with
+//! leases of `RELAY_LEASE_MS` milliseconds.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use eventsource_core::{
@@ -44,12 +50,19 @@ impl CheckpointStore for Stalling {
 }
 
 /// The router of the crash test: the tenant's stream and its aggregate type's stream, so a
-/// batch touches several keys.
+/// batch touches several keys; only the tenants listed, if any.
 #[derive(Clone)]
-struct TenantAndType(Keys);
+struct TenantAndType(Keys, Option<HashSet<TenantId>>);
 
 impl Router for TenantAndType {
     fn route(&self, event: &RecordedEvent, keys: &mut Vec<String>) {
+        if self
+            .1
+            .as_ref()
+            .is_some_and(|only| !only.contains(event.tenant()))
+        {
+            return;
+        }
         keys.push(self.0.tenant_stream(event.tenant()));
         keys.push(
             self.0
@@ -69,8 +82,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .get_connection_manager()
         .await?;
     let keys = Keys::new(&var("RELAY_PREFIX")?);
-    let tenant = TenantId::new(var("RELAY_TENANT")?);
     let batch: usize = var("RELAY_BATCH")?.parse()?;
+    let mut options = RelayOptions::default()
+        .with_batch_size(batch)
+        .with_max_idle_poll(Duration::from_millis(10));
+    let mut only = None;
+    if let Ok(shards) = var("RELAY_SHARDS") {
+        let since = chrono::DateTime::parse_from_rfc3339(&var("RELAY_SINCE")?)?;
+        only = Some(
+            var("RELAY_TENANTS")?
+                .split(',')
+                .map(TenantId::new)
+                .collect::<HashSet<_>>(),
+        );
+        options = options
+            .with_shards(shards.parse()?)
+            .with_instance_id(var("RELAY_INSTANCE")?)
+            .with_lease_ttl(Duration::from_millis(var("RELAY_LEASE_MS")?.parse()?))
+            .with_filter(LogFilter::all().with_since(since.to_utc()));
+    } else {
+        let tenant = TenantId::new(var("RELAY_TENANT")?);
+        options = options
+            // Every incarnation is the same instance: it takes the lease its killed
+            // predecessor left at once.
+            .with_instance_id("relay-under-test")
+            .with_filter(LogFilter::tenant(tenant));
+    }
     let relay = RedisRelay::new(
         PgEventStore::new(pool.clone()),
         Stalling {
@@ -79,15 +116,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         conn,
         var("RELAY_NAME")?,
-        RelayOptions::default()
-            .with_batch_size(batch)
-            .with_max_idle_poll(Duration::from_millis(10))
-            // Every incarnation is the same instance: it takes the lease its killed
-            // predecessor left at once.
-            .with_instance_id("relay-under-test")
-            .with_filter(LogFilter::tenant(tenant)),
+        options,
     )
-    .with_router(TenantAndType(keys.clone()))
+    .with_router(TenantAndType(keys.clone(), only))
     .with_keys(&keys);
     say("ready");
     relay.run(CancellationToken::new()).await?;

@@ -118,6 +118,40 @@ pub fn relay(
     ChildProcess::spawn("relay", command)
 }
 
+/// A relay process of a sharded pool (`src/bin/relay_child.rs`): instance `instance` of the
+/// relay `name` over `shards` shards with leases of `lease_ms`, publishing the events of
+/// `tenants` recorded since `since` from `db_url` to `redis_url` under `prefix`, in batches
+/// of 1 to 49 events.
+#[allow(clippy::too_many_arguments, reason = "one child's whole configuration")]
+pub fn sharded_relay(
+    db_url: &str,
+    redis_url: &str,
+    name: &str,
+    prefix: &str,
+    tenants: &[TenantId],
+    since: chrono::DateTime<chrono::Utc>,
+    shards: u32,
+    instance: &str,
+    lease_ms: u64,
+) -> ChildProcess {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_relay_child"));
+    let tenants: Vec<&str> = tenants.iter().map(TenantId::as_str).collect();
+    command
+        .env("DATABASE_URL", db_url)
+        .env("REDIS_URL", redis_url)
+        .env("RELAY_NAME", name)
+        .env("RELAY_PREFIX", prefix)
+        .env("RELAY_TENANTS", tenants.join(","))
+        .env("RELAY_SINCE", since.to_rfc3339())
+        .env("RELAY_SHARDS", shards.to_string())
+        .env("RELAY_INSTANCE", instance)
+        .env("RELAY_LEASE_MS", lease_ms.to_string())
+        .env("RELAY_BATCH", rand::random_range(1..50u32).to_string())
+        .env_remove("RELAY_STALL")
+        .env_remove("RELAY_TENANT");
+    ChildProcess::spawn("sharded relay", command)
+}
+
 /// A job worker process (`src/bin/job_child.rs`) running the queue `crash` under `prefix`
 /// with `concurrency` jobs at once.
 pub fn job_worker(redis_url: &str, prefix: &str, concurrency: usize) -> ChildProcess {

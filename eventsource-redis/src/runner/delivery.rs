@@ -14,8 +14,7 @@ use redis::{AsyncCommands as _, Value};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::ConsumerRunner;
-use crate::codec;
+use super::{ConsumerRunner, Decoder};
 use crate::error::RunnerError;
 
 /// An entry as delivered, with what it holds.
@@ -61,6 +60,7 @@ impl<H: EventHandler> ConsumerRunner<H> {
         blocking: Option<&mut ConnectionManager>,
     ) -> Result<(u32, u32), RunnerError> {
         let batch = self.options.batch_size;
+        let decode = self.decode;
         if let Some(cursors) = pending {
             let options = StreamReadOptions::default()
                 .group(&self.group, &self.consumer)
@@ -77,7 +77,12 @@ impl<H: EventHandler> ConsumerRunner<H> {
                 if let Some(last) = stream.ids.last() {
                     cursors[idx].clone_from(&last.id);
                 }
-                deliveries.extend(stream.ids.into_iter().map(|e| Self::delivery(idx, e, true)));
+                deliveries.extend(
+                    stream
+                        .ids
+                        .into_iter()
+                        .map(|e| Self::delivery(decode, idx, e, true)),
+                );
             }
             if deliveries.is_empty() {
                 *pending = None;
@@ -116,7 +121,12 @@ impl<H: EventHandler> ConsumerRunner<H> {
             let Some(idx) = self.read_keys.iter().position(|k| *k == stream.key) else {
                 continue;
             };
-            deliveries.extend(stream.ids.into_iter().map(|e| Self::delivery(idx, e, true)));
+            deliveries.extend(
+                stream
+                    .ids
+                    .into_iter()
+                    .map(|e| Self::delivery(decode, idx, e, true)),
+            );
         }
         self.process(deliveries, shutdown).await
     }
@@ -127,6 +137,7 @@ impl<H: EventHandler> ConsumerRunner<H> {
         shutdown: &CancellationToken,
     ) -> Result<(u32, u32), RunnerError> {
         let idle = u64::try_from(self.options.idle_reclaim.as_millis()).unwrap_or(u64::MAX);
+        let decode = self.decode;
         let mut totals = (0, 0);
         for idx in 0..self.read_keys.len() {
             let mut start = "0-0".to_owned();
@@ -158,10 +169,11 @@ impl<H: EventHandler> ConsumerRunner<H> {
                 let mut deliveries: Vec<Delivery> = reply
                     .claimed
                     .into_iter()
-                    .map(|e| Self::delivery(idx, e, true))
+                    .map(|e| Self::delivery(decode, idx, e, true))
                     .collect();
                 deliveries.extend(reply.deleted_ids.into_iter().map(|id| {
                     Self::delivery(
+                        decode,
                         idx,
                         StreamId {
                             id,
@@ -182,11 +194,11 @@ impl<H: EventHandler> ConsumerRunner<H> {
     }
 
     /// The delivery of `entry`, read from read key `key`.
-    fn delivery(key: usize, entry: StreamId, in_pending: bool) -> Delivery {
+    fn delivery(decode: Decoder, key: usize, entry: StreamId, in_pending: bool) -> Delivery {
         let content = if entry.map.is_empty() {
             Content::Deleted
         } else {
-            match codec::decode(&entry.map) {
+            match decode(&entry.map) {
                 Ok(event) => Content::Event(event),
                 Err(e) => Content::Unusable(format!("malformed entry: {e}")),
             }

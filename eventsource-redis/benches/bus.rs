@@ -7,8 +7,13 @@
 //! payload as is: `PUBLISH` / `SUBSCRIBE` for the live path, `XADD` (`topic`, `data`) and
 //! `XREADGROUP` + `XACK` for the durable one, pipelined like the bus.
 //!
+//! The throughput rows also give the CPU time per event of this process (publishing and
+//! handling, both in this process) and of Redis, the least of the rounds: on a shared machine
+//! outside load moves the rates far more than it moves these.
+//!
 //! Run: `REDIS_URL=redis://127.0.0.1:6379/ cargo bench -p eventsource-redis --bench bus`
-//! (keys go under a fresh prefix and are deleted at the end).
+//! (keys go under a fresh prefix and are deleted at the end); `BUS_ONLY=throughput` or
+//! `BUS_ONLY=latency` runs one half.
 #![allow(
     missing_docs,
     clippy::print_stdout,

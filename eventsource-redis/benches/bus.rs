@@ -408,6 +408,88 @@ fn row(scenario: &str, framework: f64, raw: f64, unit: &str) {
     );
 }
 
+/// The throughput rows: best of `ROUNDS` per side, CPU per event the least of them.
+async fn throughput(conn: &ConnectionManager, client: &redis::Client, keys: &Keys) {
+    // Best of `ROUNDS` per side, the sides interleaved in a rotating order: on a shared
+    // machine outside load only ever slows a run down, and the first run of a process
+    // pays for warming up.
+    let mut best = [(0.0f64, 0.0f64); 3];
+    // CPU per event of the whole run (publishing and handling), the least of the rounds:
+    // less sensitive to outside load than the rates.
+    let mut cpu = [(f64::MAX, f64::MAX); 3];
+    for round in 0..ROUNDS {
+        for turn in 0..3 {
+            let side = (round + turn) % 3;
+            let fresh = || {
+                RedisBus::new(conn.clone(), client.clone(), &format!("tp-{round}-{side}"))
+                    .with_keys(keys.clone())
+            };
+            let (client_before, redis_before) = (process_cpu(), redis_cpu(conn).await);
+            let (published, handled) = match side {
+                0 => bus_throughput(fresh()).await,
+                1 => bus_throughput(fresh().without_live_path()).await,
+                _ => raw_throughput(conn, client, keys).await,
+            };
+            let per_event = |seconds: f64| seconds * 1e6 / EVENTS as f64;
+            let client_cpu = per_event(process_cpu() - client_before);
+            let redis_cpu = per_event(redis_cpu(conn).await - redis_before);
+            best[side] = (best[side].0.max(published), best[side].1.max(handled));
+            cpu[side] = (cpu[side].0.min(client_cpu), cpu[side].1.min(redis_cpu));
+        }
+    }
+    let [(f_pub, f_all), (s_pub, s_all), (r_pub, r_all)] = best;
+    let shape =
+        format!("{EVENTS} events, batches of {BATCH}, {IN_FLIGHT} in flight, best of {ROUNDS}");
+    row(
+        &format!("Streams publish, {shape}"),
+        f_pub,
+        r_pub,
+        "events/s",
+    );
+    row(
+        &format!("Streams publish → handled, {shape}"),
+        f_all,
+        r_all,
+        "events/s",
+    );
+    row(
+        &format!("Streams publish without the live path, {shape}"),
+        s_pub,
+        r_pub,
+        "events/s",
+    );
+    row(
+        &format!("Streams publish → handled without the live path, {shape}"),
+        s_all,
+        r_all,
+        "events/s",
+    );
+    let [
+        (f_client, f_redis),
+        (s_client, s_redis),
+        (r_client, r_redis),
+    ] = cpu;
+    row(
+        "client CPU per event (publish and handle)",
+        f_client,
+        r_client,
+        "µs/event",
+    );
+    row("Redis CPU per event", f_redis, r_redis, "µs/event");
+    row(
+        "client CPU per event without the live path",
+        s_client,
+        r_client,
+        "µs/event",
+    );
+    row(
+        "Redis CPU per event without the live path",
+        s_redis,
+        r_redis,
+        "µs/event",
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let Ok(url) = std::env::var("REDIS_URL") else {
@@ -452,84 +534,7 @@ async fn main() {
         );
     }
     if only != "latency" {
-        // Best of `ROUNDS` per side, the sides interleaved in a rotating order: on a shared
-        // machine outside load only ever slows a run down, and the first run of a process
-        // pays for warming up.
-        let mut best = [(0.0f64, 0.0f64); 3];
-        // CPU per event of the whole run (publishing and handling), the least of the rounds:
-        // less sensitive to outside load than the rates.
-        let mut cpu = [(f64::MAX, f64::MAX); 3];
-        for round in 0..ROUNDS {
-            for turn in 0..3 {
-                let side = (round + turn) % 3;
-                let fresh = || {
-                    RedisBus::new(conn.clone(), client.clone(), &format!("tp-{round}-{side}"))
-                        .with_keys(keys.clone())
-                };
-                let (client_before, redis_before) = (process_cpu(), redis_cpu(&conn).await);
-                let (published, handled) = match side {
-                    0 => bus_throughput(fresh()).await,
-                    1 => bus_throughput(fresh().without_live_path()).await,
-                    _ => raw_throughput(&conn, &client, &keys).await,
-                };
-                let per_event = |seconds: f64| seconds * 1e6 / EVENTS as f64;
-                let client_cpu = per_event(process_cpu() - client_before);
-                let redis_cpu = per_event(redis_cpu(&conn).await - redis_before);
-                best[side] = (best[side].0.max(published), best[side].1.max(handled));
-                cpu[side] = (cpu[side].0.min(client_cpu), cpu[side].1.min(redis_cpu));
-            }
-        }
-        let [(f_pub, f_all), (s_pub, s_all), (r_pub, r_all)] = best;
-        let shape =
-            format!("{EVENTS} events, batches of {BATCH}, {IN_FLIGHT} in flight, best of {ROUNDS}");
-        row(
-            &format!("Streams publish, {shape}"),
-            f_pub,
-            r_pub,
-            "events/s",
-        );
-        row(
-            &format!("Streams publish → handled, {shape}"),
-            f_all,
-            r_all,
-            "events/s",
-        );
-        row(
-            &format!("Streams publish without the live path, {shape}"),
-            s_pub,
-            r_pub,
-            "events/s",
-        );
-        row(
-            &format!("Streams publish → handled without the live path, {shape}"),
-            s_all,
-            r_all,
-            "events/s",
-        );
-        let [
-            (f_client, f_redis),
-            (s_client, s_redis),
-            (r_client, r_redis),
-        ] = cpu;
-        row(
-            "client CPU per event (publish and handle)",
-            f_client,
-            r_client,
-            "µs/event",
-        );
-        row("Redis CPU per event", f_redis, r_redis, "µs/event");
-        row(
-            "client CPU per event without the live path",
-            s_client,
-            r_client,
-            "µs/event",
-        );
-        row(
-            "Redis CPU per event without the live path",
-            s_redis,
-            r_redis,
-            "µs/event",
-        );
+        throughput(&conn, &client, &keys).await;
     }
 
     let mut c = conn.clone();

@@ -7,8 +7,13 @@
 //! payload as is: `PUBLISH` / `SUBSCRIBE` for the live path, `XADD` (`topic`, `data`) and
 //! `XREADGROUP` + `XACK` for the durable one, pipelined like the bus.
 //!
+//! The throughput rows also give the CPU time per event of this process (publishing and
+//! handling, both in this process) and of Redis, the least of the rounds: on a shared machine
+//! outside load moves the rates far more than it moves these.
+//!
 //! Run: `REDIS_URL=redis://127.0.0.1:6379/ cargo bench -p eventsource-redis --bench bus`
-//! (keys go under a fresh prefix and are deleted at the end).
+//! (keys go under a fresh prefix and are deleted at the end); `BUS_ONLY=throughput` or
+//! `BUS_ONLY=latency` runs one half.
 #![allow(
     missing_docs,
     clippy::print_stdout,
@@ -353,11 +358,40 @@ fn load() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+/// CPU seconds this process has used (user and system), from `/proc/self/stat` (ticks of
+/// 1/100 s, Linux's `USER_HZ`); 0 where that file does not exist.
+fn process_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / 100.0
+}
+
+/// CPU seconds the Redis server has used (`INFO cpu`: `used_cpu_sys` + `used_cpu_user`).
+async fn redis_cpu(conn: &ConnectionManager) -> f64 {
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(&mut conn.clone())
+        .await
+        .expect("info");
+    info.lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| *k == "used_cpu_sys" || *k == "used_cpu_user")
+        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+        .sum()
+}
+
 fn row(scenario: &str, framework: f64, raw: f64, unit: &str) {
-    let (f, r, better) = if unit == "ms" {
+    let (f, r, better) = if unit == "ms" || unit == "µs/event" {
         (
-            format!("{framework:.2} ms"),
-            format!("{raw:.2} ms"),
+            format!("{framework:.2} {unit}"),
+            format!("{raw:.2} {unit}"),
             "lower is better",
         )
     } else {
@@ -371,6 +405,88 @@ fn row(scenario: &str, framework: f64, raw: f64, unit: &str) {
         "| {scenario} | {f} | {r} | {:.2}x ({better}) | {} |",
         framework / raw,
         load()
+    );
+}
+
+/// The throughput rows: best of `ROUNDS` per side, CPU per event the least of them.
+async fn throughput(conn: &ConnectionManager, client: &redis::Client, keys: &Keys) {
+    // Best of `ROUNDS` per side, the sides interleaved in a rotating order: on a shared
+    // machine outside load only ever slows a run down, and the first run of a process
+    // pays for warming up.
+    let mut best = [(0.0f64, 0.0f64); 3];
+    // CPU per event of the whole run (publishing and handling), the least of the rounds:
+    // less sensitive to outside load than the rates.
+    let mut cpu = [(f64::MAX, f64::MAX); 3];
+    for round in 0..ROUNDS {
+        for turn in 0..3 {
+            let side = (round + turn) % 3;
+            let fresh = || {
+                RedisBus::new(conn.clone(), client.clone(), &format!("tp-{round}-{side}"))
+                    .with_keys(keys.clone())
+            };
+            let (client_before, redis_before) = (process_cpu(), redis_cpu(conn).await);
+            let (published, handled) = match side {
+                0 => bus_throughput(fresh()).await,
+                1 => bus_throughput(fresh().without_live_path()).await,
+                _ => raw_throughput(conn, client, keys).await,
+            };
+            let per_event = |seconds: f64| seconds * 1e6 / EVENTS as f64;
+            let client_cpu = per_event(process_cpu() - client_before);
+            let redis_cpu = per_event(redis_cpu(conn).await - redis_before);
+            best[side] = (best[side].0.max(published), best[side].1.max(handled));
+            cpu[side] = (cpu[side].0.min(client_cpu), cpu[side].1.min(redis_cpu));
+        }
+    }
+    let [(f_pub, f_all), (s_pub, s_all), (r_pub, r_all)] = best;
+    let shape =
+        format!("{EVENTS} events, batches of {BATCH}, {IN_FLIGHT} in flight, best of {ROUNDS}");
+    row(
+        &format!("Streams publish, {shape}"),
+        f_pub,
+        r_pub,
+        "events/s",
+    );
+    row(
+        &format!("Streams publish → handled, {shape}"),
+        f_all,
+        r_all,
+        "events/s",
+    );
+    row(
+        &format!("Streams publish without the live path, {shape}"),
+        s_pub,
+        r_pub,
+        "events/s",
+    );
+    row(
+        &format!("Streams publish → handled without the live path, {shape}"),
+        s_all,
+        r_all,
+        "events/s",
+    );
+    let [
+        (f_client, f_redis),
+        (s_client, s_redis),
+        (r_client, r_redis),
+    ] = cpu;
+    row(
+        "client CPU per event (publish and handle)",
+        f_client,
+        r_client,
+        "µs/event",
+    );
+    row("Redis CPU per event", f_redis, r_redis, "µs/event");
+    row(
+        "client CPU per event without the live path",
+        s_client,
+        r_client,
+        "µs/event",
+    );
+    row(
+        "Redis CPU per event without the live path",
+        s_redis,
+        r_redis,
+        "µs/event",
     );
 }
 
@@ -418,52 +534,7 @@ async fn main() {
         );
     }
     if only != "latency" {
-        // Best of `ROUNDS` per side, the sides interleaved in a rotating order: on a shared
-        // machine outside load only ever slows a run down, and the first run of a process
-        // pays for warming up.
-        let mut best = [(0.0f64, 0.0f64); 3];
-        for round in 0..ROUNDS {
-            for turn in 0..3 {
-                let side = (round + turn) % 3;
-                let fresh = || {
-                    RedisBus::new(conn.clone(), client.clone(), &format!("tp-{round}-{side}"))
-                        .with_keys(keys.clone())
-                };
-                let (published, handled) = match side {
-                    0 => bus_throughput(fresh()).await,
-                    1 => bus_throughput(fresh().without_live_path()).await,
-                    _ => raw_throughput(&conn, &client, &keys).await,
-                };
-                best[side] = (best[side].0.max(published), best[side].1.max(handled));
-            }
-        }
-        let [(f_pub, f_all), (s_pub, s_all), (r_pub, r_all)] = best;
-        let shape =
-            format!("{EVENTS} events, batches of {BATCH}, {IN_FLIGHT} in flight, best of {ROUNDS}");
-        row(
-            &format!("Streams publish, {shape}"),
-            f_pub,
-            r_pub,
-            "events/s",
-        );
-        row(
-            &format!("Streams publish → handled, {shape}"),
-            f_all,
-            r_all,
-            "events/s",
-        );
-        row(
-            &format!("Streams publish without the live path, {shape}"),
-            s_pub,
-            r_pub,
-            "events/s",
-        );
-        row(
-            &format!("Streams publish → handled without the live path, {shape}"),
-            s_all,
-            r_all,
-            "events/s",
-        );
+        throughput(&conn, &client, &keys).await;
     }
 
     let mut c = conn.clone();

@@ -404,6 +404,49 @@ async fn bus_entries_are_one_json_field_that_dead_letters_and_requeues_keep() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bus_entry_that_is_no_event_is_dead_lettered_with_its_fields() {
+    let Some(bus) = bus().await else { return };
+    let (handler, seen) = recorder();
+    bus.subscribe(
+        Pattern::all(),
+        handler,
+        SubscribeOptions::default().with_group("g"),
+    )
+    .await
+    .unwrap();
+    // Starts like the bus's JSON (id, topic: subscriptions read that much before they parse),
+    // but the rest is not an event.
+    let json = format!(
+        "{{\"id\":\"{}\",\"topic\":\"job.done\",\"payload\":",
+        uuid::Uuid::now_v7()
+    );
+    let url = support::redis_url().unwrap();
+    let (_, mut conn) = support::connect(&url).await;
+    let normal = &bus.streams()[2];
+    let _: String = redis::AsyncCommands::xadd(
+        &mut conn,
+        normal,
+        "*",
+        &[("bus", "main"), ("bus_event", json.as_str())],
+    )
+    .await
+    .unwrap();
+    let event = BusEvent::new("job.done", serde_json::json!({ "id": 9 }));
+    bus.publish(event.clone()).await.unwrap();
+    // The next event is handled; the broken one waits in the dead-letter stream, as written.
+    wait_for(&seen, 1).await;
+    assert_eq!(seen.lock().unwrap()[0], event);
+    wait_for_dead_letter(&mut conn, normal, "g").await;
+    let letters = eventsource_redis::dead_letters(&mut conn, normal, "g", 10)
+        .await
+        .unwrap();
+    let error = letters[0].error.as_deref().unwrap_or_default();
+    assert!(error.contains("malformed bus entry"), "{error}");
+    let kept: String = redis::from_redis_value(letters[0].fields["bus_event"].clone()).unwrap();
+    assert_eq!(kept, json);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_in_the_earlier_envelope_format_are_still_delivered() {
     use eventsource_core::bus::Priority;
     use eventsource_core::{

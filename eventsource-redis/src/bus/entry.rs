@@ -10,13 +10,21 @@
 //! removes again. Entries written before this format (the relay's envelope carrying that
 //! priority field) still decode the same way; an envelope without it is an event the relay
 //! copied from the store ([`store_topic`]).
+//!
+//! The bus's own runners decode lazily instead ([`decode_deferred`]): the runner only needs
+//! the topic (for its lanes) before the subscriber's pattern match, so the entry's JSON is
+//! parsed once, by the subscriber, straight into the [`BusEvent`] its handler gets
+//! ([`to_bus_event`]), not into an envelope that is then copied into a bus event.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 
+use chrono::{DateTime, Utc};
 use eventsource_core::bus::{BusEvent, Priority};
-use eventsource_core::{LogPosition, RecordedEvent, StreamId, TenantId, Version};
+use eventsource_core::{
+    EventId, LogPosition, Metadata, RecordedEvent, StreamId, TenantId, Version,
+};
 use redis::Value;
 
 use crate::codec;
@@ -54,9 +62,28 @@ pub(crate) fn into_recorded(bus: &str, event: BusEvent) -> RecordedEvent {
     }
 }
 
-/// The fields of a bus entry: the bus's name and the event's JSON (`message`).
-pub(crate) fn fields<'a>(bus: &'a str, message: &'a str) -> [(&'static str, &'a str); 2] {
-    [(BUS_FIELD, bus), (EVENT_FIELD, message)]
+/// The `XADD` of a bus entry to `stream`, `max_len` capping it (`MAXLEN ~`): the fields are
+/// the bus's name and the event's JSON (`message`). Built with its buffers sized up front:
+/// publishing builds one per event.
+pub(crate) fn xadd(stream: &str, max_len: Option<usize>, bus: &str, message: &[u8]) -> redis::Cmd {
+    let mut cmd = redis::Cmd::with_capacity(10, stream.len() + bus.len() + message.len() + 64);
+    cmd.arg("XADD").arg(stream);
+    if let Some(len) = max_len {
+        cmd.arg("MAXLEN").arg("~").arg(len);
+    }
+    cmd.arg("*")
+        .arg(BUS_FIELD)
+        .arg(bus)
+        .arg(EVENT_FIELD)
+        .arg(message);
+    cmd
+}
+
+/// The `PUBLISH` of a bus event's JSON (`message`) on `channel`.
+pub(crate) fn publish(channel: &str, message: &[u8]) -> redis::Cmd {
+    let mut cmd = redis::Cmd::with_capacity(3, channel.len() + message.len() + 16);
+    cmd.arg("PUBLISH").arg(channel).arg(message);
+    cmd
 }
 
 /// Whether `fields` are a bus entry (rather than the relay's envelope).
@@ -78,10 +105,82 @@ pub(crate) fn decode<H: BuildHasher>(
     Ok(into_recorded(bus, event))
 }
 
+/// The prefix of the JSON [`serde_json`] writes for a [`BusEvent`]: its first fields are the
+/// id and the topic.
+const ID_PREFIX: &str = "{\"id\":\"";
+const TOPIC_PREFIX: &str = "\",\"topic\":\"";
+
+/// The id and topic at the front of a bus event's JSON, if it starts the way the bus writes
+/// it (`{"id":"<uuid>","topic":"<topic>",…`, the topic without escapes); `None` otherwise.
+/// Only the front is looked at: the rest is checked when the subscriber parses the event.
+fn head(json: &str) -> Option<(EventId, &str)> {
+    let rest = json.strip_prefix(ID_PREFIX)?;
+    let (id, rest) = rest.split_at_checked(36)?;
+    let id = uuid::Uuid::try_parse(id).ok()?;
+    let rest = rest.strip_prefix(TOPIC_PREFIX)?;
+    let (topic, _) = rest.split_once('"')?;
+    eventsource_core::bus::validate_topic(topic).ok()?;
+    Some((EventId::from_uuid(id), topic))
+}
+
+/// Like [`codec::decode`], but a bus entry the bus wrote is not parsed: the record carries the
+/// topic (as event type and aggregate id, so lanes keep one topic in order), the event id,
+/// and the entry's JSON as its payload, marked by version zero, which no stored event has
+/// ([`is_deferred`]). The subscriber parses the JSON once, into the [`BusEvent`] its handler
+/// gets ([`to_bus_event`]). Relay envelopes and entries in any other shape decode as before.
+///
+/// # Errors
+///
+/// [`CodecError`] names the first missing or invalid field.
+pub(crate) fn decode_deferred<H: BuildHasher>(
+    fields: &HashMap<String, Value, H>,
+) -> Result<RecordedEvent, CodecError> {
+    if !is_bus_entry(fields) {
+        return codec::decode(fields);
+    }
+    let json = codec::text(fields, EVENT_FIELD)?;
+    let Some((event_id, topic)) = head(json) else {
+        return decode(fields);
+    };
+    let bus = codec::text(fields, BUS_FIELD)?;
+    Ok(RecordedEvent {
+        event_id,
+        stream: StreamId::new(TenantId::new(bus), AGGREGATE_TYPE, topic),
+        version: Version::ZERO,
+        position: LogPosition::new(0, 0),
+        event_type: topic.to_owned(),
+        schema_version: 1,
+        // Not read before the subscriber parses the event (which has its own).
+        recorded_at: DateTime::<Utc>::UNIX_EPOCH,
+        metadata: Metadata::default(),
+        payload: serde_json::Value::String(json.to_owned()),
+    })
+}
+
+/// Whether `event` is a record of [`decode_deferred`] (its payload the event's JSON).
+pub(crate) fn is_deferred(event: &RecordedEvent) -> bool {
+    event.version == Version::ZERO
+        && event.stream.aggregate_type() == AGGREGATE_TYPE
+        && event.payload.is_string()
+}
+
+/// The bus event an entry carries, parsed from its JSON for a record of [`decode_deferred`],
+/// else as [`from_recorded`].
+///
+/// # Errors
+///
+/// The parse error of a deferred record's JSON.
+pub(crate) fn to_bus_event(event: &RecordedEvent) -> Result<BusEvent, serde_json::Error> {
+    match &event.payload {
+        serde_json::Value::String(json) if is_deferred(event) => serde_json::from_str(json),
+        _ => Ok(from_recorded(event)),
+    }
+}
+
 /// The topic of an entry's event (see [`from_recorded`]), without copying the event: the
 /// subscriber matches it before paying for the copy.
 pub(crate) fn topic(event: &RecordedEvent) -> Cow<'_, str> {
-    if event.metadata.extra.contains_key(PRIORITY_FIELD) {
+    if is_deferred(event) || event.metadata.extra.contains_key(PRIORITY_FIELD) {
         Cow::Borrowed(&event.event_type)
     } else {
         Cow::Owned(store_topic(event))
@@ -156,11 +255,62 @@ mod tests {
     fn an_event_survives_its_stream_entry() {
         let event = event();
         let message = serde_json::to_string(&event).unwrap();
-        let fields = to_map(fields("main", &message).map(|(k, v)| (k, v.to_owned())));
+        let fields = to_map([(BUS_FIELD, "main".to_owned()), (EVENT_FIELD, message)]);
         let recorded = crate::codec::decode(&fields).unwrap();
         assert_eq!(recorded.tenant().as_str(), "main");
         assert_eq!(recorded.stream.aggregate_id(), "a.b");
         assert_eq!(from_recorded(&recorded), event);
+        assert!(!is_deferred(&recorded));
+        assert_eq!(to_bus_event(&recorded).unwrap(), event);
+    }
+
+    #[test]
+    fn the_bus_runner_parses_its_entries_once_in_the_subscriber() {
+        let event = event();
+        let message = serde_json::to_string(&event).unwrap();
+        // The bus's JSON starts with the id and the topic: the deferred decoder reads those.
+        assert_eq!(head(&message), Some((event.id, "a.b")));
+        let fields = to_map([(BUS_FIELD, "main".to_owned()), (EVENT_FIELD, message)]);
+        let deferred = decode_deferred(&fields).unwrap();
+        assert!(is_deferred(&deferred));
+        let full = crate::codec::decode(&fields).unwrap();
+        // Same lane (aggregate stream), topic and id as the full decode.
+        assert_eq!(deferred.stream, full.stream);
+        assert_eq!(topic(&deferred), "a.b");
+        assert_eq!(deferred.event_id, event.id);
+        assert_eq!(to_bus_event(&deferred).unwrap(), event);
+    }
+
+    #[test]
+    fn entries_the_bus_did_not_write_decode_in_full_in_the_bus_runner() {
+        let event = event();
+        // Fields in another order, as another writer might put them.
+        let json = serde_json::json!({
+            "topic": "a.b", "id": event.id, "payload": event.payload,
+            "metadata": event.metadata, "priority": "critical", "published_at": event.published_at,
+        })
+        .to_string();
+        let fields = to_map([(BUS_FIELD, "main".to_owned()), (EVENT_FIELD, json)]);
+        let record = decode_deferred(&fields).unwrap();
+        assert!(!is_deferred(&record));
+        assert_eq!(to_bus_event(&record).unwrap(), event);
+        // The relay's envelope of a stored event: decoded as before.
+        let mut stored = into_recorded("main", BusEvent::new("x", serde_json::json!("text")));
+        stored.metadata.extra.clear();
+        stored.stream = StreamId::new(TenantId::new("t"), "bus", "1");
+        let fields = to_map(crate::codec::encode_pairs(&stored));
+        let record = decode_deferred(&fields).unwrap();
+        assert!(!is_deferred(&record));
+        assert_eq!(record, stored);
+    }
+
+    #[test]
+    fn a_deferred_entry_with_a_bad_tail_fails_its_parse() {
+        let message = serde_json::to_string(&event()).unwrap();
+        let broken = format!("{}{{", &message[..message.len() - 1]);
+        let fields = to_map([(BUS_FIELD, "main".to_owned()), (EVENT_FIELD, broken)]);
+        let deferred = decode_deferred(&fields).unwrap();
+        assert!(to_bus_event(&deferred).is_err());
     }
 
     #[test]

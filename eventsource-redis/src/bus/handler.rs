@@ -27,6 +27,9 @@ pub(crate) enum Failed {
     /// The dead letter could not be published: the runner redelivers later.
     #[error("publishing the dead letter failed")]
     DeadLetter(#[source] eventsource_core::bus::BusError),
+    /// The entry's JSON is not a bus event: the runner dead-letters the entry at once.
+    #[error("malformed bus entry: {0}")]
+    Malformed(#[source] serde_json::Error),
 }
 
 impl Subscriber {
@@ -61,14 +64,16 @@ impl EventHandler for Subscriber {
     type Error = Failed;
 
     async fn handle(&self, event: &RecordedEvent) -> Result<(), Self::Error> {
-        // Every subscription reads every event of its bus: skip the copy for the unmatched.
+        // Every subscription reads every event of its bus: skip the parse (or the copy) for
+        // the unmatched.
         if !self.pattern.matches(&entry::topic(event)) {
             return Ok(());
         }
-        self.handle_event(&entry::from_recorded(event)).await
+        let event = entry::to_bus_event(event).map_err(Failed::Malformed)?;
+        self.handle_event(&event).await
     }
 
     fn is_permanent(&self, error: &Self::Error) -> bool {
-        matches!(error, Failed::GaveUp(_))
+        matches!(error, Failed::GaveUp(_) | Failed::Malformed(_))
     }
 }

@@ -23,7 +23,6 @@ use eventsource_core::bus::{
 };
 use futures::future::BoxFuture;
 use redis::aio::ConnectionManager;
-use redis::streams::StreamMaxlen;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -190,19 +189,19 @@ impl Outlet {
             return Ok(());
         }
         let count = events.len();
-        let mut pipe = redis::pipe();
+        let mut pipe = redis::Pipeline::with_capacity(if self.live { 2 * count } else { count });
+        // Each event is serialised into this one buffer, then copied into its commands: no
+        // string per event. Replies are not `ignore()`d: that costs a set insert per command,
+        // and a reply of `()` discards them anyway (server errors still fail the call).
+        let mut message = Vec::with_capacity(1024);
         // Batches mostly share a topic: its channel name is built once per run of it.
         let mut channel: Option<(String, String)> = None;
         for event in events {
             let stream = &self.streams[priority_index(event.priority)];
             // Encoded once: the same text is the stream entry and the Pub/Sub message.
-            let message = serde_json::to_string(&event).map_err(backend)?;
-            let fields = entry::fields(&self.name, &message);
-            match self.max_len {
-                Some(len) => pipe.xadd_maxlen(stream, StreamMaxlen::Approx(len), "*", &fields),
-                None => pipe.xadd(stream, "*", &fields),
-            }
-            .ignore();
+            message.clear();
+            serde_json::to_writer(&mut message, &event).map_err(backend)?;
+            pipe.add_command(entry::xadd(stream, self.max_len, &self.name, &message));
             if self.live {
                 if channel
                     .as_ref()
@@ -212,7 +211,7 @@ impl Outlet {
                     channel = Some((event.topic, name));
                 }
                 if let Some((_, name)) = &channel {
-                    pipe.publish(name, &message).ignore();
+                    pipe.add_command(entry::publish(name, &message));
                 }
             }
         }
@@ -368,7 +367,8 @@ impl RedisBus {
             subscriber,
             self.inner.runner_options.clone(),
         )
-        .with_start_id(StartId::New);
+        .with_start_id(StartId::New)
+        .with_decoder(entry::decode_deferred);
         // Created before returning, so every later publication reaches the subscription.
         runner.ensure_groups().await.map_err(backend)?;
         let stop = CancellationToken::new();

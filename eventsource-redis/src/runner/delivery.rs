@@ -13,8 +13,7 @@ use redis::{AsyncCommands as _, Value};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::ConsumerRunner;
-use crate::codec;
+use super::{ConsumerRunner, Decoder};
 use crate::connection::RedisConnection;
 use crate::error::RunnerError;
 
@@ -65,6 +64,7 @@ impl<H: EventHandler> ConsumerRunner<H> {
     ) -> Result<(u32, u32), RunnerError> {
         let batch = self.options.batch_size;
         let names: Vec<&str> = keys.iter().map(|&k| self.read_keys[k].as_str()).collect();
+        let decode = self.decode;
         if let Some(cursors) = pending {
             let options = StreamReadOptions::default()
                 .group(&self.group, &self.consumer)
@@ -83,7 +83,12 @@ impl<H: EventHandler> ConsumerRunner<H> {
                     cursors[at].clone_from(&last.id);
                 }
                 let idx = keys[at];
-                deliveries.extend(stream.ids.into_iter().map(|e| Self::delivery(idx, e, true)));
+                deliveries.extend(
+                    stream
+                        .ids
+                        .into_iter()
+                        .map(|e| Self::delivery(decode, idx, e, true)),
+                );
             }
             if deliveries.is_empty() {
                 *pending = None;
@@ -121,7 +126,12 @@ impl<H: EventHandler> ConsumerRunner<H> {
                 continue;
             };
             let idx = keys[at];
-            deliveries.extend(stream.ids.into_iter().map(|e| Self::delivery(idx, e, true)));
+            deliveries.extend(
+                stream
+                    .ids
+                    .into_iter()
+                    .map(|e| Self::delivery(decode, idx, e, true)),
+            );
         }
         self.process(deliveries, shutdown).await
     }
@@ -134,6 +144,7 @@ impl<H: EventHandler> ConsumerRunner<H> {
         shutdown: &CancellationToken,
     ) -> Result<(u32, u32), RunnerError> {
         let idle = u64::try_from(self.options.idle_reclaim.as_millis()).unwrap_or(u64::MAX);
+        let decode = self.decode;
         let mut totals = (0, 0);
         let mut conn = self.conn.clone();
         for &idx in keys {
@@ -165,10 +176,11 @@ impl<H: EventHandler> ConsumerRunner<H> {
                 let mut deliveries: Vec<Delivery> = reply
                     .claimed
                     .into_iter()
-                    .map(|e| Self::delivery(idx, e, true))
+                    .map(|e| Self::delivery(decode, idx, e, true))
                     .collect();
                 deliveries.extend(reply.deleted_ids.into_iter().map(|id| {
                     Self::delivery(
+                        decode,
                         idx,
                         StreamId {
                             id,
@@ -189,11 +201,11 @@ impl<H: EventHandler> ConsumerRunner<H> {
     }
 
     /// The delivery of `entry`, read from read key `key`.
-    fn delivery(key: usize, entry: StreamId, in_pending: bool) -> Delivery {
+    fn delivery(decode: Decoder, key: usize, entry: StreamId, in_pending: bool) -> Delivery {
         let content = if entry.map.is_empty() {
             Content::Deleted
         } else {
-            match codec::decode(&entry.map) {
+            match decode(&entry.map) {
                 Ok(event) => Content::Event(event),
                 Err(e) => Content::Unusable(format!("malformed entry: {e}")),
             }

@@ -107,7 +107,15 @@ pub struct ConsumerRunner<H> {
     options: RunnerOptions,
     counters: Arc<RunnerCounters>,
     hasher: RandomState,
+    /// How entries become events: [`codec::decode`](crate::codec::decode) unless
+    /// [`with_decoder`](Self::with_decoder) says otherwise.
+    decode: Decoder,
 }
+
+/// Turns an entry's fields into the event handed to the handler.
+pub(crate) type Decoder = fn(
+    &std::collections::HashMap<String, redis::Value>,
+) -> Result<eventsource_core::RecordedEvent, crate::error::CodecError>;
 
 impl<H> std::fmt::Debug for ConsumerRunner<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -156,6 +164,7 @@ impl<H: EventHandler> ConsumerRunner<H> {
             options,
             counters: Arc::default(),
             hasher: RandomState::new(),
+            decode: crate::codec::decode,
         };
         runner.derive_keys();
         runner
@@ -199,6 +208,14 @@ impl<H: EventHandler> ConsumerRunner<H> {
     #[must_use]
     pub fn with_store<S: EventStore + 'static>(mut self, store: S) -> Self {
         self.refetch = Some(Arc::new(store));
+        self
+    }
+
+    /// Decodes entries with `decode` instead of [`codec::decode`](crate::codec::decode): the
+    /// bus hands its handler records it parses later (see `bus::entry::decode_deferred`).
+    #[must_use]
+    pub(crate) fn with_decoder(mut self, decode: Decoder) -> Self {
+        self.decode = decode;
         self
     }
 

@@ -168,6 +168,39 @@ async fn only_the_last_n_finished_jobs_are_kept() {
 }
 
 #[tokio::test]
+async fn retention_keeps_the_last_finished_even_within_one_millisecond() {
+    // Quick jobs finish several per millisecond. Their ids fall as text as they are added, so
+    // ordering a tie by id would keep the first finished instead of the last.
+    let Some(queue) = queue().await else { return };
+    let options = JobOptions::default().with_keep_completed(3);
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let id = format!("job-{:02}", 99 - i);
+        queue
+            .add_with("quick", json!(i), &options.clone().with_job_id(&id))
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    let log: Log = Arc::default();
+    let worker = start(&queue, recorder(&log), fast());
+    eventually(Duration::from_secs(5), "all jobs", || async {
+        log.lock().unwrap().len() == 40 && queue.counts().await.unwrap().waiting == 0
+    })
+    .await;
+    worker.stop().await;
+    let ran = log.lock().unwrap().clone();
+    for id in &ids {
+        let kept = ran[ran.len() - 3..].contains(id);
+        assert_eq!(
+            queue.job(id).await.unwrap().is_some(),
+            kept,
+            "job {id}, run order {ran:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn counts_follow_every_state() {
     let Some(queue) = queue().await else { return };
     assert_eq!(queue.counts().await.unwrap(), JobCounts::default());

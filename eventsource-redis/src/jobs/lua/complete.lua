@@ -6,7 +6,7 @@ if holds(KEYS[1], jk, id, ARGV[3]) then
   status = 'done'
   end_attempt(KEYS[1], jk, id, nil)
   redis.call('HSET', jk, 'state', 'completed', 'returnvalue', ARGV[4], 'finishedOn', now)
-  redis.call('ZADD', KEYS[2], now, id)
+  finish_in(KEYS[2], id)
   emit(KEYS[3], tonumber(ARGV[5]), 'event', 'completed', 'id', id,
     'name', redis.call('HGET', jk, 'name') or '', 'returnvalue', ARGV[4])
   keep_last(KEYS[2], front, tonumber(redis.call('HGET', jk, 'keepCompleted') or '-1'))

@@ -12,6 +12,16 @@ local function wait_score(jk)
   local seq = tonumber(redis.call('HGET', jk, 'seq') or '0') or 0
   return p * 4294967296 + (seq % 4294967296)
 end
+-- Records `id` as finished in `set`, scored in microseconds and always after the set's last
+-- member: jobs finishing within one tick keep their order, which `keep_last` relies on (a
+-- tie would be ordered by id, as text).
+local function finish_in(set, id)
+  local t = redis.call('TIME')
+  local score = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local last = redis.call('ZRANGE', set, -1, -1, 'WITHSCORES')
+  if last[2] and tonumber(last[2]) >= score then score = tonumber(last[2]) + 1 end
+  redis.call('ZADD', set, score, id)
+end
 local function keep_last(set, base, keep)
   if keep < 0 then return end
   local n = redis.call('ZCARD', set)
@@ -42,7 +52,7 @@ end
 -- Moves a job out of attempts to `failed`, keeping the job's number of failed jobs.
 local function fail_for_good(failed, events, maxlen, front, jk, id, reason, made, now)
   redis.call('HSET', jk, 'state', 'failed', 'finishedOn', now)
-  redis.call('ZADD', failed, now, id)
+  finish_in(failed, id)
   emit(events, maxlen, 'event', 'failed', 'id', id, 'name', redis.call('HGET', jk, 'name') or '',
     'reason', reason, 'attemptsMade', made)
   keep_last(failed, front, tonumber(redis.call('HGET', jk, 'keepFailed') or '-1'))

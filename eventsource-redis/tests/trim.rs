@@ -18,7 +18,7 @@ use eventsource_core::{
 };
 use eventsource_redis::{
     ConsumerRunner, Keys, PerTenant, RedisClient, RedisConnection, RedisRelay, RelayOptions,
-    RunnerOptions, StartId, TrimOptions, Trimmer, codec,
+    RunnerOptions, StartId, TenantDiscovery, TrimOptions, Trimmer, codec,
 };
 use redis::AsyncCommands as _;
 use redis::streams::{StreamReadOptions, StreamReadReply};
@@ -507,6 +507,66 @@ async fn trimming_beside_busy_consumers_never_loses_an_unacknowledged_entry(topo
     }
     let removed: u64 = trim_counters.removed() + counters.iter().map(|c| c.trimmed()).sum::<u64>();
     assert!(removed > 0, "the trimmers trimmed while the consumers ran");
+}
+
+/// Tenant discovery restarts a runner's read loops for each new tenant; tenants arriving more
+/// often than the trim interval must not postpone trimming for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discovering_runner_trims_while_tenants_keep_arriving() {
+    let Some(s) = setup(Topology::Single).await else {
+        return;
+    };
+    s.publish(10).await;
+    let (mut conn, registry) = (s.conn.clone(), s.keys.tenant_registry());
+    let _: u64 = conn.sadd(&registry, "acme").await.unwrap();
+    let count = Count::default();
+    let options = RunnerOptions::default()
+        .with_block_timeout(Duration::from_millis(100))
+        .with_trim(
+            TrimOptions::default()
+                .with_interval(Duration::from_millis(300))
+                .with_retention(Duration::ZERO),
+        );
+    let runner = ConsumerRunner::new(
+        s.conn.clone(),
+        s.client.clone(),
+        Vec::<String>::new(),
+        "g",
+        "c",
+        count.clone(),
+        options,
+    )
+    .with_discovery(
+        TenantDiscovery::new(s.keys.clone()).with_poll_interval(Duration::from_millis(20)),
+    );
+    let counters = runner.counters();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runner.run(stop.clone()));
+    // A new tenant every 100 ms for 3 s: each one restarts the read loops.
+    let arrivals = tokio::spawn(async move {
+        for i in 0..30 {
+            let _: u64 = conn.sadd(&registry, format!("late-{i}")).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let trimmed = support::eventually(Duration::from_secs(2), || {
+        let conn = s.conn.clone();
+        let key = s.key.clone();
+        async move { conn.clone().xlen::<_, u64>(&key).await.unwrap() == 1 }
+    })
+    .await;
+    let arriving = !arrivals.is_finished();
+    arrivals.await.unwrap();
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert!(
+        trimmed && arriving,
+        "no trim pass while tenants kept arriving: {} passes, {} failures, {} handled, {arriving}",
+        counters.trim().passes(),
+        counters.trim().failures(),
+        count.0.load(Ordering::SeqCst)
+    );
+    assert_eq!(count.0.load(Ordering::SeqCst), 10);
 }
 
 on_both_topologies!(

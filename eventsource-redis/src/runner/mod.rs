@@ -110,6 +110,9 @@ pub struct ConsumerRunner<H> {
     /// How entries become events: [`codec::decode`](crate::codec::decode) unless
     /// [`with_decoder`](Self::with_decoder) says otherwise.
     decode: Decoder,
+    /// When the next trim pass is due: kept across restarts of the read loops (tenant
+    /// discovery restarts them), so frequent restarts cannot postpone trimming for good.
+    trim_due: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 /// Turns an entry's fields into the event handed to the handler.
@@ -165,6 +168,7 @@ impl<H: EventHandler> ConsumerRunner<H> {
             counters: Arc::default(),
             hasher: RandomState::new(),
             decode: crate::codec::decode,
+            trim_due: std::sync::Mutex::new(None),
         };
         runner.derive_keys();
         runner
@@ -399,11 +403,27 @@ impl<H: EventHandler> ConsumerRunner<H> {
         // Trimming runs beside the loops, in this task, until they stop; its failures are
         // logged and retried at the next pass, never stopping the runner.
         let trim = async {
-            if let Some(options) = &self.options.trim {
-                Trimmer::new(self.conn.clone(), self.read_keys.clone(), options.clone())
-                    .for_group(&self.group, Arc::clone(&self.counters.trim))
-                    .run(stop.clone())
-                    .await;
+            let Some(options) = &self.options.trim else {
+                return;
+            };
+            let trimmer = Trimmer::new(self.conn.clone(), self.read_keys.clone(), options.clone())
+                .for_group(&self.group, Arc::clone(&self.counters.trim));
+            loop {
+                let due = *self
+                    .trim_due
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get_or_insert_with(|| tokio::time::Instant::now() + options.interval());
+                tokio::select! {
+                    () = tokio::time::sleep_until(due) => {}
+                    () = stop.cancelled() => return,
+                }
+                trimmer.trim_once().await;
+                *self
+                    .trim_due
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some(tokio::time::Instant::now() + options.interval());
             }
         };
         let (results, ()) = tokio::join!(futures::future::join_all(loops), trim);

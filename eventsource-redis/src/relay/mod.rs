@@ -210,6 +210,9 @@ impl<S: EventStore, C: CheckpointStore> RedisRelay<S, C> {
     async fn publish_shard(&self, shard: &mut ShardState) -> Result<Published, RedisStoreError> {
         if !shard.loaded {
             shard.order.forget();
+            // After an error or a lost lease, the registry may have lost what this shard
+            // registered (a failover before the write replicated): register its tenants again.
+            shard.forget_registered();
             shard.stored = self.checkpoints.load(&shard.checkpoint_name).await?;
             shard.checkpoint = shard.stored;
             if shard.stored.is_none() && self.options.shards > 1 {

@@ -80,6 +80,11 @@ impl ShardState {
         new
     }
 
+    /// Forgets which tenants this shard registered: it registers them again as it meets them.
+    pub(super) fn forget_registered(&mut self) {
+        self.registered.clear();
+    }
+
     /// Remembers that `tenants` are in the registry.
     pub(super) fn registered(&mut self, tenants: Vec<TenantId>) {
         if self.registered.len() + tenants.len() > REMEMBERED_TENANTS {

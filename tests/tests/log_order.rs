@@ -472,7 +472,8 @@ async fn deadlocks(db_url: &str) -> i64 {
     for _ in 0..100 {
         let others: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+             WHERE datname = current_database() AND pid <> pg_backend_pid()
+               AND backend_type = 'client backend'",
         )
         .fetch_one(&pool)
         .await

@@ -1,6 +1,7 @@
 //! The headline flow, PostgreSQL → relay → Redis, with the relay killed (SIGKILL) at random
 //! points while writers append: every Redis key ends up equal to the store's log for it, each
-//! event once, in log order, every stream in version order (issue 13, DESIGN §5.1, §8).
+//! event once, in log order, every stream in version order (issue 13, DESIGN §5.1, §8); on a
+//! single Redis and on a Redis Cluster (issue 17).
 //!
 //! The relay runs as a child process (`src/bin/relay_child.rs`) so that a kill is a real crash:
 //! no destructor, no lease release, a checkpoint transaction cut wherever it was. Every fourth
@@ -18,7 +19,7 @@ use eventsource_core::{
     TenantId,
 };
 use eventsource_postgres::{MIGRATOR, PgCheckpointStore, PgEventStore};
-use eventsource_redis::{Keys, RedisRelay, RelayOptions, Router};
+use eventsource_redis::{Keys, RedisConnection, RedisRelay, RelayOptions, Router};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use support::order::{Counter, exactly_once_error, tick, version_order_error};
 use tokio_util::sync::CancellationToken;
@@ -40,9 +41,23 @@ impl Router for TenantAndType {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_relay_killed_at_random_points_publishes_the_postgres_log_once_in_order() {
+    killed_at_random_points("REDIS_URL").await;
+}
+
+/// The same on a Redis Cluster of three masters (`REDIS_CLUSTER_URLS`, its nodes): the
+/// tenant's keys share one hash slot, so the relay's scripts and pipelines run on its master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_a_cluster_a_relay_killed_at_random_points_publishes_the_log_once_in_order() {
+    killed_at_random_points("REDIS_CLUSTER_URLS").await;
+}
+
+/// Relay processes killed at random points (a quarter of them between Redis's answer and the
+/// checkpoint) while writers append; then every key holds the log's events once, in order.
+/// `redis_var` names the Redis: one URL, or a cluster's nodes separated by commas.
+async fn killed_at_random_points(redis_var: &str) {
     let (Some(db_url), Some(redis_url)) = (
         support::service_url("DATABASE_URL"),
-        support::service_url("REDIS_URL"),
+        support::service_url(redis_var),
     ) else {
         return;
     };
@@ -53,11 +68,12 @@ async fn a_relay_killed_at_random_points_publishes_the_postgres_log_once_in_orde
         .await
         .expect("connect to DATABASE_URL");
     MIGRATOR.run(&pool).await.expect("migrations");
-    let conn = redis::Client::open(redis_url.as_str())
-        .expect("REDIS_URL")
-        .get_connection_manager()
-        .await
-        .expect("connect to Redis");
+    let conn = if redis_url.contains(',') {
+        RedisConnection::open_cluster(redis_url.split(',')).await
+    } else {
+        RedisConnection::open(redis_url.as_str()).await
+    }
+    .expect("connect to Redis");
     let prefix = support::unique("crash");
     let keys = Keys::new(&prefix);
     let tenant = TenantId::new(support::unique("crash"));
@@ -215,7 +231,7 @@ fn spawn_writers(
 /// How the Redis keys differ from the store's `log` routed to them, and where they break
 /// version order.
 async fn compare_keys(
-    redis: &mut redis::aio::ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &Keys,
     log: &[RecordedEvent],
 ) -> Vec<String> {

@@ -1,7 +1,8 @@
 //! The relay as a process of its own, for `tests/relay_crash.rs` to kill with SIGKILL.
 //!
 //! Publishes one tenant's log from a [`PgEventStore`] to Redis, checkpointing in
-//! [`PgCheckpointStore`], until killed. Configured by environment: `DATABASE_URL`, `REDIS_URL`,
+//! [`PgCheckpointStore`], until killed. Configured by environment: `DATABASE_URL`, `REDIS_URL`
+//! (a comma-separated list of nodes: a Redis Cluster),
 //! `RELAY_NAME` (its checkpoint and lease), `RELAY_PREFIX` (the keys' prefix), `RELAY_TENANT`,
 //! `RELAY_BATCH` (events per batch) and `RELAY_STALL`: when set, the relay stops for good in
 //! its first checkpoint save, after Redis answered, so the parent can kill it exactly between
@@ -19,7 +20,7 @@ use eventsource_core::{
     CheckpointStore, LogFilter, LogPosition, RecordedEvent, StoreError, TenantId,
 };
 use eventsource_postgres::{PgCheckpointStore, PgEventStore};
-use eventsource_redis::{Keys, RedisRelay, RelayOptions, Router};
+use eventsource_redis::{Keys, RedisConnection, RedisRelay, RelayOptions, Router};
 use eventsource_tests::child::{say, var};
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
@@ -78,9 +79,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .test_before_acquire(false)
         .connect(&var("DATABASE_URL")?)
         .await?;
-    let conn = redis::Client::open(var("REDIS_URL")?)?
-        .get_connection_manager()
-        .await?;
+    // A comma-separated list: the nodes of a Redis Cluster.
+    let url = var("REDIS_URL")?;
+    let conn = if url.contains(',') {
+        RedisConnection::open_cluster(url.split(',')).await?
+    } else {
+        RedisConnection::open(url.as_str()).await?
+    };
     let keys = Keys::new(&var("RELAY_PREFIX")?);
     let batch: usize = var("RELAY_BATCH")?.parse()?;
     let mut options = RelayOptions::default()

@@ -4,7 +4,6 @@
 use std::collections::{BTreeSet, HashMap};
 
 use eventsource_core::{Aggregate, DomainEvent, Handle, NewEvent, RecordedEvent, StreamId};
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
@@ -121,8 +120,8 @@ pub fn exactly_once_error(
 
 /// Every entry of a Redis stream as (entry id, decoded event), through the crate's codec, read
 /// in pages (one reply of thousands of entries can outlast the connection's response timeout).
-pub async fn redis_entries(
-    conn: &mut ConnectionManager,
+pub async fn redis_entries<C: redis::aio::ConnectionLike + Send + Sync>(
+    conn: &mut C,
     key: &str,
 ) -> Vec<(String, RecordedEvent)> {
     let mut entries = Vec::new();

@@ -31,7 +31,7 @@ use eventsource_redis::{
     RunnerOptions, codec,
 };
 use redis::AsyncCommands as _;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
@@ -59,7 +59,15 @@ async fn fill(store: &InMemoryEventStore, tenant: &str, n: usize) {
     }
 }
 
-async fn relay_throughput(conn: &ConnectionManager, keys: &Keys) -> Row {
+/// The relay row: the relay through `conn`, raw pipelines of the same `XADD`s through
+/// redis-rs's own connection `raw_conn` (a single node's or a cluster's), to a key sharing the
+/// tenant stream's hash tag (one slot on a cluster).
+async fn relay_throughput<C: ConnectionLike + Clone + Send + Sync>(
+    scenario: &'static str,
+    conn: &RedisConnection,
+    raw_conn: &C,
+    keys: &Keys,
+) -> Row {
     let store = InMemoryEventStore::new();
     fill(&store, "bench", EVENTS).await;
     let events = store
@@ -68,8 +76,8 @@ async fn relay_throughput(conn: &ConnectionManager, keys: &Keys) -> Row {
         .expect("read");
 
     // Raw: pipelined XADD of the same fields with the same explicit ids, 1,000 per pipeline.
-    let raw_key = format!("{}:raw-relay", keys.prefix());
-    let mut c = conn.clone();
+    let raw_key = format!("{}:raw-relay", keys.tenant_stream(&TenantId::new("bench")));
+    let mut c = raw_conn.clone();
     let started = Instant::now();
     for chunk in events.chunks(1_000) {
         let mut pipe = redis::pipe();
@@ -98,7 +106,7 @@ async fn relay_throughput(conn: &ConnectionManager, keys: &Keys) -> Row {
     let framework = n as f64 / started.elapsed().as_secs_f64();
     let _: () = c.del(&raw_key).await.expect("del");
     Row {
-        scenario: "relay, events/s (batch 1000)",
+        scenario,
         framework: format!("{framework:.0}"),
         raw: format!("{raw:.0}"),
         ratio: format!("{:.2}x", framework / raw),
@@ -114,12 +122,20 @@ impl EventHandler for Count {
     }
 }
 
-async fn runner_throughput(client: &redis::Client, conn: &ConnectionManager, keys: &Keys) -> Row {
+/// The runner row, over the stream [`relay_throughput`] wrote: a [`ConsumerRunner`] on `conn`
+/// and `client`, raw `XREADGROUP COUNT 100` + `XACK` on `raw_conn`; the stream is deleted after.
+async fn runner_throughput<C: ConnectionLike + Clone + Send + Sync>(
+    scenario: &'static str,
+    client: &RedisClient,
+    conn: &RedisConnection,
+    raw_conn: &C,
+    keys: &Keys,
+) -> Row {
     let key = keys.tenant_stream(&TenantId::new("bench"));
-    let total: u64 = conn.clone().xlen(&key).await.expect("xlen");
+    let mut c = raw_conn.clone();
+    let total: u64 = c.xlen(&key).await.expect("xlen");
 
     // Raw: XREADGROUP COUNT 100 + XACK until the group is through.
-    let mut c = conn.clone();
     eventsource_redis::ensure_group(&mut c, &key, "raw", &eventsource_redis::StartId::Beginning)
         .await
         .expect("group");
@@ -156,8 +172,9 @@ async fn runner_throughput(client: &redis::Client, conn: &ConnectionManager, key
     let framework = total as f64 / started.elapsed().as_secs_f64();
     stop.cancel();
     task.await.expect("join").expect("runner");
+    let _: () = c.del(&key).await.expect("del");
     Row {
-        scenario: "runner, entries/s (batch 100)",
+        scenario,
         framework: format!("{framework:.0}"),
         raw: format!("{raw:.0}"),
         ratio: format!("{:.2}x", framework / raw),
@@ -245,114 +262,6 @@ async fn end_to_end(client: &redis::Client, conn: &ConnectionManager, keys: &Key
     ]
 }
 
-/// The relay row on a Redis Cluster: the relay through a cluster [`RedisConnection`], raw
-/// pipelines through redis-rs's own cluster connection (one tenant: one slot).
-async fn cluster_relay_throughput(
-    conn: &RedisConnection,
-    raw_conn: &redis::cluster_async::ClusterConnection,
-    keys: &Keys,
-) -> Row {
-    let store = InMemoryEventStore::new();
-    fill(&store, "bench", EVENTS).await;
-    let events = store
-        .read_all(LogPosition::START, usize::MAX, &LogFilter::all())
-        .await
-        .expect("read");
-
-    // The raw key shares the tenant stream's hash tag, so a pipeline stays in one slot.
-    let raw_key = format!("{}:raw-relay", keys.tenant_stream(&TenantId::new("bench")));
-    let mut c = raw_conn.clone();
-    let started = Instant::now();
-    for chunk in events.chunks(1_000) {
-        let mut pipe = redis::pipe();
-        for event in chunk {
-            pipe.xadd(
-                &raw_key,
-                codec::entry_id(event.position),
-                &codec::encode_pairs(event),
-            )
-            .ignore();
-        }
-        pipe.query_async::<()>(&mut c).await.expect("raw xadd");
-    }
-    let raw = EVENTS as f64 / started.elapsed().as_secs_f64();
-
-    let mut relay = RedisRelay::new(
-        store.clone(),
-        InMemoryCheckpointStore::new(),
-        conn.clone(),
-        "bench",
-        RelayOptions::default().with_batch_size(1_000),
-    )
-    .with_router(PerTenant::new(keys.clone()));
-    let started = Instant::now();
-    let n = relay.catch_up().await.expect("relay");
-    let framework = n as f64 / started.elapsed().as_secs_f64();
-    let _: () = c.del(&raw_key).await.expect("del");
-    Row {
-        scenario: "cluster: relay, events/s (batch 1000)",
-        framework: format!("{framework:.0}"),
-        raw: format!("{raw:.0}"),
-        ratio: format!("{:.2}x", framework / raw),
-    }
-}
-
-/// The runner row on a Redis Cluster, over the stream [`cluster_relay_throughput`] wrote.
-async fn cluster_runner_throughput(
-    client: &RedisClient,
-    conn: &RedisConnection,
-    raw_conn: &redis::cluster_async::ClusterConnection,
-    keys: &Keys,
-) -> Row {
-    let key = keys.tenant_stream(&TenantId::new("bench"));
-    let mut c = raw_conn.clone();
-    let total: u64 = c.xlen(&key).await.expect("xlen");
-
-    eventsource_redis::ensure_group(&mut c, &key, "raw", &eventsource_redis::StartId::Beginning)
-        .await
-        .expect("group");
-    let options = StreamReadOptions::default().group("raw", "c").count(BATCH);
-    let started = Instant::now();
-    let mut seen = 0u64;
-    while seen < total {
-        let reply: StreamReadReply = c
-            .xread_options(&[&key], &[">"], &options)
-            .await
-            .expect("read");
-        let ids: Vec<String> = reply.keys[0].ids.iter().map(|e| e.id.clone()).collect();
-        seen += ids.len() as u64;
-        let _: usize = c.xack(&key, "raw", &ids).await.expect("ack");
-    }
-    let raw = total as f64 / started.elapsed().as_secs_f64();
-
-    let count = Arc::new(AtomicU64::new(0));
-    let runner = ConsumerRunner::new(
-        conn.clone(),
-        client.clone(),
-        [key.clone()],
-        "framework",
-        "c",
-        Count(count.clone()),
-        RunnerOptions::default().with_batch_size(BATCH),
-    );
-    let stop = CancellationToken::new();
-    let started = Instant::now();
-    let task = tokio::spawn(runner.run(stop.clone()));
-    while count.load(Ordering::Relaxed) < total {
-        tokio::time::sleep(Duration::from_micros(200)).await;
-    }
-    let framework = total as f64 / started.elapsed().as_secs_f64();
-    stop.cancel();
-    task.await.expect("join").expect("runner");
-    let _: () = c.del(&key).await.expect("del");
-    Row {
-        scenario: "cluster: runner, entries/s (batch 100)",
-        framework: format!("{framework:.0}"),
-        raw: format!("{raw:.0}"),
-        ratio: format!("{:.2}x", framework / raw),
-    }
-}
-
 /// The cluster rows, when `REDIS_CLUSTER_URLS` is set.
 async fn cluster_rows() -> Vec<Row> {
     let Ok(urls) = std::env::var("REDIS_CLUSTER_URLS") else {
@@ -374,8 +283,21 @@ async fn cluster_rows() -> Vec<Row> {
         .expect("connect");
     let keys = Keys::new(&format!("bench-cluster-{}", uuid::Uuid::new_v4().simple()));
     vec![
-        cluster_relay_throughput(&conn, &raw_conn, &keys).await,
-        cluster_runner_throughput(&client, &conn, &raw_conn, &keys).await,
+        relay_throughput(
+            "cluster: relay, events/s (batch 1000)",
+            &conn,
+            &raw_conn,
+            &keys,
+        )
+        .await,
+        runner_throughput(
+            "cluster: runner, entries/s (batch 100)",
+            &client,
+            &conn,
+            &raw_conn,
+            &keys,
+        )
+        .await,
     ]
 }
 
@@ -389,8 +311,29 @@ async fn main() {
     let conn = client.get_connection_manager().await.expect("connect");
     let keys = Keys::new(&format!("bench-{}", uuid::Uuid::new_v4().simple()));
 
-    let mut rows = vec![relay_throughput(&conn, &keys).await];
-    rows.push(runner_throughput(&client, &conn, &keys).await);
+    let (framework_client, framework_conn) = (
+        RedisClient::from(client.clone()),
+        RedisConnection::from(conn.clone()),
+    );
+    let mut rows = vec![
+        relay_throughput(
+            "relay, events/s (batch 1000)",
+            &framework_conn,
+            &conn,
+            &keys,
+        )
+        .await,
+    ];
+    rows.push(
+        runner_throughput(
+            "runner, entries/s (batch 100)",
+            &framework_client,
+            &framework_conn,
+            &conn,
+            &keys,
+        )
+        .await,
+    );
     rows.extend(end_to_end(&client, &conn, &keys).await);
     rows.extend(cluster_rows().await);
     if let Ok(urls) = std::env::var("REDIS_CLUSTER_URLS") {

@@ -6,3 +6,4 @@
 pub mod child;
 pub mod order_saga;
 pub mod projection_model;
+pub mod routing;

@@ -20,24 +20,12 @@ use eventsource_core::{
 };
 use eventsource_postgres::{MIGRATOR, PgCheckpointStore, PgEventStore};
 use eventsource_redis::{Keys, RedisConnection, RedisRelay, RelayOptions, Router};
+use eventsource_tests::routing::TenantAndType;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use support::order::{Counter, exactly_once_error, tick, version_order_error};
 use tokio_util::sync::CancellationToken;
 
 const KILLS: usize = 120;
-
-/// The child's router: the tenant's stream and its aggregate type's stream.
-struct TenantAndType(Keys);
-
-impl Router for TenantAndType {
-    fn route(&self, event: &RecordedEvent, keys: &mut Vec<String>) {
-        keys.push(self.0.tenant_stream(event.tenant()));
-        keys.push(
-            self.0
-                .aggregate_type_stream(event.tenant(), event.stream.aggregate_type()),
-        );
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_relay_killed_at_random_points_publishes_the_postgres_log_once_in_order() {
@@ -126,7 +114,7 @@ async fn killed_at_random_points(redis_var: &str) {
             .with_instance_id("relay-under-test")
             .with_filter(LogFilter::tenant(tenant.clone())),
     )
-    .with_router(TenantAndType(keys.clone()))
+    .with_router(TenantAndType::new(keys.clone()))
     .with_keys(&keys);
     last.catch_up().await.expect("the last relay catches up");
     eprintln!(
@@ -236,7 +224,7 @@ async fn compare_keys(
     log: &[RecordedEvent],
 ) -> Vec<String> {
     let mut by_key: BTreeMap<String, Vec<RecordedEvent>> = BTreeMap::new();
-    let router = TenantAndType(keys.clone());
+    let router = TenantAndType::new(keys.clone());
     let mut targets = Vec::new();
     for event in log {
         targets.clear();

@@ -14,6 +14,7 @@ use eventsource_core::{
 };
 use eventsource_postgres::{MIGRATOR, PgCheckpointStore, PgEventStore};
 use eventsource_redis::{Keys, RedisRelay, RelayOptions, Router, shard_of};
+use eventsource_tests::routing::TenantAndType;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use support::order::{exactly_once_error, tick, version_order_error};
 use tokio_util::sync::CancellationToken;
@@ -21,19 +22,6 @@ use tokio_util::sync::CancellationToken;
 const SHARDS: u32 = 3;
 const KILLS: usize = 24;
 const LEASE_MS: u64 = 300;
-
-/// The children's router: each tenant's stream and its aggregate type's stream.
-struct TenantAndType(Keys);
-
-impl Router for TenantAndType {
-    fn route(&self, event: &RecordedEvent, keys: &mut Vec<String>) {
-        keys.push(self.0.tenant_stream(event.tenant()));
-        keys.push(
-            self.0
-                .aggregate_type_stream(event.tenant(), event.stream.aggregate_type()),
-        );
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_pool_of_sharded_relays_killed_at_random_publishes_once_in_order() {
@@ -127,7 +115,7 @@ async fn a_pool_of_sharded_relays_killed_at_random_publishes_once_in_order() {
             .with_shards(SHARDS)
             .with_filter(LogFilter::all().with_since(since)),
     )
-    .with_router(TenantAndType(keys.clone()))
+    .with_router(TenantAndType::new(keys.clone()))
     .with_keys(&keys);
     last.catch_up().await.expect("the last relay catches up");
 
@@ -177,7 +165,7 @@ async fn tenants_log(
 /// The events of `log` per key the children's router sends them to.
 fn routed(log: &[RecordedEvent], keys: &Keys) -> BTreeMap<String, Vec<RecordedEvent>> {
     let mut expected: BTreeMap<String, Vec<RecordedEvent>> = BTreeMap::new();
-    let router = TenantAndType(keys.clone());
+    let router = TenantAndType::new(keys.clone());
     for event in log {
         let mut targets = Vec::new();
         router.route(event, &mut targets);

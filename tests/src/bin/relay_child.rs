@@ -16,12 +16,11 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use eventsource_core::{
-    CheckpointStore, LogFilter, LogPosition, RecordedEvent, StoreError, TenantId,
-};
+use eventsource_core::{CheckpointStore, LogFilter, LogPosition, StoreError, TenantId};
 use eventsource_postgres::{PgCheckpointStore, PgEventStore};
-use eventsource_redis::{Keys, RedisConnection, RedisRelay, RelayOptions, Router};
+use eventsource_redis::{Keys, RedisConnection, RedisRelay, RelayOptions};
 use eventsource_tests::child::{say, var};
+use eventsource_tests::routing::TenantAndType;
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 
@@ -47,28 +46,6 @@ impl CheckpointStore for Stalling {
             std::future::pending::<()>().await;
         }
         self.inner.save(name, expected, position).await
-    }
-}
-
-/// The router of the crash test: the tenant's stream and its aggregate type's stream, so a
-/// batch touches several keys; only the tenants listed, if any.
-#[derive(Clone)]
-struct TenantAndType(Keys, Option<HashSet<TenantId>>);
-
-impl Router for TenantAndType {
-    fn route(&self, event: &RecordedEvent, keys: &mut Vec<String>) {
-        if self
-            .1
-            .as_ref()
-            .is_some_and(|only| !only.contains(event.tenant()))
-        {
-            return;
-        }
-        keys.push(self.0.tenant_stream(event.tenant()));
-        keys.push(
-            self.0
-                .aggregate_type_stream(event.tenant(), event.stream.aggregate_type()),
-        );
     }
 }
 
@@ -123,7 +100,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         var("RELAY_NAME")?,
         options,
     )
-    .with_router(TenantAndType(keys.clone(), only))
+    .with_router(match only {
+        Some(tenants) => TenantAndType::new(keys.clone()).only(tenants),
+        None => TenantAndType::new(keys.clone()),
+    })
     .with_keys(&keys);
     say("ready");
     relay.run(CancellationToken::new()).await?;

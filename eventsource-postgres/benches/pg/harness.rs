@@ -31,6 +31,18 @@ impl Table {
             raw.as_secs_f64() / framework.as_secs_f64(),
         );
     }
+    /// CPU per unit of each side, client + server, in microseconds; the ratio is raw's total
+    /// over the framework's (as for throughput, above 1 means the framework costs less).
+    pub(crate) fn cpu(&mut self, name: &str, compared: &Compared) {
+        let total = |side: &Side| side.client_us + side.server_us;
+        let show = |side: &Side| format!("{:.0} + {:.0} µs", side.client_us, side.server_us);
+        self.row(
+            name,
+            show(&compared.framework),
+            show(&compared.raw),
+            total(&compared.raw) / total(&compared.framework),
+        );
+    }
     pub(crate) fn row(&mut self, name: &str, framework: String, raw: String, ratio: f64) {
         println!("{name:<52} {framework:>16} {raw:>16} {ratio:>7.2}");
         self.0
@@ -120,18 +132,104 @@ where
     R: Fn(usize, u64) -> RFut + Send + Sync + Clone + 'static,
     RFut: Future<Output = u64> + Send,
 {
+    let compared = compare_cpu(None, tasks, framework, raw).await;
+    (compared.framework.rate, compared.raw.rate)
+}
+
+/// One side of a [`compare_cpu`]: units per second, and CPU per unit in microseconds of this
+/// process (the client) and of the database's backends (the server).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Side {
+    pub(crate) rate: f64,
+    pub(crate) client_us: f64,
+    pub(crate) server_us: f64,
+}
+
+/// Both sides of a [`compare_cpu`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Compared {
+    pub(crate) framework: Side,
+    pub(crate) raw: Side,
+}
+
+/// As [`compare`], also measuring the CPU each side costs per unit: this process's, and that of
+/// `pool`'s database backends on this machine (from `/proc`; 0 without a pool or `/proc`).
+/// On two cores under many tasks CPU is what bounds the rate, so this says which side of the
+/// wire a gap is on.
+pub(crate) async fn compare_cpu<F, Fut, R, RFut>(
+    pool: Option<&PgPool>,
+    tasks: usize,
+    framework: F,
+    raw: R,
+) -> Compared
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = u64> + Send,
+    R: Fn(usize, u64) -> RFut + Send + Sync + Clone + 'static,
+    RFut: Future<Output = u64> + Send,
+{
     const ROUNDS: u32 = 4;
     let slice = bench_time() / ROUNDS;
     let (mut f, mut r) = (0, 0);
+    let (mut f_cpu, mut r_cpu) = ((0.0, 0.0), (0.0, 0.0));
     // A short warm-up of each: connections, prepared statements.
     run(tasks, Duration::from_millis(100), &framework).await;
     run(tasks, Duration::from_millis(100), &raw).await;
     for _ in 0..ROUNDS {
+        let before = cpu(pool).await;
         f += run(tasks, slice, &framework).await;
+        let middle = cpu(pool).await;
         r += run(tasks, slice, &raw).await;
+        let after = cpu(pool).await;
+        f_cpu.0 += middle.0 - before.0;
+        f_cpu.1 += middle.1 - before.1;
+        r_cpu.0 += after.0 - middle.0;
+        r_cpu.1 += after.1 - middle.1;
     }
     let time = (slice * ROUNDS).as_secs_f64();
-    (f as f64 / time, r as f64 / time)
+    let side = |units: u64, (client, server): (f64, f64)| {
+        let per = |seconds: f64| seconds * 1e6 / units.max(1) as f64;
+        Side {
+            rate: units as f64 / time,
+            client_us: per(client),
+            server_us: per(server),
+        }
+    };
+    Compared {
+        framework: side(f, f_cpu),
+        raw: side(r, r_cpu),
+    }
+}
+
+/// CPU seconds used so far by this process and by the backends serving `pool`'s database.
+async fn cpu(pool: Option<&PgPool>) -> (f64, f64) {
+    let Some(pool) = pool else {
+        return (process_cpu("self"), 0.0);
+    };
+    let pids: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+         AND backend_type = 'client backend'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    let server = pids.iter().map(|pid| process_cpu(&pid.to_string())).sum();
+    (process_cpu("self"), server)
+}
+
+/// CPU seconds process `pid` (or `self`) has used, user and system, from `/proc/<pid>/stat`
+/// (ticks of 1/100 s, Linux's `USER_HZ`); 0 where that file does not exist.
+fn process_cpu(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / 100.0
 }
 
 /// Median latencies of `framework` and `raw`, run alternately `runs` times each after a

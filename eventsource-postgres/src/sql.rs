@@ -176,6 +176,27 @@ appended AS MATERIALIZED (",
     };
 }
 
+/// As `append_in_tx!`, for one event whose columns `$6`..`$12` are scalars (as in
+/// [`APPEND_ONE`]): no arrays to encode and decode, no `UNNEST`, and the stored-id probe one
+/// equality on the unique `event_id`.
+macro_rules! append_one_in_tx {
+    () => {
+        concat!(
+            r"
+tenant AS MATERIALIZED (
+    SELECT $1::text AS tenant_id
+    WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = $6::uuid)
+),",
+            move_stream!("1"),
+            insert_event!(),
+            ",
+appended AS MATERIALIZED (",
+            one_outcome!(),
+            "),"
+        )
+    };
+}
+
 /// One event, inserted after its streams row moved (`stream`): `$6`..`$12` are its columns as
 /// scalars (no arrays to encode and decode, no `UNNEST`).
 macro_rules! insert_event {
@@ -190,6 +211,15 @@ inserted AS (
     FROM stream
     RETURNING global_position
 )
+"
+    };
+}
+
+/// The outcome row of one event's append (`inserted` after `stream`): all `NULL` when the
+/// guard let nothing through.
+macro_rules! one_outcome {
+    () => {
+        r"
 SELECT (SELECT version FROM stream) AS version,
        pg_current_xact_id_if_assigned()::text AS transaction_id,
        (SELECT global_position FROM inserted) AS first_position,
@@ -219,7 +249,12 @@ pub(crate) const APPEND_BATCH: &str = concat!(
 );
 
 /// As [`APPEND_BATCH`], for one event given as scalars: the usual command's append.
-pub(crate) const APPEND_ONE: &str = concat!(scope_to_tenant!(), move_stream!("1"), insert_event!());
+pub(crate) const APPEND_ONE: &str = concat!(
+    scope_to_tenant!(),
+    move_stream!("1"),
+    insert_event!(),
+    one_outcome!()
+);
 
 /// Group commit of appends of one tenant, as one plain statement: the usual group (a group of
 /// several tenants runs it per tenant, in one transaction). Distinct streams, in stream order.
@@ -534,6 +569,7 @@ pub(crate) const HEALTH_CHECK: &str = "SELECT 1";
 
 /// [`APPEND_BATCH`] inside a caller's transaction, as the CTEs a saga step's save follows.
 const APPEND_IN_TX: &str = append_in_tx!();
+const APPEND_ONE_IN_TX: &str = append_one_in_tx!();
 
 mod generation;
 mod saga;

@@ -31,6 +31,31 @@ pub async fn begin_tenant(
         .await
 }
 
+/// Begins a saga transaction: scoped to `tenant` as [`begin_tenant`] does (unscoped when
+/// `None`), with sequential scans off until it ends (`enable_seqscan`, transaction-local), in
+/// one round trip.
+///
+/// Every saga statement reads its rows by key (an instance by its primary key, a deadline by
+/// the due index); a plan that scans `saga_instances` instead reads every instance on every
+/// step. The planner makes that plan whenever the statistics say the table is small: on a new
+/// database, and on a hot table of warm instances, which their updates bloat between two
+/// vacuums while the cached plan stays. Turning sequential scans off keeps each statement on
+/// its index whatever the statistics (as `enable_seqscan = off` does for the store's
+/// functions, migration 0001). ADR 0037.
+pub(crate) async fn begin_saga(
+    pool: &PgPool,
+    tenant: Option<&TenantId>,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    let statement = match tenant {
+        Some(tenant) => format!("{}, {KEYED_READS}", begin_statement(tenant)),
+        None => format!("BEGIN ISOLATION LEVEL READ COMMITTED; SELECT {KEYED_READS}"),
+    };
+    pool.begin_with(AssertSqlSafe(statement)).await
+}
+
+/// The setting [`begin_saga`] makes, as a select-list item.
+const KEYED_READS: &str = "set_config('enable_seqscan', 'off', true)";
+
 /// As [`begin_tenant`], on a connection the caller holds.
 pub(crate) async fn begin_tenant_on<'c>(
     conn: &'c mut PgConnection,

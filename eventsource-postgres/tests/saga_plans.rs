@@ -6,12 +6,18 @@
 //! A step's append, fused with the save (`PgSagaHandler`), probes the ids it is about to store
 //! by their unique index in every plan too: never by a scan of the log (ADR 0030).
 //!
+//! Saga transactions read `saga_instances` by key even when its statistics were taken while it
+//! was small (a new database; a hot table of warm instances that updates bloat between two
+//! vacuums): they run with sequential scans off (ADR 0037).
+//!
 //! The test runs the store on one connection whose `saga_instances` and `saga_handled` are
 //! temporary copies (a temporary table comes first in the search path), so their planner sees
 //! no statistics, as on a fresh database; it then asks PostgreSQL for the generic plan of every
 //! statement the store prepared on them.
 
 mod support;
+
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use eventsource_core::{
     EventHandler as _, EventId, HandledEvent, LogPosition, SagaKey, SagaState, SagaStore,
@@ -102,6 +108,89 @@ async fn generic_plans_of(conn: &mut PgConnection, relation: &str) -> Vec<(Strin
         plans.push((statement, scans));
     }
     plans
+}
+
+/// Sequential and index scans of this session's temporary `table` so far (the session's
+/// pending counters flushed first).
+async fn scans(conn: &mut PgConnection, table: &str) -> (i64, i64) {
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(&mut *conn)
+        .await
+        .expect("a flush of the counters");
+    sqlx::query_as(
+        "SELECT seq_scan, coalesce(idx_scan, 0) FROM pg_stat_all_tables
+         WHERE relid = to_regclass('pg_temp.' || $1)",
+    )
+    .bind(table)
+    .fetch_one(&mut *conn)
+    .await
+    .expect("the table's counters")
+}
+
+/// Sequential scans of the copies made by [`SMALL_INSTANCES`] while they were made.
+static SETUP_SCANS: AtomicI64 = AtomicI64::new(0);
+
+/// Makes this session's `saga_instances` a temporary copy holding a few instances of another
+/// tenant, analysed: its statistics say one page, so a plan that may scan it does.
+const SMALL_INSTANCES: &str = "
+    CREATE TEMP TABLE saga_instances (LIKE public.saga_instances INCLUDING ALL);
+    INSERT INTO saga_instances (tenant_id, saga, instance, state, state_version, version,
+                                last_transaction_id, last_position)
+    SELECT 'saga-plans-other', 'shipping', 'order-' || n, '{}', 1, 1, '1', n
+    FROM generate_series(1, 3) AS n;
+    ANALYZE saga_instances";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saga_transactions_read_instances_by_key_on_a_table_analysed_small() {
+    let Some(pool) = support::pool_with(1).await else {
+        return;
+    };
+    let mut conn = pool.acquire().await.expect("the connection");
+    conn.execute(SMALL_INSTANCES).await.expect("the copy");
+    conn.execute("CREATE TEMP TABLE saga_handled (LIKE public.saga_handled INCLUDING ALL)")
+        .await
+        .expect("the records' copy");
+    let before = scans(&mut conn, "saga_instances").await;
+    drop(conn);
+
+    // Loads and saves of warm instances, more than the plan cache's five custom plans each.
+    let tenant = support::tenant("saga-plans-keyed");
+    let store = PgSagaStore::new(pool.clone());
+    for step in 1..=8_u64 {
+        for instance in ["order-1", "order-2"] {
+            let key = SagaKey::new(tenant.clone(), "shipping", instance);
+            let event = HandledEvent::new(EventId::new(), LogPosition::new(6, step));
+            let loaded = store.load_for(&key, &event).await.expect("load");
+            assert!(!loaded.handled, "a new event counts as handled");
+            let state = SagaState::new(json!({ "step": step }), 1, step, event.position());
+            store
+                .save(&key, step - 1, state, event)
+                .await
+                .expect("save");
+        }
+    }
+    let mut conn = pool.acquire().await.expect("the connection");
+    let after = scans(&mut conn, "saga_instances").await;
+    assert_eq!(after.0, before.0, "the saga store scanned its instances");
+    assert!(after.1 > before.1 + 16, "no index scans counted: {after:?}");
+
+    // The control: the same look-up in a transaction of the default settings scans the table.
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.expect("begin");
+    sqlx::query(
+        "SELECT state FROM saga_instances WHERE tenant_id = $1 AND saga = $2 AND instance = $3",
+    )
+    .bind(tenant.as_str())
+    .bind("shipping")
+    .bind("order-1")
+    .fetch_optional(&mut *tx)
+    .await
+    .expect("the control's look-up");
+    tx.commit().await.expect("commit");
+    let control = scans(&mut conn, "saga_instances").await;
+    assert!(
+        control.0 > after.0,
+        "the control no longer shows the hazard: {control:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,10 +315,15 @@ async fn a_steps_append_probes_stored_ids_by_their_unique_index_on_a_new_log() {
             Box::pin(async move {
                 conn.execute(
                     "CREATE TEMP TABLE events (LIKE public.events INCLUDING ALL);
-                     CREATE TEMP TABLE streams (LIKE public.streams INCLUDING ALL)",
+                     CREATE TEMP TABLE streams (LIKE public.streams INCLUDING ALL);
+                     CREATE TEMP TABLE saga_handled (LIKE public.saga_handled INCLUDING ALL)",
                 )
-                .await
-                .map(|_| ())
+                .await?;
+                conn.execute(SMALL_INSTANCES).await?;
+                // The copy's own scans (its analysis) are not the handler's.
+                let (seq, _) = scans(conn, "saga_instances").await;
+                SETUP_SCANS.fetch_add(seq, Ordering::Relaxed);
+                Ok(())
             })
         })
         .connect_with(server.database(&support::test_database()))
@@ -247,6 +341,20 @@ async fn a_steps_append_probes_stored_ids_by_their_unique_index_on_a_new_log() {
     let (mut first, mut second) = (
         pool.acquire().await.expect("a connection"),
         pool.acquire().await.expect("another connection"),
+    );
+    // The handler's transactions read the instance by key too, on a table analysed small.
+    let (one, two) = (
+        scans(&mut first, "saga_instances").await,
+        scans(&mut second, "saga_instances").await,
+    );
+    assert_eq!(
+        one.0 + two.0,
+        SETUP_SCANS.load(Ordering::Relaxed),
+        "the handler scanned its instances"
+    );
+    assert!(
+        one.1 + two.1 >= 3,
+        "no index scans counted: {one:?} {two:?}"
     );
     let mut plans = generic_plans_of(&mut first, "saga_handled").await;
     plans.extend(generic_plans_of(&mut second, "saga_handled").await);

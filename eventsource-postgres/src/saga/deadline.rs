@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::store::PgSagaStore;
 use crate::error::store_error;
 use crate::store::PgEventStore;
-use crate::tenant::begin_tenant;
+use crate::tenant::begin_saga;
 
 /// Fires due saga deadlines where the saga store ([`PgSagaStore`]) and the event store
 /// ([`PgEventStore`]) share a database: appending each
@@ -94,11 +94,9 @@ impl PgDeadlineRunner {
     /// connection) is worth another call.
     #[tracing::instrument(name = "eventsource.saga.fire_deadlines", skip_all, fields(tenant = ?self.tenant, fired = tracing::field::Empty))]
     pub async fn fire_batch(&self, now: DateTime<Utc>) -> Result<Vec<DueDeadline>, StoreError> {
-        let mut tx = match &self.tenant {
-            Some(tenant) => begin_tenant(&self.pool, tenant).await,
-            None => self.pool.begin().await,
-        }
-        .map_err(store_error)?;
+        let mut tx = begin_saga(&self.pool, self.tenant.as_ref())
+            .await
+            .map_err(store_error)?;
         let claimed =
             PgSagaStore::claim_due_in_tx(&mut tx, self.tenant.as_ref(), now, self.batch).await?;
         if claimed.is_empty() {

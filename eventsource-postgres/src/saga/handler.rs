@@ -11,7 +11,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use super::store::PgSagaStore;
 use crate::store::PgEventStore;
-use crate::tenant::{begin_tenant, set_tenant};
+use crate::tenant::{begin_saga, set_tenant};
 
 /// How many times a delivery runs its transaction before giving the error to the runner.
 const ATTEMPTS: u32 = 16;
@@ -134,7 +134,7 @@ impl<G: Saga, D: CommandDecider<G::Command>> PgSagaHandler<G, D> {
                 Attempt::Fail(SagaError::Store(e))
             }
         };
-        let mut tx = begin_tenant(&self.pool, key.tenant())
+        let mut tx = begin_saga(&self.pool, Some(key.tenant()))
             .await
             .map_err(|e| store(crate::error::store_error(e)))?;
         let loaded = PgSagaStore::load_in_tx(&mut tx, key, &handled)

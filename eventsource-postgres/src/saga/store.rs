@@ -15,7 +15,7 @@ use crate::rejection::settle_in_tx;
 use crate::row::{AppendRow, DeadlineRow, SagaRow, position_to_db};
 use crate::sql;
 use crate::store::{Columns, appended_from, bind_append};
-use crate::tenant::begin_tenant;
+use crate::tenant::begin_saga;
 
 /// A [`SagaStore`] on PostgreSQL (tables `saga_instances` and `saga_handled`, migration 0009).
 ///
@@ -128,17 +128,24 @@ impl PgSagaStore {
         handled: HandledEvent,
     ) -> Result<(), StoreError> {
         let columns = Columns::for_batch(decided.events)?;
-        let query = save_query::<AppendSaveRow>(
+        // One event, the usual command's: its columns as scalars.
+        let single = columns.ids.len() == 1;
+        let statements = if single {
             (
-                sql::APPEND_AND_CREATE_SAGA.as_str(),
-                sql::APPEND_AND_MOVE_SAGA.as_str(),
-            ),
+                &sql::APPEND_ONE_AND_CREATE_SAGA,
+                &sql::APPEND_ONE_AND_MOVE_SAGA,
+            )
+        } else {
+            (&sql::APPEND_AND_CREATE_SAGA, &sql::APPEND_AND_MOVE_SAGA)
+        };
+        let query = save_query::<AppendSaveRow>(
+            (statements.0.as_str(), statements.1.as_str()),
             key,
             expected,
             &state,
             handled,
         )?;
-        let query = bind_append(query, &decided.stream, decided.expected, &columns, false);
+        let query = bind_append(query, &decided.stream, decided.expected, &columns, single);
         let answer = query.fetch_one(&mut *conn).await;
         let recorded = answer.as_ref().map_or(0, |row| row.recorded.unwrap_or(0));
         let tried = answer.and_then(|row| appended_from(&row.append));
@@ -292,7 +299,7 @@ impl SagaStore for PgSagaStore {
 
     #[tracing::instrument(name = "eventsource.saga.load", skip_all, fields(saga = key.saga(), instance = key.instance()))]
     async fn load_for(&self, key: &SagaKey, event: &HandledEvent) -> Result<Loaded, StoreError> {
-        let mut tx = begin_tenant(&self.pool, key.tenant())
+        let mut tx = begin_saga(&self.pool, Some(key.tenant()))
             .await
             .map_err(store_error)?;
         let loaded = load(&mut tx, sql::LOAD_SAGA, key, event).await?;
@@ -307,7 +314,7 @@ impl SagaStore for PgSagaStore {
         state: SagaState,
         handled: HandledEvent,
     ) -> Result<(), StoreError> {
-        let mut tx = begin_tenant(&self.pool, key.tenant())
+        let mut tx = begin_saga(&self.pool, Some(key.tenant()))
             .await
             .map_err(store_error)?;
         Self::save_in_tx(&mut tx, key, expected, state, handled).await?;
@@ -323,7 +330,7 @@ impl SagaStore for PgSagaStore {
     }
 
     async fn mark_fired(&self, deadline: &DueDeadline) -> Result<bool, StoreError> {
-        let mut tx = begin_tenant(&self.pool, deadline.key.tenant())
+        let mut tx = begin_saga(&self.pool, Some(deadline.key.tenant()))
             .await
             .map_err(store_error)?;
         let marked = Self::mark_fired_in_tx(&mut tx, deadline).await?;
@@ -339,7 +346,7 @@ impl SagaStore for PgSagaStore {
         floor: LogPosition,
     ) -> Result<u64, StoreError> {
         let (transaction, position) = position_to_db(floor);
-        let mut tx = begin_tenant(&self.pool, tenant)
+        let mut tx = begin_saga(&self.pool, Some(tenant))
             .await
             .map_err(store_error)?;
         let removed: i64 = sqlx::query_scalar(sql::PRUNE_HANDLED)

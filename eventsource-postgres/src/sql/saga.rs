@@ -2,7 +2,7 @@
 
 use std::sync::LazyLock;
 
-use super::APPEND_IN_TX;
+use super::{APPEND_IN_TX, APPEND_ONE_IN_TX};
 
 /// The body of the saga loads: the instance's state, and whether it handled the event `$4` at
 /// log position `($5, $6)` (recorded, or at or below the floor its record was pruned to).
@@ -110,6 +110,7 @@ FROM appended a
 /// tenant `$1`), in one statement: see [`after_append`].
 pub(crate) static APPEND_AND_CREATE_SAGA: LazyLock<String> = LazyLock::new(|| {
     after_append(
+        APPEND_IN_TX,
         13,
         save_saga!(
             create,
@@ -123,6 +124,33 @@ pub(crate) static APPEND_AND_CREATE_SAGA: LazyLock<String> = LazyLock::new(|| {
 /// `$1`), in one statement: see [`after_append`].
 pub(crate) static APPEND_AND_MOVE_SAGA: LazyLock<String> = LazyLock::new(|| {
     after_append(
+        APPEND_IN_TX,
+        14,
+        save_saga!(
+            move,
+            "AND EXISTS (SELECT 1 FROM appended WHERE appended.version IS NOT NULL)",
+            appended_answer!()
+        ),
+    )
+});
+
+/// [`APPEND_AND_CREATE_SAGA`] for one event, its columns as scalars (`append_one_in_tx!`).
+pub(crate) static APPEND_ONE_AND_CREATE_SAGA: LazyLock<String> = LazyLock::new(|| {
+    after_append(
+        APPEND_ONE_IN_TX,
+        13,
+        save_saga!(
+            create,
+            "FROM appended WHERE appended.version IS NOT NULL",
+            appended_answer!()
+        ),
+    )
+});
+
+/// [`APPEND_AND_MOVE_SAGA`] for one event, its columns as scalars (`append_one_in_tx!`).
+pub(crate) static APPEND_ONE_AND_MOVE_SAGA: LazyLock<String> = LazyLock::new(|| {
+    after_append(
+        APPEND_ONE_IN_TX,
         14,
         save_saga!(
             move,
@@ -138,8 +166,8 @@ pub(crate) static APPEND_AND_MOVE_SAGA: LazyLock<String> = LazyLock::new(|| {
 /// after [`APPEND`](super::APPEND). The append's own parameters after the tenant (`$2`..`$12` of
 /// [`APPEND_BATCH`](super::APPEND_BATCH)) are renumbered to start at `$first`, after the save's, so the save binds
 /// first and the append's arguments follow it as for the standalone statements.
-fn after_append(first: usize, save: &str) -> String {
-    format!("WITH {}{save}", renumber(APPEND_IN_TX, first))
+fn after_append(append: &str, first: usize, save: &str) -> String {
+    format!("WITH {}{save}", renumber(append, first))
 }
 
 /// `sql` with each parameter `$n` for `n >= 2` renumbered to `$(n - 2 + first)`; `$1` kept.
@@ -227,6 +255,14 @@ mod tests {
             assert!(sql.contains(&format!("${last}::uuid[]")), "{sql}");
             assert!(!sql.contains(&format!("${}", last + 1)), "{sql}");
             assert!(!sql.contains("eventsource_append"), "{sql}");
+        }
+        for (sql, last) in [
+            (&*APPEND_ONE_AND_CREATE_SAGA, 23),
+            (&*APPEND_ONE_AND_MOVE_SAGA, 24),
+        ] {
+            assert!(sql.contains(&format!("${last}::uuid")), "{sql}");
+            assert!(!sql.contains(&format!("${}", last + 1)), "{sql}");
+            assert!(!sql.contains("[]"), "{sql}");
         }
     }
 }

@@ -60,7 +60,8 @@ use refetch::Refetch;
 /// the same aggregate stream in that batch are left pending too, so they are retried after it.
 ///
 /// Blocking reads use their own connection, opened from the `client` with a response timeout
-/// longer than the block; everything else goes through the shared connection. On a Redis
+/// longer than the block (at most [`RunnerOptions::with_max_blocking_reads`] of them);
+/// everything else goes through the shared connection. On a Redis
 /// Cluster the keys are read per hash slot, see [`run`](Self::run).
 ///
 /// ```no_run

@@ -100,6 +100,18 @@ async fn publish_ten_events(
     store
 }
 
+/// Creates the totals table if missing. Both topologies' tests run at once, and concurrent
+/// `CREATE TABLE IF NOT EXISTS` can fail on the catalog's unique index: they take turns.
+async fn create_totals(pool: &sqlx::PgPool) {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('es_redis_test_totals'))")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(CREATE_TOTALS).execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_read_model_is_exact_after_a_consumer_dies_between_commit_and_ack() {
     exact_after_a_consumer_dies("REDIS_URL").await;
@@ -126,15 +138,7 @@ async fn exact_after_a_consumer_dies(redis_var: &str) {
         .await
         .expect("connect to DATABASE_URL");
     MIGRATOR.run(&pool).await.expect("migrations");
-    // Both topologies' tests run at once: concurrent `CREATE TABLE IF NOT EXISTS` can fail
-    // on the catalog's unique index, so they take turns.
-    let mut tx = pool.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('es_redis_test_totals'))")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query(CREATE_TOTALS).execute(&mut *tx).await.unwrap();
-    tx.commit().await.unwrap();
+    create_totals(&pool).await;
 
     let (client, conn) = support::redis(&redis_url).await;
     let prefix = support::unique("pg-redis");

@@ -192,6 +192,18 @@ async fn three_relays_share_three_shards_and_take_over_a_dead_ones(topology: Top
 /// A runner started before a tenant exists reads that tenant's stream once the relay first
 /// publishes to it, without a restart, from the stream's first entry.
 async fn a_running_runner_picks_up_a_new_tenant(topology: Topology) {
+    picks_up_new_tenants(topology, None).await;
+}
+
+/// The same with at most one blocking connection (ADR 0036): on a cluster the loops of the
+/// second and third tenants' slots poll, and every discovery restart keeps to the cap.
+async fn a_discovering_runner_keeps_to_its_blocking_connection_cap(topology: Topology) {
+    picks_up_new_tenants(topology, Some(1)).await;
+}
+
+/// Three tenants appear one after the other while a discovering runner runs (at most
+/// `max_blocking` blocking connections, if given); each one's events reach it.
+async fn picks_up_new_tenants(topology: Topology, max_blocking: Option<usize>) {
     let Some((client, conn)) = support::connect_to(topology).await else {
         return;
     };
@@ -208,7 +220,12 @@ async fn a_running_runner_picks_up_a_new_tenant(topology: Topology) {
     )
     .with_keys(&keys);
     let relay = tokio::spawn(relay.run(shutdown.clone()));
-    let (runner, seen) = discovering_runner(&client, &conn, &keys, None);
+    let mut options = RunnerOptions::default().with_block_timeout(Duration::from_millis(100));
+    if let Some(max) = max_blocking {
+        options = options.with_max_blocking_reads(max);
+    }
+    let (runner, seen) = discovering_runner(&client, &conn, &keys, None, options);
+    let counters = runner.counters();
     let runner = tokio::spawn(runner.run(shutdown.clone()));
     // Tenants in several slots on a cluster: a new read loop each.
     let names = ["alpha", "beta", "gamma"].map(|t| format!("{prefix}-{t}"));
@@ -234,6 +251,9 @@ async fn a_running_runner_picks_up_a_new_tenant(topology: Topology) {
         })
         .await;
         assert!(got, "{tenant}'s events reached the running runner");
+        if let Some(max) = max_blocking {
+            assert!(counters.blocking_connections() <= max as u64);
+        }
     }
     shutdown.cancel();
     relay.await.unwrap().unwrap();
@@ -245,6 +265,7 @@ fn discovering_runner(
     conn: &RedisConnection,
     keys: &Keys,
     filter: Option<String>,
+    options: RunnerOptions,
 ) -> (ConsumerRunner<Recorder>, Recorder) {
     let seen = Recorder::default();
     let mut discovery =
@@ -259,7 +280,7 @@ fn discovering_runner(
         "discover",
         "c1",
         seen.clone(),
-        RunnerOptions::default().with_block_timeout(Duration::from_millis(100)),
+        options,
     )
     .with_discovery(discovery);
     (runner, seen)
@@ -490,6 +511,7 @@ on_both_topologies!(
     instances_started_together_take_a_shard_each,
     three_relays_share_three_shards_and_take_over_a_dead_ones,
     a_running_runner_picks_up_a_new_tenant,
+    a_discovering_runner_keeps_to_its_blocking_connection_cap,
     a_sharded_relay_refuses_a_key_shared_by_tenants,
     shards_start_from_the_unsharded_checkpoint,
 );
@@ -515,7 +537,13 @@ async fn discovery_never_scans_the_keyspace() {
     )
     .with_keys(&keys);
     let relay = tokio::spawn(relay.run(shutdown.clone()));
-    let (runner, seen) = discovering_runner(&client, &conn, &keys, Some("kept".to_owned()));
+    let (runner, seen) = discovering_runner(
+        &client,
+        &conn,
+        &keys,
+        Some("kept".to_owned()),
+        RunnerOptions::default().with_block_timeout(Duration::from_millis(100)),
+    );
     let runner = tokio::spawn(runner.run(shutdown.clone()));
     support::append(
         &store,

@@ -1,5 +1,6 @@
 //! One runner over tenants whose keys lie on different cluster masters: reads per hash slot,
-//! no slot held up by another node, keys without a hash tag refused.
+//! no slot held up by another node, keys without a hash tag refused, blocking connections
+//! capped.
 #![allow(missing_docs)]
 
 mod support;
@@ -178,6 +179,97 @@ async fn relay_to_one_runner_over_tenants_on_three_masters(topology: Topology) {
 }
 
 on_both_topologies!(relay_to_one_runner_over_tenants_on_three_masters);
+
+/// A runner over six tenants in six slots holds at most `with_max_blocking_reads` blocking
+/// connections (on a single node one loop reads every key: at most one); the other slots'
+/// loops poll, and every event arrives once, those published while the runner sat idle too.
+/// With a cap of 0 every loop polls and the runner opens no connection of its own (ADR 0036).
+async fn blocking_connections_are_capped(topology: Topology) {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let Some(s) = Setup::new(topology).await else {
+        return;
+    };
+    for cap in [2usize, 0] {
+        let tenants: Vec<String> = (0..6).map(|i| format!("cap{cap}-{i}")).collect();
+        let streams: Vec<String> = tenants
+            .iter()
+            .map(|t| s.keys.tenant_stream(&t.as_str().into()))
+            .collect();
+        let slots: std::collections::HashSet<_> = streams
+            .iter()
+            .map(redis::cluster_routing::Slot::for_key)
+            .collect();
+        assert_eq!(slots.len(), 6, "six slots: pick other tenants");
+        let loops = if topology == Topology::Cluster { 6 } else { 1 };
+        for tenant in &tenants {
+            support::append(
+                &s.store,
+                &support::stream(tenant, "order", "1"),
+                3,
+                "Placed",
+            )
+            .await;
+        }
+        s.publish().await;
+        let recorder = Recorder::default();
+        let runner = ConsumerRunner::new(
+            s.conn.clone(),
+            s.client.clone(),
+            streams,
+            format!("capped-{cap}"),
+            "c1",
+            recorder.clone(),
+            RunnerOptions::default()
+                .with_block_timeout(Duration::from_millis(100))
+                .with_max_blocking_reads(cap),
+        );
+        let counters = runner.counters();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(runner.run(stop.clone()));
+        let handled = |n: usize| {
+            let recorder = recorder.clone();
+            async move { recorder.0.lock().unwrap().len() == n }
+        };
+        assert!(
+            support::eventually(Duration::from_secs(10), || handled(18)).await,
+            "cap {cap}: handled {} of 18",
+            recorder.0.lock().unwrap().len()
+        );
+        assert_eq!(
+            counters.blocking_connections(),
+            cap.min(loops) as u64,
+            "cap {cap}, {loops} loops"
+        );
+        // Idle long enough for the polled loops to back off to the block timeout.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for tenant in &tenants {
+            support::append(
+                &s.store,
+                &support::stream(tenant, "order", "2"),
+                1,
+                "Placed",
+            )
+            .await;
+        }
+        s.publish().await;
+        // Polled loops read at least once per block timeout (100 ms); 2 s leaves room for a
+        // loaded machine.
+        assert!(
+            support::eventually(Duration::from_secs(2), || handled(24)).await,
+            "cap {cap}: handled {} of 24 within 2 s of publishing",
+            recorder.0.lock().unwrap().len()
+        );
+        assert_eq!(counters.blocking_connections(), cap.min(loops) as u64);
+        stop.cancel();
+        task.await.unwrap().unwrap();
+        assert_eq!(counters.blocking_connections(), 0, "closed on shutdown");
+        for tenant in &tenants {
+            assert_eq!(recorder.count(tenant), 4, "{tenant}: each event once");
+        }
+    }
+}
+
+on_both_topologies!(blocking_connections_are_capped);
 
 /// A master that answers nothing for a while (`CLIENT PAUSE`) holds up only the reads of its
 /// own slots: the runner keeps delivering the other masters' tenants meanwhile.

@@ -20,3 +20,17 @@ pub fn say(line: &str) {
 pub fn var(name: &str) -> Result<String, String> {
     std::env::var(name).map_err(|e| format!("{name}: {e}"))
 }
+
+/// A client of the Redis at `url`: one node's URL, or a cluster's node URLs separated by
+/// commas (how the crash tests pass `REDIS_CLUSTER_URLS`).
+///
+/// # Errors
+///
+/// When a URL does not parse.
+pub fn redis_client(url: &str) -> redis::RedisResult<eventsource_redis::RedisClient> {
+    if url.contains(',') {
+        eventsource_redis::RedisClient::open_cluster(url.split(','))
+    } else {
+        eventsource_redis::RedisClient::open(url)
+    }
+}

@@ -2,7 +2,7 @@
 //! `PgProjectionHandler`: a consumer that dies between the read model's commit and its ack
 //! leaves the event to another consumer, which skips it; the read model counts every event
 //! once (issue 16 item 1; moved here from `eventsource-redis/tests/pg_projection.rs` when the
-//! handler moved to eventsource-postgres).
+//! handler moved to eventsource-postgres). On a single Redis and on a Redis Cluster.
 
 mod support;
 
@@ -15,7 +15,9 @@ use eventsource_core::{
     NewEvent, RecordedEvent, StreamId, TenantId,
 };
 use eventsource_postgres::{MIGRATOR, PgProjection, PgProjectionError, PgProjectionHandler};
-use eventsource_redis::{ConsumerRunner, Keys, RedisRelay, RelayOptions, RunnerOptions};
+use eventsource_redis::{
+    ConsumerRunner, Keys, RedisConnection, RedisRelay, RelayOptions, RunnerOptions,
+};
 use sqlx::PgConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
@@ -72,7 +74,7 @@ impl EventHandler for Handler {
 
 /// Ten events of one stream of `tenant`, in a store of their own, published to Redis.
 async fn publish_ten_events(
-    conn: &redis::aio::ConnectionManager,
+    conn: &RedisConnection,
     keys: &Keys,
     tenant: &TenantId,
 ) -> InMemoryEventStore {
@@ -98,10 +100,34 @@ async fn publish_ten_events(
     store
 }
 
+/// Creates the totals table if missing. Both topologies' tests run at once, and concurrent
+/// `CREATE TABLE IF NOT EXISTS` can fail on the catalog's unique index: they take turns.
+async fn create_totals(pool: &sqlx::PgPool) {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('es_redis_test_totals'))")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(CREATE_TOTALS).execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_read_model_is_exact_after_a_consumer_dies_between_commit_and_ack() {
+    exact_after_a_consumer_dies("REDIS_URL").await;
+}
+
+/// The same on a Redis Cluster (`REDIS_CLUSTER_URLS`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_pg_read_model_is_exact_after_a_consumer_dies_between_commit_and_ack() {
+    exact_after_a_consumer_dies("REDIS_CLUSTER_URLS").await;
+}
+
+/// A consumer dies between the read model's commit and its ack, another finishes; `redis_var`
+/// names the Redis: one URL, or a cluster's nodes separated by commas.
+async fn exact_after_a_consumer_dies(redis_var: &str) {
     let (Some(redis_url), Some(db_url)) = (
-        support::service_url("REDIS_URL"),
+        support::service_url(redis_var),
         support::service_url("DATABASE_URL"),
     ) else {
         return;
@@ -112,10 +138,9 @@ async fn pg_read_model_is_exact_after_a_consumer_dies_between_commit_and_ack() {
         .await
         .expect("connect to DATABASE_URL");
     MIGRATOR.run(&pool).await.expect("migrations");
-    sqlx::query(CREATE_TOTALS).execute(&pool).await.unwrap();
+    create_totals(&pool).await;
 
-    let client = redis::Client::open(redis_url.as_str()).unwrap();
-    let conn = client.get_connection_manager().await.unwrap();
+    let (client, conn) = support::redis(&redis_url).await;
     let prefix = support::unique("pg-redis");
     let keys = Keys::new(&prefix);
     let tenant = TenantId::new("acme");

@@ -1,7 +1,8 @@
 //! A pool of three relay processes over three shards, SIGKILLed at random points while
 //! writers append to PostgreSQL: the survivors (or the restarted process) take the dead one's
 //! shards over, and every tenant's Redis keys end equal to the store's log for them, each
-//! event once, in log order (issue 17, item 3; ADR 0031).
+//! event once, in log order (issue 17, item 3; ADR 0031); on a single Redis and on a Redis
+//! Cluster (issue 17, item 5).
 
 mod support;
 
@@ -13,7 +14,7 @@ use eventsource_core::{
     EventStore, ExpectedVersion, LogFilter, RecordedEvent, StoreError, StreamId, TenantId,
 };
 use eventsource_postgres::{MIGRATOR, PgCheckpointStore, PgEventStore};
-use eventsource_redis::{Keys, RedisRelay, RelayOptions, Router, shard_of};
+use eventsource_redis::{Keys, RedisConnection, RedisRelay, RelayOptions, Router, shard_of};
 use eventsource_tests::routing::TenantAndType;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use support::order::{exactly_once_error, tick, version_order_error};
@@ -25,9 +26,23 @@ const LEASE_MS: u64 = 300;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_pool_of_sharded_relays_killed_at_random_publishes_once_in_order() {
+    killed_at_random("REDIS_URL").await;
+}
+
+/// The same on a Redis Cluster of three masters (`REDIS_CLUSTER_URLS`): the tenants' keys lie
+/// in several slots, on several masters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_a_cluster_a_pool_of_sharded_relays_killed_at_random_publishes_once_in_order() {
+    killed_at_random("REDIS_CLUSTER_URLS").await;
+}
+
+/// A pool of relay processes over three shards, one of them killed at random `KILLS` times
+/// while writers append; then every key holds its events once, in order. `redis_var` names
+/// the Redis: one URL, or a cluster's nodes separated by commas.
+async fn killed_at_random(redis_var: &str) {
     let (Some(db_url), Some(redis_url)) = (
         support::service_url("DATABASE_URL"),
-        support::service_url("REDIS_URL"),
+        support::service_url(redis_var),
     ) else {
         return;
     };
@@ -38,11 +53,7 @@ async fn a_pool_of_sharded_relays_killed_at_random_publishes_once_in_order() {
         .await
         .expect("connect to DATABASE_URL");
     MIGRATOR.run(&pool).await.expect("migrations");
-    let conn = redis::Client::open(redis_url.as_str())
-        .expect("REDIS_URL")
-        .get_connection_manager()
-        .await
-        .expect("connect to Redis");
+    let (_, conn) = support::redis(&redis_url).await;
     let prefix = support::unique("shards");
     let keys = Keys::new(&prefix);
     let name = support::unique("shard-relay");
@@ -179,7 +190,7 @@ fn routed(log: &[RecordedEvent], keys: &Keys) -> BTreeMap<String, Vec<RecordedEv
 /// How each key differs from the events the log routes to it, and where it breaks version
 /// order.
 async fn compare_keys(
-    redis: &mut redis::aio::ConnectionManager,
+    redis: &mut RedisConnection,
     expected: &BTreeMap<String, Vec<RecordedEvent>>,
 ) -> Vec<String> {
     let mut failures = Vec::new();

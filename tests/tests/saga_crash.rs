@@ -22,6 +22,8 @@
 //! paid by hand; nothing is pending: no saga instance keeps a deadline, no deadline is due
 //! even an hour later, no entry of the stream is pending in the group or dead-lettered, and
 //! the group has read the whole stream.
+//!
+//! Each runs on a single Redis and on a Redis Cluster (issue 17, item 5).
 
 mod support;
 
@@ -30,9 +32,8 @@ use std::time::{Duration, Instant};
 
 use eventsource_core::{RecordedEvent, TenantId};
 use eventsource_postgres::{MIGRATOR, PgDeadlineRunner, PgEventStore};
-use eventsource_redis::Keys;
+use eventsource_redis::{Keys, RedisConnection};
 use eventsource_tests::order_saga::{Aggregates, Kind, OrderEvent, OrderState, SAGA, Stage};
-use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use support::child::{self, ChildProcess};
@@ -187,7 +188,7 @@ async fn progress(pool: &PgPool, tenant: &TenantId) -> (usize, u64) {
 /// group read and acknowledged all of it; returns how long that took.
 async fn wait_until_settled(
     pool: &PgPool,
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     fleet: &Fleet,
     count: usize,
     limit: Duration,
@@ -223,7 +224,7 @@ fn order_of(event: &RecordedEvent) -> Option<&str> {
 /// `0..count` of `fleet`'s tenant.
 async fn violations(
     pool: &PgPool,
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     fleet: &Fleet,
     count: usize,
 ) -> Vec<String> {
@@ -346,21 +347,30 @@ async fn state_violations(pool: &PgPool, tenant: &TenantId, count: usize) -> Vec
     failures
 }
 
-async fn redis(url: &str) -> ConnectionManager {
-    redis::Client::open(url)
-        .expect("REDIS_URL")
-        .get_connection_manager()
-        .await
-        .expect("connect to Redis")
+async fn redis(url: &str) -> RedisConnection {
+    support::redis(url).await.1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saga_runners_and_the_relay_killed_at_random_points_finish_every_order_once() {
+    killed_at_random_points("REDIS_URL").await;
+}
+
+/// The same on a Redis Cluster (`REDIS_CLUSTER_URLS`): the relay, the saga runners' reads,
+/// acks and reclaims go through cluster connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_saga_runners_and_the_relay_killed_at_random_finish_every_order_once() {
+    killed_at_random_points("REDIS_CLUSTER_URLS").await;
+}
+
+/// 1,000 orders placed in 60 slices, a saga runner or the relay killed after each;
+/// `redis_var` names the Redis: one URL, or a cluster's nodes separated by commas.
+async fn killed_at_random_points(redis_var: &str) {
     const ORDERS: usize = 1_000;
     const KILLS: usize = 60;
     let (Some(db_url), Some(redis_url)) = (
         support::service_url("DATABASE_URL"),
-        support::service_url("REDIS_URL"),
+        support::service_url(redis_var),
     ) else {
         return;
     };
@@ -418,8 +428,20 @@ async fn saga_runners_and_the_relay_killed_at_random_points_finish_every_order_o
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saga_runners_and_the_relay_ride_out_a_postgres_restart() {
+    ride_out_a_postgres_restart("REDIS_URL").await;
+}
+
+/// The same with the saga runners and the relay on a Redis Cluster (`REDIS_CLUSTER_URLS`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_saga_runners_and_the_relay_ride_out_a_postgres_restart() {
+    ride_out_a_postgres_restart("REDIS_CLUSTER_URLS").await;
+}
+
+/// 200 orders, PostgreSQL restarted twice under the running processes; `redis_var` names the
+/// Redis.
+async fn ride_out_a_postgres_restart(redis_var: &str) {
     const ORDERS: usize = 200;
-    let Some(redis_url) = support::service_url("REDIS_URL") else {
+    let Some(redis_url) = support::service_url(redis_var) else {
         return;
     };
     let Some(cluster) = support::cluster::Cluster::start() else {

@@ -1,6 +1,7 @@
 //! A saga run by a Redis consumer group: orders placed through one aggregate reserve stock in
 //! another. The consumer is killed mid-way and a second one takes over; every order reserves
-//! its stock exactly once, with correlation and causation carried from the order.
+//! its stock exactly once, with correlation and causation carried from the order; on a single
+//! Redis and on a Redis Cluster.
 
 mod support;
 
@@ -130,11 +131,22 @@ impl Saga for Fulfilment {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saga_in_a_consumer_group_survives_a_killed_consumer() {
-    let Some(url) = support::service_url("REDIS_URL") else {
+    survives_a_killed_consumer("REDIS_URL").await;
+}
+
+/// The same on a Redis Cluster (`REDIS_CLUSTER_URLS`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_saga_in_a_consumer_group_survives_a_killed_consumer() {
+    survives_a_killed_consumer("REDIS_CLUSTER_URLS").await;
+}
+
+/// The saga's first consumer aborted mid-way, a second one finishing; `redis_var` names the
+/// Redis: one URL, or a cluster's nodes separated by commas.
+async fn survives_a_killed_consumer(redis_var: &str) {
+    let Some(url) = support::service_url(redis_var) else {
         return;
     };
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let conn = client.get_connection_manager().await.unwrap();
+    let (client, conn) = support::redis(&url).await;
     let keys = Keys::new(&support::unique("e2e"));
     let tenant = TenantId::default();
 

@@ -14,6 +14,7 @@ pub struct RunnerCounters {
     pub(super) reclaimed: AtomicU64,
     pub(super) missing: AtomicU64,
     pub(super) refetched: AtomicU64,
+    pub(super) blocking_connections: AtomicU64,
     pub(super) trim: Arc<TrimCounters>,
 }
 
@@ -52,6 +53,14 @@ impl RunnerCounters {
     #[must_use]
     pub fn refetched(&self) -> u64 {
         self.refetched.load(Ordering::Relaxed)
+    }
+
+    /// Blocking-read connections open now: at most
+    /// [`RunnerOptions::with_max_blocking_reads`](crate::RunnerOptions::with_max_blocking_reads),
+    /// 0 once the runner stopped.
+    #[must_use]
+    pub fn blocking_connections(&self) -> u64 {
+        self.blocking_connections.load(Ordering::Relaxed)
     }
 
     /// Entries the runner's scheduled trimming removed from its streams

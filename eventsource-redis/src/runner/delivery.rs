@@ -54,6 +54,8 @@ impl<H: EventHandler> ConsumerRunner<H> {
     /// processing; returns the numbers of entries handled and of entries given up on.
     ///
     /// `keys` lie in one hash slot (or on a single node), so each read is one `XREADGROUP`.
+    /// With a `blocking` connection the read of new entries blocks on it (up to the block
+    /// timeout); without, it returns at once.
     pub(super) async fn step(
         &self,
         keys: &[usize],
@@ -109,13 +111,20 @@ impl<H: EventHandler> ConsumerRunner<H> {
             .block_timeout
             .min(until_reclaim)
             .max(Duration::from_millis(1));
-        let options = StreamReadOptions::default()
+        let mut options = StreamReadOptions::default()
             .group(&self.group, &self.consumer)
-            .count(batch)
-            .block(usize::try_from(block.as_millis()).unwrap_or(usize::MAX));
+            .count(batch);
         let ids = vec![">"; names.len()];
         let mut shared = self.conn.clone();
-        let conn = blocking.unwrap_or(&mut shared);
+        let conn = match blocking {
+            Some(conn) => {
+                options = options.block(usize::try_from(block.as_millis()).unwrap_or(usize::MAX));
+                conn
+            }
+            // A polled loop (past the cap of blocking connections): a read that returns at
+            // once, through the shared connection; the loop waits between empty reads.
+            None => &mut shared,
+        };
         let reply: Option<StreamReadReply> = tokio::select! {
             () = shutdown.cancelled() => return Ok((0, 0)),
             reply = conn.xread_options(&names, &ids, &options) => reply?,

@@ -60,7 +60,8 @@ use refetch::Refetch;
 /// the same aggregate stream in that batch are left pending too, so they are retried after it.
 ///
 /// Blocking reads use their own connection, opened from the `client` with a response timeout
-/// longer than the block; everything else goes through the shared connection. On a Redis
+/// longer than the block (at most [`RunnerOptions::with_max_blocking_reads`] of them);
+/// everything else goes through the shared connection. On a Redis
 /// Cluster the keys are read per hash slot, see [`run`](Self::run).
 ///
 /// ```no_run
@@ -263,7 +264,9 @@ impl<H: EventHandler> ConsumerRunner<H> {
     ///
     /// On a cluster the keys are read per hash slot (one `XREADGROUP` may only name keys of
     /// one slot): one read loop per slot, all in this task, each with its own blocking
-    /// connection, so a slow or failing node holds up only the loop of its own slots. The
+    /// connection, so a slow or failing node holds up only the loop of its own slots; past
+    /// [`RunnerOptions::with_max_blocking_reads`] (default 16) slots, the further loops poll
+    /// through the shared connection instead (see [`RunnerOptions`]). The
     /// handler's concurrency ([`RunnerOptions::with_concurrency`]) applies per loop. A
     /// non-retryable error in one loop stops them all. Beside the loops, the streams are
     /// trimmed on a schedule unless [`RunnerOptions::without_trim`] turned it off.
@@ -388,12 +391,16 @@ impl<H: EventHandler> ConsumerRunner<H> {
         }
         let stop = shutdown.child_token();
         let this = &self;
+        // The first loops block on connections of their own, the rest poll: a runner over
+        // thousands of slots must not open thousands of connections (ADR 0036).
+        let max_blocking = self.options.max_blocking_reads;
         let loops = slot_groups(&self.read_keys, self.conn.is_cluster())
             .into_iter()
-            .map(|keys| {
+            .enumerate()
+            .map(|(i, keys)| {
                 let stop = &stop;
                 async move {
-                    let result = this.run_slot(&keys, stop).await;
+                    let result = this.run_slot(&keys, stop, i < max_blocking).await;
                     if result.is_err() {
                         stop.cancel();
                     }
@@ -434,17 +441,22 @@ impl<H: EventHandler> ConsumerRunner<H> {
     }
 
     /// The read loop of the read keys `keys` (indexes into `read_keys`), which one
-    /// `XREADGROUP` may read together.
+    /// `XREADGROUP` may read together; it `blocks` on a connection of its own, or polls.
     async fn run_slot(
         &self,
         keys: &[usize],
         shutdown: &CancellationToken,
+        blocks: bool,
     ) -> Result<(), RunnerError> {
         let mut failures = 0u32;
         let mut groups_ready = false;
         // A blocked `XREADGROUP` holds up every command queued behind it on a multiplexed
         // connection: blocking reads get a connection of their own, per loop.
         let mut blocking: Option<RedisConnection> = None;
+        // Counts the connection while it is open, however the loop ends (dropped included).
+        let mut _open: Option<OpenConnection<'_>> = None;
+        // A polled loop's wait after a read that found nothing.
+        let mut idle = Duration::ZERO;
         let mut pending: Option<Vec<String>> = None;
         let mut last_reclaim: Option<Instant> = None;
         let mut breaker = 0u32;
@@ -459,9 +471,10 @@ impl<H: EventHandler> ConsumerRunner<H> {
                     groups_ready = true;
                     pending = Some(vec!["0".to_owned(); keys.len()]);
                 }
-                if blocking.is_none() {
+                if blocks && blocking.is_none() {
                     let timeout = self.options.block_timeout + Duration::from_secs(5);
                     blocking = Some(self.client.connect_blocking(timeout).await?);
+                    _open = Some(OpenConnection::count(&self.counters.blocking_connections));
                 }
                 let (successes, failed) = self
                     .step(
@@ -478,6 +491,16 @@ impl<H: EventHandler> ConsumerRunner<H> {
             match result {
                 Ok((successes, failed)) => {
                     failures = 0;
+                    if !blocks {
+                        if successes + failed == 0 {
+                            idle = (idle * 2)
+                                .max(Duration::from_millis(1))
+                                .min(self.options.block_timeout);
+                            sleep_or_cancel(shutdown, idle).await;
+                        } else {
+                            idle = Duration::ZERO;
+                        }
+                    }
                     if failed > 0 {
                         // Entries that failed, and the later entries of their streams held back
                         // behind them, are still pending: handle them again, in order, before
@@ -517,5 +540,22 @@ impl<H: EventHandler> ConsumerRunner<H> {
             }
         }
         Ok(())
+    }
+}
+
+/// A blocking-read connection counted in [`RunnerCounters::blocking_connections`] until
+/// dropped.
+struct OpenConnection<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> OpenConnection<'a> {
+    fn count(counter: &'a std::sync::atomic::AtomicU64) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }

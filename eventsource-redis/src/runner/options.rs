@@ -37,6 +37,21 @@ use crate::trim::TrimOptions;
 /// it; a stream without groups never is. [`with_trim`](Self::with_trim) changes the schedule,
 /// [`without_trim`](Self::without_trim) turns it off.
 ///
+/// # Blocking connections
+///
+/// A read loop waits for new entries with a blocking `XREADGROUP` on a connection of its own
+/// (a blocked read would hold up every command queued behind it on a shared one). On a single
+/// node the runner has one read loop; on a cluster one per hash slot it reads (one command
+/// may not name keys of two slots, even on one node), so a runner over many tenants would open
+/// as many connections. [`with_max_blocking_reads`](Self::with_max_blocking_reads) caps them
+/// (default 16): the loops of the first slots, in the order of the runner's streams (those
+/// given to [`ConsumerRunner::new`](crate::ConsumerRunner::new), then discovered tenants' in
+/// the order found), block on a connection each; the loops of the slots past the cap read
+/// without `BLOCK` through the shared connection and, while they find nothing, wait between
+/// reads from 1 ms doubling up to the [block timeout](Self::with_block_timeout). A new entry
+/// in an idle polled slot is so read up to one block timeout (default 2 s) late, and each idle
+/// polled slot costs one read per block timeout; a busy one reads back to back.
+///
 /// ```
 /// # use eventsource_redis::RunnerOptions;
 /// # use std::time::Duration;
@@ -59,6 +74,7 @@ pub struct RunnerOptions {
     pub(crate) error_backoff: RetryPolicy,
     pub(crate) handler_timeout: Option<Duration>,
     pub(crate) trim: Option<TrimOptions>,
+    pub(crate) max_blocking_reads: usize,
 }
 
 impl Default for RunnerOptions {
@@ -81,6 +97,7 @@ impl Default for RunnerOptions {
                 .with_max_delay(Duration::from_secs(5)),
             handler_timeout: None,
             trim: Some(TrimOptions::default()),
+            max_blocking_reads: 16,
         }
     }
 }
@@ -174,6 +191,22 @@ impl RunnerOptions {
     pub fn without_trim(mut self) -> Self {
         self.trim = None;
         self
+    }
+
+    /// At most `max` read loops block on a connection of their own (default 16); the loops of
+    /// further hash slots poll through the shared connection (see [Blocking
+    /// connections](Self#blocking-connections)). 0 makes every loop poll, on a single node
+    /// too: the runner then opens no connection of its own.
+    #[must_use]
+    pub fn with_max_blocking_reads(mut self, max: usize) -> Self {
+        self.max_blocking_reads = max;
+        self
+    }
+
+    /// How many read loops may block on a connection of their own.
+    #[must_use]
+    pub fn max_blocking_reads(&self) -> usize {
+        self.max_blocking_reads
     }
 
     /// The trimming schedule, `None` when off.

@@ -2,8 +2,8 @@
 //!
 //! Runs [`OrderSaga`] with [`PgSagaHandler`] in a Redis consumer group ([`ConsumerRunner`], group
 //! `order-saga`) over one tenant's stream, and a [`PgDeadlineRunner`] for that tenant, until
-//! killed. Configured by environment: `DATABASE_URL`, `REDIS_URL`, `SAGA_PREFIX` (the keys'
-//! prefix), `SAGA_TENANT` and `SAGA_CONSUMER` (its stable consumer name, so that a restarted
+//! killed. Configured by environment: `DATABASE_URL`, `REDIS_URL` (a comma-separated list of
+//! nodes: a Redis Cluster), `SAGA_PREFIX` (the keys' prefix), `SAGA_TENANT` and `SAGA_CONSUMER` (its stable consumer name, so that a restarted
 //! process finds its predecessor's pending entries at once). It prints `ready` once connected;
 //! if the consumer runner stops it prints `stopped: <error>` and exits with 1.
 //!
@@ -16,7 +16,7 @@ use std::time::Duration;
 use eventsource_core::TenantId;
 use eventsource_postgres::{PgDeadlineRunner, PgEventStore, PgSagaHandler};
 use eventsource_redis::{ConsumerRunner, Keys, RunnerOptions};
-use eventsource_tests::child::{say, var};
+use eventsource_tests::child::{redis_client, say, var};
 use eventsource_tests::order_saga::{Aggregates, OrderSaga, SAGA};
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
@@ -29,8 +29,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .acquire_timeout(Duration::from_secs(2))
         .connect(&var("DATABASE_URL")?)
         .await?;
-    let client = redis::Client::open(var("REDIS_URL")?)?;
-    let conn = client.get_connection_manager().await?;
+    let client = redis_client(&var("REDIS_URL")?)?;
+    let conn = client.connect().await?;
     let tenant = TenantId::new(var("SAGA_TENANT")?);
     let stream = Keys::new(&var("SAGA_PREFIX")?).tenant_stream(&tenant);
     let store = PgEventStore::new(pool.clone());

@@ -18,6 +18,19 @@ pub fn service_url(var: &str) -> Option<String> {
     }
 }
 
+/// A client and a connection of the Redis at `url`: one node's URL, or a cluster's node URLs
+/// separated by commas (`REDIS_CLUSTER_URLS`).
+pub async fn redis(
+    url: &str,
+) -> (
+    eventsource_redis::RedisClient,
+    eventsource_redis::RedisConnection,
+) {
+    let client = eventsource_tests::child::redis_client(url).expect("a Redis URL");
+    let conn = client.connect().await.expect("connect to Redis");
+    (client, conn)
+}
+
 /// Waits up to 20 s for `check` to hold.
 pub async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

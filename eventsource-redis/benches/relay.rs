@@ -7,8 +7,8 @@
 //! commands, and relay rows with 1, 2 and 3 shards are added (see `shard_rows`).
 //!
 //! Shapes: relay rows publish 100,000 events of one tenant (997 aggregate streams, a ~90-byte
-//! JSON payload) in batches of 1,000 (raw: pipelines of 1,000 `XADD`s with the same ids and
-//! fields); runner rows read that stream with one group, batches of 100 and one handler at a
+//! JSON payload) in batches of 1,000 (raw: read 1,000 events from the same in-memory log,
+//! pipeline their 1,000 `XADD`s with the same ids and fields, save the checkpoint); runner rows read that stream with one group, batches of 100 and one handler at a
 //! time (raw: `XREADGROUP COUNT 100` + `XACK`).
 #![allow(
     missing_docs,
@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventsource_core::{
-    EventHandler, EventStore, ExpectedVersion, InMemoryCheckpointStore, InMemoryEventStore,
-    LogFilter, LogPosition, NewEvent, RecordedEvent, StreamId, TenantId,
+    CheckpointStore as _, EventHandler, EventStore, ExpectedVersion, InMemoryCheckpointStore,
+    InMemoryEventStore, LogFilter, LogPosition, NewEvent, RecordedEvent, Shard, StreamId, TenantId,
 };
 use eventsource_redis::{
     ConsumerRunner, Keys, PerTenant, RedisClient, RedisConnection, RedisRelay, RelayOptions,
@@ -70,18 +70,25 @@ async fn relay_throughput<C: ConnectionLike + Clone + Send + Sync>(
 ) -> Row {
     let store = InMemoryEventStore::new();
     fill(&store, "bench", EVENTS).await;
-    let events = store
-        .read_all(LogPosition::START, usize::MAX, &LogFilter::all())
-        .await
-        .expect("read");
 
-    // Raw: pipelined XADD of the same fields with the same explicit ids, 1,000 per pipeline.
+    // Raw: what a relay must do at least, hand-written: read a batch of 1,000 from the log,
+    // XADD each event with its explicit id and the same fields in one pipeline, then save the
+    // checkpoint (the relay's guarantee: the checkpoint moves only after Redis answered).
     let raw_key = format!("{}:raw-relay", keys.tenant_stream(&TenantId::new("bench")));
     let mut c = raw_conn.clone();
+    let checkpoints = InMemoryCheckpointStore::new();
     let started = Instant::now();
-    for chunk in events.chunks(1_000) {
+    let (mut after, mut stored) = (LogPosition::START, None);
+    loop {
+        let chunk = store
+            .read_all(after, 1_000, &LogFilter::all())
+            .await
+            .expect("read");
+        let Some(last) = chunk.last().map(|e| e.position) else {
+            break;
+        };
         let mut pipe = redis::pipe();
-        for event in chunk {
+        for event in &chunk {
             pipe.xadd(
                 &raw_key,
                 codec::entry_id(event.position),
@@ -90,6 +97,11 @@ async fn relay_throughput<C: ConnectionLike + Clone + Send + Sync>(
             .ignore();
         }
         pipe.query_async::<()>(&mut c).await.expect("raw xadd");
+        checkpoints
+            .save("raw", stored, last)
+            .await
+            .expect("checkpoint");
+        (after, stored) = (last, Some(last));
     }
     let raw = EVENTS as f64 / started.elapsed().as_secs_f64();
 
@@ -369,9 +381,9 @@ const SHARD_TENANTS: usize = 12;
 /// Shape: the log holds `SHARD_EVENTS` events of `SHARD_TENANTS` tenants (spread over the
 /// cluster's masters); with `k` shards, `k` relays (each a tokio task with its own cluster
 /// connection and `with_shard(i)`) catch up from an empty checkpoint, batches of 1,000, and the
-/// figure is all events over the time until the last relay is done. Each relay reads the whole
-/// in-memory log and publishes its tenants' share. Raw: `k` tasks, each XADDing its shard's
-/// tenants' events with the same ids and fields, pipelines of 1,000 per key.
+/// figure is all events over the time until the last relay is done. Each relay reads its
+/// tenants' events from the in-memory log (`LogFilter::with_shard`) and publishes them. Raw:
+/// `k` tasks doing the same by hand (see [`raw_sharded`]).
 async fn shard_rows(urls: &[String]) -> Vec<Row> {
     let store = InMemoryEventStore::new();
     let tenants: Vec<String> = (0..SHARD_TENANTS)
@@ -381,13 +393,14 @@ async fn shard_rows(urls: &[String]) -> Vec<Row> {
         fill(&store, tenant, SHARD_EVENTS / SHARD_TENANTS).await;
     }
     let events = store
-        .read_all(LogPosition::START, usize::MAX, &LogFilter::all())
+        .count_after(LogPosition::START, &LogFilter::all())
         .await
-        .expect("read");
+        .expect("count");
+    let events = usize::try_from(events).expect("count");
     let mut rows = Vec::new();
     for shards in 1..=3u32 {
         let keys = Keys::new(&format!("bench-{}", uuid::Uuid::new_v4().simple()));
-        let raw = raw_sharded(urls, &keys, &events, shards).await;
+        let raw = raw_sharded(urls, &keys, &store, events, shards).await;
         let started = Instant::now();
         let relays = (0..shards).map(|index| {
             let store = store.clone();
@@ -412,7 +425,7 @@ async fn shard_rows(urls: &[String]) -> Vec<Row> {
         for relay in futures::future::join_all(relays).await {
             relay.expect("relay task");
         }
-        let framework = events.len() as f64 / started.elapsed().as_secs_f64();
+        let framework = events as f64 / started.elapsed().as_secs_f64();
         cleanup(urls, &keys, &tenants).await;
         rows.push(Row {
             scenario: match shards {
@@ -428,32 +441,43 @@ async fn shard_rows(urls: &[String]) -> Vec<Row> {
     rows
 }
 
-/// Raw redis-rs: `shards` tasks XADD the events of their shard's tenants, per key pipelines of
-/// 1,000; events/s over all of them.
-async fn raw_sharded(urls: &[String], keys: &Keys, events: &[RecordedEvent], shards: u32) -> f64 {
+/// Raw redis-rs: `shards` tasks, each reading its shard's events from the log in batches of
+/// 1,000 (the same shard filter the relay gives the store), XADDing them with the same ids and
+/// fields in one pipeline per key, the keys at once, then saving its checkpoint; events/s over
+/// all of them.
+async fn raw_sharded(
+    urls: &[String],
+    keys: &Keys,
+    store: &InMemoryEventStore,
+    events: usize,
+    shards: u32,
+) -> f64 {
     let started = Instant::now();
     let tasks = (0..shards).map(|index| {
-        let mine: Vec<RecordedEvent> = events
-            .iter()
-            .filter(|e| eventsource_redis::shard_of(e.tenant(), shards) == index)
-            .cloned()
-            .collect();
         let urls = urls.to_vec();
         let keys = keys.clone();
+        let store = store.clone();
         tokio::spawn(async move {
-            let mut conn = RedisConnection::open_cluster(urls).await.expect("cluster");
-            let mut by_key: std::collections::BTreeMap<String, Vec<RecordedEvent>> =
-                std::collections::BTreeMap::new();
-            for event in mine {
-                let key = format!("{}:raw", keys.tenant_stream(event.tenant()));
-                by_key.entry(key).or_default().push(event);
-            }
-            let sends = by_key.into_iter().map(|(key, events)| {
-                let mut conn = conn.clone();
-                async move {
-                    for chunk in events.chunks(1_000) {
+            let conn = RedisConnection::open_cluster(urls).await.expect("cluster");
+            let filter = LogFilter::all().with_shard(Shard::new(index, shards));
+            let checkpoints = InMemoryCheckpointStore::new();
+            let (mut after, mut stored) = (LogPosition::START, None);
+            loop {
+                let batch = store.read_all(after, 1_000, &filter).await.expect("read");
+                let Some(last) = batch.last().map(|e| e.position) else {
+                    break;
+                };
+                let mut by_key: std::collections::BTreeMap<String, Vec<&RecordedEvent>> =
+                    std::collections::BTreeMap::new();
+                for event in &batch {
+                    let key = format!("{}:raw", keys.tenant_stream(event.tenant()));
+                    by_key.entry(key).or_default().push(event);
+                }
+                let sends = by_key.into_iter().map(|(key, events)| {
+                    let mut conn = conn.clone();
+                    async move {
                         let mut pipe = redis::pipe();
-                        for event in chunk {
+                        for event in events {
                             pipe.xadd(
                                 &key,
                                 codec::entry_id(event.position),
@@ -463,16 +487,20 @@ async fn raw_sharded(urls: &[String], keys: &Keys, events: &[RecordedEvent], sha
                         }
                         pipe.query_async::<()>(&mut conn).await.expect("raw xadd");
                     }
-                }
-            });
-            futures::future::join_all(sends).await;
-            let _: redis::RedisResult<()> = redis::cmd("PING").query_async(&mut conn).await;
+                });
+                futures::future::join_all(sends).await;
+                checkpoints
+                    .save("raw", stored, last)
+                    .await
+                    .expect("checkpoint");
+                (after, stored) = (last, Some(last));
+            }
         })
     });
     for task in futures::future::join_all(tasks).await {
         task.expect("raw task");
     }
-    events.len() as f64 / started.elapsed().as_secs_f64()
+    events as f64 / started.elapsed().as_secs_f64()
 }
 
 async fn cleanup(urls: &[String], keys: &Keys, tenants: &[String]) {

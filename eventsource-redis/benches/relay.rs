@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use eventsource_core::{
     CheckpointStore as _, EventHandler, EventStore, ExpectedVersion, InMemoryCheckpointStore,
-    InMemoryEventStore, LogFilter, LogPosition, NewEvent, RecordedEvent, Shard, StreamId, TenantId,
+    InMemoryEventStore, LogFilter, LogPosition, NewEvent, RecordedEvent, StreamId, TenantId,
 };
 use eventsource_redis::{
     ConsumerRunner, Keys, PerTenant, RedisClient, RedisConnection, RedisRelay, RelayOptions,
@@ -35,17 +35,20 @@ use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
+#[path = "relay/shards.rs"]
+mod shards;
+
 const EVENTS: usize = 100_000;
 const BATCH: usize = 100;
 
 struct Row {
-    scenario: &'static str,
+    scenario: String,
     framework: String,
     raw: String,
     ratio: String,
 }
 
-async fn fill(store: &InMemoryEventStore, tenant: &str, n: usize) {
+async fn fill(store: &impl EventStore, tenant: &str, n: usize) {
     let payload = serde_json::json!({"order_id": "o-123456", "amount_cents": 129_900, "currency": "EUR", "lines": 3});
     for chunk in 0..n / 10 {
         let stream = StreamId::new(TenantId::new(tenant), "order", format!("o-{}", chunk % 997));
@@ -118,7 +121,7 @@ async fn relay_throughput<C: ConnectionLike + Clone + Send + Sync>(
     let framework = n as f64 / started.elapsed().as_secs_f64();
     let _: () = c.del(&raw_key).await.expect("del");
     Row {
-        scenario,
+        scenario: scenario.to_owned(),
         framework: format!("{framework:.0}"),
         raw: format!("{raw:.0}"),
         ratio: format!("{:.2}x", framework / raw),
@@ -186,7 +189,7 @@ async fn runner_throughput<C: ConnectionLike + Clone + Send + Sync>(
     task.await.expect("join").expect("runner");
     let _: () = c.del(&key).await.expect("del");
     Row {
-        scenario,
+        scenario: scenario.to_owned(),
         framework: format!("{framework:.0}"),
         raw: format!("{raw:.0}"),
         ratio: format!("{:.2}x", framework / raw),
@@ -260,13 +263,13 @@ async fn end_to_end(client: &redis::Client, conn: &ConnectionManager, keys: &Key
     let pct = |p: f64| lags[((lags.len() as f64 * p) as usize).min(lags.len() - 1)];
     vec![
         Row {
-            scenario: "append -> handler p50 @1k/s",
+            scenario: "append -> handler p50 @1k/s".to_owned(),
             framework: format!("{:.2} ms", pct(0.50).as_secs_f64() * 1e3),
             raw: "-".into(),
             ratio: "-".into(),
         },
         Row {
-            scenario: "append -> handler p99 @1k/s",
+            scenario: "append -> handler p99 @1k/s".to_owned(),
             framework: format!("{:.2} ms", pct(0.99).as_secs_f64() * 1e3),
             raw: "-".into(),
             ratio: "-".into(),
@@ -350,7 +353,7 @@ async fn main() {
     rows.extend(cluster_rows().await);
     if let Ok(urls) = std::env::var("REDIS_CLUSTER_URLS") {
         let urls: Vec<String> = urls.split(',').map(str::to_owned).collect();
-        rows.extend(shard_rows(&urls).await);
+        rows.extend(shards::shard_rows(&urls).await);
     }
 
     println!("| scenario | eventsource-redis | raw redis-rs | ratio |");
@@ -367,151 +370,4 @@ async fn main() {
         let key = keys.tenant_stream(&TenantId::new(tenant));
         let _: () = c.del(&key).await.expect("del");
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Relay shards on the cluster (issue 17, item 3): kept apart from the rows above.
-
-const SHARD_EVENTS: usize = 60_000;
-const SHARD_TENANTS: usize = 12;
-
-/// Relay throughput on the cluster with 1, 2 and 3 shards, beside raw redis-rs doing the same
-/// XADDs from as many concurrent tasks.
-///
-/// Shape: the log holds `SHARD_EVENTS` events of `SHARD_TENANTS` tenants (spread over the
-/// cluster's masters); with `k` shards, `k` relays (each a tokio task with its own cluster
-/// connection and `with_shard(i)`) catch up from an empty checkpoint, batches of 1,000, and the
-/// figure is all events over the time until the last relay is done. Each relay reads its
-/// tenants' events from the in-memory log (`LogFilter::with_shard`) and publishes them. Raw:
-/// `k` tasks doing the same by hand (see [`raw_sharded`]).
-async fn shard_rows(urls: &[String]) -> Vec<Row> {
-    let store = InMemoryEventStore::new();
-    let tenants: Vec<String> = (0..SHARD_TENANTS)
-        .map(|i| format!("shard-bench-{i}"))
-        .collect();
-    for tenant in &tenants {
-        fill(&store, tenant, SHARD_EVENTS / SHARD_TENANTS).await;
-    }
-    let events = store
-        .count_after(LogPosition::START, &LogFilter::all())
-        .await
-        .expect("count");
-    let events = usize::try_from(events).expect("count");
-    let mut rows = Vec::new();
-    for shards in 1..=3u32 {
-        let keys = Keys::new(&format!("bench-{}", uuid::Uuid::new_v4().simple()));
-        let raw = raw_sharded(urls, &keys, &store, events, shards).await;
-        let started = Instant::now();
-        let relays = (0..shards).map(|index| {
-            let store = store.clone();
-            let keys = keys.clone();
-            let urls = urls.to_vec();
-            tokio::spawn(async move {
-                let conn = RedisConnection::open_cluster(urls).await.expect("cluster");
-                let mut relay = RedisRelay::new(
-                    store,
-                    InMemoryCheckpointStore::new(),
-                    conn,
-                    "bench",
-                    RelayOptions::default()
-                        .with_batch_size(1_000)
-                        .with_shards(shards)
-                        .with_shard(index),
-                )
-                .with_keys(&keys);
-                relay.catch_up().await.expect("relay")
-            })
-        });
-        for relay in futures::future::join_all(relays).await {
-            relay.expect("relay task");
-        }
-        let framework = events as f64 / started.elapsed().as_secs_f64();
-        cleanup(urls, &keys, &tenants).await;
-        rows.push(Row {
-            scenario: match shards {
-                1 => "cluster relay, 1 shard (1 relay task), events/s",
-                2 => "cluster relay, 2 shards (2 relay tasks), events/s",
-                _ => "cluster relay, 3 shards (3 relay tasks), events/s",
-            },
-            framework: format!("{framework:.0}"),
-            raw: format!("{raw:.0}"),
-            ratio: format!("{:.2}x", framework / raw),
-        });
-    }
-    rows
-}
-
-/// Raw redis-rs: `shards` tasks, each reading its shard's events from the log in batches of
-/// 1,000 (the same shard filter the relay gives the store), XADDing them with the same ids and
-/// fields in one pipeline per key, the keys at once, then saving its checkpoint; events/s over
-/// all of them.
-async fn raw_sharded(
-    urls: &[String],
-    keys: &Keys,
-    store: &InMemoryEventStore,
-    events: usize,
-    shards: u32,
-) -> f64 {
-    let started = Instant::now();
-    let tasks = (0..shards).map(|index| {
-        let urls = urls.to_vec();
-        let keys = keys.clone();
-        let store = store.clone();
-        tokio::spawn(async move {
-            let conn = RedisConnection::open_cluster(urls).await.expect("cluster");
-            let filter = LogFilter::all().with_shard(Shard::new(index, shards));
-            let checkpoints = InMemoryCheckpointStore::new();
-            let (mut after, mut stored) = (LogPosition::START, None);
-            loop {
-                let batch = store.read_all(after, 1_000, &filter).await.expect("read");
-                let Some(last) = batch.last().map(|e| e.position) else {
-                    break;
-                };
-                let mut by_key: std::collections::BTreeMap<String, Vec<&RecordedEvent>> =
-                    std::collections::BTreeMap::new();
-                for event in &batch {
-                    let key = format!("{}:raw", keys.tenant_stream(event.tenant()));
-                    by_key.entry(key).or_default().push(event);
-                }
-                let sends = by_key.into_iter().map(|(key, events)| {
-                    let mut conn = conn.clone();
-                    async move {
-                        let mut pipe = redis::pipe();
-                        for event in events {
-                            pipe.xadd(
-                                &key,
-                                codec::entry_id(event.position),
-                                &codec::encode_pairs(event),
-                            )
-                            .ignore();
-                        }
-                        pipe.query_async::<()>(&mut conn).await.expect("raw xadd");
-                    }
-                });
-                futures::future::join_all(sends).await;
-                checkpoints
-                    .save("raw", stored, last)
-                    .await
-                    .expect("checkpoint");
-                (after, stored) = (last, Some(last));
-            }
-        })
-    });
-    for task in futures::future::join_all(tasks).await {
-        task.expect("raw task");
-    }
-    events as f64 / started.elapsed().as_secs_f64()
-}
-
-async fn cleanup(urls: &[String], keys: &Keys, tenants: &[String]) {
-    let mut conn = RedisConnection::open_cluster(urls.to_vec())
-        .await
-        .expect("cluster");
-    for tenant in tenants {
-        let stream = keys.tenant_stream(&TenantId::new(tenant.as_str()));
-        let raw = format!("{stream}:raw");
-        // One slot per tenant: both keys in one DEL.
-        let _: () = conn.del(&[stream, raw]).await.expect("del");
-    }
-    let _: () = conn.del(keys.tenant_registry()).await.expect("del");
 }

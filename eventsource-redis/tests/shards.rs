@@ -367,8 +367,14 @@ async fn a_shard_reads_its_tenants_and_follows_the_log_end(topology: Topology) {
     let head = store.log_head().await.unwrap();
     assert!(head.is_some());
     let published = quiet_relay.publish_batch().await.unwrap();
-    assert_eq!(published.events, 0, "none of the busy shard's events is read");
-    assert_eq!(published.checkpoint, head, "the checkpoint follows the log's end");
+    assert_eq!(
+        published.events, 0,
+        "none of the busy shard's events is read"
+    );
+    assert_eq!(
+        published.checkpoint, head,
+        "the checkpoint follows the log's end"
+    );
     assert_eq!(
         busy_relay.catch_up().await.unwrap(),
         u64::try_from(busy.len() * 3).unwrap(),

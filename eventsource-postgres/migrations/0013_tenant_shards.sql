@@ -3,9 +3,8 @@
 -- FNV-1a, 32 bits, of the tenant id's UTF-8 bytes: exactly `shard_of` in eventsource-core
 -- (a shard is the hash modulo the shard count), pinned against it by a test over many ids.
 -- The arithmetic runs in int8 (a 32-bit hash times the 25-bit prime fits) and is masked back
--- to 32 bits after each byte, as the Rust `wrapping_mul` does. The database encoding must be
--- UTF8 for `convert_to` to give the bytes Rust hashes (it raises otherwise, for characters
--- the encoding cannot hold).
+-- to 32 bits after each byte, as the Rust `wrapping_mul` does. `convert_to` gives the UTF-8
+-- bytes Rust hashes whatever the database encoding (SQL_ASCII, which converts nothing, aside).
 --
 -- A function call per row costs about 2 µs; the log reads that filter on it put it behind a
 -- LATERAL subquery keyed on `tenant_id`, which the planner memoizes (one call per tenant of

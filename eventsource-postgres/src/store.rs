@@ -636,11 +636,11 @@ impl EventStore for PgEventStore {
         let (transaction, position) = crate::row::position_to_db(after);
         let mut lent = self.lend().await?;
         let shard = filter.shard.filter(|s| s.count() > 1);
-        if let (Some(tenant), Some(shard)) = (&filter.tenant, shard) {
-            if !shard.contains(tenant) {
-                self.keep(lent);
-                return Ok(0);
-            }
+        if let (Some(tenant), Some(shard)) = (&filter.tenant, shard)
+            && !shard.contains(tenant)
+        {
+            self.keep(lent);
+            return Ok(0);
         }
         let count: i64 = if let Some(tenant) = &filter.tenant {
             let mut tx = begin_tenant_on(&mut lent.conn, tenant)

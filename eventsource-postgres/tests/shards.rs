@@ -93,10 +93,10 @@ async fn drain(store: &PgEventStore, after: LogPosition, filter: &LogFilter) -> 
 /// transaction holds it back for a while).
 async fn visible_head(store: &PgEventStore, last: LogPosition) -> LogPosition {
     for _ in 0..600 {
-        if let Some(head) = store.log_head().await.unwrap() {
-            if head >= last {
-                return head;
-            }
+        if let Some(head) = store.log_head().await.unwrap()
+            && head >= last
+        {
+            return head;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }

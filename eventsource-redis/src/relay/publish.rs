@@ -87,15 +87,14 @@ pub(super) fn prepare(
         let id = codec::entry_id(event.position);
         let values = codec::encode(event);
         for key in targets.drain(..) {
-            let at = match index.get(&key) {
-                Some(at) => *at,
-                None => {
-                    let mut invocation = PUBLISH.prepare_invoke();
-                    invocation.key(&key).arg(FIELDS.len()).arg(&FIELDS[..]);
-                    index.insert(key.clone(), calls.len());
-                    calls.push((key, invocation));
-                    calls.len() - 1
-                }
+            let at = if let Some(at) = index.get(&key) {
+                *at
+            } else {
+                let mut invocation = PUBLISH.prepare_invoke();
+                invocation.key(&key).arg(FIELDS.len()).arg(&FIELDS[..]);
+                index.insert(key.clone(), calls.len());
+                calls.push((key, invocation));
+                calls.len() - 1
             };
             calls[at].1.arg(&id).arg(&values[..]);
         }

@@ -85,7 +85,8 @@ mod tests {
     fn a_short_page_moves_to_the_head_a_full_one_to_its_last_event() {
         let one = Shard::new(0, 1);
         let after = LogPosition::new(1, 1);
-        let head = Some(LogPosition::new(1, 9));
+        let end = LogPosition::new(1, 9);
+        let head = Some(end);
         let short = Page::new(after, vec![event("a", 2)], head, 2, one);
         assert!(short.caught_up);
         assert_eq!(short.last, head);
@@ -94,7 +95,7 @@ mod tests {
         assert_eq!(full.last, Some(LogPosition::new(1, 3)), "more may follow");
         let empty = Page::new(after, Vec::new(), head, 2, one);
         assert_eq!(empty.last, head, "nothing of the shard up to the head");
-        let behind = Page::new(head.unwrap(), Vec::new(), Some(after), 2, one);
+        let behind = Page::new(end, Vec::new(), Some(after), 2, one);
         assert_eq!(
             behind.last, None,
             "a head behind the checkpoint moves nothing"

@@ -461,7 +461,8 @@ pub trait EventStore: Send + Sync {
     /// later: a reader that asked for the head, then read everything a filter admits after its
     /// checkpoint and got a short page, has seen all those events up to the head, and may move
     /// its checkpoint there (a relay shard whose tenants are quiet does, so that its reads
-    /// do not start further and further behind the log's end).
+    /// do not start further and further behind the log's end). A store that wraps another
+    /// should forward it.
     fn log_head(&self) -> impl Future<Output = Result<Option<LogPosition>, StoreError>> + Send {
         async { Ok(None) }
     }

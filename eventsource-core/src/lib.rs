@@ -13,6 +13,7 @@ pub mod projection;
 pub mod repository;
 pub mod retry;
 pub mod saga;
+pub mod shard;
 pub mod snapshot;
 pub mod store;
 #[cfg(feature = "testing")]
@@ -41,6 +42,7 @@ pub use saga::{
     Plan, Reaction, Rejection, Saga, SagaError, SagaHandler, SagaKey, SagaState, SagaStore,
     StateError,
 };
+pub use shard::{Shard, shard_of};
 pub use snapshot::{NoSnapshots, Snapshot, SnapshotPolicy, SnapshotStore};
 pub use store::{
     Appended, EventStore, ExpectedVersion, LogFilter, StoreError, StreamEvent, StreamPayload,

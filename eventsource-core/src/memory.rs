@@ -266,6 +266,10 @@ impl EventStore for InMemoryEventStore {
         Some(self.inner.notify.clone())
     }
 
+    async fn log_head(&self) -> Result<Option<LogPosition>, StoreError> {
+        Ok(self.read().events.last().map(|e| e.position))
+    }
+
     async fn count_after(&self, after: LogPosition, filter: &LogFilter) -> Result<u64, StoreError> {
         let log = self.read();
         let start = log.events.partition_point(|e| e.position <= after);

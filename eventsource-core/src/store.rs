@@ -15,6 +15,7 @@ use crate::envelope::{
     EventDecodeError, EventId, LogPosition, NewEvent, RecordedEvent, StreamId, TenantId, Version,
 };
 use crate::event::{DecodeError, DomainEvent};
+use crate::shard::Shard;
 
 /// What the caller believes about a stream before appending to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -136,6 +137,11 @@ pub struct LogFilter {
     pub tenant: Option<TenantId>,
     /// Only events recorded at or after this instant.
     pub since: Option<DateTime<Utc>>,
+    /// Only the events of this shard's tenants ([`Shard::contains`]); `None` (and any shard of
+    /// a count of 1) reads every tenant. Stores should filter on their side so that a shard
+    /// does not transfer the others' events; a store that ignores it is still correct for the
+    /// Redis relay, which checks each event's shard again.
+    pub shard: Option<Shard>,
 }
 
 impl LogFilter {
@@ -151,6 +157,7 @@ impl LogFilter {
         Self {
             tenant: Some(tenant),
             since: None,
+            shard: None,
         }
     }
 
@@ -161,11 +168,20 @@ impl LogFilter {
         self
     }
 
+    /// Only the events of `shard`'s tenants; a shard of one (`Shard::new(0, 1)`) is no filter
+    /// and is dropped.
+    #[must_use]
+    pub fn with_shard(mut self, shard: Shard) -> Self {
+        self.shard = (shard.count() > 1).then_some(shard);
+        self
+    }
+
     /// Whether an event passes the filter.
     #[must_use]
     pub fn matches(&self, event: &RecordedEvent) -> bool {
         self.tenant.as_ref().is_none_or(|t| event.tenant() == t)
             && self.since.is_none_or(|s| event.recorded_at >= s)
+            && self.shard.is_none_or(|s| s.contains(event.tenant()))
     }
 }
 
@@ -438,6 +454,19 @@ pub trait EventStore: Send + Sync {
         None
     }
 
+    /// The position of the last event of the log that readers can see now, or `None` when the
+    /// log is empty or the store cannot tell (the default).
+    ///
+    /// Every event at or before it is readable already, and none at or before it can appear
+    /// later: a reader that asked for the head, then read everything a filter admits after its
+    /// checkpoint and got a short page, has seen all those events up to the head, and may move
+    /// its checkpoint there (a relay shard whose tenants are quiet does, so that its reads
+    /// do not start further and further behind the log's end). A store that wraps another
+    /// should forward it.
+    fn log_head(&self) -> impl Future<Output = Result<Option<LogPosition>, StoreError>> + Send {
+        async { Ok(None) }
+    }
+
     /// How many events `filter` admits after `after`: the work left for a reader there (a
     /// projection rebuild reports progress against it). The default reads the log through;
     /// backends override it with a cheaper count.
@@ -513,6 +542,10 @@ impl<S: EventStore + ?Sized> EventStore for Arc<S> {
 
     fn append_notify(&self) -> Option<Arc<Notify>> {
         (**self).append_notify()
+    }
+
+    fn log_head(&self) -> impl Future<Output = Result<Option<LogPosition>, StoreError>> + Send {
+        (**self).log_head()
     }
 
     fn count_after(

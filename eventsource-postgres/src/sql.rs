@@ -435,6 +435,39 @@ LIMIT $4
 "
 );
 
+/// The global log after a position, one shard of the tenants: those whose
+/// `eventsource_tenant_hash` (`migrations/0013_tenant_shards.sql`, FNV-1a as `shard_of`) modulo
+/// `$6` is `$5`. The hash sits in a LATERAL subquery keyed on `tenant_id` so that the planner
+/// memoizes it: one call per tenant of the page instead of one per row scanned. The scan
+/// still walks the other shards' rows in log order (index only where they are skipped), but
+/// none of them is sent or decoded.
+pub(crate) const READ_ALL_SHARD: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    r"
+FROM events
+CROSS JOIN LATERAL (
+    SELECT eventsource_tenant_hash(events.tenant_id) % $6::int8 AS shard OFFSET 0
+) AS s
+WHERE (transaction_id, global_position) > ($1::text::xid8, $2::int8)
+  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+  AND ($3::timestamptz IS NULL OR recorded_at >= $3)
+  AND s.shard = $5::int8
+ORDER BY events.transaction_id, events.global_position
+LIMIT $4
+"
+);
+
+/// The last position of the log readers can see: the end of `READ_ALL` with no filter (a
+/// backward scan of the primary key).
+pub(crate) const LOG_HEAD: &str = r"
+SELECT transaction_id::text, global_position
+FROM events
+WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY transaction_id DESC, global_position DESC
+LIMIT 1
+";
+
 /// How many events `READ_ALL` would return from a position, every tenant: an index-only count
 /// over the log order (the primary key), with the same gap-free horizon and date filter.
 pub(crate) const COUNT_AFTER: &str = r"
@@ -453,6 +486,19 @@ WHERE tenant_id = $4
   AND (transaction_id, global_position) > ($1::text::xid8, $2::int8)
   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
   AND ($3::timestamptz IS NULL OR recorded_at >= $3)
+";
+
+/// As [`COUNT_AFTER`], for one shard of the tenants (as [`READ_ALL_SHARD`]).
+pub(crate) const COUNT_AFTER_SHARD: &str = r"
+SELECT count(*)
+FROM events
+CROSS JOIN LATERAL (
+    SELECT eventsource_tenant_hash(events.tenant_id) % $5::int8 AS shard OFFSET 0
+) AS s
+WHERE (transaction_id, global_position) > ($1::text::xid8, $2::int8)
+  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+  AND ($3::timestamptz IS NULL OR recorded_at >= $3)
+  AND s.shard = $4::int8
 ";
 
 /// A tenant's events carrying one correlation id, in log order.

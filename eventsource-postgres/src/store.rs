@@ -574,7 +574,7 @@ impl EventStore for PgEventStore {
         version.map_or(Ok(Version::ZERO), version_from_db)
     }
 
-    #[tracing::instrument(name = "eventsource.read_all", skip_all, fields(after = %after, limit, tenant = ?filter.tenant))]
+    #[tracing::instrument(name = "eventsource.read_all", skip_all, fields(after = %after, limit, tenant = ?filter.tenant, shard = ?filter.shard))]
     async fn read_all(
         &self,
         after: LogPosition,
@@ -590,6 +590,7 @@ impl EventStore for PgEventStore {
                 filter.since,
                 limit,
                 filter.tenant.as_ref(),
+                filter.shard,
             )
             .await
         )
@@ -618,11 +619,29 @@ impl EventStore for PgEventStore {
         Some(self.notify.clone())
     }
 
+    /// A backward scan of the log's primary key, below the same horizon as `read_all`.
+    #[tracing::instrument(name = "eventsource.log_head", skip_all)]
+    async fn log_head(&self) -> Result<Option<LogPosition>, StoreError> {
+        let mut lent = self.lend().await?;
+        let head =
+            again_if_unprepared!(read::log_head(&mut lent.conn).await).map_err(store_error)?;
+        self.keep(lent);
+        head.map(|(transaction, position)| crate::row::position_from_db(&transaction, position))
+            .transpose()
+    }
+
     /// One `count(*)` over the log index instead of reading the events through.
     #[tracing::instrument(name = "eventsource.count_after", skip_all, fields(after = %after, tenant = ?filter.tenant))]
     async fn count_after(&self, after: LogPosition, filter: &LogFilter) -> Result<u64, StoreError> {
         let (transaction, position) = crate::row::position_to_db(after);
         let mut lent = self.lend().await?;
+        let shard = filter.shard.filter(|s| s.count() > 1);
+        if let (Some(tenant), Some(shard)) = (&filter.tenant, shard)
+            && !shard.contains(tenant)
+        {
+            self.keep(lent);
+            return Ok(0);
+        }
         let count: i64 = if let Some(tenant) = &filter.tenant {
             let mut tx = begin_tenant_on(&mut lent.conn, tenant)
                 .await
@@ -636,6 +655,19 @@ impl EventStore for PgEventStore {
                 .await
                 .map_err(store_error)?;
             tx.commit().await.map_err(store_error)?;
+            count
+        } else if let Some(shard) = shard {
+            let mut conn = Autocommit::on(&mut lent.conn).await.map_err(store_error)?;
+            let count = sqlx::query_scalar(sql::COUNT_AFTER_SHARD)
+                .bind(transaction)
+                .bind(position)
+                .bind(filter.since)
+                .bind(i64::from(shard.index()))
+                .bind(i64::from(shard.count()))
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(store_error)?;
+            conn.commit().await.map_err(store_error)?;
             count
         } else {
             let mut conn = Autocommit::on(&mut lent.conn).await.map_err(store_error)?;

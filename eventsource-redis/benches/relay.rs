@@ -7,8 +7,9 @@
 //! commands, and relay rows with 1, 2 and 3 shards are added (see `shard_rows`).
 //!
 //! Shapes: relay rows publish 100,000 events of one tenant (997 aggregate streams, a ~90-byte
-//! JSON payload) in batches of 1,000 (raw: pipelines of 1,000 `XADD`s with the same ids and
-//! fields); runner rows read that stream with one group, batches of 100 and one handler at a
+//! JSON payload) in batches of 1,000 (raw: read 1,000 events from the same in-memory log,
+//! pipeline their 1,000 `XADD`s with the same ids and fields, save the checkpoint; a second row
+//! compares with the pipelines alone, as before ADR 0035); runner rows read that stream with one group, batches of 100 and one handler at a
 //! time (raw: `XREADGROUP COUNT 100` + `XACK`).
 #![allow(
     missing_docs,
@@ -23,8 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventsource_core::{
-    EventHandler, EventStore, ExpectedVersion, InMemoryCheckpointStore, InMemoryEventStore,
-    LogFilter, LogPosition, NewEvent, RecordedEvent, StreamId, TenantId,
+    CheckpointStore as _, EventHandler, EventStore, ExpectedVersion, InMemoryCheckpointStore,
+    InMemoryEventStore, LogFilter, LogPosition, NewEvent, RecordedEvent, StreamId, TenantId,
 };
 use eventsource_redis::{
     ConsumerRunner, Keys, PerTenant, RedisClient, RedisConnection, RedisRelay, RelayOptions,
@@ -35,17 +36,20 @@ use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
+#[path = "relay/shards.rs"]
+mod shards;
+
 const EVENTS: usize = 100_000;
 const BATCH: usize = 100;
 
 struct Row {
-    scenario: &'static str,
+    scenario: String,
     framework: String,
     raw: String,
     ratio: String,
 }
 
-async fn fill(store: &InMemoryEventStore, tenant: &str, n: usize) {
+async fn fill(store: &impl EventStore, tenant: &str, n: usize) {
     let payload = serde_json::json!({"order_id": "o-123456", "amount_cents": 129_900, "currency": "EUR", "lines": 3});
     for chunk in 0..n / 10 {
         let stream = StreamId::new(TenantId::new(tenant), "order", format!("o-{}", chunk % 997));
@@ -67,17 +71,51 @@ async fn relay_throughput<C: ConnectionLike + Clone + Send + Sync>(
     conn: &RedisConnection,
     raw_conn: &C,
     keys: &Keys,
-) -> Row {
+) -> Vec<Row> {
     let store = InMemoryEventStore::new();
     fill(&store, "bench", EVENTS).await;
+
+    // Raw: what a relay must do at least, hand-written: read a batch of 1,000 from the log,
+    // XADD each event with its explicit id and the same fields in one pipeline, then save the
+    // checkpoint (the relay's guarantee: the checkpoint moves only after Redis answered).
+    let raw_key = format!("{}:raw-relay", keys.tenant_stream(&TenantId::new("bench")));
+    let mut c = raw_conn.clone();
+    let checkpoints = InMemoryCheckpointStore::new();
+    let started = Instant::now();
+    let (mut after, mut stored) = (LogPosition::START, None);
+    loop {
+        let chunk = store
+            .read_all(after, 1_000, &LogFilter::all())
+            .await
+            .expect("read");
+        let Some(last) = chunk.last().map(|e| e.position) else {
+            break;
+        };
+        let mut pipe = redis::pipe();
+        for event in &chunk {
+            pipe.xadd(
+                &raw_key,
+                codec::entry_id(event.position),
+                &codec::encode_pairs(event),
+            )
+            .ignore();
+        }
+        pipe.query_async::<()>(&mut c).await.expect("raw xadd");
+        checkpoints
+            .save("raw", stored, last)
+            .await
+            .expect("checkpoint");
+        (after, stored) = (last, Some(last));
+    }
+    let raw = EVENTS as f64 / started.elapsed().as_secs_f64();
+    let _: () = c.del(&raw_key).await.expect("del");
+
+    // The raw side before ADR 0035, kept for comparison: the XADD pipelines alone, the log read
+    // beforehand and no checkpoint.
     let events = store
         .read_all(LogPosition::START, usize::MAX, &LogFilter::all())
         .await
         .expect("read");
-
-    // Raw: pipelined XADD of the same fields with the same explicit ids, 1,000 per pipeline.
-    let raw_key = format!("{}:raw-relay", keys.tenant_stream(&TenantId::new("bench")));
-    let mut c = raw_conn.clone();
     let started = Instant::now();
     for chunk in events.chunks(1_000) {
         let mut pipe = redis::pipe();
@@ -91,7 +129,7 @@ async fn relay_throughput<C: ConnectionLike + Clone + Send + Sync>(
         }
         pipe.query_async::<()>(&mut c).await.expect("raw xadd");
     }
-    let raw = EVENTS as f64 / started.elapsed().as_secs_f64();
+    let xadds_alone = EVENTS as f64 / started.elapsed().as_secs_f64();
 
     let mut relay = RedisRelay::new(
         store.clone(),
@@ -105,12 +143,20 @@ async fn relay_throughput<C: ConnectionLike + Clone + Send + Sync>(
     let n = relay.catch_up().await.expect("relay");
     let framework = n as f64 / started.elapsed().as_secs_f64();
     let _: () = c.del(&raw_key).await.expect("del");
-    Row {
-        scenario,
-        framework: format!("{framework:.0}"),
-        raw: format!("{raw:.0}"),
-        ratio: format!("{:.2}x", framework / raw),
-    }
+    vec![
+        Row {
+            scenario: scenario.to_owned(),
+            framework: format!("{framework:.0}"),
+            raw: format!("{raw:.0}"),
+            ratio: format!("{:.2}x", framework / raw),
+        },
+        Row {
+            scenario: format!("{scenario} vs raw XADD pipelines alone"),
+            framework: format!("{framework:.0}"),
+            raw: format!("{xadds_alone:.0}"),
+            ratio: format!("{:.2}x", framework / xadds_alone),
+        },
+    ]
 }
 
 struct Count(Arc<AtomicU64>);
@@ -174,7 +220,7 @@ async fn runner_throughput<C: ConnectionLike + Clone + Send + Sync>(
     task.await.expect("join").expect("runner");
     let _: () = c.del(&key).await.expect("del");
     Row {
-        scenario,
+        scenario: scenario.to_owned(),
         framework: format!("{framework:.0}"),
         raw: format!("{raw:.0}"),
         ratio: format!("{:.2}x", framework / raw),
@@ -248,13 +294,13 @@ async fn end_to_end(client: &redis::Client, conn: &ConnectionManager, keys: &Key
     let pct = |p: f64| lags[((lags.len() as f64 * p) as usize).min(lags.len() - 1)];
     vec![
         Row {
-            scenario: "append -> handler p50 @1k/s",
+            scenario: "append -> handler p50 @1k/s".to_owned(),
             framework: format!("{:.2} ms", pct(0.50).as_secs_f64() * 1e3),
             raw: "-".into(),
             ratio: "-".into(),
         },
         Row {
-            scenario: "append -> handler p99 @1k/s",
+            scenario: "append -> handler p99 @1k/s".to_owned(),
             framework: format!("{:.2} ms", pct(0.99).as_secs_f64() * 1e3),
             raw: "-".into(),
             ratio: "-".into(),
@@ -282,14 +328,14 @@ async fn cluster_rows() -> Vec<Row> {
         .await
         .expect("connect");
     let keys = Keys::new(&format!("bench-cluster-{}", uuid::Uuid::new_v4().simple()));
-    vec![
-        relay_throughput(
-            "cluster: relay, events/s (batch 1000)",
-            &conn,
-            &raw_conn,
-            &keys,
-        )
-        .await,
+    let mut rows = relay_throughput(
+        "cluster: relay, events/s (batch 1000)",
+        &conn,
+        &raw_conn,
+        &keys,
+    )
+    .await;
+    rows.push(
         runner_throughput(
             "cluster: runner, entries/s (batch 100)",
             &client,
@@ -298,7 +344,8 @@ async fn cluster_rows() -> Vec<Row> {
             &keys,
         )
         .await,
-    ]
+    );
+    rows
 }
 
 #[tokio::main]
@@ -315,15 +362,13 @@ async fn main() {
         RedisClient::from(client.clone()),
         RedisConnection::from(conn.clone()),
     );
-    let mut rows = vec![
-        relay_throughput(
-            "relay, events/s (batch 1000)",
-            &framework_conn,
-            &conn,
-            &keys,
-        )
-        .await,
-    ];
+    let mut rows = relay_throughput(
+        "relay, events/s (batch 1000)",
+        &framework_conn,
+        &conn,
+        &keys,
+    )
+    .await;
     rows.push(
         runner_throughput(
             "runner, entries/s (batch 100)",
@@ -338,7 +383,7 @@ async fn main() {
     rows.extend(cluster_rows().await);
     if let Ok(urls) = std::env::var("REDIS_CLUSTER_URLS") {
         let urls: Vec<String> = urls.split(',').map(str::to_owned).collect();
-        rows.extend(shard_rows(&urls).await);
+        rows.extend(shards::shard_rows(&urls).await);
     }
 
     println!("| scenario | eventsource-redis | raw redis-rs | ratio |");
@@ -355,135 +400,4 @@ async fn main() {
         let key = keys.tenant_stream(&TenantId::new(tenant));
         let _: () = c.del(&key).await.expect("del");
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Relay shards on the cluster (issue 17, item 3): kept apart from the rows above.
-
-const SHARD_EVENTS: usize = 60_000;
-const SHARD_TENANTS: usize = 12;
-
-/// Relay throughput on the cluster with 1, 2 and 3 shards, beside raw redis-rs doing the same
-/// XADDs from as many concurrent tasks.
-///
-/// Shape: the log holds `SHARD_EVENTS` events of `SHARD_TENANTS` tenants (spread over the
-/// cluster's masters); with `k` shards, `k` relays (each a tokio task with its own cluster
-/// connection and `with_shard(i)`) catch up from an empty checkpoint, batches of 1,000, and the
-/// figure is all events over the time until the last relay is done. Each relay reads the whole
-/// in-memory log and publishes its tenants' share. Raw: `k` tasks, each XADDing its shard's
-/// tenants' events with the same ids and fields, pipelines of 1,000 per key.
-async fn shard_rows(urls: &[String]) -> Vec<Row> {
-    let store = InMemoryEventStore::new();
-    let tenants: Vec<String> = (0..SHARD_TENANTS)
-        .map(|i| format!("shard-bench-{i}"))
-        .collect();
-    for tenant in &tenants {
-        fill(&store, tenant, SHARD_EVENTS / SHARD_TENANTS).await;
-    }
-    let events = store
-        .read_all(LogPosition::START, usize::MAX, &LogFilter::all())
-        .await
-        .expect("read");
-    let mut rows = Vec::new();
-    for shards in 1..=3u32 {
-        let keys = Keys::new(&format!("bench-{}", uuid::Uuid::new_v4().simple()));
-        let raw = raw_sharded(urls, &keys, &events, shards).await;
-        let started = Instant::now();
-        let relays = (0..shards).map(|index| {
-            let store = store.clone();
-            let keys = keys.clone();
-            let urls = urls.to_vec();
-            tokio::spawn(async move {
-                let conn = RedisConnection::open_cluster(urls).await.expect("cluster");
-                let mut relay = RedisRelay::new(
-                    store,
-                    InMemoryCheckpointStore::new(),
-                    conn,
-                    "bench",
-                    RelayOptions::default()
-                        .with_batch_size(1_000)
-                        .with_shards(shards)
-                        .with_shard(index),
-                )
-                .with_keys(&keys);
-                relay.catch_up().await.expect("relay")
-            })
-        });
-        for relay in futures::future::join_all(relays).await {
-            relay.expect("relay task");
-        }
-        let framework = events.len() as f64 / started.elapsed().as_secs_f64();
-        cleanup(urls, &keys, &tenants).await;
-        rows.push(Row {
-            scenario: match shards {
-                1 => "cluster relay, 1 shard (1 relay task), events/s",
-                2 => "cluster relay, 2 shards (2 relay tasks), events/s",
-                _ => "cluster relay, 3 shards (3 relay tasks), events/s",
-            },
-            framework: format!("{framework:.0}"),
-            raw: format!("{raw:.0}"),
-            ratio: format!("{:.2}x", framework / raw),
-        });
-    }
-    rows
-}
-
-/// Raw redis-rs: `shards` tasks XADD the events of their shard's tenants, per key pipelines of
-/// 1,000; events/s over all of them.
-async fn raw_sharded(urls: &[String], keys: &Keys, events: &[RecordedEvent], shards: u32) -> f64 {
-    let started = Instant::now();
-    let tasks = (0..shards).map(|index| {
-        let mine: Vec<RecordedEvent> = events
-            .iter()
-            .filter(|e| eventsource_redis::shard_of(e.tenant(), shards) == index)
-            .cloned()
-            .collect();
-        let urls = urls.to_vec();
-        let keys = keys.clone();
-        tokio::spawn(async move {
-            let mut conn = RedisConnection::open_cluster(urls).await.expect("cluster");
-            let mut by_key: std::collections::BTreeMap<String, Vec<RecordedEvent>> =
-                std::collections::BTreeMap::new();
-            for event in mine {
-                let key = format!("{}:raw", keys.tenant_stream(event.tenant()));
-                by_key.entry(key).or_default().push(event);
-            }
-            let sends = by_key.into_iter().map(|(key, events)| {
-                let mut conn = conn.clone();
-                async move {
-                    for chunk in events.chunks(1_000) {
-                        let mut pipe = redis::pipe();
-                        for event in chunk {
-                            pipe.xadd(
-                                &key,
-                                codec::entry_id(event.position),
-                                &codec::encode_pairs(event),
-                            )
-                            .ignore();
-                        }
-                        pipe.query_async::<()>(&mut conn).await.expect("raw xadd");
-                    }
-                }
-            });
-            futures::future::join_all(sends).await;
-            let _: redis::RedisResult<()> = redis::cmd("PING").query_async(&mut conn).await;
-        })
-    });
-    for task in futures::future::join_all(tasks).await {
-        task.expect("raw task");
-    }
-    events.len() as f64 / started.elapsed().as_secs_f64()
-}
-
-async fn cleanup(urls: &[String], keys: &Keys, tenants: &[String]) {
-    let mut conn = RedisConnection::open_cluster(urls.to_vec())
-        .await
-        .expect("cluster");
-    for tenant in tenants {
-        let stream = keys.tenant_stream(&TenantId::new(tenant.as_str()));
-        let raw = format!("{stream}:raw");
-        // One slot per tenant: both keys in one DEL.
-        let _: () = conn.del(&[stream, raw]).await.expect("del");
-    }
-    let _: () = conn.del(keys.tenant_registry()).await.expect("del");
 }

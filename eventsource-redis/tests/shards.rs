@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eventsource_core::{
-    CheckpointStore, EventHandler, InMemoryCheckpointStore, InMemoryEventStore, LogPosition,
-    RecordedEvent, StoreError, TenantId,
+    CheckpointStore, EventHandler, EventStore as _, InMemoryCheckpointStore, InMemoryEventStore,
+    LogPosition, RecordedEvent, StoreError, TenantId,
 };
 use eventsource_redis::{
     ConsumerRunner, Keys, RedisClient, RedisConnection, RedisRelay, RedisStoreError, RelayOptions,
@@ -354,6 +354,72 @@ async fn shards_start_from_the_unsharded_checkpoint(topology: Topology) {
     assert_eq!(published.checkpoint, old);
 }
 
+/// A shard reads only its own tenants' events from the store, and while its tenants are quiet
+/// its checkpoint follows the log's end (so a poll never starts behind the other shards'
+/// events); what its tenants append later is still published, each event once.
+async fn a_shard_reads_its_tenants_and_follows_the_log_end(topology: Topology) {
+    let Some((_client, conn)) = support::connect_to(topology).await else {
+        return;
+    };
+    let prefix = support::prefix();
+    let keys = Keys::new(&prefix);
+    let store = InMemoryEventStore::new();
+    let checkpoints = InMemoryCheckpointStore::new();
+    let names = tenants(&prefix, 8, 2);
+    let (quiet, busy): (Vec<&String>, Vec<&String>) = names
+        .iter()
+        .partition(|t| shard_of(&TenantId::new(t.as_str()), 2) == 1);
+    for tenant in &busy {
+        support::append(&store, &support::stream(tenant, "order", "1"), 3, "Placed").await;
+    }
+    let relay = |index: u32| {
+        RedisRelay::new(
+            store.clone(),
+            checkpoints.clone(),
+            conn.clone(),
+            "quiet",
+            RelayOptions::default()
+                .with_shards(2)
+                .with_shard(index)
+                .with_batch_size(4),
+        )
+        .with_keys(&keys)
+    };
+    let (mut quiet_relay, mut busy_relay) = (relay(1), relay(0));
+    let head = store.log_head().await.unwrap();
+    assert!(head.is_some());
+    let published = quiet_relay.publish_batch().await.unwrap();
+    assert_eq!(
+        published.events, 0,
+        "none of the busy shard's events is read"
+    );
+    assert_eq!(
+        published.checkpoint, head,
+        "the checkpoint follows the log's end"
+    );
+    assert_eq!(
+        busy_relay.catch_up().await.unwrap(),
+        u64::try_from(busy.len() * 3).unwrap(),
+        "the busy shard reads its events, not the whole log"
+    );
+
+    for tenant in &quiet {
+        support::append(&store, &support::stream(tenant, "order", "1"), 2, "Placed").await;
+    }
+    for tenant in &busy {
+        support::append(&store, &support::stream(tenant, "order", "1"), 1, "Placed").await;
+    }
+    assert_eq!(
+        quiet_relay.catch_up().await.unwrap(),
+        u64::try_from(quiet.len() * 2).unwrap()
+    );
+    busy_relay.catch_up().await.unwrap();
+    let mut conn = conn;
+    assert!(streams_match_log(&mut conn, &store, &keys).await);
+    let published = quiet_relay.publish_batch().await.unwrap();
+    assert_eq!(published.checkpoint, store.log_head().await.unwrap());
+}
+
 /// Instances started together whose ids hash to different shards take one shard each.
 async fn instances_started_together_take_a_shard_each(topology: Topology) {
     let Some((_client, conn)) = support::connect_to(topology).await else {
@@ -514,6 +580,7 @@ on_both_topologies!(
     a_discovering_runner_keeps_to_its_blocking_connection_cap,
     a_sharded_relay_refuses_a_key_shared_by_tenants,
     shards_start_from_the_unsharded_checkpoint,
+    a_shard_reads_its_tenants_and_follows_the_log_end,
 );
 
 /// Neither the relay nor a discovering runner ever sends `KEYS` or `SCAN`: checked on a

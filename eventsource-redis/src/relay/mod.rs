@@ -2,15 +2,17 @@
 //!
 //! - `lease`: one instance per relay name publishes at a time;
 //! - `publish`: a batch into Redis, one script call per stream key (`lua/publish.lua`);
+//! - `page`: a batch of one shard as read from the store, possibly read ahead;
 //! - `order`: the check that the log keeps every stream in version order;
 //! - `routing`: which stream keys an event goes to;
-//! - `shards`: the tenant partition ([`shard_of`]) and each shard's own state;
+//! - `shards`: each shard's own state (the partition, [`shard_of`], is eventsource-core's);
 //! - `registry`: the tenant registry runners discover new tenants from;
 //! - `options`: [`RelayOptions`].
 
 mod lease;
 mod options;
 mod order;
+mod page;
 mod publish;
 mod registry;
 mod routing;
@@ -20,15 +22,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use eventsource_core::{CheckpointStore, EventStore, LogPosition};
+use eventsource_core::{CheckpointStore, EventStore, LogPosition, Shard};
+use page::Page;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+pub use eventsource_core::shard_of;
 pub use options::RelayOptions;
 pub use publish::Published;
 pub use registry::registered_tenants;
 pub use routing::{PerAggregateType, PerEventType, PerTenant, Router};
-pub use shards::shard_of;
 
 use crate::backoff::sleep_or_cancel;
 use crate::connection::RedisConnection;
@@ -127,7 +130,6 @@ impl<S: EventStore, C: CheckpointStore> RedisRelay<S, C> {
 
     fn shard_states(&self) -> Vec<ShardState> {
         let count = self.options.shards;
-        let dense = self.options.filter.since.is_none();
         let indexes: Vec<u32> = match self.options.shard {
             Some(index) => vec![index % count],
             None => (0..count).collect(),
@@ -136,10 +138,10 @@ impl<S: EventStore, C: CheckpointStore> RedisRelay<S, C> {
             .into_iter()
             .map(|index| {
                 ShardState::new(
-                    index,
+                    Shard::new(index, count),
+                    &self.options.filter,
                     self.keys.relay_shard_lease(&self.name, index, count),
                     keys::relay_shard_checkpoint(&self.name, index, count),
-                    dense,
                 )
             })
             .collect()
@@ -223,47 +225,83 @@ impl<S: EventStore, C: CheckpointStore> RedisRelay<S, C> {
                     .await?;
             }
             shard.loaded = true;
+            shard.ahead = None;
         }
         let after = shard.checkpoint.unwrap_or(LogPosition::START);
-        let mut events = self
-            .store
-            .read_all(after, self.options.batch_size, &self.options.filter)
-            .await?;
-        let Some(last) = events.last().map(|e| e.position) else {
+        let count = self.options.shards;
+        let mut page = match shard.ahead.take() {
+            Some(page) if page.after == after => page,
+            _ => {
+                // A shard reads only its tenants' events (the store filters them,
+                // `LogFilter::shard`), so at the log's end it asks where the log ends first:
+                // what it then reads covers everything up to there, and its checkpoint can
+                // move past the other shards' events instead of each poll starting behind
+                // all of them.
+                let head = if count > 1 && shard.caught_up {
+                    self.store.log_head().await?
+                } else {
+                    None
+                };
+                let events = self
+                    .store
+                    .read_all(after, self.options.batch_size, &shard.filter)
+                    .await?;
+                Page::new(after, events, head, self.options.batch_size, shard.shard)
+            }
+        };
+        shard.caught_up = page.caught_up;
+        let Some(last) = page.last else {
             return Ok(Published {
                 checkpoint: shard.checkpoint,
                 ..Published::default()
             });
         };
-        let read = events.len();
-        let count = self.options.shards;
-        if count > 1 {
-            events.retain(|e| shard_of(e.tenant(), count) == shard.index);
-        }
         if self.options.refuse_out_of_order {
-            shard.order.check(&events)?;
+            shard.order.check(&page.events)?;
         } else {
-            shard.order.warn(&events);
+            shard.order.warn(&page.events);
         }
+        let calls = match page.calls.take() {
+            Some(calls) => calls,
+            None => publish::prepare(self.router.as_ref(), &page.events, count > 1)?,
+        };
         let span = tracing::debug_span!(
             "eventsource.redis.publish",
             relay = %self.name,
             shard = shard.index,
-            events = events.len(),
+            events = page.events.len(),
             from = %after,
             to = %last,
         );
-        let added = async {
-            let tenants = shard.unregistered(&events);
+        let tenants = shard.unregistered(&page.events);
+        let send = async {
             if !tenants.is_empty() {
                 registry::register(&self.conn, &self.keys.tenant_registry(), &tenants).await?;
-                shard.registered(tenants);
             }
-            publish::publish(&self.conn, self.router.as_ref(), &events, count > 1).await
+            publish::send(&self.conn, calls).await
         }
-        .instrument(span)
-        .await?;
-        if let Some((wanted, timeout)) = self.options.replicas {
+        .instrument(span);
+        // Catching up, the next page is read and its calls prepared while Redis runs this
+        // one (nothing of it is sent before this page's answer and checkpoint).
+        let (added, ahead) = if page.caught_up {
+            (send.await?, None)
+        } else {
+            let (filter, of) = (shard.filter.clone(), shard.shard);
+            let ahead = async {
+                let events = self
+                    .store
+                    .read_all(last, self.options.batch_size, &filter)
+                    .await
+                    .ok()?;
+                let mut next = Page::new(last, events, None, self.options.batch_size, of);
+                next.calls = publish::prepare(self.router.as_ref(), &next.events, count > 1).ok();
+                Some(next)
+            };
+            let (added, ahead) = tokio::join!(send, ahead);
+            (added?, ahead)
+        };
+        shard.registered(tenants);
+        if let Some((wanted, timeout)) = self.options.replicas.filter(|_| !page.events.is_empty()) {
             self.wait_for_replicas(wanted, timeout).await?;
         }
         self.checkpoints
@@ -272,9 +310,10 @@ impl<S: EventStore, C: CheckpointStore> RedisRelay<S, C> {
             .inspect_err(|_| shard.loaded = false)?;
         shard.checkpoint = Some(last);
         shard.stored = Some(last);
-        shard.order.record(&events);
+        shard.order.record(&page.events);
+        shard.ahead = ahead;
         Ok(Published {
-            events: read,
+            events: page.read,
             added: added.added,
             skipped: added.skipped,
             checkpoint: shard.checkpoint,
@@ -282,7 +321,8 @@ impl<S: EventStore, C: CheckpointStore> RedisRelay<S, C> {
     }
 
     /// Publishes until the log is exhausted; returns the number of events read (with several
-    /// shards, summed over them: each reads the whole log).
+    /// shards, summed over them: each reads its own tenants' events, or the whole log from a
+    /// store that does not filter by [`LogFilter::shard`](eventsource_core::LogFilter::shard)).
     pub async fn catch_up(&mut self) -> Result<u64, RedisStoreError> {
         let mut total = 0u64;
         loop {

@@ -137,8 +137,9 @@ impl RelayOptions {
     /// Without [`with_shard`](Self::with_shard) an instance publishes every shard whose lease
     /// it can get: start the same relay (same name, same `count`) in several processes and
     /// each takes free shards, renews their leases, and takes over the shard of a process that
-    /// died once its lease expired. Each shard reads the whole log and publishes only its
-    /// tenants' events (see the crate README and ADR 0031 for the cost).
+    /// died once its lease expired. Each shard reads only its tenants' events
+    /// ([`LogFilter::with_shard`]; a store that ignores it sends the whole log, and the shard
+    /// keeps its own tenants' events; see ADR 0031 and 0035).
     ///
     /// With more than one shard, every key the router picks must carry the event's tenant as
     /// its hash tag (as the crate's routers do): two shards writing one key would interleave

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use eventsource_core::{LogPosition, RecordedEvent};
-use redis::Script;
+use redis::{Script, ScriptInvocation};
 
 use super::routing::Router;
 use crate::codec::{self, FIELDS};
@@ -51,18 +51,23 @@ pub(super) struct Added {
     pub(super) skipped: u64,
 }
 
-/// Adds `events` to the keys `router` picks, one script call per key, all keys at once.
+/// The script calls of one batch, one per stream key, ready to send.
+pub(super) struct Calls(Vec<(String, ScriptInvocation<'static>)>);
+
+/// Groups `events` per key `router` picks and builds one script call per key (encoding every
+/// event once), sending nothing: the relay prepares the next batch while Redis runs this one.
 ///
 /// `tenant_tagged`: every key must carry its event's tenant as hash tag (a sharded relay, so
-/// that no two shards write one key); a key without it refuses the batch before anything is
-/// sent.
-pub(super) async fn publish(
-    conn: &RedisConnection,
+/// that no two shards write one key); a key without it refuses the batch.
+pub(super) fn prepare(
     router: &dyn Router,
     events: &[RecordedEvent],
     tenant_tagged: bool,
-) -> Result<Added, RedisStoreError> {
-    let mut by_key: HashMap<String, Vec<&RecordedEvent>> = HashMap::new();
+) -> Result<Calls, RedisStoreError> {
+    // Keys in first-seen order, with the index of their call: one lookup per event, no
+    // intermediate per-key vectors.
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut calls: Vec<(String, ScriptInvocation<'static>)> = Vec::new();
     let mut targets = Vec::with_capacity(2);
     for event in events {
         targets.clear();
@@ -79,18 +84,27 @@ pub(super) async fn publish(
                 });
             }
         }
+        let id = codec::entry_id(event.position);
+        let values = codec::encode(event);
         for key in targets.drain(..) {
-            by_key.entry(key).or_default().push(event);
+            let at = if let Some(at) = index.get(&key) {
+                *at
+            } else {
+                let mut invocation = PUBLISH.prepare_invoke();
+                invocation.key(&key).arg(FIELDS.len()).arg(&FIELDS[..]);
+                index.insert(key.clone(), calls.len());
+                calls.push((key, invocation));
+                calls.len() - 1
+            };
+            calls[at].1.arg(&id).arg(&values[..]);
         }
     }
-    let calls = by_key.into_iter().map(|(key, events)| {
-        let mut invocation = PUBLISH.prepare_invoke();
-        invocation.key(&key).arg(FIELDS.len()).arg(&FIELDS[..]);
-        for event in &events {
-            invocation
-                .arg(codec::entry_id(event.position))
-                .arg(&codec::encode(event)[..]);
-        }
+    Ok(Calls(calls))
+}
+
+/// Sends prepared calls, all keys at once; sums what Redis did.
+pub(super) async fn send(conn: &RedisConnection, calls: Calls) -> Result<Added, RedisStoreError> {
+    let calls = calls.0.into_iter().map(|(key, invocation)| {
         let mut conn = conn.clone();
         async move {
             let reply: Result<(u64, u64), redis::RedisError> =

@@ -1,36 +1,31 @@
-//! Relay shards: the tenant partition, and the state each shard keeps on its own.
+//! Relay shards: the state each shard keeps on its own (the partition itself,
+//! [`shard_of`](eventsource_core::shard_of), is in eventsource-core, so that stores can filter
+//! on it).
 
 use std::collections::HashSet;
 
-use eventsource_core::{LogPosition, RecordedEvent, TenantId};
+use eventsource_core::{LogFilter, LogPosition, RecordedEvent, Shard, TenantId};
 
 use super::order::StreamOrder;
+use super::page::Page;
 
 /// Tenants remembered as registered per shard before the memory is cleared (the registry
 /// write is idempotent: forgetting only costs one `SADD` per tenant again).
 const REMEMBERED_TENANTS: usize = 100_000;
 
-/// The shard, out of `count`, that publishes `tenant`'s events: FNV-1a (32 bits) of the
-/// tenant id's UTF-8 bytes, modulo `count`.
-///
-/// The function is part of the wire contract: every relay process, of any version, must put a
-/// tenant in the same shard, so it is fixed here (not Rust's `Hash`, which is neither stable
-/// across versions nor across processes) and pinned by a unit test. A `count` of 0 is taken as 1
-/// (everything in shard 0).
-#[must_use]
-pub fn shard_of(tenant: &TenantId, count: u32) -> u32 {
-    let mut hash: u32 = 0x811c_9dc5;
-    for byte in tenant.as_str().as_bytes() {
-        hash ^= u32::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    hash % count.max(1)
-}
-
 /// What one shard of a relay keeps: its lease and checkpoint names, where it is, what it
 /// checked and registered.
 pub(super) struct ShardState {
     pub(super) index: u32,
+    pub(super) shard: Shard,
+    /// The next page, read and prepared while Redis ran the last one (catching up only).
+    pub(super) ahead: Option<Page>,
+    /// The relay's filter, narrowed to this shard's tenants (so that the store sends only
+    /// those; with one shard, the relay's filter as it is).
+    pub(super) filter: LogFilter,
+    /// The last page read was short: the shard is at the log's end, and the next read asks
+    /// the store for the log's head first, to move the checkpoint past other shards' events.
+    pub(super) caught_up: bool,
     pub(super) lease_key: String,
     pub(super) checkpoint_name: String,
     /// Where the shard has published up to (the stored checkpoint, or for a shard that has
@@ -55,9 +50,23 @@ impl std::fmt::Debug for ShardState {
 }
 
 impl ShardState {
-    pub(super) fn new(index: u32, lease_key: String, checkpoint_name: String, dense: bool) -> Self {
+    pub(super) fn new(
+        shard: Shard,
+        filter: &LogFilter,
+        lease_key: String,
+        checkpoint_name: String,
+    ) -> Self {
+        let dense = filter.since.is_none();
         Self {
-            index,
+            index: shard.index(),
+            shard,
+            ahead: None,
+            filter: if shard.count() > 1 {
+                filter.clone().with_shard(shard)
+            } else {
+                filter.clone()
+            },
+            caught_up: true,
             lease_key,
             checkpoint_name,
             checkpoint: None,
@@ -91,33 +100,5 @@ impl ShardState {
             self.registered.clear();
         }
         self.registered.extend(tenants);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use eventsource_core::TenantId;
-
-    use super::shard_of;
-
-    #[test]
-    fn the_shard_function_is_pinned() {
-        // FNV-1a 32 of the bytes: changing the function would move tenants between shards
-        // of running relays.
-        let hashes = [
-            ("", 0x811c_9dc5_u32),
-            ("a", 0xe40c_292c),
-            ("acme", 0x45fd_71af),
-        ];
-        for (tenant, hash) in hashes {
-            for count in [1, 2, 3, 7] {
-                assert_eq!(
-                    shard_of(&TenantId::new(tenant), count),
-                    hash % count,
-                    "{tenant:?} of {count}"
-                );
-            }
-        }
-        assert_eq!(shard_of(&TenantId::new("acme"), 0), 0);
     }
 }

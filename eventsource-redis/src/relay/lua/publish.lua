@@ -1,12 +1,16 @@
-local n = tonumber(ARGV[1])
+local argv, key = ARGV, KEYS[1]
+local xadd, unpack = redis.pcall, unpack
+local n = tonumber(argv[1])
 local added, skipped = 0, 0
 local args = {}
 local i = n + 2
-local total = #ARGV
+local total = #argv
 local event_field = nil
 for j = 1, n do
-  if ARGV[1 + j] == 'event_id' then event_field = j end
+  args[2 * j - 1] = argv[1 + j]
+  if argv[1 + j] == 'event_id' then event_field = j end
 end
+local nargs = 2 * n
 local function id_less(a, b)
   local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
   local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
@@ -16,17 +20,16 @@ local function id_less(a, b)
   return aseq < bseq
 end
 while i <= total do
-  local id = ARGV[i]
+  local id = argv[i]
   for j = 1, n do
-    args[2 * j - 1] = ARGV[1 + j]
-    args[2 * j] = ARGV[i + j]
+    args[2 * j] = argv[i + j]
   end
-  local r = redis.pcall('XADD', KEYS[1], id, unpack(args, 1, 2 * n))
+  local r = xadd('XADD', key, id, unpack(args, 1, nargs))
   if type(r) == 'table' and r.err then
     if not string.find(r.err, 'equal or smaller', 1, true) then
       return redis.error_reply('PUBLISHREFUSED ' .. id .. ' ' .. r.err)
     end
-    local found = redis.call('XRANGE', KEYS[1], id, id)
+    local found = redis.call('XRANGE', key, id, id)
     if #found == 1 then
       if event_field then
         local stored = nil
@@ -34,17 +37,17 @@ while i <= total do
         for k = 1, #fields, 2 do
           if fields[k] == 'event_id' then stored = fields[k + 1] end
         end
-        if stored ~= ARGV[i + event_field] then
+        if stored ~= argv[i + event_field] then
           return redis.error_reply('PUBLISHREFUSED ' .. id ..
             ' the stream holds event ' .. tostring(stored) .. ' at this id, not ' ..
-            ARGV[i + event_field] .. ': the event store and the stream disagree')
+            argv[i + event_field] .. ': the event store and the stream disagree')
         end
       end
     else
       -- Missing: trimmed (below the first entry) or deleted (at or below the stream's
       -- max-deleted-entry-id, which XDEL moves); otherwise never published here, so the store
       -- and the stream disagree.
-      local info = redis.call('XINFO', 'STREAM', KEYS[1])
+      local info = redis.call('XINFO', 'STREAM', key)
       local max_deleted, first_entry = '0-0', nil
       for k = 1, #info, 2 do
         if info[k] == 'max-deleted-entry-id' then max_deleted = info[k + 1] end

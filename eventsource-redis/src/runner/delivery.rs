@@ -229,7 +229,9 @@ impl<H: EventHandler> ConsumerRunner<H> {
     }
 
     /// Handles a read batch: resolves deleted entries, dead-letters malformed ones, runs the
-    /// rest in lanes and acknowledges what succeeded.
+    /// rest in lanes and acknowledges what succeeded. Returns the entries done with (handled
+    /// or dead-lettered as unusable: either way the read found work) and the entries left
+    /// pending.
     pub(super) async fn process(
         &self,
         mut deliveries: Vec<Delivery>,
@@ -238,7 +240,7 @@ impl<H: EventHandler> ConsumerRunner<H> {
         if deliveries.is_empty() {
             return Ok((0, 0));
         }
-        let mut failures = 0;
+        let (mut failures, mut dead_lettered) = (0, 0);
         let mut lanes: Vec<Vec<Delivery>> =
             (0..self.options.concurrency).map(|_| Vec::new()).collect();
         for mut d in deliveries.drain(..) {
@@ -263,6 +265,7 @@ impl<H: EventHandler> ConsumerRunner<H> {
                         "dead-lettering unusable entry"
                     );
                     self.dead_letter(&d, None, reason, 1).await?;
+                    dead_lettered += 1;
                 }
             }
         }
@@ -274,7 +277,7 @@ impl<H: EventHandler> ConsumerRunner<H> {
         )
         .await;
         let mut acks: HashMap<usize, Vec<String>> = HashMap::new();
-        let mut successes = 0;
+        let mut successes = dead_lettered;
         let mut error = None;
         for outcome in outcomes {
             successes += outcome.successes;

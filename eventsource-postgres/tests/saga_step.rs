@@ -287,6 +287,35 @@ async fn a_step_replaying_stored_commands_appends_nothing_and_saves() {
     assert_eq!((version, steps.labels), (1, labels(&["o-1"])));
 }
 
+/// As above on an instance that exists: the replayed append is the one-event statement that
+/// moves the instance, and it too stores nothing twice and saves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_step_replaying_its_stored_command_appends_nothing_and_saves() {
+    let Some(world) = World::new("step-replay-warm").await else {
+        return;
+    };
+    let handler = world.handler(&world.probe());
+    handler
+        .handle(&world.step("o-1", 10, &["bin"]))
+        .await
+        .expect("the first step");
+    let second = world.step("o-2", 20, &["bin"]);
+    let bins = Repository::<Bin, _>::new(world.events.clone()).with_tenant(world.tenant.clone());
+    let dispatching = SagaHandler::new(Stepper, bins, SaveFails::default());
+    let died = dispatching.handle(&second).await;
+    assert!(matches!(died, Err(SagaError::Store(_))), "{died:?}");
+    assert_eq!(world.bin("bin").await, labels(&["o-1", "o-2"]));
+
+    handler.handle(&second).await.expect("the replayed step");
+    assert_eq!(
+        world.bin("bin").await,
+        labels(&["o-1", "o-2"]),
+        "stored once"
+    );
+    let (version, steps) = world.state().await.expect("saved");
+    assert_eq!((version, steps.labels), (2, labels(&["o-1", "o-2"])));
+}
+
 /// A step whose append conflicts on every attempt is rolled back and run again, 16 times in
 /// all, then fails with the conflict for the runner to redeliver; nothing is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@ use crate::rejection::settle_in_tx;
 use crate::row::{AppendRow, DeadlineRow, SagaRow, position_to_db};
 use crate::sql;
 use crate::store::{Columns, appended_from, bind_append};
-use crate::tenant::begin_saga;
+use crate::tenant::{begin_saga, begin_tenant};
 
 /// A [`SagaStore`] on PostgreSQL (tables `saga_instances` and `saga_handled`, migration 0009).
 ///
@@ -71,6 +71,11 @@ impl PgSagaStore {
     /// instance not created yet has no row to lock: concurrent first deliveries both load no
     /// state, and the save of the later one finds the instance created and conflicts.
     ///
+    /// Run it in a transaction with sequential scans off (`SET LOCAL enable_seqscan = off`), as
+    /// the crate's own saga transactions are: a connection caches its plan of this statement
+    /// with the settings of the transaction that planned it, and planned with scans on while
+    /// `saga_instances` looked small, it reads the whole table on every call (ADR 0037).
+    ///
     /// # Errors
     ///
     /// A database failure, or a stored row that violates the schema's invariants.
@@ -84,6 +89,11 @@ impl PgSagaStore {
 
     /// Saves the instance's state at `expected` and records `handled`, inside the caller's
     /// transaction (scoped to the key's tenant), in one statement.
+    ///
+    /// Run it in a transaction with sequential scans off (`SET LOCAL enable_seqscan = off`), as
+    /// the crate's own saga transactions are: a connection caches its plan of this statement
+    /// with the settings of the transaction that planned it, and planned with scans on while
+    /// `saga_instances` looked small, it reads the whole table on every call (ADR 0037).
     ///
     /// # Errors
     ///
@@ -346,7 +356,9 @@ impl SagaStore for PgSagaStore {
         floor: LogPosition,
     ) -> Result<u64, StoreError> {
         let (transaction, position) = position_to_db(floor);
-        let mut tx = begin_saga(&self.pool, Some(tenant))
+        // Not `begin_saga`: raising the floors updates every instance of the saga, which a
+        // sequential scan reads best.
+        let mut tx = begin_tenant(&self.pool, tenant)
             .await
             .map_err(store_error)?;
         let removed: i64 = sqlx::query_scalar(sql::PRUNE_HANDLED)

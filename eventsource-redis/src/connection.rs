@@ -230,6 +230,7 @@ impl RedisClient {
     ///     certificates,
     /// )?;
     /// let conn = client.connect().await?;
+    /// assert!(conn.is_cluster());
     /// # Ok(()) }
     /// ```
     ///

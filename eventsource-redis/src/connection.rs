@@ -10,7 +10,10 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
-use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Value};
+use redis::{
+    AsyncConnectionConfig, Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, RedisResult,
+    Value,
+};
 
 /// A connection to a single Redis node or to a Redis Cluster, cheap to clone.
 ///
@@ -148,7 +151,14 @@ pub struct RedisClient {
 )]
 enum ClientInner {
     Single(redis::Client),
-    Cluster(ClusterClient),
+    Cluster {
+        client: ClusterClient,
+        /// A single-node client of the first node given, with the same credentials and TLS
+        /// settings, asked why when the cluster refuses every connection: redis-rs reports
+        /// that as a generic I/O error, the node's own answer says "wrong password" or "bad
+        /// certificate" as a typed error. `None` for a `ClusterClient` built elsewhere.
+        first_node: Option<redis::Client>,
+    },
 }
 
 impl std::fmt::Debug for RedisClient {
@@ -183,24 +193,97 @@ impl RedisClient {
     pub fn open_cluster<T: IntoConnectionInfo>(
         urls: impl IntoIterator<Item = T>,
     ) -> RedisResult<Self> {
-        Ok(ClusterClient::new(urls)?.into())
+        let nodes = connection_infos(urls)?;
+        let first_node = nodes
+            .first()
+            .cloned()
+            .map(redis::Client::open)
+            .transpose()?;
+        Ok(Self {
+            inner: ClientInner::Cluster {
+                client: ClusterClient::new(nodes)?,
+                first_node,
+            },
+        })
+    }
+
+    /// A client of the cluster that `urls` belong to, over TLS that trusts `certificates`'
+    /// `root_cert` (a private authority's PEM) instead of the system roots, and presents their
+    /// `client_tls` when the nodes ask for client certificates; connects nothing yet. The
+    /// cluster counterpart of [`redis::Client::build_with_tls`].
+    ///
+    /// Give the nodes as `rediss://user:password@host:port/` (an ACL user, or only a password
+    /// for the default user); every URL must name the same user and password. The nodes the
+    /// cluster reports later are reached over TLS too, with the same user: Redis 7 reports
+    /// each node's TLS port to a client connected over TLS.
+    ///
+    /// ```no_run
+    /// # use eventsource_redis::RedisClient;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let certificates = redis::TlsCertificates {
+    ///     client_tls: None,
+    ///     root_cert: Some(std::fs::read("/etc/ssl/redis-ca.pem")?),
+    /// };
+    /// let client = RedisClient::open_cluster_with_tls(
+    ///     ["rediss://relay:secret@10.0.0.1:6380/", "rediss://relay:secret@10.0.0.2:6380/"],
+    ///     certificates,
+    /// )?;
+    /// let conn = client.connect().await?;
+    /// assert!(conn.is_cluster());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A [`redis::RedisError`] when a URL does not parse, `urls` is empty, the URLs name
+    /// different users or passwords, or a certificate is not valid PEM. A wrong password or a
+    /// server certificate `root_cert` did not sign fails [`connect`](Self::connect) instead.
+    #[cfg(feature = "tls-rustls")]
+    pub fn open_cluster_with_tls<T: IntoConnectionInfo>(
+        urls: impl IntoIterator<Item = T>,
+        certificates: redis::TlsCertificates,
+    ) -> RedisResult<Self> {
+        let nodes = connection_infos(urls)?;
+        let first_node = nodes
+            .first()
+            .cloned()
+            .map(|node| redis::Client::build_with_tls(node, certificates.clone()))
+            .transpose()?;
+        Ok(Self {
+            inner: ClientInner::Cluster {
+                client: ClusterClient::builder(nodes).certs(certificates).build()?,
+                first_node,
+            },
+        })
     }
 
     /// Whether this is a cluster client.
     #[must_use]
     pub fn is_cluster(&self) -> bool {
-        matches!(self.inner, ClientInner::Cluster(_))
+        matches!(self.inner, ClientInner::Cluster { .. })
     }
 
     /// Opens a new connection (a [`ConnectionManager`] or a [`ClusterConnection`]).
     ///
     /// # Errors
     ///
-    /// A [`redis::RedisError`] when the node, or every node of the cluster, cannot be reached.
+    /// A [`redis::RedisError`] when the node, or every node of the cluster, cannot be reached
+    /// or refuses the connection. A wrong password is [`redis::ErrorKind::AuthenticationFailed`]
+    /// on a single node and on a cluster opened with [`open_cluster`](Self::open_cluster) or
+    /// [`open_cluster_with_tls`](Self::open_cluster_with_tls): when every node refuses, the
+    /// first node's own answer is returned rather than redis-rs's generic "failed to create
+    /// initial connections" I/O error (which a client converted from a [`ClusterClient`]
+    /// returns).
     pub async fn connect(&self) -> RedisResult<RedisConnection> {
         Ok(match &self.inner {
             ClientInner::Single(client) => client.get_connection_manager().await?.into(),
-            ClientInner::Cluster(client) => client.get_async_connection().await?.into(),
+            ClientInner::Cluster { client, first_node } => {
+                match client.get_async_connection().await {
+                    Ok(conn) => conn.into(),
+                    Err(e) => return Err(why_refused(first_node.as_ref(), e).await),
+                }
+            }
         })
     }
 
@@ -221,14 +304,14 @@ impl RedisClient {
                     .await?
                     .into()
             }
-            ClientInner::Cluster(client) => {
+            ClientInner::Cluster { client, first_node } => {
                 let config = ClusterConfig::new()
                     .set_response_timeout(response_timeout)
                     .set_connection_timeout(connect_timeout);
-                client
-                    .get_async_connection_with_config(config)
-                    .await?
-                    .into()
+                match client.get_async_connection_with_config(config).await {
+                    Ok(conn) => conn.into(),
+                    Err(e) => return Err(why_refused(first_node.as_ref(), e).await),
+                }
             }
         })
     }
@@ -245,8 +328,38 @@ impl From<redis::Client> for RedisClient {
 impl From<ClusterClient> for RedisClient {
     fn from(client: ClusterClient) -> Self {
         Self {
-            inner: ClientInner::Cluster(client),
+            inner: ClientInner::Cluster {
+                client,
+                first_node: None,
+            },
         }
+    }
+}
+
+fn connection_infos<T: IntoConnectionInfo>(
+    urls: impl IntoIterator<Item = T>,
+) -> RedisResult<Vec<redis::ConnectionInfo>> {
+    urls.into_iter()
+        .map(IntoConnectionInfo::into_connection_info)
+        .collect()
+}
+
+/// The error to report when a cluster refused every initial connection (`cluster_error`):
+/// the first node's own refusal (a wrong password, a certificate not trusted) when connecting
+/// to it alone fails too, else `cluster_error`.
+async fn why_refused(first_node: Option<&redis::Client>, cluster_error: RedisError) -> RedisError {
+    let Some(first_node) = first_node else {
+        return cluster_error;
+    };
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)));
+    match first_node
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+    {
+        Err(node_error) => node_error,
+        Ok(_) => cluster_error,
     }
 }
 

@@ -449,3 +449,22 @@ async fn health_check_answers(topology: Topology) {
 }
 
 on_both_topologies!(health_check_answers);
+
+/// A user every node refuses is the nodes' own typed answer, not redis-rs's generic
+/// "failed to create initial connections" I/O error (`RedisClient::connect`).
+#[tokio::test]
+async fn a_wrong_password_is_an_authentication_failure_on_a_cluster() {
+    let Some(urls) = support::redis_cluster_urls() else {
+        return;
+    };
+    let wrong: Vec<String> = urls
+        .iter()
+        .map(|url| url.replacen("redis://", "redis://nobody:wrong@", 1))
+        .collect();
+    let client = RedisClient::open_cluster(wrong).expect("a cluster client");
+    let err = tokio::time::timeout(Duration::from_secs(15), client.connect())
+        .await
+        .expect("connecting ends within 15 s")
+        .expect_err("no node knows the user");
+    assert_eq!(err.kind(), redis::ErrorKind::AuthenticationFailed, "{err}");
+}

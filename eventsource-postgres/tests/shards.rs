@@ -90,9 +90,10 @@ async fn drain(store: &PgEventStore, after: LogPosition, filter: &LogFilter) -> 
 }
 
 /// The log's head once it covers `last` (the horizon is cluster-wide: another test's open
-/// transaction holds it back for a while).
+/// transaction holds it back for a while). Gives up after two minutes, naming the
+/// transactions that hold the horizon.
 async fn visible_head(store: &PgEventStore, last: LogPosition) -> LogPosition {
-    for _ in 0..600 {
+    for _ in 0..2_400 {
         if let Some(head) = store.log_head().await.unwrap()
             && head >= last
         {
@@ -100,7 +101,16 @@ async fn visible_head(store: &PgEventStore, last: LogPosition) -> LogPosition {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    panic!("the log's head never reached {last}");
+    let holders: Vec<(String, String)> = sqlx::query_as(
+        "SELECT format('pid %s, db %s, app %s, %s, xid %s, since %s', pid, datname,
+                       application_name, state, backend_xid, xact_start),
+                left(query, 300)
+         FROM pg_stat_activity WHERE backend_xid IS NOT NULL ORDER BY xact_start",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap_or_default();
+    panic!("the log's head never reached {last}; transactions holding it: {holders:#?}");
 }
 
 #[tokio::test]

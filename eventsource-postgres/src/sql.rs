@@ -459,12 +459,13 @@ LIMIT $4
 );
 
 /// The last position of the log readers can see: the end of `READ_ALL` with no filter (a
-/// backward scan of the primary key).
+/// backward scan of the primary key). The `ORDER BY` names the table's columns: unqualified,
+/// it sorted the text output column, and transaction 9999 came after 18834.
 pub(crate) const LOG_HEAD: &str = r"
 SELECT transaction_id::text, global_position
 FROM events
 WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY transaction_id DESC, global_position DESC
+ORDER BY events.transaction_id DESC, events.global_position DESC
 LIMIT 1
 ";
 

@@ -224,3 +224,27 @@ async fn a_shard_of_one_is_the_whole_log() {
     assert_eq!(filter.shard, None, "a shard of one is no filter");
     assert_eq!(drain(&store, start, &filter).await.len(), 2);
 }
+
+/// The head is the last event in log order, transaction ids compared as numbers: a session
+/// whose `events` is a temporary copy holding transactions 9 and 10 (9 sorts after 10 as text).
+#[tokio::test]
+async fn the_log_head_compares_transaction_ids_as_numbers() {
+    let Some(pool) = support::pool_with(1).await else {
+        return;
+    };
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::Executor::execute(
+        &mut *conn,
+        "CREATE TEMP TABLE events (LIKE public.events INCLUDING ALL);
+         INSERT INTO events (transaction_id, stream_key, tenant_id, aggregate_type,
+                             aggregate_id, version, event_id, event_type, schema_version,
+                             payload, metadata)
+         VALUES ('9', 1, 'head', 'counter', 'c', 1, gen_random_uuid(), 'Numbered', 1, '{}', '{}'),
+                ('10', 1, 'head', 'counter', 'c', 2, gen_random_uuid(), 'Numbered', 1, '{}', '{}')",
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    let head = PgEventStore::new(pool).log_head().await.unwrap().unwrap();
+    assert_eq!(head.transaction(), 10, "{head}");
+}

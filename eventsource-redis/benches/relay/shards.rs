@@ -35,7 +35,7 @@ pub(super) async fn shard_rows(urls: &[String]) -> Vec<Row> {
     }
     let mut rows = Vec::new();
     for shards in 1..=3u32 {
-        rows.push(
+        rows.extend(
             shard_row(
                 "cluster relay, memory log",
                 urls,
@@ -65,7 +65,7 @@ pub(super) async fn shard_rows(urls: &[String]) -> Vec<Row> {
             fill(&store, tenant, SHARD_EVENTS / SHARD_TENANTS).await;
         }
         for shards in 1..=3u32 {
-            rows.push(
+            rows.extend(
                 shard_row(
                     "cluster relay, PostgreSQL log",
                     urls,
@@ -77,7 +77,7 @@ pub(super) async fn shard_rows(urls: &[String]) -> Vec<Row> {
                 .await,
             );
         }
-        rows.push(
+        rows.extend(
             shard_row(
                 "cluster relay, PostgreSQL log read whole by each shard",
                 urls,
@@ -98,7 +98,10 @@ fn bench_tenants(prefix: &str) -> Vec<String> {
         .collect()
 }
 
-/// One row: `shards` relays over `store` after `start`, beside [`raw_sharded`].
+/// Two rows: `shards` relays over `store` after `start`, beside [`raw_sharded`]; and the CPU
+/// each side cost per event, of the whole machine and of the cluster's Redis nodes (on two
+/// cores shared by the benchmark, PostgreSQL and six nodes, a saturated machine is why a
+/// side stops growing with shards).
 async fn shard_row<S: EventStore + Clone + 'static>(
     label: &str,
     urls: &[String],
@@ -106,10 +109,12 @@ async fn shard_row<S: EventStore + Clone + 'static>(
     start: Option<LogPosition>,
     tenants: &[String],
     shards: u32,
-) -> Row {
+) -> [Row; 2] {
     let events = count(store, start, tenants).await;
     let keys = Keys::new(&format!("bench-{}", uuid::Uuid::new_v4().simple()));
+    let before = Cpu::now(urls).await;
     let raw = raw_sharded(urls, &keys, store, start, events, shards).await;
+    let middle = Cpu::now(urls).await;
     let started = Instant::now();
     let relays = (0..shards).map(|index| {
         let store = store.clone();
@@ -143,12 +148,84 @@ async fn shard_row<S: EventStore + Clone + 'static>(
         relay.expect("relay task");
     }
     let framework = events as f64 / started.elapsed().as_secs_f64();
+    let after = Cpu::now(urls).await;
     cleanup(urls, &keys, tenants).await;
-    Row {
-        scenario: format!("{label}, {shards} shard(s) ({shards} relay tasks), events/s"),
-        framework: format!("{framework:.0}"),
-        raw: format!("{raw:.0}"),
-        ratio: format!("{:.2}x", framework / raw),
+    let (raw_cpu, framework_cpu) = (middle.since(&before, events), after.since(&middle, events));
+    [
+        Row {
+            scenario: format!("{label}, {shards} shard(s) ({shards} relay tasks), events/s"),
+            framework: format!("{framework:.0}"),
+            raw: format!("{raw:.0}"),
+            ratio: format!("{:.2}x", framework / raw),
+        },
+        Row {
+            scenario: format!("  CPU per event, machine / Redis nodes, {shards} shard(s), µs"),
+            framework: format!("{:.1} / {:.1}", framework_cpu.0, framework_cpu.1),
+            raw: format!("{:.1} / {:.1}", raw_cpu.0, raw_cpu.1),
+            ratio: format!("{:.2}x", (raw_cpu.0) / framework_cpu.0.max(f64::EPSILON)),
+        },
+    ]
+}
+
+/// CPU seconds used so far by the whole machine (`/proc/stat`) and by the cluster's nodes
+/// (`INFO cpu`).
+struct Cpu {
+    machine: f64,
+    redis: f64,
+}
+
+impl Cpu {
+    async fn now(urls: &[String]) -> Self {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        // user nice system idle iowait irq softirq steal: every field but idle and iowait.
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        let busy: u64 = ticks
+            .iter()
+            .take(8)
+            .enumerate()
+            .filter(|(i, _)| *i != 3 && *i != 4)
+            .map(|(_, t)| t)
+            .sum();
+        let mut redis = 0.0;
+        for url in urls {
+            let Ok(client) = redis::Client::open(url.as_str()) else {
+                continue;
+            };
+            let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+                continue;
+            };
+            let info: String = redis::cmd("INFO")
+                .arg("cpu")
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            redis += info
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .filter(|(k, _)| *k == "used_cpu_sys" || *k == "used_cpu_user")
+                .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+                .sum::<f64>();
+        }
+        Self {
+            machine: busy as f64 / 100.0,
+            redis,
+        }
+    }
+
+    /// Microseconds per event since `earlier`: (machine, Redis nodes).
+    fn since(&self, earlier: &Cpu, events: usize) -> (f64, f64) {
+        let per = |seconds: f64| seconds * 1e6 / events.max(1) as f64;
+        (
+            per(self.machine - earlier.machine),
+            per(self.redis - earlier.redis),
+        )
     }
 }
 

@@ -36,6 +36,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
+#[path = "support/cpu.rs"]
+mod cpu;
+use cpu::redis_cpu;
+
 /// Paced runs last this long.
 const PACED: Duration = Duration::from_secs(3);
 /// Throughput run: this many events, published in batches of `BATCH`.
@@ -373,20 +377,6 @@ fn process_cpu() -> f64 {
     ticks as f64 / 100.0
 }
 
-/// CPU seconds the Redis server has used (`INFO cpu`: `used_cpu_sys` + `used_cpu_user`).
-async fn redis_cpu(conn: &ConnectionManager) -> f64 {
-    let info: String = redis::cmd("INFO")
-        .arg("cpu")
-        .query_async(&mut conn.clone())
-        .await
-        .expect("info");
-    info.lines()
-        .filter_map(|l| l.split_once(':'))
-        .filter(|(k, _)| *k == "used_cpu_sys" || *k == "used_cpu_user")
-        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
-        .sum()
-}
-
 fn row(scenario: &str, framework: f64, raw: f64, unit: &str) {
     let (f, r, better) = if unit == "ms" || unit == "µs/event" {
         (
@@ -424,7 +414,10 @@ async fn throughput(conn: &ConnectionManager, client: &redis::Client, keys: &Key
                 RedisBus::new(conn.clone(), client.clone(), &format!("tp-{round}-{side}"))
                     .with_keys(keys.clone())
             };
-            let (client_before, redis_before) = (process_cpu(), redis_cpu(conn).await);
+            let (client_before, redis_before) = (
+                process_cpu(),
+                redis_cpu(&mut conn.clone()).await.expect("info"),
+            );
             let (published, handled) = match side {
                 0 => bus_throughput(fresh()).await,
                 1 => bus_throughput(fresh().without_live_path()).await,
@@ -432,7 +425,8 @@ async fn throughput(conn: &ConnectionManager, client: &redis::Client, keys: &Key
             };
             let per_event = |seconds: f64| seconds * 1e6 / EVENTS as f64;
             let client_cpu = per_event(process_cpu() - client_before);
-            let redis_cpu = per_event(redis_cpu(conn).await - redis_before);
+            let redis_cpu =
+                per_event(redis_cpu(&mut conn.clone()).await.expect("info") - redis_before);
             best[side] = (best[side].0.max(published), best[side].1.max(handled));
             cpu[side] = (cpu[side].0.min(client_cpu), cpu[side].1.min(redis_cpu));
         }

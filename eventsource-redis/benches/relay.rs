@@ -36,6 +36,8 @@ use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
+#[path = "support/cpu.rs"]
+mod cpu;
 #[path = "relay/shards.rs"]
 mod shards;
 

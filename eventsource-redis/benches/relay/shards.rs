@@ -201,17 +201,7 @@ impl Cpu {
             let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
                 continue;
             };
-            let info: String = redis::cmd("INFO")
-                .arg("cpu")
-                .query_async(&mut conn)
-                .await
-                .unwrap_or_default();
-            redis += info
-                .lines()
-                .filter_map(|l| l.split_once(':'))
-                .filter(|(k, _)| *k == "used_cpu_sys" || *k == "used_cpu_user")
-                .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
-                .sum::<f64>();
+            redis += super::cpu::redis_cpu(&mut conn).await.unwrap_or_default();
         }
         Self {
             machine: busy as f64 / 100.0,

@@ -47,14 +47,17 @@ pub(crate) async fn begin_saga(
     tenant: Option<&TenantId>,
 ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
     let statement = match tenant {
-        Some(tenant) => format!("{}, {KEYED_READS}", begin_statement(tenant)),
-        None => format!("BEGIN ISOLATION LEVEL READ COMMITTED; SELECT {KEYED_READS}"),
+        Some(tenant) => {
+            let mut statement = begin_statement(tenant);
+            statement.push_str(", set_config('enable_seqscan', 'off', true)");
+            statement
+        }
+        None => "BEGIN ISOLATION LEVEL READ COMMITTED; \
+                 SELECT set_config('enable_seqscan', 'off', true)"
+            .to_owned(),
     };
     pool.begin_with(AssertSqlSafe(statement)).await
 }
-
-/// The setting [`begin_saga`] makes, as a select-list item.
-const KEYED_READS: &str = "set_config('enable_seqscan', 'off', true)";
 
 /// As [`begin_tenant`], on a connection the caller holds.
 pub(crate) async fn begin_tenant_on<'c>(
